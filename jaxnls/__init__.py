@@ -1,0 +1,22 @@
+"""jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
+
+from ._solution import Solution
+from ._solve import solve
+from ._status import Status
+from .linear import QR, AbstractLinearSolver, Cholesky
+from .solvers import AbstractLeastSquaresSolver, Dogleg, GaussNewton, LevenbergMarquardt
+
+__all__ = [
+    "QR",
+    "AbstractLeastSquaresSolver",
+    "AbstractLinearSolver",
+    "Cholesky",
+    "Dogleg",
+    "GaussNewton",
+    "LevenbergMarquardt",
+    "Solution",
+    "Status",
+    "solve",
+]
+
+__version__ = "0.1.0"

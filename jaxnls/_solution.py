@@ -1,0 +1,97 @@
+"""The result of a solve: arrays only, so it can be vmapped, returned from jit and stacked."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._status import CONVERGED, Status
+
+
+class Solution(eqx.Module):
+    """Outcome of :func:`jaxnls.solve`. With ``batched=True`` every field has a leading batch axis.
+
+    Attributes:
+        params: the parameters at the end, same pytree structure and dtypes as ``params0``.
+        cost: final ``0.5 * sum(r**2)``.
+        initial_cost: cost at ``params0``.
+        gradient_norm: ``max|Jᵀr|`` at the final parameters.
+        num_steps: iterations taken (each one trial step, accepted or not).
+        num_accepted: accepted steps among them.
+        status: a :class:`jaxnls.Status` code per problem.
+    """
+
+    params: PyTree
+    cost: Float[Array, "*batch"]
+    initial_cost: Float[Array, "*batch"]
+    gradient_norm: Float[Array, "*batch"]
+    num_steps: Int[Array, "*batch"]
+    num_accepted: Int[Array, "*batch"]
+    status: Int[Array, "*batch"]
+    num_residuals: int = eqx.field(static=True)
+    num_params: int = eqx.field(static=True)
+    method: str = eqx.field(static=True)
+
+    @property
+    def converged(self) -> Bool[Array, "*batch"]:
+        """True where the solve stopped on a function, parameter or gradient tolerance."""
+        return jnp.isin(self.status, jnp.asarray([int(s) for s in CONVERGED]))
+
+    def summary(self) -> str:
+        """A Ceres-style report (a batch gets ranges and a count per termination reason)."""
+        status = np.atleast_1d(np.asarray(self.status))
+        cost = np.atleast_1d(np.asarray(self.cost))
+        initial = np.atleast_1d(np.asarray(self.initial_cost))
+        steps = np.atleast_1d(np.asarray(self.num_steps))
+        accepted = np.atleast_1d(np.asarray(self.num_accepted))
+        grad = np.atleast_1d(np.asarray(self.gradient_norm))
+        lines = [f"jaxnls solver summary ({self.method})", ""]
+        row = "{:<28}{:>22}".format
+        lines += [row("Problems", status.size), row("Parameters", self.num_params),
+                  row("Residuals", self.num_residuals), ""]
+        if status.size == 1:
+            lines += [
+                "Cost:",
+                row("Initial", f"{initial[0]:.6e}"),
+                row("Final", f"{cost[0]:.6e}"),
+                row("Change", f"{initial[0] - cost[0]:.6e}"),
+                "",
+                row("Minimizer iterations", steps[0]),
+                row("Successful steps", accepted[0]),
+                row("Unsuccessful steps", steps[0] - accepted[0]),
+                row("Gradient max-norm", f"{grad[0]:.3e}"),
+                "",
+                f"Termination: {_verdict(status[0])}",
+            ]
+            return "\n".join(lines)
+
+        def spread(values, fmt):
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                return "all non-finite"
+            lo, med, hi = np.min(finite), np.median(finite), np.max(finite)
+            note = "" if finite.size == values.size else f"  ({values.size - finite.size} non-finite)"
+            return f"{fmt(lo)} / {fmt(med)} / {fmt(hi)}{note}"
+
+        exp = "{:.3e}".format
+        lines += [
+            "Per problem (min / median / max):",
+            f"  Initial cost          {spread(initial, exp)}",
+            f"  Final cost            {spread(cost, exp)}",
+            f"  Iterations            {spread(steps, lambda v: f'{v:g}')}",
+            f"  Successful steps      {spread(accepted, lambda v: f'{v:g}')}",
+            f"  Gradient max-norm     {spread(grad, exp)}",
+            "",
+            "Termination:",
+        ]
+        codes, counts = np.unique(status, return_counts=True)
+        lines += [f"  {count:>8}  {_verdict(code)}" for code, count in zip(codes, counts)]
+        return "\n".join(lines)
+
+
+def _verdict(code) -> str:
+    status = Status(int(code))
+    kind = "CONVERGENCE" if status.converged else "NO_CONVERGENCE"
+    return f"{kind} - {status.name}: {status.message}"

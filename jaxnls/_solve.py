@@ -1,0 +1,331 @@
+"""``jaxnls.solve``: validation, flattening, batching and the one jit-compiled loop over the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._jacobian import flat_residual_fn, residual_and_jacobian
+from ._solution import Solution
+from ._status import MESSAGES, Status
+from .linear import Linearization
+from .solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
+
+
+def solve(
+    residual_fn: Callable[[PyTree, Any], PyTree],
+    params0: PyTree,
+    args: PyTree = None,
+    *,
+    solver: AbstractLeastSquaresSolver = LevenbergMarquardt(),
+    max_steps: int = 256,
+    batched: bool = False,
+    args_axes: PyTree = 0,
+    verbose: bool = False,
+    throw: bool = False,
+) -> Solution:
+    r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
+
+    Args:
+        residual_fn: ``residual_fn(params, args) -> residuals`` for ONE problem; residuals may be any
+            pytree of floating arrays. It must be pure (it is traced once and compiled).
+        params0: starting parameters, any pytree of floating arrays. With ``batched=True`` every leaf
+            carries a leading batch axis of the same size B.
+        args: data passed unchanged to ``residual_fn`` (arrays, pytrees, Equinox modules).
+        solver: :class:`LevenbergMarquardt` (default), :class:`GaussNewton` or :class:`Dogleg`, holding
+            the tolerances and the linear step solver.
+        max_steps: iteration limit per problem (each iteration is one trial step).
+        batched: solve B independent problems at once. Each problem has its own damping, acceptance
+            and termination; a finished or failed problem never changes its neighbours.
+        args_axes: with ``batched=True``, which ``args`` leaves carry the batch axis, in ``jax.vmap``'s
+            ``in_axes`` style: a prefix of ``args`` made of ``0`` (batched along axis 0) and ``None``
+            (shared by every problem). Default: everything batched.
+        verbose: print one line per iteration from inside the compiled loop (for a batch: totals,
+            maxima and the number of problems still running).
+        throw: raise if any problem ends without converging (its status names the reason) instead of
+            reporting it only in ``Solution.status``.
+
+    Returns:
+        A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
+
+    Static configuration (``residual_fn``, solver, ``max_steps``, flags, Python scalars in ``args``) is
+    part of the compilation key: calling again with new arrays of the same shapes does not recompile.
+    """
+    params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
+    return _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw)
+
+
+def _as_float_array(path, leaf):
+    if isinstance(leaf, (bool, np.bool_)) or not (
+        isinstance(leaf, (int, float)) or hasattr(leaf, "dtype")
+    ):
+        raise TypeError(f"params0{jax.tree_util.keystr(path)} is a {type(leaf).__name__}; every leaf of params0 "
+                        "must be a floating-point array")
+    leaf = jnp.asarray(leaf) if not isinstance(leaf, int) else leaf
+    if isinstance(leaf, int) or not jnp.issubdtype(leaf.dtype, jnp.floating):
+        dtype = "int" if isinstance(leaf, int) else leaf.dtype
+        raise TypeError(f"params0{jax.tree_util.keystr(path)} has dtype {dtype}; nonlinear least squares needs "
+                        "floating-point parameters (convert it, e.g. jnp.asarray(x, dtype=float))")
+    return leaf
+
+
+class _LoopState(eqx.Module):
+    x: Float[Array, "batch n"]
+    lin: Linearization
+    cost: Float[Array, " batch"]
+    scale: Float[Array, "batch n"]
+    control: PyTree
+    status: Int[Array, " batch"]
+    num_steps: Int[Array, " batch"]
+    num_accepted: Int[Array, " batch"]
+
+
+@eqx.filter_jit
+def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw):
+    if not isinstance(solver, AbstractLeastSquaresSolver):
+        raise TypeError(f"solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg()), got {solver!r}")
+    if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
+        raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
+    leaves = jax.tree_util.tree_leaves(params0)
+    if not leaves:
+        raise ValueError("params0 has no array leaves: there is nothing to solve for")
+    if batched:
+        batch_size = _batch_size(params0)
+        axes = _broadcast_axes(args_axes, args, batch_size)
+        single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
+        x0 = jax.vmap(lambda p: ravel_pytree(p)[0])(params0)
+    else:
+        axes = jax.tree_util.tree_map(lambda _: None, args)
+        single_params = params0
+        x0 = ravel_pytree(params0)[0][None]
+    _, unravel = ravel_pytree(single_params)
+    dtype = x0.dtype
+    fn = flat_residual_fn(residual_fn, unravel, dtype)
+    num_residuals = _check_residual(residual_fn, single_params, _single_args(args, axes))
+    evaluate = jax.vmap(
+        lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes)
+    )
+
+    state = _init(solver, evaluate, x0, args, max_steps)
+    initial_cost = state.cost
+    if verbose:
+        jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
+
+    def body(state: _LoopState) -> _LoopState:
+        return _iterate(solver, evaluate, args, state, max_steps, verbose)
+
+    state = jax.lax.while_loop(lambda s: jnp.any(s.status == Status.RUNNING), body, state)
+
+    params = jax.vmap(unravel)(state.x)
+    fields = dict(
+        cost=state.cost,
+        initial_cost=initial_cost,
+        gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),
+        num_steps=state.num_steps,
+        num_accepted=state.num_accepted,
+        status=state.status,
+    )
+    if not batched:
+        params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+        fields = {k: v[0] for k, v in fields.items()}
+    solution = Solution(
+        params=params,
+        **fields,
+        num_residuals=num_residuals,
+        num_params=x0.shape[1],
+        method=f"{type(solver).__name__}, {type(solver.linear_solver).__name__}",
+    )
+    if throw:
+        failed = ~solution.converged
+        first_failed = jnp.ravel(solution.status)[jnp.argmax(jnp.ravel(failed))]
+        solution = eqx.branched_error_if(
+            solution, jnp.any(failed), first_failed,
+            [f"jaxnls.solve did not converge: {message}" for message in MESSAGES],
+        )
+    return solution
+
+
+def _batch_size(params0) -> int:
+    sizes = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params0)[0]:
+        if leaf.ndim == 0:
+            raise ValueError(f"batched=True but params0{jax.tree_util.keystr(path)} is a scalar; every leaf "
+                             "needs a leading batch axis")
+        sizes[jax.tree_util.keystr(path)] = leaf.shape[0]
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"params0{k}: {v}" for k, v in sizes.items())
+        raise ValueError(f"batched=True but the leaves of params0 disagree on the batch size ({listing})")
+    return next(iter(sizes.values()))
+
+
+def _broadcast_axes(args_axes, args, batch_size: int):
+    try:
+        axes = jax.tree.broadcast(args_axes, args, is_leaf=lambda a: a is None)
+    except ValueError as err:
+        raise ValueError(f"args_axes must be a prefix of the structure of args: {err}") from None
+    paths_axes = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda a: a is None)[0]
+    arg_leaves = jax.tree_util.tree_leaves(args, is_leaf=lambda a: a is None)
+    for (path, axis), leaf in zip(paths_axes, arg_leaves):
+        where = f"args{jax.tree_util.keystr(path)}"
+        if axis is None:
+            continue
+        if axis != 0:
+            raise ValueError(f"args_axes for {where} is {axis!r}; use 0 (batched on the leading axis) or None")
+        shape = np.shape(leaf)
+        if not hasattr(leaf, "shape") or len(shape) == 0:
+            raise ValueError(f"{where} is marked batched (axis 0) but is not an array with a batch axis; "
+                             "mark it None in args_axes to share it across the batch")
+        if shape[0] != batch_size:
+            raise ValueError(f"{where} has leading size {shape[0]} but params0 has batch size {batch_size}; "
+                             "mark it None in args_axes if it is shared by every problem")
+    return axes
+
+
+def _single_args(args, axes):
+    """The args of problem 0, for shape checking."""
+    return jax.tree_util.tree_map(
+        lambda axis, leaf: leaf if axis is None else leaf[0], axes, args, is_leaf=lambda a: a is None
+    )
+
+
+def _check_residual(residual_fn, single_params, single_args) -> int:
+    out = jax.eval_shape(residual_fn, single_params, single_args)
+    leaves = jax.tree_util.tree_flatten_with_path(out)[0]
+    if not leaves:
+        raise ValueError("residual_fn returned no arrays; it must return the residual vector (or a pytree of them)")
+    for path, leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(f"residual_fn output{jax.tree_util.keystr(path)} has dtype {leaf.dtype}; residuals "
+                            "must be real floating-point arrays")
+    num_residuals = sum(int(np.prod(leaf.shape)) for _, leaf in leaves)
+    if num_residuals == 0:
+        raise ValueError("residual_fn returned zero residuals")
+    return num_residuals
+
+
+def _all_finite(tree, axis) -> Bool[Array, " batch"]:
+    flags = [jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for leaf in jax.tree_util.tree_leaves(tree)]
+    return jnp.stack(flags).all(axis=0) if len(flags) > 1 else flags[0]
+
+
+def _gradient_converged(solver, lin: Linearization, cost) -> Bool[Array, " batch"]:
+    """MINPACK's test: cos∠(J_j, r) <= gtol for every column j, or r = 0."""
+    column_norms = jnp.sqrt(jax.vmap(Linearization.diagonal)(lin))
+    residual_norm = jnp.sqrt(2.0 * cost)
+    bound = solver.gtol * column_norms * residual_norm[:, None]
+    return (cost == 0) | jnp.all(jnp.abs(lin.gradient) <= bound, axis=-1)
+
+
+def _linearize(solver, evaluate, x, args):
+    residual, jacobian = evaluate(x, args)
+    cost = 0.5 * jnp.sum(residual**2, axis=-1)
+    lin = jax.vmap(solver.linear_solver.linearize)(residual, jacobian)
+    finite = jnp.isfinite(cost) & _all_finite(jacobian, axis=0)
+    return lin, cost, finite
+
+
+def _init(solver, evaluate, x0, args, max_steps) -> _LoopState:
+    lin, cost, finite = _linearize(solver, evaluate, x0, args)
+    finite = finite & jnp.all(jnp.isfinite(x0), axis=-1)
+    diagonal = jax.vmap(Linearization.diagonal)(lin)
+    scale = jnp.where(diagonal > 0, diagonal, 1.0)
+    control = jax.vmap(solver.init_control)(lin, scale, x0)
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE_START,
+        jnp.where(
+            _gradient_converged(solver, lin, cost),
+            Status.CONVERGED_GRADIENT,
+            Status.MAX_STEPS if max_steps == 0 else Status.RUNNING,
+        ),
+    ).astype(jnp.int32)
+    zeros = jnp.zeros(x0.shape[0], jnp.int32)
+    return _LoopState(x0, lin, cost, scale, control, status, zeros, zeros)
+
+
+def _select(mask, new, old):
+    """Per-problem choice between two pytrees whose leaves all lead with the batch axis."""
+    return jax.tree_util.tree_map(
+        lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old
+    )
+
+
+def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose: bool) -> _LoopState:
+    running = state.status == Status.RUNNING
+    step = jax.vmap(solver.propose)(state.lin, state.scale, state.control)
+    trial = state.x + step
+    trial_lin, trial_cost, finite = _linearize(solver, evaluate, trial, args)
+    finite = finite & jnp.all(jnp.isfinite(step), axis=-1)
+
+    curvature = jax.vmap(Linearization.curvature)(state.lin, step)
+    predicted = -(jnp.sum(state.lin.gradient * step, axis=-1) + 0.5 * curvature)
+    actual = state.cost - trial_cost
+    ratio = jnp.where(finite & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
+    accepted = running & finite & (ratio > solver.acceptance)
+
+    control = _select(running, jax.vmap(solver.update_control)(state.control, accepted, ratio, step, state.scale),
+                      state.control)
+    x = jnp.where(accepted[:, None], trial, state.x)
+    lin = _select(accepted, trial_lin, state.lin)
+    cost = jnp.where(accepted, trial_cost, state.cost)
+    trial_diagonal = jax.vmap(Linearization.diagonal)(trial_lin)
+    scale = jnp.where(accepted[:, None], jnp.maximum(state.scale, trial_diagonal), state.scale)
+
+    eps = jnp.finfo(cost.dtype).eps
+    unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
+    small_step = jnp.all(jnp.abs(step) <= solver.rtol * jnp.abs(state.x) + solver.atol, axis=-1)
+    function_converged = (
+        finite
+        & (jnp.abs(actual) <= solver.rtol * state.cost)
+        & (predicted <= solver.rtol * state.cost)
+        & (ratio <= 2.0)
+    )
+    parameter_converged = small_step & (accepted | unchanged)
+    gradient_converged = _gradient_converged(solver, lin, cost)
+    stalled = jax.vmap(solver.stalled)(control, x, scale)
+    num_steps = state.num_steps + running
+    outcome = jnp.select(
+        [gradient_converged, function_converged, parameter_converged, stalled & ~finite, stalled,
+         num_steps >= max_steps],
+        [Status.CONVERGED_GRADIENT, Status.CONVERGED_FUNCTION, Status.CONVERGED_PARAMETER,
+         Status.NONFINITE_RESIDUAL, Status.STALLED, Status.MAX_STEPS],
+        Status.RUNNING,
+    )
+    status = jnp.where(running, outcome, state.status).astype(jnp.int32)
+    if verbose:
+        jax.debug.callback(
+            _print_row, num_steps, running, cost, jnp.where(accepted, actual, 0.0),
+            jnp.max(jnp.abs(lin.gradient), axis=-1), jnp.max(jnp.abs(step), axis=-1),
+            jax.vmap(solver.control_value)(control), accepted, ordered=True,
+        )
+    return _LoopState(x, lin, cost, scale, control, status, num_steps, state.num_accepted + accepted)
+
+
+def _print_header(label, batch_size):
+    if int(batch_size) == 1:
+        print(f"{'iter':>5} {'cost':>14} {'cost_change':>12} {'|gradient|':>11} {'|step|':>11} "
+              f"{label:>11} {'accepted':>8}", flush=True)
+    else:
+        print(f"{'iter':>5} {'running':>8} {'total_cost':>14} {'cost_change':>12} {'max|grad|':>11} "
+              f"{'max|step|':>11} {'med ' + label:>12} {'accepted':>8}", flush=True)
+
+
+def _print_row(num_steps, running, cost, change, gradient, step, control, accepted):
+    running = np.asarray(running)
+    if not running.any():
+        return
+    if running.size == 1:
+        print(f"{int(num_steps[0]):>5} {float(cost[0]):>14.6e} {float(change[0]):>12.3e} {float(gradient[0]):>11.3e} "
+              f"{float(step[0]):>11.3e} {float(control[0]):>11.3e} {'yes' if accepted[0] else 'no':>8}", flush=True)
+        return
+    live = running
+    print(f"{int(np.max(num_steps[live])):>5} {int(live.sum()):>8} {float(np.nansum(cost)):>14.6e} "
+          f"{float(np.nansum(change)):>12.3e} {float(np.max(gradient[live])):>11.3e} {float(np.max(step[live])):>11.3e} "
+          f"{float(np.median(control[live])):>12.3e} {int(np.sum(accepted)):>8}", flush=True)

@@ -1,0 +1,69 @@
+r"""The contract between the solve loop and a step strategy.
+
+A strategy sees ONE problem (the loop vmaps it over the batch). Each iteration it proposes a step δ from
+the Gauss-Newton model of the cost :math:`c(x) = \tfrac12\|r(x)\|^2`,
+
+.. math::  m(δ) = c(x) + g^\top δ + \tfrac12 \|J δ\|^2,\qquad g = J^\top r,
+
+the loop evaluates the residual and Jacobian at :math:`x + δ` in one pass, computes the gain ratio
+:math:`ρ = (c(x) - c(x+δ)) / (m(0) - m(δ))`, accepts the step when :math:`ρ > η` (``acceptance``), and hands
+ρ back so the strategy can adapt its damping / radius / step length (its "control").
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+from jaxtyping import Array, Bool, Float, PyTree
+
+from ..linear import AbstractLinearSolver, Cholesky, Linearization
+
+
+class AbstractLeastSquaresSolver(eqx.Module):
+    """Tolerances shared by every strategy (Ceres/MINPACK-style, see :class:`jaxnls.Status`).
+
+    - function: ``|Δcost| <= rtol·cost`` and the model's predicted decrease ``<= rtol·cost``;
+    - parameter: ``|δ_i| <= rtol·|x_i| + atol`` for every parameter, on a step that was accepted (or
+      that left the cost unchanged to rounding, so no further progress is measurable);
+    - gradient: every Jacobian column is orthogonal to the residual, ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖``
+      (MINPACK's scale-free test), or the residual is exactly zero.
+    """
+
+    rtol: float = 1e-8
+    atol: float = 1e-8
+    gtol: float = 1e-10
+    linear_solver: AbstractLinearSolver = Cholesky()
+
+    #: Column heading of the control value in the verbose log.
+    control_label: ClassVar[str] = "control"
+    #: A step is accepted when its gain ratio exceeds this.
+    acceptance: ClassVar[float] = 1e-3
+
+    @abc.abstractmethod
+    def init_control(self, lin: Linearization, scale: Float[Array, " n"], x: Float[Array, " n"]) -> PyTree:
+        """Initial damping / radius / step length."""
+
+    @abc.abstractmethod
+    def propose(self, lin: Linearization, scale: Float[Array, " n"], control: PyTree) -> Float[Array, " n"]:
+        """A step δ from the model at the current point. ``scale`` is the running max of diag(JᵀJ)."""
+
+    @abc.abstractmethod
+    def update_control(
+        self,
+        control: PyTree,
+        accepted: Bool[Array, ""],
+        ratio: Float[Array, ""],
+        step: Float[Array, " n"],
+        scale: Float[Array, " n"],
+    ) -> PyTree:
+        """Adapt the control to how well the model predicted the last trial."""
+
+    @abc.abstractmethod
+    def stalled(self, control: PyTree, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
+        """True once the control has reached a limit where no further step can be taken."""
+
+    @abc.abstractmethod
+    def control_value(self, control: PyTree) -> Float[Array, ""]:
+        """The number printed in the verbose log's control column."""

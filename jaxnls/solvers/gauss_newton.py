@@ -1,0 +1,38 @@
+r"""Gauss-Newton with a backtracking step length."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from ._base import AbstractLeastSquaresSolver
+
+
+class GaussNewton(AbstractLeastSquaresSolver):
+    r"""Gauss-Newton: the step is :math:`α δ_{GN}` with :math:`J^\top J\, δ_{GN} = -J^\top r`.
+
+    The full step (α = 1) is tried first; a trial that does not decrease the cost halves α, an accepted
+    one doubles it back towards 1. On a rank-deficient :math:`J^\top J` the step solver's pivot floor
+    gives a finite minimum-norm-like step. Stalls when α falls below ``min_step_length``.
+    """
+
+    min_step_length: float = 1e-10
+
+    control_label: ClassVar[str] = "alpha"
+    acceptance: ClassVar[float] = 0.0
+
+    def init_control(self, lin, scale, x):
+        return jnp.asarray(1.0, scale.dtype)
+
+    def propose(self, lin, scale, control):
+        return control * self.linear_solver.solve(lin, jnp.zeros_like(scale))
+
+    def update_control(self, control, accepted, ratio, step, scale):
+        return jnp.where(accepted, jnp.minimum(2.0 * control, 1.0), 0.5 * control)
+
+    def stalled(self, control, x, scale):
+        return control < self.min_step_length
+
+    def control_value(self, control):
+        return control
