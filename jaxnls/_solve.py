@@ -77,14 +77,18 @@ def _as_float_array(path, leaf):
 
 
 class _LoopState(eqx.Module):
+    """Per-problem loop state; every leaf leads with the batch axis."""
+
     x: Float[Array, "batch n"]
     lin: Linearization
     cost: Float[Array, " batch"]
+    initial_cost: Float[Array, " batch"]
     scale: Float[Array, "batch n"]
     control: PyTree
     status: Int[Array, " batch"]
     num_steps: Int[Array, " batch"]
     num_accepted: Int[Array, " batch"]
+    started: Bool[Array, ""]
 
 
 @eqx.filter_jit
@@ -93,8 +97,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         raise TypeError(f"solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg()), got {solver!r}")
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
         raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
-    leaves = jax.tree_util.tree_leaves(params0)
-    if not leaves:
+    if not jax.tree_util.tree_leaves(params0):
         raise ValueError("params0 has no array leaves: there is nothing to solve for")
     if batched:
         batch_size = _batch_size(params0)
@@ -106,27 +109,23 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         single_params = params0
         x0 = ravel_pytree(params0)[0][None]
     _, unravel = ravel_pytree(single_params)
-    dtype = x0.dtype
-    fn = flat_residual_fn(residual_fn, unravel, dtype)
+    fn = flat_residual_fn(residual_fn, unravel, x0.dtype)
     num_residuals = _check_residual(residual_fn, single_params, _single_args(args, axes))
-    evaluate = jax.vmap(
-        lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes)
-    )
+    evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
 
-    state = _init(solver, evaluate, x0, args, max_steps)
-    initial_cost = state.cost
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
-
-    def body(state: _LoopState) -> _LoopState:
-        return _iterate(solver, evaluate, args, state, max_steps, verbose)
-
-    state = jax.lax.while_loop(lambda s: jnp.any(s.status == Status.RUNNING), body, state)
+    state = _initial_state(solver, x0, num_residuals)
+    state = jax.lax.while_loop(
+        lambda s: ~s.started | jnp.any(s.status == Status.RUNNING),
+        lambda s: _iterate(solver, evaluate, args, s, max_steps, verbose),
+        state,
+    )
 
     params = jax.vmap(unravel)(state.x)
     fields = dict(
         cost=state.cost,
-        initial_cost=initial_cost,
+        initial_cost=state.initial_cost,
         gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),
         num_steps=state.num_steps,
         num_accepted=state.num_accepted,
@@ -223,61 +222,83 @@ def _gradient_converged(solver, lin: Linearization, cost) -> Bool[Array, " batch
     return (cost == 0) | jnp.all(jnp.abs(lin.gradient) <= bound, axis=-1)
 
 
+def _steepest_descent_gain(lin: Linearization, scale) -> Float[Array, " batch"]:
+    """Model decrease ½(gᵀu)²/‖Ju‖² at the best point along the scaled gradient u = g/D."""
+    direction = lin.gradient / scale
+    slope = jnp.sum(lin.gradient * direction, axis=-1)
+    curvature = jax.vmap(Linearization.curvature)(lin, direction)
+    return jnp.where(slope > 0, 0.5 * slope**2 / jnp.where(curvature > 0, curvature, 1.0), 0.0)
+
+
 def _linearize(solver, evaluate, x, args):
     residual, jacobian = evaluate(x, args)
     cost = 0.5 * jnp.sum(residual**2, axis=-1)
     lin = jax.vmap(solver.linear_solver.linearize)(residual, jacobian)
-    finite = jnp.isfinite(cost) & _all_finite(jacobian, axis=0)
+    finite = jnp.isfinite(cost) & _all_finite(jacobian, axis=0) & jnp.all(jnp.isfinite(x), axis=-1)
     return lin, cost, finite
 
 
-def _init(solver, evaluate, x0, args, max_steps) -> _LoopState:
-    lin, cost, finite = _linearize(solver, evaluate, x0, args)
-    finite = finite & jnp.all(jnp.isfinite(x0), axis=-1)
-    diagonal = jax.vmap(Linearization.diagonal)(lin)
-    scale = jnp.where(diagonal > 0, diagonal, 1.0)
-    control = jax.vmap(solver.init_control)(lin, scale, x0)
-    status = jnp.where(
-        ~finite,
-        Status.NONFINITE_START,
-        jnp.where(
-            _gradient_converged(solver, lin, cost),
-            Status.CONVERGED_GRADIENT,
-            Status.MAX_STEPS if max_steps == 0 else Status.RUNNING,
-        ),
-    ).astype(jnp.int32)
-    zeros = jnp.zeros(x0.shape[0], jnp.int32)
-    return _LoopState(x0, lin, cost, scale, control, status, zeros, zeros)
+def _initial_state(solver, x0, num_residuals) -> _LoopState:
+    """Placeholder state: the first loop iteration evaluates x0, so the residual and Jacobian are
+    compiled once (in the loop body), not twice."""
+    batch, n = x0.shape
+    lin_shape = jax.eval_shape(
+        jax.vmap(solver.linear_solver.linearize),
+        jax.ShapeDtypeStruct((batch, num_residuals), x0.dtype),
+        jax.ShapeDtypeStruct((batch, num_residuals, n), x0.dtype),
+    )
+    lin = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), lin_shape)
+    ones = jnp.ones_like(x0)
+    control_shape = jax.eval_shape(jax.vmap(solver.init_control), lin, ones, x0)
+    control = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype), control_shape)
+    zero_cost = jnp.zeros(batch, x0.dtype)
+    counts = jnp.zeros(batch, jnp.int32)
+    status = jnp.full(batch, Status.RUNNING, jnp.int32)
+    return _LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.asarray(False))
 
 
 def _select(mask, new, old):
     """Per-problem choice between two pytrees whose leaves all lead with the batch axis."""
     return jax.tree_util.tree_map(
-        lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o), new, old
+        lambda n, o: jnp.where(jnp.reshape(mask, jnp.shape(mask) + (1,) * (n.ndim - jnp.ndim(mask))), n, o),
+        new, old,
     )
 
 
 def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose: bool) -> _LoopState:
-    running = state.status == Status.RUNNING
+    """One trial step for every running problem: propose, evaluate r and J once, accept or reject,
+    adapt the control, test the tolerances. The first call evaluates x0 instead."""
+    started = state.started
+    running = started & (state.status == Status.RUNNING)
     step = jax.vmap(solver.propose)(state.lin, state.scale, state.control)
+    step = jnp.where(running[:, None], step, 0.0)
     trial = state.x + step
     trial_lin, trial_cost, finite = _linearize(solver, evaluate, trial, args)
-    finite = finite & jnp.all(jnp.isfinite(step), axis=-1)
 
     curvature = jax.vmap(Linearization.curvature)(state.lin, step)
     predicted = -(jnp.sum(state.lin.gradient * step, axis=-1) + 0.5 * curvature)
     actual = state.cost - trial_cost
     ratio = jnp.where(finite & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
     accepted = running & finite & (ratio > solver.acceptance)
+    updated_control = jax.vmap(solver.update_control)(state.control, accepted, ratio, step, state.scale)
 
-    control = _select(running, jax.vmap(solver.update_control)(state.control, accepted, ratio, step, state.scale),
-                      state.control)
-    x = jnp.where(accepted[:, None], trial, state.x)
-    lin = _select(accepted, trial_lin, state.lin)
-    cost = jnp.where(accepted, trial_cost, state.cost)
     trial_diagonal = jax.vmap(Linearization.diagonal)(trial_lin)
-    scale = jnp.where(accepted[:, None], jnp.maximum(state.scale, trial_diagonal), state.scale)
+    take = accepted | ~started
+    x = jnp.where(take[:, None], trial, state.x)
+    lin = _select(take, trial_lin, state.lin)
+    cost = jnp.where(take, trial_cost, state.cost)
+    scale = jnp.where(
+        started, jnp.where(accepted[:, None], jnp.maximum(state.scale, trial_diagonal), state.scale),
+        jnp.where(trial_diagonal > 0, trial_diagonal, 1.0),
+    )
+    control = _select(
+        started, _select(running, updated_control, state.control), jax.vmap(solver.init_control)(lin, scale, x)
+    )
 
+    # A rejected step only proves convergence when the model agrees that no direction helps: even
+    # the best scaled-gradient step would gain less than rtol·cost. Without this, a heavily damped
+    # step that rounds to nothing passes both tolerances at a point with a large gradient.
+    descent_exhausted = _steepest_descent_gain(state.lin, state.scale) <= solver.rtol * state.cost
     eps = jnp.finfo(cost.dtype).eps
     unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
     small_step = jnp.all(jnp.abs(step) <= solver.rtol * jnp.abs(state.x) + solver.atol, axis=-1)
@@ -286,8 +307,9 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
         & (jnp.abs(actual) <= solver.rtol * state.cost)
         & (predicted <= solver.rtol * state.cost)
         & (ratio <= 2.0)
+        & (accepted | descent_exhausted)
     )
-    parameter_converged = small_step & (accepted | unchanged)
+    parameter_converged = small_step & (accepted | (unchanged & descent_exhausted))
     gradient_converged = _gradient_converged(solver, lin, cost)
     stalled = jax.vmap(solver.stalled)(control, x, scale)
     num_steps = state.num_steps + running
@@ -298,14 +320,22 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
          Status.NONFINITE_RESIDUAL, Status.STALLED, Status.MAX_STEPS],
         Status.RUNNING,
     )
-    status = jnp.where(running, outcome, state.status).astype(jnp.int32)
+    first_outcome = jnp.select(
+        [~finite, gradient_converged, num_steps >= max_steps],
+        [Status.NONFINITE_START, Status.CONVERGED_GRADIENT, Status.MAX_STEPS],
+        Status.RUNNING,
+    )
+    status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
     if verbose:
         jax.debug.callback(
-            _print_row, num_steps, running, cost, jnp.where(accepted, actual, 0.0),
+            _print_row, num_steps, running | ~started, cost, jnp.where(accepted, actual, 0.0),
             jnp.max(jnp.abs(lin.gradient), axis=-1), jnp.max(jnp.abs(step), axis=-1),
-            jax.vmap(solver.control_value)(control), accepted, ordered=True,
+            jax.vmap(solver.control_value)(control), accepted | ~started, ordered=True,
         )
-    return _LoopState(x, lin, cost, scale, control, status, num_steps, state.num_accepted + accepted)
+    return _LoopState(
+        x, lin, cost, jnp.where(started, state.initial_cost, cost), scale, control, status, num_steps,
+        state.num_accepted + accepted, jnp.asarray(True),
+    )
 
 
 def _print_header(label, batch_size):
@@ -327,5 +357,5 @@ def _print_row(num_steps, running, cost, change, gradient, step, control, accept
         return
     live = running
     print(f"{int(np.max(num_steps[live])):>5} {int(live.sum()):>8} {float(np.nansum(cost)):>14.6e} "
-          f"{float(np.nansum(change)):>12.3e} {float(np.max(gradient[live])):>11.3e} {float(np.max(step[live])):>11.3e} "
-          f"{float(np.median(control[live])):>12.3e} {int(np.sum(accepted)):>8}", flush=True)
+          f"{float(np.nansum(change)):>12.3e} {float(np.nanmax(gradient[live])):>11.3e} {float(np.nanmax(step[live])):>11.3e} "
+          f"{float(np.nanmedian(control[live])):>12.3e} {int(np.sum(accepted)):>8}", flush=True)

@@ -1,0 +1,18 @@
+"""Shared test set-up: float64 on, strict rank promotion, and a central-difference helper."""
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def central_difference(fn, x, eps=1e-6):
+    """Jacobian of ``fn`` at ``x`` by central differences (float64 numpy), for checking autodiff."""
+    x = np.asarray(x, dtype=np.float64)
+    columns = []
+    for i in range(x.size):
+        dx = np.zeros_like(x)
+        dx.flat[i] = eps * max(1.0, abs(x.flat[i]))
+        columns.append((np.asarray(fn(x + dx)) - np.asarray(fn(x - dx))) / (2 * dx.flat[i]))
+    return np.stack(columns, axis=-1)

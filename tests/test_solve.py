@@ -1,0 +1,339 @@
+"""Core solver behaviour against independent truth: closed forms, scipy's answer, solo-vs-batch."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxnls
+from jaxnls import Status
+
+SOLVERS = [jaxnls.LevenbergMarquardt(), jaxnls.GaussNewton(), jaxnls.Dogleg(),
+           jaxnls.LevenbergMarquardt(linear_solver=jaxnls.QR())]
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+
+
+def curve(p, t):
+    a, b, c, d = p
+    return a * jnp.exp(-b * t) + c * jnp.sin(d * t)
+
+
+def curve_residual(p, args):
+    t, y = args
+    return curve(p, t) - y
+
+
+T = np.linspace(0.0, 10.0, 100)
+P_TRUE = np.array([2.0, 0.3, 0.5, 1.5])
+
+
+def noisy_data(seed, size=None):
+    rng = np.random.default_rng(seed)
+    shape = (100,) if size is None else (size, 100)
+    return np.asarray(curve(P_TRUE, T)) + 0.02 * rng.standard_normal(shape)
+
+
+def scipy_fit(p0, y):
+    fit = scipy.optimize.least_squares(
+        lambda p: np.asarray(curve_residual(p, (T, y))),
+        p0,
+        jac=lambda p: np.asarray(jax.jacfwd(curve_residual)(p, (T, y))),
+        method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+    )
+    return fit.x, fit.cost
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
+def test_matches_scipy_on_noisy_curve_fit(solver):
+    y = noisy_data(0)
+    p0 = np.array([1.5, 0.4, 0.4, 1.4])
+    sol = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, y), solver=eqx.tree_at(
+        lambda s: (s.rtol, s.atol), solver, (1e-12, 1e-12)))
+    ref_x, ref_cost = scipy_fit(p0, y)
+    assert bool(sol.converged), Status(int(sol.status))
+    np.testing.assert_allclose(sol.params, ref_x, rtol=1e-7)
+    np.testing.assert_allclose(sol.cost, ref_cost, rtol=1e-10)
+    # the reported cost is 0.5·Σr² at the returned parameters
+    np.testing.assert_allclose(sol.cost, 0.5 * np.sum(np.asarray(curve_residual(sol.params, (T, y))) ** 2), rtol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_random_rational_fits_agree_with_scipy_and_are_stationary(seed):
+    """Random well-posed problems: a rational model y = (a + b t) / (1 + c t) on noisy data."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 4.0, 30)
+    truth = np.array([rng.uniform(0.5, 2.0), rng.uniform(-1.0, 1.0), rng.uniform(0.1, 1.0)])
+    y = (truth[0] + truth[1] * t) / (1 + truth[2] * t) + 0.01 * rng.standard_normal(t.size)
+    p0 = truth * (1 + 0.05 * rng.standard_normal(3))
+    sol = jaxnls.solve(rational_residual, jnp.asarray(p0), (t, y), solver=jaxnls.LevenbergMarquardt(**TIGHT))
+    fit = scipy.optimize.least_squares(lambda p: np.asarray(rational_residual(p, (t, y))), p0, method="lm",
+                                       xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert bool(sol.converged)
+    np.testing.assert_allclose(sol.cost, fit.cost, rtol=1e-9)
+    np.testing.assert_allclose(sol.params, fit.x, rtol=1e-6, atol=1e-9)
+    r = rational_residual(sol.params, (t, y))
+    jac = jax.jacfwd(rational_residual)(sol.params, (t, y))
+    # at a minimum Jᵀr = 0 (relative to the sizes of J and r)
+    assert np.max(np.abs(jac.T @ r)) <= 1e-8 * np.linalg.norm(jac) * np.linalg.norm(r)
+
+
+def rational_residual(p, args):
+    t, y = args
+    return (p[0] + p[1] * t) / (1 + p[2] * t) - y
+
+
+def test_batch_equals_solo_solves():
+    ys = noisy_data(1, size=6)
+    rng = np.random.default_rng(2)
+    p0 = P_TRUE * (1 + 0.1 * rng.standard_normal((6, 4)))
+    batch = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, ys), batched=True, args_axes=(None, 0))
+    for i in range(6):
+        solo = jaxnls.solve(curve_residual, jnp.asarray(p0[i]), (T, ys[i]))
+        np.testing.assert_allclose(batch.params[i], solo.params, rtol=1e-10)
+        np.testing.assert_allclose(batch.cost[i], solo.cost, rtol=1e-10)
+        assert int(batch.status[i]) == int(solo.status)
+        assert int(batch.num_steps[i]) == int(solo.num_steps)
+
+
+def test_bad_neighbours_never_change_good_answers():
+    """A NaN start and a diverging element share the batch with good ones; the good ones are bitwise
+    what they are in a batch of good problems only."""
+    ys = noisy_data(3, size=4)
+    rng = np.random.default_rng(4)
+    p0 = P_TRUE * (1 + 0.1 * rng.standard_normal((4, 4)))
+    clean = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, ys), batched=True, args_axes=(None, 0))
+    poisoned = p0.copy()
+    poisoned[1] = np.nan
+    poisoned[2] = [1.0, -50.0, 0.0, 0.0]  # exp(50 t): residuals overflow to inf along the path
+    mixed = jaxnls.solve(curve_residual, jnp.asarray(poisoned), (T, ys), batched=True, args_axes=(None, 0))
+    for i in (0, 3):
+        np.testing.assert_array_equal(mixed.params[i], clean.params[i])
+        np.testing.assert_array_equal(mixed.cost[i], clean.cost[i])
+        assert int(mixed.num_steps[i]) == int(clean.num_steps[i])
+    assert int(mixed.status[1]) == Status.NONFINITE_START
+    assert not bool(mixed.converged[1])
+    assert np.isfinite(mixed.cost[2]) or not bool(mixed.converged[2])
+
+
+def test_pytree_params_residuals_and_shared_args():
+    """Dict parameters, a tuple of residual blocks, args mixing batched and shared leaves."""
+
+    def residual(p, args):
+        t, y, weight = args["t"], args["y"], args["weight"]
+        model = p["amp"][0] * jnp.exp(-p["rates"][0] * t) + p["amp"][1] * jnp.exp(-p["rates"][1] * t)
+        return (model - y, weight * (p["amp"] - 1.0))
+
+    t = np.linspace(0, 3, 40)
+    truth = [(np.array([1.0, 2.0]), np.array([0.5, 3.0])), (np.array([1.5, 0.5]), np.array([1.0, 4.0]))]
+    y = np.stack([a[0] * np.exp(-r[0] * t) + a[1] * np.exp(-r[1] * t) for a, r in truth])
+    params0 = {"amp": jnp.array([[1.2, 1.8], [1.4, 0.6]]), "rates": jnp.array([[0.6, 2.5], [1.1, 3.5]])}
+    args = {"t": t, "y": y, "weight": 0.1}
+    # Gauss-Newton-type methods converge linearly on non-zero-residual problems and a cost tolerance
+    # rtol bounds parameter errors only to ~sqrt(rtol): ask for rtol near machine precision here.
+    sol = jaxnls.solve(residual, params0, args, batched=True, args_axes={"t": None, "y": 0, "weight": None},
+                       solver=jaxnls.LevenbergMarquardt(rtol=1e-15, atol=1e-15))
+    assert sol.params["amp"].shape == (2, 2) and sol.params["rates"].shape == (2, 2)
+    assert np.all(np.asarray(sol.converged))
+    for i in range(2):
+        flat = lambda q, i=i: jnp.concatenate([jnp.ravel(r) for r in residual(
+            {"amp": q[:2], "rates": q[2:]}, {"t": t, "y": y[i], "weight": 0.1})])
+        x0 = np.concatenate([params0["amp"][i], params0["rates"][i]])
+        fit = scipy.optimize.least_squares(flat, x0, jac=jax.jacfwd(flat), method="lm", xtol=1e-15, ftol=1e-15,
+                                           gtol=1e-15)
+        ours = np.concatenate([sol.params["amp"][i], sol.params["rates"][i]])
+        np.testing.assert_allclose(ours, fit.x, rtol=1e-7)
+        np.testing.assert_allclose(sol.cost[i], fit.cost, rtol=1e-9)
+
+
+def test_fewer_residuals_than_parameters_uses_reverse_mode_and_converges():
+    """m = 1 < n = 3: a point on the unit sphere; any such point is a zero-cost minimum."""
+
+    def residual(x, args):
+        return jnp.sum(x**2, keepdims=True) - 1.0
+
+    sol = jaxnls.solve(residual, jnp.array([0.3, -0.2, 2.0]), None, solver=jaxnls.LevenbergMarquardt(**TIGHT))
+    assert bool(sol.converged)
+    assert float(sol.cost) < 1e-20
+    np.testing.assert_allclose(np.linalg.norm(sol.params), 1.0, rtol=1e-10)
+
+
+@pytest.mark.parametrize("solver", SOLVERS[:3], ids=lambda s: type(s).__name__)
+def test_rank_deficient_problem_gives_finite_least_squares_answer(solver):
+    """r = (a + b) t - y: only a + b is identifiable; JᵀJ is exactly singular."""
+
+    def residual(p, args):
+        t, y = args
+        return (p[0] + p[1]) * t - y
+
+    t = np.linspace(0, 1, 20)
+    y = 3.0 * t + 0.01 * np.sin(7 * t)
+    sol = jaxnls.solve(residual, jnp.array([0.2, 0.7]), (t, y), solver=solver)
+    slope = np.dot(t, y) / np.dot(t, t)  # closed-form least-squares slope
+    assert np.all(np.isfinite(np.asarray(sol.params)))
+    assert bool(sol.converged), Status(int(sol.status))
+    np.testing.assert_allclose(float(sol.params[0] + sol.params[1]), slope, rtol=1e-9)
+    np.testing.assert_allclose(float(sol.cost), 0.5 * np.sum((slope * t - y) ** 2), rtol=1e-9)
+
+
+def test_float32_path_keeps_dtype_and_converges():
+    y = noisy_data(5).astype(np.float32)
+    p0 = jnp.asarray([1.5, 0.4, 0.4, 1.4], dtype=jnp.float32)
+    sol = jaxnls.solve(curve_residual, p0, (T.astype(np.float32), y), solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6))
+    assert sol.params.dtype == jnp.float32 and sol.cost.dtype == jnp.float32
+    assert bool(sol.converged), Status(int(sol.status))
+    ref_x, ref_cost = scipy_fit(np.asarray(p0, np.float64), y.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(sol.params, np.float64), ref_x, rtol=1e-3)
+    np.testing.assert_allclose(float(sol.cost), ref_cost, rtol=1e-4)
+
+
+def test_jit_and_vmap_around_solve_match_batched_solve():
+    ys = noisy_data(6, size=3)
+    p0 = jnp.tile(jnp.asarray([1.5, 0.4, 0.4, 1.4]), (3, 1))
+    batched = jaxnls.solve(curve_residual, p0, (T, ys), batched=True, args_axes=(None, 0))
+    vmapped = jax.vmap(lambda p, y: jaxnls.solve(curve_residual, p, (T, y)))(p0, ys)
+    jitted = jax.jit(lambda p, y: jaxnls.solve(curve_residual, p, (T, y), batched=True, args_axes=(None, 0)))(p0, ys)
+    for other in (vmapped, jitted):
+        np.testing.assert_allclose(other.params, batched.params, rtol=1e-10)
+        np.testing.assert_array_equal(other.status, batched.status)
+    # a Solution holds arrays only: it stacks and slices like any pytree
+    stacked = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), batched, jitted)
+    assert stacked.cost.shape == (2, 3)
+
+
+def test_no_recompilation_for_new_data_of_the_same_shape():
+    traces = []
+
+    def residual(p, args):
+        traces.append(None)
+        return curve_residual(p, args)
+
+    p0 = jnp.asarray([1.5, 0.4, 0.4, 1.4])
+    jaxnls.solve(residual, p0, (T, noisy_data(7)))
+    count = len(traces)
+    assert count > 0
+    for seed in (8, 9):
+        jaxnls.solve(residual, p0 * 1.01, (T, noisy_data(seed)))
+    assert len(traces) == count
+
+
+def test_equinox_module_in_args():
+    class Model(eqx.Module):
+        basis: jax.Array
+        activation: callable = eqx.field(static=True)
+
+        def __call__(self, p):
+            return self.activation(self.basis @ p)
+
+    rng = np.random.default_rng(10)
+    model = Model(jnp.asarray(rng.standard_normal((30, 3))), jnp.tanh)
+    truth = np.array([0.3, -0.5, 0.8])
+    y = model(truth)
+    sol = jaxnls.solve(lambda p, m: m(p) - y, jnp.zeros(3), model, solver=jaxnls.LevenbergMarquardt(**TIGHT))
+    np.testing.assert_allclose(sol.params, truth, rtol=1e-8)
+
+
+def test_gradient_tolerance_at_exact_start_and_zero_max_steps():
+    y = np.asarray(curve(P_TRUE, T))
+    at_minimum = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, y))
+    assert int(at_minimum.status) == Status.CONVERGED_GRADIENT and int(at_minimum.num_steps) == 0
+    untouched = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE) * 1.1, (T, y), max_steps=0)
+    assert int(untouched.status) == Status.MAX_STEPS
+    np.testing.assert_array_equal(untouched.params, np.asarray(P_TRUE) * 1.1)
+
+
+def test_max_steps_is_reported_not_converged():
+    sol = jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(11)), max_steps=2)
+    assert int(sol.status) == Status.MAX_STEPS and not bool(sol.converged)
+    assert int(sol.num_steps) == 2
+
+
+def test_rejected_steps_at_a_nonfinite_wall_do_not_count_as_parameter_convergence():
+    """The start sits on a wall beyond which the residual is NaN, and the minimum (x = 2) lies beyond
+    it. Every trial is rejected and the damped steps shrink far below the parameter tolerance; a tiny
+    REJECTED step must not be mistaken for convergence (the stall jaxls warns about)."""
+
+    def residual(x, args):
+        return jnp.where(x > 1.0, jnp.nan, x - 2.0)
+
+    sol = jaxnls.solve(residual, jnp.array([1.0]), None, solver=jaxnls.LevenbergMarquardt(rtol=1e-8, atol=1e-8))
+    assert not bool(sol.converged)
+    # the last trials round back onto the wall point itself, so "stalled" and "non-finite" are both honest
+    assert int(sol.status) in (Status.STALLED, Status.NONFINITE_RESIDUAL)
+    assert int(sol.num_accepted) == 0 and float(sol.params[0]) == 1.0
+
+
+def test_steps_better_than_predicted_are_accepted_and_relax_damping():
+    lm = jaxnls.LevenbergMarquardt()
+    damping, growth = lm.update_control((jnp.asarray(1.0), jnp.asarray(8.0)), jnp.asarray(True),
+                                        jnp.asarray(3.0), None, None)
+    assert float(damping) == pytest.approx(1.0 / 3.0) and float(growth) == 2.0
+    damping, growth = lm.update_control((jnp.asarray(1.0), jnp.asarray(2.0)), jnp.asarray(False),
+                                        jnp.asarray(-1.0), None, None)
+    assert float(damping) == 2.0 and float(growth) == 4.0
+
+
+def test_damping_is_per_problem():
+    """Two problems of very different difficulty in one batch follow their own damping: the easy one
+    takes exactly as many steps as it does alone."""
+    ys = noisy_data(12, size=2)
+    p0 = np.array([[1.9, 0.31, 0.5, 1.5], [0.1, 2.0, 3.0, 0.2]])
+    batch = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, ys), batched=True, args_axes=(None, 0))
+    solo = jaxnls.solve(curve_residual, jnp.asarray(p0[0]), (T, ys[0]))
+    assert int(batch.num_steps[0]) == int(solo.num_steps)
+    assert int(batch.num_steps[1]) > int(batch.num_steps[0])
+
+
+def test_throw_raises_with_the_reason():
+    with pytest.raises(Exception, match="maximum number of steps"):
+        jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(13)), max_steps=1,
+                     throw=True)
+    sol = jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(13)), throw=True)
+    assert bool(sol.converged)
+
+
+def test_bad_inputs_raise_naming_the_problem():
+    y = noisy_data(14)
+    with pytest.raises(TypeError, match=r"params0\['b'\].*int"):
+        jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros(2), "b": jnp.zeros(2, jnp.int32)}, None)
+    with pytest.raises(ValueError, match=r"params0\['b'\]: 3"):
+        jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros((2, 2)), "b": jnp.zeros((3, 2))}, None,
+                     batched=True)
+    with pytest.raises(ValueError, match=r"args\[1\] has leading size 100 but params0 has batch size 2"):
+        jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, y), batched=True, args_axes=(None, 0))
+    with pytest.raises(TypeError, match="residual_fn output.*int"):
+        jaxnls.solve(lambda p, a: jnp.zeros(3, jnp.int32), jnp.zeros(2), None)
+    with pytest.raises(ValueError, match="no array leaves"):
+        jaxnls.solve(lambda p, a: jnp.zeros(3), {}, None)
+    with pytest.raises(TypeError, match="solver must be a jaxnls solver"):
+        jaxnls.solve(curve_residual, jnp.ones(4), (T, y), solver="lm")
+    with pytest.raises(ValueError, match="max_steps"):
+        jaxnls.solve(curve_residual, jnp.ones(4), (T, y), max_steps=-1)
+    nan_start = jaxnls.solve(curve_residual, jnp.array([1.0, np.nan, 0.0, 1.0]), (T, y))
+    assert int(nan_start.status) == Status.NONFINITE_START and not bool(nan_start.converged)
+
+
+def test_verbose_prints_one_row_per_iteration(capfd):
+    sol = jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(15)), verbose=True)
+    jax.effects_barrier()
+    out = capfd.readouterr().out.strip().splitlines()
+    assert out[0].split() == ["iter", "cost", "cost_change", "|gradient|", "|step|", "damping", "accepted"]
+    rows = out[1:]
+    assert len(rows) == int(sol.num_steps) + 1  # iteration 0 is the start
+    assert float(rows[0].split()[1]) == pytest.approx(float(sol.initial_cost), rel=1e-6)
+    assert float(rows[-1].split()[1]) == pytest.approx(float(sol.cost), rel=1e-6)
+    assert sum(r.split()[-1] == "yes" for r in rows[1:]) == int(sol.num_accepted)
+
+
+def test_summary_reports_the_solution():
+    sol = jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(16)))
+    text = sol.summary()
+    assert f"{float(sol.cost):.6e}" in text and f"{float(sol.initial_cost):.6e}" in text
+    assert Status(int(sol.status)).name in text and "Residuals" in text and "100" in text
+    ys = noisy_data(17, size=3)
+    batch = jaxnls.solve(curve_residual, jnp.ones((3, 4)), (T, ys), batched=True, args_axes=(None, 0))
+    assert "Problems" in batch.summary() and "Termination" in batch.summary()
