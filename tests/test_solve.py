@@ -337,3 +337,18 @@ def test_summary_reports_the_solution():
     ys = noisy_data(17, size=3)
     batch = jaxnls.solve(curve_residual, jnp.ones((3, 4)), (T, ys), batched=True, args_axes=(None, 0))
     assert "Problems" in batch.summary() and "Termination" in batch.summary()
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_batch_answer_equals_solo_answers_property(seed):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 4.0, 30)
+    truth = np.stack([rng.uniform(0.5, 2.0, 3), rng.uniform(-1.0, 1.0, 3), rng.uniform(0.1, 1.0, 3)], axis=1)
+    ys = (truth[:, :1] + truth[:, 1:2] * t) / (1 + truth[:, 2:] * t) + 0.01 * rng.standard_normal((3, t.size))
+    p0 = truth * (1 + 0.2 * rng.standard_normal(truth.shape))
+    batch = jaxnls.solve(rational_residual, jnp.asarray(p0), (t, ys), batched=True, args_axes=(None, 0))
+    for i in range(3):
+        solo = jaxnls.solve(rational_residual, jnp.asarray(p0[i]), (t, ys[i]))
+        np.testing.assert_allclose(batch.params[i], solo.params, rtol=1e-9, atol=1e-12)
+        assert int(batch.status[i]) == int(solo.status)

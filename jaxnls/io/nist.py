@@ -321,8 +321,8 @@ def log_relative_error(estimate, certified, cap: float = 15.0) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         err = np.abs(q - c) / np.where(c == 0, 1.0, np.abs(c))
         lre = np.where(err == 0, cap, -np.log10(err))
-    lre = np.where(np.isfinite(q), lre, 0.0)
-    return np.clip(lre, 0.0, cap)
+    lre = np.where(np.isfinite(q) & np.isfinite(lre), lre, 0.0)
+    return np.clip(lre, 0.0, cap) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The ``jaxnls`` command line (``python -m jaxnls``), run as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxnls.__main__ import main
+
+ROOT = Path(__file__).parent.parent
+NIST_DIR = Path(__file__).parent / "data" / "nist"
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
+
+
+def _lre_column(stdout: str) -> dict[str, float]:
+    """Parameter/RSS name -> LRE from the comparison table (last column)."""
+    rows = re.findall(r"^(b\d+|RSS)\s.*?(\d+\.\d)$", stdout, re.MULTILINE)
+    return {name: float(lre) for name, lre in rows}
+
+
+def test_demo():
+    result = _run("demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Eckerle4" in out and "certified" in out and "LRE" in out
+    # NIST's certified values appear in the table (10 digits shown).
+    for value in ("1.5543827178E+00", "4.0888321754E+00", "4.5154121844E+02", "1.4635887487E-03"):
+        assert value in out
+    lre = _lre_column(out)
+    assert set(lre) == {"b1", "b2", "b3", "RSS"}
+    assert min(lre.values()) >= 8
+    assert "Termination: CONVERGENCE" in out
+    # The batched part ran and reports its size and timing.
+    assert "Problems                                      1024" in out
+    assert re.search(r"\d+ converged fits of 1024", out)
+    assert "µs per fit" in out
+
+
+def test_solve_misra1a_start2():
+    result = _run("solve", str(NIST_DIR / "Misra1a.dat"), "--start", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Misra1a" in out and "start 2" in out
+    assert "2.3894212918E+02" in out and "5.5015643181E-04" in out and "1.2455138894E-01" in out
+    lre = _lre_column(out)
+    assert set(lre) == {"b1", "b2", "RSS"} and min(lre.values()) >= 8
+    assert "Minimum LRE over the parameters" in out
+
+
+def test_solve_other_solver_verbose():
+    result = _run("solve", str(NIST_DIR / "DanWood.dat"), "--solver", "dogleg", "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "Dogleg, QR" in result.stdout
+    assert "radius" in result.stdout  # the verbose per-iteration log
+    assert min(_lre_column(result.stdout).values()) >= 8
+
+
+def test_solve_not_converged_exits_1():
+    result = _run("solve", str(NIST_DIR / "Misra1a.dat"), "--max-steps", "2")
+    assert result.returncode == 1
+    assert "MAX_STEPS" in result.stdout
+
+
+def test_malformed_file_exits_2_with_line_number(tmp_path):
+    lines = (NIST_DIR / "Misra1a.dat").read_text().splitlines()
+    lines[64] = "      29.61E0     23x9.9E0"  # line 65
+    bad = tmp_path / "bad.dat"
+    bad.write_text("\n".join(lines) + "\n")
+    result = _run("solve", str(bad))
+    assert result.returncode == 2
+    assert "line 65" in result.stderr and "non-numeric token '23x9.9E0'" in result.stderr
+    assert str(bad) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_missing_file_exits_2(tmp_path):
+    result = _run("solve", str(tmp_path / "missing.dat"))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and "missing.dat" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["solve", str(NIST_DIR / "Misra1a.dat"), "--start", "3"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_main_in_process_malformed(tmp_path, capsys):
+    bad = tmp_path / "bad.dat"
+    bad.write_text((NIST_DIR / "Misra1a.dat").read_text().replace("14 Observations", "x Observations"))
+    assert main(["solve", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"line 27: expected a whole number", err)
