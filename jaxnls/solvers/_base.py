@@ -22,17 +22,21 @@ from ..linear import AbstractLinearSolver, Cholesky, Linearization
 
 
 class AbstractLeastSquaresSolver(eqx.Module):
-    """Tolerances shared by every strategy (Ceres/MINPACK-style, see :class:`jaxnls.Status`).
+    """Tolerances shared by every strategy (Ceres/MINPACK-style; which one fired is in the status).
 
-    - function: ``|Δcost| <= rtol·cost`` and the model's predicted decrease ``<= rtol·cost``;
-    - parameter: ``|δ_i| <= rtol·|x_i| + atol`` for every parameter, on a step that was accepted (or
-      that left the cost unchanged to rounding, so no further progress is measurable);
-    - gradient: every Jacobian column is orthogonal to the residual, ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖``
-      (MINPACK's scale-free test), or the residual is exactly zero.
+    - parameter (``rtol``, ``atol``): ``|δ_i| <= rtol·|x_i| + atol`` for every parameter, on an
+      accepted step (or on one that left the cost unchanged to rounding where even the best gradient
+      step could gain no more than ``ftol·cost``);
+    - function (``ftol``): ``|Δcost| <= ftol·cost`` and the model's predicted decrease ``<= ftol·cost``.
+      The cost excess grows with the square of the parameter error, so this stops with parameters
+      accurate to about √ftol in units of their uncertainty: set ``ftol=0`` to stop on ``rtol`` alone;
+    - gradient (``gtol``): every Jacobian column is orthogonal to the residual,
+      ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` (MINPACK's scale-free test), or the residual is exactly zero.
     """
 
     rtol: float = 1e-8
     atol: float = 1e-8
+    ftol: float = 1e-10
     gtol: float = 1e-10
     linear_solver: AbstractLinearSolver = Cholesky()
 
