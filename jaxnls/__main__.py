@@ -12,9 +12,9 @@ import time
 
 #: The settings used by ``jaxnls solve``, ``jaxnls demo`` and tests/test_nist.py: Levenberg-Marquardt on
 #: Householder QR (accuracy governed by cond(J), not cond(J)²), stopping on the parameter test alone
-#: (every step below 1e-12 relative; ftol = gtol = 0), with no absolute step tolerance so that tiny
+#: (every step below 1e-10 relative; ftol = gtol = 0), with no absolute step tolerance so that tiny
 #: parameters such as Nelson's b2 ≈ 5.6e-9 are judged relatively.
-TOLERANCES = dict(rtol=1e-12, atol=0.0, ftol=0.0, gtol=0.0)
+TOLERANCES = dict(rtol=1e-10, atol=0.0, ftol=0.0, gtol=0.0)
 MAX_STEPS = 3000
 DEMO_PROBLEM = "Eckerle4.dat"
 

@@ -1,7 +1,7 @@
 """NIST StRD nonlinear regression: jaxnls reaches the certified values (float64).
 
 One solver configuration for every problem — the one ``jaxnls solve`` uses (``jaxnls.__main__``):
-Levenberg-Marquardt on Householder QR, stopping on the parameter test alone (``rtol = 1e-12``,
+Levenberg-Marquardt on Householder QR, stopping on the parameter test alone (``rtol = 1e-10``,
 ``atol = ftol = gtol = 0``), at most 3000 steps. The two NIST starting points of a problem are solved
 together in one ``batched=True`` call.
 

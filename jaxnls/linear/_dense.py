@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 # Above this size the unrolled factorisation is replaced by LAPACK's (compile time grows as n³).
-_UNROLL_MAX = 16
+_UNROLL_MAX = 8
 
 
 class Linearization(eqx.Module):
@@ -107,7 +107,7 @@ def _lapack_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor:
 class Cholesky(AbstractLinearSolver):
     r"""Normal equations ``(JᵀJ + diag(d)) δ = -Jᵀr`` by Jacobi-scaled Cholesky.
 
-    Fast and memory-light (O(n²) per problem); squares the condition number of ``J``. For n ≤ 16 the
+    Fast and memory-light (O(n²) per problem); squares the condition number of ``J``. For n ≤ 8 the
     factorisation is unrolled into elementwise operations, which vectorise across a batch.
     """
 
@@ -143,7 +143,9 @@ class QR(AbstractLinearSolver):
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
         q, r = jnp.linalg.qr(stacked, mode="reduced")
         diag = jnp.diagonal(r)
-        floor = _pivot_floor(n, jac.dtype) * jnp.maximum(jnp.max(jnp.abs(diag)), 1.0)
+        # the same relative floor as Cholesky's pivots (R_jj² plays the role of a pivot of JᵀJ), so a
+        # rank-deficient J gets the same bounded step from both solvers
+        floor = jnp.sqrt(_pivot_floor(n, jac.dtype)) * jnp.max(jnp.abs(diag))
         safe_diag = jnp.where(jnp.abs(diag) < floor, jnp.where(diag < 0, -floor, floor), diag)
         r = r - jnp.diag(diag) + jnp.diag(safe_diag)
         z = jax.scipy.linalg.solve_triangular(r, q.T @ rhs, lower=False)

@@ -36,7 +36,7 @@ class AbstractLeastSquaresSolver(eqx.Module):
 
     rtol: float = 1e-8
     atol: float = 1e-8
-    ftol: float = 1e-10
+    ftol: float = 1e-8
     gtol: float = 1e-10
     linear_solver: AbstractLinearSolver = Cholesky()
 

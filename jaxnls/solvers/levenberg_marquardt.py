@@ -23,7 +23,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     """
 
     initial_damping: float = 1e-3
-    min_damping: float = 1e-20
+    min_damping: float = 0.0
     max_damping: float = 1e32
 
     control_label: ClassVar[str] = "damping"
@@ -40,7 +40,9 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         damping, growth = control
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         good = (jnp.maximum(damping * shrink, self.min_damping), jnp.full_like(growth, 2.0))
-        bad = (damping * growth, growth * 2.0)
+        # D is a running maximum, so far-out starts can need λ many decades below its start; a
+        # rejection restarts a λ that has shrunk towards zero from eps instead of staying stuck there
+        bad = (jnp.maximum(damping * growth, jnp.finfo(damping.dtype).eps), growth * 2.0)
         return tuple(jnp.where(accepted, g, b) for g, b in zip(good, bad))
 
     def stalled(self, control, x, scale):
