@@ -314,12 +314,14 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     eps = jnp.finfo(cost.dtype).eps
     unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
     small_step = jnp.all(jnp.abs(step) <= solver.rtol * jnp.abs(state.x) + solver.atol, axis=-1)
+    # An accepted step that gained less than ftol·cost ends the solve (Ceres' rule: it also stops a
+    # crawl along a valley towards infinity, where the model keeps over-promising); a rejected step
+    # only when the model, too, promises no more than ftol·cost.
     function_converged = (
         finite
         & (jnp.abs(actual) <= solver.ftol * state.cost)
-        & (predicted <= solver.ftol * state.cost)
         & (ratio <= 2.0)
-        & (accepted | descent_exhausted)
+        & (accepted | ((predicted <= solver.ftol * state.cost) & descent_exhausted))
     )
     parameter_converged = small_step & (accepted | (unchanged & descent_exhausted))
     gradient_converged = _gradient_converged(solver, lin, cost)

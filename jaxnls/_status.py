@@ -33,7 +33,7 @@ CONVERGED = (Status.CONVERGED_FUNCTION, Status.CONVERGED_PARAMETER, Status.CONVE
 
 _MESSAGES = {
     Status.RUNNING: "still running (the solve was interrupted)",
-    Status.CONVERGED_FUNCTION: "function tolerance reached: relative cost change and predicted decrease below ftol",
+    Status.CONVERGED_FUNCTION: "function tolerance reached: relative cost change below ftol",
     Status.CONVERGED_PARAMETER: "parameter tolerance reached: |step| <= rtol*|x| + atol",
     Status.CONVERGED_GRADIENT: "gradient tolerance reached: every Jacobian column is orthogonal to the residual to gtol",
     Status.MAX_STEPS: "maximum number of steps reached before any tolerance was met",

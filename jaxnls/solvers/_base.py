@@ -27,7 +27,8 @@ class AbstractLeastSquaresSolver(eqx.Module):
     - parameter (``rtol``, ``atol``): ``|δ_i| <= rtol·|x_i| + atol`` for every parameter, on an
       accepted step (or on one that left the cost unchanged to rounding where even the best gradient
       step could gain no more than ``ftol·cost``);
-    - function (``ftol``): ``|Δcost| <= ftol·cost`` and the model's predicted decrease ``<= ftol·cost``.
+    - function (``ftol``): an accepted step gained ``<= ftol·cost`` (or a rejected one changed the cost
+      by no more than that while the model, too, promised no more).
       The cost excess grows with the square of the parameter error, so this stops with parameters
       accurate to about √ftol in units of their uncertainty: set ``ftol=0`` to stop on ``rtol`` alone;
     - gradient (``gtol``): every Jacobian column is orthogonal to the residual,
