@@ -224,10 +224,8 @@ def _gradient_converged(solver, lin: Linearization, cost) -> Bool[Array, " batch
 
 def _steepest_descent_gain(lin: Linearization, scale) -> Float[Array, " batch"]:
     """Model decrease ½(gᵀu)²/‖Ju‖² at the best point along the scaled gradient u = g/D."""
-    direction = lin.gradient / scale
-    slope = jnp.sum(lin.gradient * direction, axis=-1)
-    curvature = jax.vmap(Linearization.curvature)(lin, direction)
-    return jnp.where(slope > 0, 0.5 * slope**2 / jnp.where(curvature > 0, curvature, 1.0), 0.0)
+    _, slope, length = jax.vmap(Linearization.steepest_descent)(lin, scale)
+    return jnp.where(slope > 0, 0.5 * slope * length, 0.0)
 
 
 def _linearize(solver, evaluate, x, args):

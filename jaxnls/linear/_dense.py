@@ -50,6 +50,15 @@ class Linearization(eqx.Module):
             return v @ (self.gram @ v)
         return jnp.sum((self.jacobian @ v) ** 2)
 
+    def steepest_descent(self, scale: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
+        """The scaled steepest-descent direction ``u = g / scale``, the slope ``gᵀu`` and the length
+        ``t = gᵀu / ‖Ju‖²`` minimising the model along ``-u`` (inf where the model has no curvature)."""
+        direction = self.gradient / scale
+        slope = self.gradient @ direction
+        curvature = self.curvature(direction)
+        length = jnp.where(curvature > 0, slope / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
+        return direction, slope, length
+
 
 class AbstractLinearSolver(eqx.Module):
     """Solves the damped Gauss-Newton system of one problem."""

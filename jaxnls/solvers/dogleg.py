@@ -40,10 +40,8 @@ class Dogleg(AbstractLeastSquaresSolver):
         radius = control
         d = jnp.sqrt(scale)
         gauss_newton = self.linear_solver.solve(lin, jnp.zeros_like(scale))
-        direction = lin.gradient / scale
-        grad_scaled_norm = _norm(lin.gradient / d)
-        curvature = lin.curvature(direction)
-        length = jnp.where(curvature > 0, grad_scaled_norm**2 / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
+        direction, slope, length = lin.steepest_descent(scale)
+        grad_scaled_norm = jnp.sqrt(slope)  # ‖d⁻¹g‖
         cauchy = -length * direction
         safe_grad_norm = jnp.where(grad_scaled_norm > 0, grad_scaled_norm, 1.0)
         boundary_descent = -(radius / safe_grad_norm) * direction
