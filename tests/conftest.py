@@ -1,7 +1,15 @@
 """Shared test set-up: float64 on, strict rank promotion, and a central-difference helper."""
 
+import os
+
 import jax
 import numpy as np
+from hypothesis import settings
+
+# Reproducible property tests: the same examples on every run (set HYPOTHESIS_PROFILE=explore to search anew).
+settings.register_profile("derandomized", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import jaxnls
@@ -72,7 +72,10 @@ def test_random_rational_fits_agree_with_scipy_and_are_stationary(seed):
     p0 = truth * (1 + 0.05 * rng.standard_normal(3))
     sol = jaxnls.solve(rational_residual, jnp.asarray(p0), (t, y), solver=jaxnls.LevenbergMarquardt(**TIGHT))
     fit = scipy.optimize.least_squares(lambda p: np.asarray(rational_residual(p, (t, y))), p0, method="lm",
+                                       jac=lambda p: np.asarray(jax.jacfwd(rational_residual)(p, (t, y))),
                                        xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    # noise can put the minimum at infinity (b, c -> inf with b/c fixed): not a well-posed instance
+    assume(np.all(np.abs(fit.x) < 1e3))
     assert bool(sol.converged)
     np.testing.assert_allclose(sol.cost, fit.cost, rtol=1e-9)
     np.testing.assert_allclose(sol.params, fit.x, rtol=1e-6, atol=1e-9)
