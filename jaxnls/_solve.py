@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +60,28 @@ def solve(
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
     params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
-    return _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw)
+    # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers
+    nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params0))
+    solve_jit = _nested_solve if nested else _top_level_solve()
+    return solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw)
+
+
+# XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
+# about half the time its newer MLIR fusion emitters take, and the loop runs as fast (measured in
+# benchmarks/README.md). The option only matters on CPU, and JAX accepts compiler options only on the
+# outermost jit: inside a caller's jax.jit the caller's options apply.
+_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.cache
+def _top_level_solve():
+    """The jit-compiled solve with ``_COMPILER_OPTIONS`` if this XLA build knows them (checked once,
+    on first use, so that importing jaxnls does not initialise a JAX backend)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_COMPILER_OPTIONS).lower(0.0).compile()
+    except Exception:  # an XLA build without the option: its defaults
+        return _nested_solve
+    return eqx.filter_jit(_solve_jit, compiler_options=_COMPILER_OPTIONS)
 
 
 def _as_float_array(path, leaf):
@@ -91,7 +113,6 @@ class _LoopState(eqx.Module):
     started: Bool[Array, ""]
 
 
-@eqx.filter_jit
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw):
     if not isinstance(solver, AbstractLeastSquaresSolver):
         raise TypeError(f"solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg()), got {solver!r}")
@@ -117,7 +138,8 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
     state = _initial_state(solver, x0, num_residuals)
     state = jax.lax.while_loop(
-        lambda s: ~s.started | jnp.any(s.status == Status.RUNNING),
+        # an integer count: XLA:CPU compiles a boolean reduction over the batch ~3x slower
+        lambda s: ~s.started | (jnp.sum((s.status == Status.RUNNING).astype(jnp.int32)) > 0),
         lambda s: _iterate(solver, evaluate, args, s, max_steps, verbose),
         state,
     )
@@ -149,6 +171,9 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
             [f"jaxnls.solve did not converge: {message}" for message in MESSAGES],
         )
     return solution
+
+
+_nested_solve = eqx.filter_jit(_solve_jit)
 
 
 def _batch_size(params0) -> int:
@@ -232,7 +257,10 @@ def _linearize(solver, evaluate, x, args):
     residual, jacobian = evaluate(x, args)
     cost = 0.5 * jnp.sum(residual**2, axis=-1)
     lin = jax.vmap(solver.linear_solver.linearize)(residual, jacobian)
-    finite = jnp.isfinite(cost) & _all_finite(jacobian, axis=0) & jnp.all(jnp.isfinite(x), axis=-1)
+    # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
+    # which are n + 1 numbers per problem instead of m·n
+    diagonal = jax.vmap(Linearization.diagonal)(lin)
+    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal) & jnp.isfinite(x), axis=-1)
     return lin, cost, finite
 
 
@@ -253,6 +281,15 @@ def _initial_state(solver, x0, num_residuals) -> _LoopState:
     counts = jnp.zeros(batch, jnp.int32)
     status = jnp.full(batch, Status.RUNNING, jnp.int32)
     return _LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.asarray(False))
+
+
+def _first_true(cases) -> Int[Array, " batch"]:
+    """The status of the first condition that holds, else RUNNING (elementwise; ``jnp.select`` would
+    lower to an argmax reduction, an extra compiled kernel)."""
+    status = jnp.full(jnp.shape(cases[0][0]), Status.RUNNING, jnp.int32)
+    for condition, value in reversed(cases):
+        status = jnp.where(condition, value, status)
+    return status
 
 
 def _select(mask, new, old):
@@ -325,17 +362,14 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     gradient_converged = _gradient_converged(solver, lin, cost)
     stalled = jax.vmap(solver.stalled)(control, x, scale)
     num_steps = state.num_steps + running
-    outcome = jnp.select(
-        [gradient_converged, function_converged, parameter_converged, stalled & ~finite, stalled,
-         num_steps >= max_steps],
-        [Status.CONVERGED_GRADIENT, Status.CONVERGED_FUNCTION, Status.CONVERGED_PARAMETER,
-         Status.NONFINITE_RESIDUAL, Status.STALLED, Status.MAX_STEPS],
-        Status.RUNNING,
+    outcome = _first_true(
+        [(gradient_converged, Status.CONVERGED_GRADIENT), (function_converged, Status.CONVERGED_FUNCTION),
+         (parameter_converged, Status.CONVERGED_PARAMETER), (stalled & ~finite, Status.NONFINITE_RESIDUAL),
+         (stalled, Status.STALLED), (num_steps >= max_steps, Status.MAX_STEPS)],
     )
-    first_outcome = jnp.select(
-        [~finite, gradient_converged, num_steps >= max_steps],
-        [Status.NONFINITE_START, Status.CONVERGED_GRADIENT, Status.MAX_STEPS],
-        Status.RUNNING,
+    first_outcome = _first_true(
+        [(~finite, Status.NONFINITE_START), (gradient_converged, Status.CONVERGED_GRADIENT),
+         (num_steps >= max_steps, Status.MAX_STEPS)],
     )
     status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
     if verbose:

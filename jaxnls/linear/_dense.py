@@ -46,9 +46,11 @@ class Linearization(eqx.Module):
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
+        # products with tiny vectors as multiply-and-sum, not dot: one fused reduction each, which
+        # XLA:CPU compiles several times faster than a small dot
         if self.gram is not None:
-            return v @ (self.gram @ v)
-        return jnp.sum((self.jacobian @ v) ** 2)
+            return jnp.sum(v[:, None] * self.gram * v[None, :])
+        return jnp.sum(jnp.sum(self.jacobian * v[None, :], axis=1) ** 2)
 
     def steepest_descent(self, scale: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
         """The scaled steepest-descent direction ``u = g / scale``, the slope ``gᵀu`` and the length
@@ -70,6 +72,11 @@ class AbstractLinearSolver(eqx.Module):
     @abc.abstractmethod
     def solve(self, lin: Linearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
         """Return δ solving ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
+
+
+def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]) -> Float[Array, " n"]:
+    """Jᵀr as a multiply-and-sum (see :meth:`Linearization.curvature`)."""
+    return jnp.sum(jacobian * residual[:, None], axis=0)
 
 
 def _pivot_floor(n: int, dtype) -> float:
@@ -121,7 +128,11 @@ class Cholesky(AbstractLinearSolver):
     """
 
     def linearize(self, residual, jacobian):
-        return Linearization(gradient=jacobian.T @ residual, gram=jacobian.T @ jacobian, jacobian=None, residual=None)
+        # one product [J r]ᵀ[J r] gives both JᵀJ and Jᵀr
+        n = jacobian.shape[1]
+        augmented = jnp.concatenate([jacobian, residual[:, None]], axis=1)
+        product = augmented.T @ augmented
+        return Linearization(gradient=product[:n, n], gram=product[:n, :n], jacobian=None, residual=None)
 
     def solve(self, lin, damping):
         gram = lin.gram
@@ -142,7 +153,8 @@ class QR(AbstractLinearSolver):
     """
 
     def linearize(self, residual, jacobian):
-        return Linearization(gradient=jacobian.T @ residual, gram=None, jacobian=jacobian, residual=residual)
+        return Linearization(gradient=_transpose_times(jacobian, residual), gram=None, jacobian=jacobian,
+                             residual=residual)
 
     def solve(self, lin, damping):
         jac = lin.jacobian
@@ -150,12 +162,15 @@ class QR(AbstractLinearSolver):
         scale = _column_scale(jnp.sum(jac**2, axis=0) + damping)
         stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(jnp.sqrt(damping) * scale)], axis=0)
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
-        q, r = jnp.linalg.qr(stacked, mode="reduced")
+        # R of the matrix augmented with the right-hand side holds Qᵀ·rhs in its last column, so Q
+        # itself is never formed
+        augmented = jnp.linalg.qr(jnp.concatenate([stacked, rhs[:, None]], axis=1), mode="r")
+        r, qt_rhs = augmented[:n, :n], augmented[:n, n]
         diag = jnp.diagonal(r)
         # the same relative floor as Cholesky's pivots (R_jj² plays the role of a pivot of JᵀJ), so a
         # rank-deficient J gets the same bounded step from both solvers
         floor = jnp.sqrt(_pivot_floor(n, jac.dtype)) * jnp.max(jnp.abs(diag))
         safe_diag = jnp.where(jnp.abs(diag) < floor, jnp.where(diag < 0, -floor, floor), diag)
         r = r - jnp.diag(diag) + jnp.diag(safe_diag)
-        z = jax.scipy.linalg.solve_triangular(r, q.T @ rhs, lower=False)
+        z = jax.scipy.linalg.solve_triangular(r, qt_rhs, lower=False)
         return z * scale
