@@ -123,6 +123,54 @@ def test_bad_neighbours_never_change_good_answers():
     assert np.isfinite(mixed.cost[2]) or not bool(mixed.converged[2])
 
 
+@pytest.mark.parametrize("slots", [1, 5, 16])
+def test_working_set_takes_the_same_iterations_as_the_whole_batch(slots):
+    """Problems that need 4 to 68 iterations, a NaN start and an overflowing one, run through a
+    refilled working set of a few slots: every problem ends exactly where the whole-batch loop (and
+    its solo solve) leaves it."""
+    size = 24
+    ys = noisy_data(20, size=size)
+    rng = np.random.default_rng(21)
+    p0 = P_TRUE * (1 + rng.uniform(-0.6, 0.6, (size, 4)))  # near and far starts: 4..68 iterations
+    p0[3] = np.nan
+    p0[7] = [1.0, -50.0, 0.0, 0.0]
+    p0[11] = P_TRUE
+    kwargs = dict(batched=True, args_axes=(None, 0), solver=jaxnls.LevenbergMarquardt(**TIGHT))
+    whole = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, ys), working_set=None, **kwargs)
+    part = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, ys), working_set=slots, **kwargs)
+    steps = np.asarray(whole.num_steps)
+    assert steps.max() > 2.5 * np.median(steps)  # the kind of batch a working set is for
+    np.testing.assert_array_equal(part.status, whole.status)
+    np.testing.assert_array_equal(part.num_steps, whole.num_steps)
+    np.testing.assert_array_equal(part.num_accepted, whole.num_accepted)
+    np.testing.assert_allclose(part.params, whole.params, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(part.cost, whole.cost, rtol=1e-13)
+    np.testing.assert_allclose(part.initial_cost, whole.initial_cost, rtol=1e-13)
+    assert int(part.status[3]) == Status.NONFINITE_START
+    slowest = int(np.argmax(steps))
+    solo = jaxnls.solve(curve_residual, jnp.asarray(p0[slowest]), (T, ys[slowest]), solver=kwargs["solver"])
+    assert int(solo.num_steps) == steps[slowest]
+    np.testing.assert_allclose(part.params[slowest], solo.params, rtol=1e-12)
+
+
+def test_working_set_auto_rule_and_bad_values():
+    from jaxnls._solve import _working_set_size
+
+    cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    big, small = jnp.zeros((1024, 4)), jnp.zeros((100, 4))
+    assert _working_set_size("auto", big, True, False, False) == (64 if cpu else None)
+    assert _working_set_size("auto", jnp.zeros((16384, 4)), True, False, False) == (256 if cpu else None)
+    assert _working_set_size("auto", small, True, False, False) is None  # B < 4·64: whole batch
+    assert _working_set_size("auto", big, True, True, False) is None  # verbose logs batch totals
+    assert _working_set_size(10, small, True, False, False) == 10
+    assert _working_set_size(100, small, True, False, False) is None
+    assert _working_set_size(10, small, False, False, False) is None
+    for bad in (0, -3, 2.5, True, "all"):
+        with pytest.raises(ValueError, match="working_set"):
+            jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, noisy_data(0, size=2)), batched=True,
+                         args_axes=(None, 0), working_set=bad)
+
+
 def test_pytree_params_residuals_and_shared_args():
     """Dict parameters, a tuple of residual blocks, args mixing batched and shared leaves."""
 
