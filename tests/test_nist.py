@@ -36,8 +36,6 @@ HIGHER = ["MGH09", "Thurber", "BoxBOD", "Rat42", "MGH10", "Eckerle4", "Rat43", "
 
 #: (problem, start) -> why LRE >= 8 is not reached (measured on x86-64 CPU). Only higher difficulty.
 SHORTFALLS = {
-    ("BoxBOD", 1): "converges to the plateau b2 ≈ 115, where exp(-b2*x) ≈ 0 and b1 = mean(y): a genuine "
-                   "stationary region (RSS 9771.5 vs certified 1168.0); Gauss-Newton from the same start solves it",
     ("MGH10", 1): "MAX_STEPS: from b = (2, 4e5, 2.5e4) the iterates drift to b1 -> 0 with exp(b2/(x+b3)) huge "
                   "and never enter the basin of the certified minimum",
 }

