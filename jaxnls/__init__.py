@@ -1,5 +1,6 @@
 """jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
 
+from .adjoint import AbstractAdjoint, Implicit
 from ._solution import Solution
 from ._solve import solve
 from ._status import Status
@@ -8,11 +9,13 @@ from .solvers import AbstractLeastSquaresSolver, Dogleg, GaussNewton, LevenbergM
 
 __all__ = [
     "QR",
+    "AbstractAdjoint",
     "AbstractLeastSquaresSolver",
     "AbstractLinearSolver",
     "Cholesky",
     "Dogleg",
     "GaussNewton",
+    "Implicit",
     "LevenbergMarquardt",
     "Solution",
     "Status",

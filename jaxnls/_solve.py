@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._jacobian import flat_residual_fn, residual_and_jacobian
+from .adjoint import AbstractAdjoint, Implicit
 from ._solution import Solution
 from ._status import MESSAGES, Status
 from .linear import Linearization
@@ -32,6 +33,7 @@ def solve(
     verbose: bool = False,
     throw: bool = False,
     working_set: int | str | None = "auto",
+    adjoint: AbstractAdjoint = Implicit(),
 ) -> Solution:
     r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
 
@@ -62,6 +64,11 @@ def solve(
             it touches), the whole batch on accelerators, across several devices (so a sharded batch
             never moves between them) and with ``verbose=True`` (whose log reports batch totals).
 
+        adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
+            floating arrays in ``args`` (``jax.grad``, ``jax.jvp``, ``jax.hessian`` all work):
+            :class:`Implicit` (default) applies the implicit function theorem at the solution. The
+            iterations themselves are not differentiated, so ``params0`` gets no gradient.
+
     Returns:
         A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
 
@@ -69,11 +76,13 @@ def solve(
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
     params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
-    # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers
-    nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params0))
+    # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
+    # a caller's grad / jvp at least one of params0 and args is
+    nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params0, args)))
     solve_jit = _nested_solve if nested else _top_level_solve()
     working_set = _working_set_size(working_set, params0, batched, verbose, nested)
-    return solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set)
+    return solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
+                     adjoint)
 
 
 # XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
@@ -157,7 +166,10 @@ class _LoopState(eqx.Module):
     started: Bool[Array, " batch"]
 
 
-def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set):
+def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
+               adjoint):
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxnls adjoint (jaxnls.Implicit()), got {adjoint!r}")
     if not isinstance(solver, AbstractLeastSquaresSolver):
         raise TypeError(f"solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg()), got {solver!r}")
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
@@ -174,9 +186,15 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         single_params = params0
         x0 = ravel_pytree(params0)[0][None]
     _, unravel = ravel_pytree(single_params)
-    fn = flat_residual_fn(residual_fn, unravel, x0.dtype)
-    num_residuals = _check_residual(residual_fn, single_params, _single_args(args, axes))
+    # from here on `args` holds its arrays only (None elsewhere); the rest (functions, Python scalars,
+    # strings in Equinox modules) is static and closed over
+    args, static_args = eqx.partition(args, eqx.is_array)
+    fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a, static_args)), unravel, x0.dtype)
+    num_residuals = _check_residual(residual_fn, single_params, eqx.combine(_take(args, axes, 0), static_args))
     evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
+    # the iterations are never differentiated: derivatives come from the adjoint's rule at the solution
+    x0 = jax.lax.stop_gradient(x0)
+    differentiable_args, args = args, jax.lax.stop_gradient(args)
 
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
@@ -192,9 +210,10 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         packed = _working_set_loop(iterate, active, packing.pack(state), args, axes, working_set)
     state = packing.unpack(packed)
 
-    params = jax.vmap(unravel)(state.x)
+    x, cost = adjoint.attach(fn, state.x, state.cost, state.status, differentiable_args, axes)
+    params = jax.vmap(unravel)(x)
     fields = dict(
-        cost=state.cost,
+        cost=cost,
         initial_cost=state.initial_cost,
         gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),
         num_steps=state.num_steps,
@@ -250,6 +269,8 @@ def _broadcast_axes(args_axes, args, batch_size: int):
             continue
         if axis != 0:
             raise ValueError(f"args_axes for {where} is {axis!r}; use 0 (batched on the leading axis) or None")
+        if callable(leaf) or isinstance(leaf, str):
+            continue  # static: shared by every problem whatever args_axes says
         shape = np.shape(leaf)
         if not hasattr(leaf, "shape") or len(shape) == 0:
             raise ValueError(f"{where} is marked batched (axis 0) but is not an array with a batch axis; "
@@ -260,15 +281,16 @@ def _broadcast_axes(args_axes, args, batch_size: int):
     return axes
 
 
-def _single_args(args, axes):
-    """The args of problem 0, for shape checking."""
+def _take(args, axes, index):
+    """The batched array leaves of ``args`` at ``index`` (shared leaves and None placeholders as they are)."""
     return jax.tree_util.tree_map(
-        lambda axis, leaf: leaf if axis is None else leaf[0], axes, args, is_leaf=lambda a: a is None
+        lambda axis, leaf: leaf if axis is None or leaf is None else leaf[index], axes, args,
+        is_leaf=lambda a: a is None,
     )
 
 
 def _check_residual(residual_fn, single_params, single_args) -> int:
-    out = jax.eval_shape(residual_fn, single_params, single_args)
+    out = eqx.filter_eval_shape(residual_fn, single_params, single_args)
     leaves = jax.tree_util.tree_flatten_with_path(out)[0]
     if not leaves:
         raise ValueError("residual_fn returned no arrays; it must return the residual vector (or a pytree of them)")
@@ -366,9 +388,7 @@ def _working_set_loop(iterate, active, packed, args, axes, slots: int):
         index = order[:slots]
         waiting = jnp.maximum(_count(unfinished) - slots, 0)
         part = jax.tree_util.tree_map(lambda buffer: buffer[index], packed)
-        part_args = jax.tree_util.tree_map(
-            lambda axis, leaf: leaf if axis is None else leaf[index], axes, args, is_leaf=lambda a: a is None
-        )
+        part_args = _take(args, axes, index)
 
         refill_at = jnp.minimum(waiting, max(slots // 2, 1))  # free slots worth a refill
 

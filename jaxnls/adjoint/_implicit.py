@@ -1,0 +1,148 @@
+r"""Implicit differentiation of the solution of a least-squares problem.
+
+At a minimiser :math:`x^*(θ)` of :math:`c(x, θ) = \tfrac12\|r(x, θ)\|^2` the gradient vanishes,
+:math:`g(x^*(θ), θ) = \nabla_x c = J^\top r = 0`, so by the implicit function theorem
+
+.. math::  \dot x^* = -H^{-1}\,\partial_θ g\,\dot θ,\qquad
+           H = \nabla_x^2 c = J^\top J + \textstyle\sum_i r_i \nabla_x^2 r_i ,
+
+and the cost at the solution moves by :math:`\dot c = g^\top \dot x^* + \partial_θ c\,\dot θ`. The rule
+is a forward-mode (JVP) rule that is linear in :math:`\dot θ`, so JAX transposes it for reverse mode and
+differentiates it again for second order (``jax.hessian``, ``jax.jvp`` of ``jax.grad``). The solver's
+iterations are never differentiated: the starting point gets no gradient.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PyTree
+
+from .._status import Status
+
+
+class AbstractAdjoint(eqx.Module):
+    """How :func:`jaxnls.solve` differentiates its solution with respect to ``args``."""
+
+    @abc.abstractmethod
+    def attach(
+        self,
+        residual,
+        x: Float[Array, "batch n"],
+        cost: Float[Array, " batch"],
+        status: Int[Array, " batch"],
+        args: PyTree,
+        axes: PyTree,
+    ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
+        """Return ``x`` and ``cost`` (unchanged values) carrying this adjoint's derivative rule.
+
+        ``residual(x, args)`` is the flat residual of one problem; ``args`` holds arrays only (None
+        in place of static leaves); ``axes`` says which ``args`` leaves carry the batch axis (``0``)
+        and which are shared (``None``).
+        """
+
+
+class Implicit(AbstractAdjoint):
+    r"""Implicit-function-theorem derivatives at the returned solution (the default).
+
+    Args:
+        hessian: ``"exact"`` (default) uses the full Hessian of the cost,
+            :math:`J^\top J + \sum_i r_i \nabla^2 r_i`, which makes the derivative exact at a minimum
+            of any residual size. ``"gauss_newton"`` drops the second-order term (:math:`J^\top J`
+            only): cheaper, exact for zero-residual fits, and off by a relative amount of the order
+            of the residual curvature otherwise (2-3 % on NIST's Rat43).
+
+    The linear system is regularised by :math:`μ = 10\,n\,ε\,\max_j|H_{jj}|` on its diagonal, far below
+    the size of any meaningful curvature, so a singular :math:`H` (a rank-deficient problem, a
+    non-converged point) gives a finite derivative instead of NaN; problems whose solution is not
+    finite get a zero derivative. ``Solution.status`` says whether the point was a converged minimum,
+    i.e. whether the derivative is that of a minimiser.
+    """
+
+    hessian: Literal["exact", "gauss_newton"] = "exact"
+
+    def __check_init__(self):
+        if self.hessian not in ("exact", "gauss_newton"):
+            raise ValueError(f"Implicit(hessian=...) must be 'exact' or 'gauss_newton', got {self.hessian!r}")
+
+    def attach(self, residual, x, cost, status, args, axes):
+        return _implicit_solution(_Problem(residual, axes, self.hessian), x, cost, status, args)
+
+
+class _Problem(eqx.Module):
+    """The static part of the implicit rule."""
+
+    residual: object = eqx.field(static=True)
+    axes: PyTree = eqx.field(static=True)
+    hessian: str = eqx.field(static=True)
+
+    def cost(self, x, args):
+        return 0.5 * jnp.sum(self.residual(x, args) ** 2)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _implicit_solution(problem: _Problem, x, cost, status, arrays):
+    del problem, status, arrays
+    return x, cost
+
+
+@_implicit_solution.defjvp
+def _implicit_solution_jvp(problem: _Problem, primals, tangents):
+    x, cost, status, args = primals
+    *_, args_dot = tangents
+    # The solution as a differentiable function of args (this rule again): when the rule itself is
+    # differentiated (second order), H and the couplings below then move with x*(θ) as they must.
+    x, cost = _implicit_solution(problem, x, cost, status, args)
+    # only floating leaves have tangents; integer ones are data (their float0 tangents are dropped)
+    floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(a.dtype, jnp.inexact), args)
+    args_dot = jax.tree_util.tree_map(lambda f, d: d if f else None, floating, args_dot)
+    x_dot, cost_dot = jax.vmap(
+        functools.partial(_tangent, problem, floating), in_axes=(0, problem.axes, problem.axes)
+    )(x, args, args_dot)
+    usable = jnp.all(jnp.isfinite(x), axis=-1) & (status != Status.NONFINITE_START)
+    x_dot = jnp.where(usable[:, None], x_dot, 0.0)
+    cost_dot = jnp.where(usable, cost_dot, 0.0)
+    return (x, cost), (x_dot, cost_dot)
+
+
+def _tangent(problem: _Problem, floating, x, args, args_dot):
+    """ẋ and ċ of one problem (the rule above, per batch element)."""
+    # a non-finite solution gets a zero tangent (masked by the caller); keep its algebra finite
+    x = jnp.where(jnp.isfinite(x), x, 0.0)
+
+    def with_floats(floats):
+        return jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,
+                                      is_leaf=lambda a: a is None)
+
+    floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
+
+    def gradient(x, floats):
+        return jax.grad(problem.cost)(x, with_floats(floats))
+
+    # ∂_θ g·θ̇ and ∂_θ c·θ̇ at the solution
+    _, coupling = jax.jvp(lambda f: gradient(x, f), (floats,), (args_dot,))
+    _, cost_partial = jax.jvp(lambda f: problem.cost(x, with_floats(f)), (floats,), (args_dot,))
+    if problem.hessian == "exact":
+        hessian = jax.hessian(problem.cost)(x, args)
+    else:
+        jac = jax.jacfwd(problem.residual)(x, args)
+        hessian = jac.T @ jac
+    x_dot = -_regularised_solve(hessian, coupling)
+    cost_dot = gradient(x, floats) @ x_dot + cost_partial
+    return x_dot, cost_dot
+
+
+def _regularised_solve(matrix: Float[Array, "n n"], rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+    """``matrix⁻¹ rhs`` with a tiny diagonal shift; zero for a matrix without information. Every mask
+    depends on ``matrix`` alone, so the result stays linear in ``rhs`` (transposable)."""
+    n = matrix.shape[0]
+    size = jnp.max(jnp.abs(jnp.diagonal(matrix)))
+    usable = jnp.all(jnp.isfinite(matrix)) & (size > 0)
+    shift = 10 * n * jnp.finfo(matrix.dtype).eps * size
+    safe = jnp.where(usable, matrix + shift * jnp.eye(n, dtype=matrix.dtype), jnp.eye(n, dtype=matrix.dtype))
+    return jnp.where(usable, jnp.linalg.solve(safe, rhs), 0.0)

@@ -1,0 +1,239 @@
+"""Derivatives of the solution (``adjoint=Implicit()``) against central differences of re-solved problems
+and against the implicit-function-theorem formula evaluated independently in the test."""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnls
+from jaxnls import Status
+from jaxnls.io import read_nist
+
+# Re-solves for finite differences must land on the minimiser to far better than the FD step.
+TIGHT = jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0)
+T = np.linspace(0.0, 10.0, 40)
+P_TRUE = np.array([2.0, 0.3, 0.5, 1.5])
+NIST = Path(__file__).parent / "data" / "nist"
+
+
+def weighted_curve_residual(p, args):
+    """Curve-fit residuals with a learnable weight per point: w·(a e^{-bt} + c sin(dt) − y)."""
+    t, y, weights = args
+    return weights * (p[0] * jnp.exp(-p[1] * t) + p[2] * jnp.sin(p[3] * t) - y)
+
+
+def curve_data(seed, size):
+    rng = np.random.default_rng(seed)
+    clean = P_TRUE[0] * np.exp(-P_TRUE[1] * T) + P_TRUE[2] * np.sin(P_TRUE[3] * T)
+    y = clean + 0.2 * rng.standard_normal((size, T.size))  # large noise: residual curvature matters
+    p0 = P_TRUE * (1 + 0.05 * rng.standard_normal((size, 4)))
+    weights = 1.0 + 0.5 * rng.random(T.size)
+    return jnp.asarray(y), jnp.asarray(p0), jnp.asarray(weights)
+
+
+def directional_difference(fn, x, direction, step=1e-5):
+    return (fn(x + step * direction) - fn(x - step * direction)) / (2 * step)
+
+
+def test_batched_gradient_matches_central_differences():
+    """Outer loss of a batch of solutions; gradients w.r.t. batched data and shared weights."""
+    y, p0, weights = curve_data(0, 3)
+
+    def outer(y, weights):
+        sol = jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
+                           args_axes=(None, 0, None))
+        return jnp.sum(jnp.sin(sol.params)) + jnp.sum(sol.cost)
+
+    grad_y, grad_w = jax.grad(outer, argnums=(0, 1))(y, weights)
+    rng = np.random.default_rng(1)
+    dy, dw = jnp.asarray(rng.standard_normal(y.shape)), jnp.asarray(rng.standard_normal(weights.shape))
+    fd_y = directional_difference(lambda v: outer(v, weights), y, dy)
+    fd_w = directional_difference(lambda v: outer(y, v), weights, dw)
+    np.testing.assert_allclose(jnp.sum(grad_y * dy), fd_y, rtol=1e-6)
+    np.testing.assert_allclose(jnp.sum(grad_w * dw), fd_w, rtol=1e-6)
+
+
+def _rat43():
+    problem = read_nist(NIST / "Rat43.dat")
+    x, y = (jnp.asarray(a) for a in problem.args)
+    return problem, x, y
+
+
+def test_exact_adjoint_is_the_implicit_function_theorem_and_gauss_newton_is_not():
+    """NIST Rat43 (a nonzero-residual fit): dβ*/dy from the solver equals -H⁻¹ ∂²c/∂β∂y with the full
+    Hessian, computed here by nested autodiff of the cost; the Gauss-Newton adjoint is measurably off."""
+    problem, x, y = _rat43()
+    start = jnp.asarray(problem.starts[1])
+
+    def solution(y, adjoint):
+        return jaxnls.solve(problem.residual_fn, start, (x, y), solver=TIGHT, adjoint=adjoint).params
+
+    beta = solution(y, jaxnls.Implicit())
+    np.testing.assert_allclose(beta, problem.certified_values, rtol=1e-7)
+
+    def cost(b, y):
+        return 0.5 * jnp.sum(problem.residual_fn(b, (x, y)) ** 2)
+
+    hessian = jax.hessian(cost)(beta, y)
+    mixed = jax.jacfwd(jax.grad(cost), argnums=1)(beta, y)
+    exact = -np.linalg.solve(np.asarray(hessian), np.asarray(mixed))
+    implicit = jax.jacrev(lambda v: solution(v, jaxnls.Implicit()))(y)
+    np.testing.assert_allclose(implicit, exact, rtol=1e-8, atol=1e-8 * np.max(np.abs(exact)))
+
+    forward = jax.jacfwd(lambda v: solution(v, jaxnls.Implicit()))(y)
+    np.testing.assert_allclose(forward, implicit, rtol=1e-10, atol=1e-12 * np.max(np.abs(exact)))
+
+    direction = jnp.asarray(np.random.default_rng(2).standard_normal(y.shape))
+    fd = directional_difference(lambda v: solution(v, jaxnls.Implicit()), y, direction, step=1e-4)
+    np.testing.assert_allclose(implicit @ direction, fd, rtol=1e-5)
+
+    gauss_newton = jax.jacrev(lambda v: solution(v, jaxnls.Implicit(hessian="gauss_newton")))(y)
+    relative_error = np.max(np.abs(gauss_newton - exact)) / np.max(np.abs(exact))
+    assert relative_error > 1e-3  # drops Σ rᵢ∇²rᵢ: off at a nonzero residual
+
+
+def test_jvp_and_vjp_agree():
+    y, p0, weights = curve_data(3, 2)
+
+    def params(y):
+        return jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
+                            args_axes=(None, 0, None)).params
+
+    rng = np.random.default_rng(4)
+    v = jnp.asarray(rng.standard_normal(y.shape))
+    u = jnp.asarray(rng.standard_normal(p0.shape))
+    _, jv = jax.jvp(params, (y,), (v,))
+    _, pullback = jax.vjp(params, y)
+    (ju,) = pullback(u)
+    np.testing.assert_allclose(jnp.sum(u * jv), jnp.sum(ju * v), rtol=1e-10)
+
+
+def rational_residual(p, args):
+    t, y, weights = args
+    return weights * ((p[0] + p[1] * t) / (1 + p[2] * t) - y)
+
+
+def test_hessian_of_an_outer_loss_matches_differences_of_its_gradient():
+    rng = np.random.default_rng(5)
+    t = jnp.linspace(0.0, 4.0, 8)
+    y = (1.0 + 0.5 * t) / (1 + 0.3 * t) + 0.05 * jnp.asarray(rng.standard_normal(8))
+    p0 = jnp.array([1.0, 0.5, 0.3])
+
+    def outer(weights):
+        sol = jaxnls.solve(rational_residual, p0, (t, y, weights), solver=TIGHT)
+        return jnp.sum(sol.params**2) + sol.cost
+
+    weights = jnp.asarray(1.0 + 0.3 * rng.random(8))
+    hessian = jax.hessian(outer)(weights)
+    gradient = jax.grad(outer)
+    columns = [directional_difference(gradient, weights, e, step=1e-4) for e in jnp.eye(8)]
+    np.testing.assert_allclose(hessian, np.stack(columns, axis=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(hessian, hessian.T, rtol=1e-8, atol=1e-12)
+
+
+class Offset(eqx.Module):
+    """A small MLP inside the residual: a learned, smooth per-time offset."""
+
+    mlp: eqx.nn.MLP
+
+    def __call__(self, t):
+        return jax.vmap(lambda s: self.mlp(s[None])[0])(t)
+
+
+def test_equinox_module_in_args_gets_gradients_for_its_arrays():
+    y, p0, _ = curve_data(6, 1)
+    offset = Offset(eqx.nn.MLP(1, 1, 8, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0)))
+
+    def residual(p, args):
+        t, y, model = args
+        return p[0] * jnp.exp(-p[1] * t) + p[2] * jnp.sin(p[3] * t) + 0.1 * model(t) - y
+
+    @eqx.filter_grad
+    def outer_grad(model):
+        return outer(model)
+
+    def outer(model):
+        sol = jaxnls.solve(residual, p0[0], (T, y[0], model), solver=TIGHT)
+        return jnp.sum(sol.params**2)
+
+    grads = outer_grad(offset)
+    leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(offset, eqx.is_array))
+    rng = np.random.default_rng(7)
+    direction = [jnp.asarray(rng.standard_normal(leaf.shape)) for leaf in leaves]
+    along = jax.tree_util.tree_unflatten(treedef, direction)
+
+    def moved(step):
+        return eqx.apply_updates(offset, jax.tree_util.tree_map(lambda d: step * d, along))
+
+    fd = (outer(moved(1e-5)) - outer(moved(-1e-5))) / 2e-5
+    analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction))
+    np.testing.assert_allclose(analytic, fd, rtol=1e-5)
+
+
+def test_a_nan_start_gets_zero_gradient_and_leaves_the_others_exact():
+    y, p0, weights = curve_data(8, 3)
+    bad = p0.at[1].set(jnp.nan)
+
+    def params(y, p0):
+        return jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
+                            args_axes=(None, 0, None)).params
+
+    jac_clean = jax.jacrev(lambda v: params(v, p0)[0])(y)
+    jac_mixed = jax.jacrev(lambda v: params(v, bad))(y)
+    assert np.all(np.isfinite(jac_mixed))
+    np.testing.assert_array_equal(jac_mixed[1], 0.0)
+    np.testing.assert_allclose(jac_mixed[0], jac_clean, rtol=1e-12, atol=1e-15)
+    status = jaxnls.solve(weighted_curve_residual, bad, (T, y, weights), solver=TIGHT, batched=True,
+                          args_axes=(None, 0, None)).status
+    assert int(status[1]) == Status.NONFINITE_START
+
+
+def test_rank_deficient_problem_gives_finite_gradients_of_the_identifiable_part():
+    """Only p0 + p1 is determined by the data; the derivative of the identifiable combination is exact."""
+    t = jnp.linspace(0.0, 1.0, 12)
+    y = jnp.exp(-0.7 * t) + 0.01 * jnp.asarray(np.random.default_rng(9).standard_normal(12))
+
+    def residual(p, args):
+        t, y = args
+        return jnp.exp(-(p[0] + p[1]) * t) - y
+
+    def identifiable(y):
+        sol = jaxnls.solve(residual, jnp.array([0.3, 0.3]), (t, y), solver=TIGHT)
+        return sol.params[0] + sol.params[1]
+
+    gradient = jax.grad(identifiable)(y)
+    assert np.all(np.isfinite(gradient))
+    direction = jnp.asarray(np.random.default_rng(10).standard_normal(12))
+    np.testing.assert_allclose(gradient @ direction, directional_difference(identifiable, y, direction), rtol=1e-5)
+
+
+def test_the_starting_point_gets_no_gradient():
+    y, p0, weights = curve_data(11, 1)
+    grad = jax.grad(lambda p: jnp.sum(jaxnls.solve(weighted_curve_residual, p, (T, y[0], weights),
+                                                   solver=TIGHT).params))(p0[0])
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_float32_gradients_are_finite_and_close_to_float64():
+    y, p0, weights = curve_data(12, 1)
+
+    def outer(y, dtype):
+        sol = jaxnls.solve(weighted_curve_residual, p0[0].astype(dtype), (T.astype(dtype), y, weights.astype(dtype)),
+                           solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6))
+        return jnp.sum(sol.params)
+
+    g32 = jax.grad(outer)(y[0].astype(jnp.float32), jnp.float32)
+    g64 = jax.grad(outer)(y[0], jnp.float64)
+    assert g32.dtype == jnp.float32 and np.all(np.isfinite(g32))
+    np.testing.assert_allclose(g32, g64, rtol=2e-2, atol=1e-3 * np.max(np.abs(g64)))
+
+
+def test_bad_adjoint_arguments_raise():
+    with pytest.raises(ValueError, match="hessian"):
+        jaxnls.Implicit(hessian="newton")
+    with pytest.raises(TypeError, match="adjoint must be"):
+        jaxnls.solve(lambda p, a: p - a, jnp.zeros(2), jnp.ones(2), adjoint="implicit")
