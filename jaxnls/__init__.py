@@ -1,6 +1,6 @@
 """jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
 
-from .adjoint import AbstractAdjoint, Implicit
+from .adjoint import AbstractAdjoint, Implicit, Truncated, Unroll
 from ._solution import Solution
 from ._solve import solve
 from ._status import Status
@@ -19,6 +19,8 @@ __all__ = [
     "LevenbergMarquardt",
     "Solution",
     "Status",
+    "Truncated",
+    "Unroll",
     "solve",
 ]
 

@@ -66,8 +66,10 @@ def solve(
 
         adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
             floating arrays in ``args`` (``jax.grad``, ``jax.jvp``, ``jax.hessian`` all work):
-            :class:`Implicit` (default) applies the implicit function theorem at the solution. The
-            iterations themselves are not differentiated, so ``params0`` gets no gradient.
+            :class:`Implicit` (default) applies the implicit function theorem at the solution (the
+            iterations are not differentiated, so ``params0`` gets no gradient); :class:`Unroll`
+            differentiates the iterations (exactly ``max_steps`` of them run); :class:`Truncated`
+            differentiates a few Gauss-Newton steps taken from the solution.
 
     Returns:
         A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
@@ -192,9 +194,9 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a, static_args)), unravel, x0.dtype)
     num_residuals = _check_residual(residual_fn, single_params, eqx.combine(_take(args, axes, 0), static_args))
     evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
-    # the iterations are never differentiated: derivatives come from the adjoint's rule at the solution
-    x0 = jax.lax.stop_gradient(x0)
-    differentiable_args, args = args, jax.lax.stop_gradient(args)
+    differentiable_args = args
+    if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
+        x0, args = jax.lax.stop_gradient((x0, args))
 
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
@@ -204,7 +206,12 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         _iterate(solver, evaluate, a, packing.unpack(packed), max_steps, verbose)
     )
     active = lambda packed: _active(packing.unpack(packed))  # noqa: E731
-    if working_set is None:
+    if adjoint.differentiates_iterations:
+        # a bounded loop JAX can differentiate: exactly max_steps iterations after evaluating x0
+        step = lambda p, _: (iterate(p, args), None)  # noqa: E731
+        step = jax.checkpoint(step) if adjoint.checkpoint else step
+        packed = jax.lax.scan(step, packing.pack(state), None, length=max_steps + 1)[0]
+    elif working_set is None:
         packed = jax.lax.while_loop(lambda p: _count(active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))
     else:
         packed = _working_set_loop(iterate, active, packing.pack(state), args, axes, working_set)

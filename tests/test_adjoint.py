@@ -237,3 +237,65 @@ def test_bad_adjoint_arguments_raise():
         jaxnls.Implicit(hessian="newton")
     with pytest.raises(TypeError, match="adjoint must be"):
         jaxnls.solve(lambda p, a: p - a, jnp.zeros(2), jnp.ones(2), adjoint="implicit")
+
+
+TIGHT_SOLVERS = [TIGHT, jaxnls.Dogleg(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
+                 jaxnls.GaussNewton(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
+                 jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR())]
+
+
+@pytest.mark.parametrize("solver", TIGHT_SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
+def test_unrolled_iterations_reach_the_implicit_derivative_at_convergence(solver):
+    y, p0, weights = curve_data(13, 1)
+
+    def jacobian(adjoint):
+        return jax.jacrev(lambda v: jaxnls.solve(weighted_curve_residual, p0[0], (T, v, weights), solver=solver,
+                                                 adjoint=adjoint, max_steps=60).params)(y[0])
+
+    implicit, unrolled = jacobian(jaxnls.Implicit()), jacobian(jaxnls.Unroll())
+    assert np.all(np.isfinite(unrolled))
+    np.testing.assert_allclose(unrolled, implicit, rtol=1e-8, atol=1e-9 * np.max(np.abs(implicit)))
+
+
+def test_unrolled_derivative_of_a_few_iterations_matches_central_differences():
+    """Three iterations from a poor start (far from converged): the derivative of those iterates, w.r.t.
+    the data and w.r.t. the starting point, forward and reverse."""
+    y, p0, weights = curve_data(14, 1)
+    start = p0[0] * 1.3
+
+    def three_steps(y, start):
+        return jaxnls.solve(weighted_curve_residual, start, (T, y, weights), solver=TIGHT, adjoint=jaxnls.Unroll(),
+                            max_steps=3).params
+
+    rng = np.random.default_rng(15)
+    dy, dstart = jnp.asarray(rng.standard_normal(T.size)), jnp.asarray(rng.standard_normal(4))
+    _, forward = jax.jvp(three_steps, (y[0], start), (dy, dstart))
+    fd = directional_difference(lambda s: three_steps(y[0] + s * dy, start + s * dstart), 0.0, 1.0, step=1e-6)
+    np.testing.assert_allclose(forward, fd, rtol=1e-5, atol=1e-8)
+    u = jnp.asarray(rng.standard_normal(4))
+    _, pullback = jax.vjp(three_steps, y[0], start)
+    ct_y, ct_start = pullback(u)
+    np.testing.assert_allclose(u @ forward, ct_y @ dy + ct_start @ dstart, rtol=1e-10)
+    assert np.max(np.abs(ct_start)) > 0  # unlike Implicit, the start gets a gradient
+
+
+def test_truncated_steps_go_from_the_gauss_newton_to_the_exact_implicit_derivative():
+    y, p0, weights = curve_data(16, 1)
+
+    def jacobian(adjoint):
+        return jax.jacrev(lambda v: jaxnls.solve(weighted_curve_residual, p0[0], (T, v, weights), solver=TIGHT,
+                                                 adjoint=adjoint).params)(y[0])
+
+    exact, gauss_newton = jacobian(jaxnls.Implicit()), jacobian(jaxnls.Implicit(hessian="gauss_newton"))
+    scale = np.max(np.abs(exact))
+    assert np.max(np.abs(exact - gauss_newton)) > 1e-3 * scale  # the two differ on this noisy fit
+    np.testing.assert_allclose(jacobian(jaxnls.Truncated(1)), gauss_newton, rtol=1e-9, atol=1e-10 * scale)
+    np.testing.assert_allclose(jacobian(jaxnls.Truncated(40)), exact, rtol=1e-8, atol=1e-9 * scale)
+    # the values are the solve's own
+    plain = jaxnls.solve(weighted_curve_residual, p0[0], (T, y[0], weights), solver=TIGHT)
+    truncated = jaxnls.solve(weighted_curve_residual, p0[0], (T, y[0], weights), solver=TIGHT,
+                             adjoint=jaxnls.Truncated(3))
+    np.testing.assert_array_equal(truncated.params, plain.params)
+    np.testing.assert_array_equal(truncated.cost, plain.cost)
+    with pytest.raises(ValueError, match="num_steps"):
+        jaxnls.Truncated(0)

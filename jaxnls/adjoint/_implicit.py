@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import functools
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -28,6 +28,10 @@ from .._status import Status
 
 class AbstractAdjoint(eqx.Module):
     """How :func:`jaxnls.solve` differentiates its solution with respect to ``args``."""
+
+    #: True: the solve's own iterations are differentiated (a bounded, differentiable loop runs);
+    #: False: the loop runs undifferentiated and :meth:`attach` supplies the derivatives.
+    differentiates_iterations: ClassVar[bool] = False
 
     @abc.abstractmethod
     def attach(

@@ -9,8 +9,14 @@ import jax.numpy as jnp
 from ._base import AbstractLeastSquaresSolver
 
 
+def _sqrt(s):
+    # the derivative of √s at s = 0 is infinite; a zero (a finished problem's step, a vanished gradient)
+    # must give a zero derivative, or an unrolled backward pass turns 0·∞ into NaN
+    return jnp.where(s > 0, jnp.sqrt(jnp.where(s > 0, s, 1.0)), 0.0)
+
+
 def _norm(v):
-    return jnp.sqrt(jnp.sum(v * v))
+    return _sqrt(jnp.sum(v * v))
 
 
 class Dogleg(AbstractLeastSquaresSolver):
@@ -41,15 +47,15 @@ class Dogleg(AbstractLeastSquaresSolver):
         d = jnp.sqrt(scale)
         gauss_newton = self.linear_solver.solve(lin, jnp.zeros_like(scale))
         direction, slope, length = lin.steepest_descent(scale)
-        grad_scaled_norm = jnp.sqrt(slope)  # ‖d⁻¹g‖
-        cauchy = -length * direction
+        grad_scaled_norm = _sqrt(slope)  # ‖d⁻¹g‖
+        cauchy = -jnp.where(jnp.isfinite(length), length, 0.0) * direction
         safe_grad_norm = jnp.where(grad_scaled_norm > 0, grad_scaled_norm, 1.0)
         boundary_descent = -(radius / safe_grad_norm) * direction
         # Where the segment cauchy -> gauss_newton crosses ‖d·δ‖ = radius: solve ‖a + βb‖² = radius², β ∈ [0, 1].
-        a = d * jnp.where(jnp.isfinite(cauchy), cauchy, 0.0)
+        a = d * cauchy
         b = d * gauss_newton - a
         bb, ab, aa = b @ b, a @ b, a @ a
-        disc = jnp.sqrt(jnp.maximum(ab**2 + bb * (radius**2 - aa), 0.0))
+        disc = _sqrt(ab**2 + bb * (radius**2 - aa))
         beta = jnp.where(bb > 0, (-ab + disc) / jnp.where(bb > 0, bb, 1.0), 0.0)
         interpolated = (a + jnp.clip(beta, 0.0, 1.0) * b) / d
         return jnp.where(

@@ -44,6 +44,9 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     def update_control(self, control, accepted, ratio, step, scale):
         damping, growth = control
+        # ρ outside [0, 1] gives the same factor as its end point; clipping keeps the unused branch
+        # finite (ρ = -inf marks an inconsistent trial) so an unrolled backward pass stays NaN-free
+        ratio = jnp.clip(ratio, 0.0, 1.0)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         good = (jnp.maximum(damping * shrink, self.min_damping), jnp.full_like(growth, 2.0))
         # D is a running maximum, so far-out starts can need λ many decades below its start; a
