@@ -1,6 +1,6 @@
 """jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
 
-from .adjoint import AbstractAdjoint, Implicit, Truncated, Unroll
+from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncated, Unroll
 from ._solution import Solution
 from ._solve import solve
 from ._status import Status
@@ -13,6 +13,7 @@ __all__ = [
     "AbstractLeastSquaresSolver",
     "AbstractLinearSolver",
     "Cholesky",
+    "DirectLossMinimization",
     "Dogleg",
     "GaussNewton",
     "Implicit",
@@ -23,5 +24,7 @@ __all__ = [
     "Unroll",
     "solve",
 ]
+
+from . import nn  # noqa: E402  (after the names it builds on)
 
 __version__ = "0.1.0"

@@ -299,3 +299,25 @@ def test_truncated_steps_go_from_the_gauss_newton_to_the_exact_implicit_derivati
     np.testing.assert_array_equal(truncated.cost, plain.cost)
     with pytest.raises(ValueError, match="num_steps"):
         jaxnls.Truncated(0)
+
+
+def test_direct_loss_minimisation_tends_to_the_gauss_newton_implicit_derivative():
+    """Batched data and shared sample times: DLM's difference quotient converges (bias ∝ ε) to
+    -Mᵀ(JᵀJ)⁻¹v, the Gauss-Newton implicit derivative."""
+    y, p0, weights = curve_data(17, 3)
+
+    def outer(y, weights, adjoint):
+        sol = jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
+                           args_axes=(None, 0, None), adjoint=adjoint)
+        return jnp.sum(jnp.sin(sol.params)) + jnp.sum(sol.cost)
+
+    reference = jax.grad(outer, argnums=(0, 1))(y, weights, jaxnls.Implicit(hessian="gauss_newton"))
+
+    def error(epsilon):
+        grads = jax.grad(outer, argnums=(0, 1))(y, weights, jaxnls.DirectLossMinimization(epsilon))
+        return max(float(np.max(np.abs(g - r)) / np.max(np.abs(r))) for g, r in zip(grads, reference))
+
+    coarse, fine = error(1e-2), error(1e-5)
+    assert fine < 1e-5 and fine < 3e-3 * coarse
+    with pytest.raises(ValueError, match="epsilon"):
+        jaxnls.DirectLossMinimization(0.0)

@@ -1,0 +1,5 @@
+"""Neural-network layers built on :func:`jaxnls.solve`."""
+
+from ._layer import NLLSLayer
+
+__all__ = ["NLLSLayer"]
