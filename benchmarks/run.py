@@ -28,6 +28,7 @@ from _common import machine_info, print_header, warm_up_jax  # noqa: E402
 
 # Import everything up front: the jaxnls sources this process runs are fixed from here on (the header
 # records their digest), even if the working tree changes while the benchmark runs.
+import adjoints  # noqa: E402
 import curvefit  # noqa: E402
 import nist  # noqa: E402
 
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: B=128 and 1 NIST problem (< 60 s)")
     parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 1024; quick: 128); 1024,16384 for both sizes of the README")
-    parser.add_argument("--only", choices=("curvefit", "nist"), default=None, help="run one part only")
+    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints"), default=None, help="run one part only")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up call (default 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also save every number as JSON")
     args = parser.parse_args(argv)
@@ -75,6 +76,11 @@ def main(argv=None) -> int:
             text, numbers = curvefit.summarize(result)
             out["curvefit"][str(batch)] = numbers
             printed.append(text)
+    if args.only in (None, "adjoints"):
+        print("[adjoints] B = 1,024 (quick: 128): running ...", flush=True)
+        result = adjoints.run(128 if args.quick else 1024, args.repeats)
+        out["adjoints"] = result
+        printed.append(adjoints.summarize(result))
     if args.only in (None, "nist"):
         print("[nist] fitting ...", flush=True)
         result = nist.run(quick=args.quick)

@@ -133,7 +133,10 @@ def _tangent(problem: _Problem, floating, x, args, args_dot):
     _, coupling = jax.jvp(lambda f: gradient(x, f), (floats,), (args_dot,))
     _, cost_partial = jax.jvp(lambda f: problem.cost(x, with_floats(f)), (floats,), (args_dot,))
     if problem.hessian == "exact":
-        hessian = jax.hessian(problem.cost)(x, args)
+        # one Hessian column (a forward-over-reverse product) at a time: the memory of one gradient
+        # evaluation, not n of them side by side
+        hessian_column = lambda e: jax.jvp(lambda z: jax.grad(problem.cost)(z, args), (x,), (e,))[1]  # noqa: E731
+        hessian = jax.lax.map(hessian_column, jnp.eye(x.shape[0], dtype=x.dtype)).T
     else:
         jac = jax.jacfwd(problem.residual)(x, args)
         hessian = jac.T @ jac
