@@ -132,17 +132,32 @@ def _tangent(problem: _Problem, floating, x, args, args_dot):
     # ∂_θ g·θ̇ and ∂_θ c·θ̇ at the solution
     _, coupling = jax.jvp(lambda f: gradient(x, f), (floats,), (args_dot,))
     _, cost_partial = jax.jvp(lambda f: problem.cost(x, with_floats(f)), (floats,), (args_dot,))
+    jac = jax.jacfwd(problem.residual)(x, args)
+    hessian = jac.T @ jac
     if problem.hessian == "exact":
-        # one Hessian column (a forward-over-reverse product) at a time: the memory of one gradient
-        # evaluation, not n of them side by side
-        hessian_column = lambda e: jax.jvp(lambda z: jax.grad(problem.cost)(z, args), (x,), (e,))[1]  # noqa: E731
-        hessian = jax.lax.map(hessian_column, jnp.eye(x.shape[0], dtype=x.dtype)).T
-    else:
-        jac = jax.jacfwd(problem.residual)(x, args)
-        hessian = jac.T @ jac
+        hessian = hessian + _residual_curvature(problem, x, args)
     x_dot = -_regularised_solve(hessian, coupling)
     cost_dot = gradient(x, floats) @ x_dot + cost_partial
     return x_dot, cost_dot
+
+
+def _residual_curvature(problem: _Problem, x, args) -> Float[Array, "n n"]:
+    r""":math:`\sum_i r_i \nabla^2 r_i`, one entry :math:`r^\top \partial^2 r[e_j, e_k]` at a time by
+    forward-over-forward differentiation: no reverse-mode residuals are stored, so the memory is that
+    of a few residual evaluations whatever n (the batch's Hessians cost little more than JᵀJ)."""
+    n = x.shape[0]
+    residual = problem.residual(x, args)
+    rows, cols = np.triu_indices(n)
+    basis = jnp.eye(n, dtype=x.dtype)
+
+    def entry(pair):
+        j, k = pair
+        along_j = lambda z: jax.jvp(lambda v: problem.residual(v, args), (z,), (basis[j],))[1]  # noqa: E731
+        return residual @ jax.jvp(along_j, (x,), (basis[k],))[1]
+
+    upper = jax.lax.map(entry, (jnp.asarray(rows), jnp.asarray(cols)))
+    curvature = jnp.zeros((n, n), x.dtype).at[rows, cols].set(upper)
+    return curvature + jnp.triu(curvature, 1).T
 
 
 def _regularised_solve(matrix: Float[Array, "n n"], rhs: Float[Array, " n"]) -> Float[Array, " n"]:
