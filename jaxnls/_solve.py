@@ -331,13 +331,18 @@ def _steepest_descent_gain(lin: Linearization, scale) -> Float[Array, " batch"]:
 
 
 def _linearize(solver, evaluate, x, args):
-    residual, jacobian = evaluate(x, args)
-    cost = 0.5 * jnp.sum(residual**2, axis=-1)
+    # A non-finite point (a NaN start) is evaluated at 0 instead and reported as NaN: evaluating it
+    # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
+    # 0·NaN into NaN cotangents for the arguments every problem shares.
+    x_finite = jnp.all(jnp.isfinite(x), axis=-1)
+    residual, jacobian = evaluate(jnp.where(x_finite[:, None], x, 0.0), args)
+    cost = jnp.where(x_finite, 0.5 * jnp.sum(residual**2, axis=-1), jnp.nan)
     lin = jax.vmap(solver.linear_solver.linearize)(residual, jacobian)
+    lin = _select(x_finite, lin, jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, jnp.nan), lin))
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
     # which are n + 1 numbers per problem instead of m·n
     diagonal = jax.vmap(Linearization.diagonal)(lin)
-    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal) & jnp.isfinite(x), axis=-1)
+    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal), axis=-1)
     return lin, cost, finite
 
 
