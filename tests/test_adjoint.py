@@ -355,3 +355,57 @@ def test_every_adjoint_matches_central_differences_beside_a_nan_neighbour(adjoin
     # O(1) loss resolve it only to ε·|L|/h ≈ 4e-11 absolute
     np.testing.assert_allclose(grad_w @ dw, directional_difference(lambda v: outer(y, v), weights, dw),
                                rtol=1e-5, atol=1e-10)
+
+
+ITERATING_ADJOINTS = [jaxnls.Unroll(), jaxnls.Truncated(40)]
+
+
+@pytest.mark.parametrize("adjoint", ITERATING_ADJOINTS, ids=lambda a: type(a).__name__)
+def test_iterating_adjoints_on_nist_rat43_match_central_differences(adjoint):
+    """The differentiated iterations on a NIST problem (Unroll through 60 LM steps, Truncated through 40
+    Gauss-Newton steps) against central differences of re-solved fits."""
+    problem, x, y = _rat43()
+    start = jnp.asarray(problem.starts[1])
+
+    def solution(y):
+        return jaxnls.solve(problem.residual_fn, start, (x, y), solver=TIGHT, adjoint=adjoint, max_steps=60).params
+
+    direction = jnp.asarray(np.random.default_rng(19).standard_normal(y.shape))
+    _, forward = jax.jvp(solution, (y,), (direction,))
+    np.testing.assert_allclose(forward, directional_difference(solution, y, direction, step=1e-4), rtol=1e-5)
+
+
+@pytest.mark.parametrize("adjoint", ITERATING_ADJOINTS, ids=lambda a: type(a).__name__)
+def test_iterating_adjoints_with_an_mlp_and_on_a_rank_deficient_problem(adjoint):
+    y, p0, _ = curve_data(20, 1)
+    offset = Offset(eqx.nn.MLP(1, 1, 8, 2, activation=jnp.tanh, key=jax.random.PRNGKey(1)))
+
+    def residual(p, args):
+        t, y, model = args
+        return p[0] * jnp.exp(-p[1] * t) + p[2] * jnp.sin(p[3] * t) + 0.1 * model(t) - y
+
+    def outer(model):
+        return jnp.sum(jaxnls.solve(residual, p0[0], (T, y[0], model), solver=TIGHT, adjoint=adjoint,
+                                    max_steps=60).params ** 2)
+
+    grads = eqx.filter_grad(outer)(offset)
+    leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(offset, eqx.is_array))
+    direction = [jnp.asarray(d) for d in
+                 (np.random.default_rng(21).standard_normal(leaf.shape) for leaf in leaves)]
+    along = jax.tree_util.tree_unflatten(treedef, direction)
+    moved = lambda step: eqx.apply_updates(offset, jax.tree_util.tree_map(lambda d: step * d, along))  # noqa: E731
+    analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction))
+    np.testing.assert_allclose(analytic, (outer(moved(1e-5)) - outer(moved(-1e-5))) / 2e-5, rtol=1e-5)
+
+    t = jnp.linspace(0.0, 1.0, 12)
+    data = jnp.exp(-0.7 * t) + 0.01 * jnp.asarray(np.random.default_rng(22).standard_normal(12))
+
+    def identifiable(data):
+        sol = jaxnls.solve(lambda p, a: jnp.exp(-(p[0] + p[1]) * a[0]) - a[1], jnp.array([0.3, 0.3]), (t, data),
+                           solver=TIGHT, adjoint=adjoint, max_steps=60)
+        return sol.params[0] + sol.params[1]
+
+    gradient = jax.grad(identifiable)(data)
+    assert np.all(np.isfinite(gradient))
+    direction = jnp.asarray(np.random.default_rng(23).standard_normal(12))
+    np.testing.assert_allclose(gradient @ direction, directional_difference(identifiable, data, direction), rtol=1e-5)
