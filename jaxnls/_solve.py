@@ -311,11 +311,6 @@ def _check_residual(residual_fn, single_params, single_args) -> int:
     return num_residuals
 
 
-def _all_finite(tree, axis) -> Bool[Array, " batch"]:
-    flags = [jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for leaf in jax.tree_util.tree_leaves(tree)]
-    return jnp.stack(flags).all(axis=0) if len(flags) > 1 else flags[0]
-
-
 def _gradient_converged(solver, lin: Linearization, cost) -> Bool[Array, " batch"]:
     """MINPACK's test: cos∠(J_j, r) <= gtol for every column j, or r = 0."""
     column_norms = jnp.sqrt(jax.vmap(Linearization.diagonal)(lin))
@@ -420,12 +415,11 @@ class _Packing:
 
     The loops carry this form, so an iteration writes two arrays instead of a dozen (every array a
     loop writes is a separately compiled kernel) and moving problems in and out of the working set
-    is two gathers.
+    is two gathers and two scatters (XLA:CPU expands every scatter into a loop of its own).
     """
 
     def __init__(self, template: _LoopState):
         leaves, self.treedef = jax.tree_util.tree_flatten(template)
-        self.batch = leaves[0].shape[0]
         self.dtype = template.x.dtype
         self.layout = [(leaf.shape[1:], leaf.dtype, jnp.issubdtype(leaf.dtype, jnp.floating)) for leaf in leaves]
 

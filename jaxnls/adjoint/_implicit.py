@@ -126,18 +126,16 @@ def _tangent(problem: _Problem, floating, x, args, args_dot):
 
     floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
 
-    def gradient(x, floats):
-        return jax.grad(problem.cost)(x, with_floats(floats))
-
-    # ∂_θ g·θ̇ and ∂_θ c·θ̇ at the solution
-    _, coupling = jax.jvp(lambda f: gradient(x, f), (floats,), (args_dot,))
-    _, cost_partial = jax.jvp(lambda f: problem.cost(x, with_floats(f)), (floats,), (args_dot,))
+    # ∇ₓc, and ∂_θ g·θ̇ and ∂_θ c·θ̇ at the solution, from one forward pass over θ
+    (_, gradient), (cost_partial, coupling) = jax.jvp(
+        lambda f: jax.value_and_grad(problem.cost)(x, with_floats(f)), (floats,), (args_dot,)
+    )
     jac = jax.jacfwd(problem.residual)(x, args)
     hessian = jac.T @ jac
     if problem.hessian == "exact":
         hessian = hessian + _residual_curvature(problem, x, args)
     x_dot = -_regularised_solve(hessian, coupling)
-    cost_dot = gradient(x, floats) @ x_dot + cost_partial
+    cost_dot = gradient @ x_dot + cost_partial
     return x_dot, cost_dot
 
 

@@ -51,7 +51,7 @@ class Truncated(AbstractAdjoint):
             raise ValueError(f"Truncated(num_steps=...) must be a positive int, got {self.num_steps!r}")
 
     def attach(self, residual, x, cost, status, args, axes):
-        num_residuals = jax.eval_shape(residual, x[0], _first(args, axes)).shape[0]
+        num_residuals = jax.eval_shape(jax.vmap(residual, in_axes=(0, axes)), x, args).shape[1]
         linear_solver = Cholesky()
 
         def refine(x, args):
@@ -66,11 +66,7 @@ class Truncated(AbstractAdjoint):
             return jnp.where(usable, x, 0.0), jnp.where(usable, 0.5 * jnp.sum(r**2), 0.0)
 
         refined_x, refined_cost = jax.vmap(refine, in_axes=(0, axes))(jax.lax.stop_gradient(x), args)
-        # the solve's values, the refinement's derivatives
-        return (x + refined_x - jax.lax.stop_gradient(refined_x),
-                cost + refined_cost - jax.lax.stop_gradient(refined_cost))
+        # the solve's values (the bracket is exactly zero), the refinement's derivatives
+        return (x + (refined_x - jax.lax.stop_gradient(refined_x)),
+                cost + (refined_cost - jax.lax.stop_gradient(refined_cost)))
 
-
-def _first(args, axes):
-    return jax.tree_util.tree_map(lambda axis, a: a if axis is None or a is None else a[0], axes, args,
-                                  is_leaf=lambda a: a is None)
