@@ -196,12 +196,13 @@ def run_size(batch: int, repeats: int, log=print) -> dict:
         log(f"    {name:<28} steady {fmt_s(timing.median * scale):>8} s   first call {fmt_s(timing.first):>8} s   "
             f"max iters {int(np.max(iters))}")
 
-    # jaxnls: the user-facing call (jaxnls.solve has its own filter_jit), three strategies with the default
+    # jaxnls: the user-facing call (jaxnls.solve has its own filter_jit), four strategies with the default
     # working set, and LM advancing the whole batch every iteration (working_set=None)
     for label, solver, working_set in [
         ("jaxnls LevenbergMarquardt", jaxnls.LevenbergMarquardt(rtol=RTOL, atol=ATOL), "auto"),
         ("jaxnls GaussNewton", jaxnls.GaussNewton(rtol=RTOL, atol=ATOL), "auto"),
         ("jaxnls Dogleg", jaxnls.Dogleg(rtol=RTOL, atol=ATOL), "auto"),
+        ("jaxnls IndirectLM", jaxnls.IndirectLevenbergMarquardt(rtol=RTOL, atol=ATOL), "auto"),
         (WHOLE_BATCH_ROW, jaxnls.LevenbergMarquardt(rtol=RTOL, atol=ATOL), None),
     ]:
         run = make_jaxnls(solver, working_set=working_set)
@@ -282,7 +283,7 @@ def summarize(result: dict) -> tuple[str, dict]:
     text.append(f"  one batched residual+Jacobian evaluation (jit(vmap(jacfwd(has_aux)))): "
                 f"{result['rj_eval_s'] * 1e3:.3f} ms")
     per_iter = {}
-    for name in ("jaxnls LevenbergMarquardt", "jaxnls GaussNewton", "jaxnls Dogleg", WHOLE_BATCH_ROW):
+    for name in ("jaxnls LevenbergMarquardt", "jaxnls GaussNewton", "jaxnls Dogleg", "jaxnls IndirectLM", WHOLE_BATCH_ROW):
         r = rows[name]
         useful = r["total_iters"] / batch  # problem-iterations, in units of one whole-batch iteration
         per_useful = r["steady_s"] / max(useful, 1e-12)

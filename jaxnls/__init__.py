@@ -5,7 +5,7 @@ from ._solution import Solution
 from ._solve import solve
 from ._status import Status
 from .linear import QR, AbstractLinearSolver, Cholesky
-from .solvers import AbstractLeastSquaresSolver, Dogleg, GaussNewton, LevenbergMarquardt
+from .solvers import AbstractLeastSquaresSolver, Dogleg, GaussNewton, IndirectLevenbergMarquardt, LevenbergMarquardt
 
 __all__ = [
     "QR",
@@ -17,6 +17,7 @@ __all__ = [
     "Dogleg",
     "GaussNewton",
     "Implicit",
+    "IndirectLevenbergMarquardt",
     "LevenbergMarquardt",
     "Solution",
     "Status",

@@ -455,7 +455,7 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     adapt the control, test the tolerances. The first call evaluates x0 instead."""
     started = state.started
     running = started & (state.status == Status.RUNNING)
-    step = jax.vmap(solver.propose)(state.lin, state.scale, state.control)
+    step, proposed_control = jax.vmap(solver.propose)(state.lin, state.scale, state.control)
     trial = state.x + jnp.where(running[:, None], step, 0.0)
     # the step actually taken: what survives rounding in x + δ (all of it is lost at a large |x|)
     step = trial - state.x
@@ -477,7 +477,7 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     consistent = finite & (~small | (difference >= -margin))
     ratio = jnp.where(consistent & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
     accepted = running & consistent & (ratio > solver.acceptance)
-    updated_control = jax.vmap(solver.update_control)(state.control, accepted, ratio, step, state.scale)
+    updated_control = jax.vmap(solver.update_control)(proposed_control, accepted, ratio, step, state.scale)
 
     trial_diagonal = jax.vmap(Linearization.diagonal)(trial_lin)
     take = accepted | ~started
@@ -508,7 +508,9 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
         & (ratio <= 2.0)
         & (accepted | ((predicted <= solver.ftol * state.cost) & descent_exhausted))
     )
-    parameter_converged = small_step & (accepted | (unchanged & descent_exhausted))
+    parameter_converged = (small_step & (accepted | (unchanged & descent_exhausted))) | (
+        finite & jax.vmap(solver.steps_within_tolerance)(control, x, scale)
+    )
     gradient_converged = _gradient_converged(solver, lin, cost)
     stalled = jax.vmap(solver.stalled)(control, x, scale)
     num_steps = state.num_steps + running

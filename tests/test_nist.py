@@ -35,10 +35,7 @@ AVERAGE = ["Kirby2", "Hahn1", "Nelson", "MGH17", "Lanczos1", "Lanczos2", "Gauss3
 HIGHER = ["MGH09", "Thurber", "BoxBOD", "Rat42", "MGH10", "Eckerle4", "Rat43", "Bennett5"]
 
 #: (problem, start) -> why LRE >= 8 is not reached (measured on x86-64 CPU). Only higher difficulty.
-SHORTFALLS = {
-    ("MGH10", 1): "MAX_STEPS: from b = (2, 4e5, 2.5e4) the iterates drift to b1 -> 0 with exp(b2/(x+b3)) huge "
-                  "and never enter the basin of the certified minimum",
-}
+SHORTFALLS: dict[tuple[str, int], str] = {}
 
 # Lanczos1's certified RSS, 1.43e-25, comes from residuals of ~8e-14 on data of size ~1: float64
 # evaluation of y - f(x) carries ~1e-16 absolute rounding per residual, i.e. ~1e-3 relative, so the

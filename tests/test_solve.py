@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import jaxnls
 from jaxnls import Status
 
-SOLVERS = [jaxnls.LevenbergMarquardt(), jaxnls.GaussNewton(), jaxnls.Dogleg(),
+SOLVERS = [jaxnls.LevenbergMarquardt(), jaxnls.GaussNewton(), jaxnls.Dogleg(), jaxnls.IndirectLevenbergMarquardt(),
            jaxnls.LevenbergMarquardt(linear_solver=jaxnls.QR())]
 TIGHT = dict(rtol=1e-12, atol=1e-12, ftol=0.0)
 
@@ -211,7 +211,7 @@ def test_fewer_residuals_than_parameters_uses_reverse_mode_and_converges():
     np.testing.assert_allclose(np.linalg.norm(sol.params), 1.0, rtol=1e-10)
 
 
-@pytest.mark.parametrize("solver", SOLVERS[:3], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("solver", SOLVERS[:4], ids=lambda s: type(s).__name__)
 def test_rank_deficient_problem_gives_finite_least_squares_answer(solver):
     """r = (a + b) t - y: only a + b is identifiable; JᵀJ is exactly singular."""
 
@@ -324,6 +324,54 @@ def test_steps_better_than_predicted_are_accepted_and_relax_damping():
     damping, growth = lm.update_control((jnp.asarray(1.0), jnp.asarray(2.0)), jnp.asarray(False),
                                         jnp.asarray(-1.0), None, None)
     assert float(damping) == 2.0 and float(growth) == 4.0
+
+
+def test_trust_region_follows_the_gain_ratio():
+    """Moré's radius rules: ρ ≥ 3/4 doubles the step just taken (and halves λ), ρ < 1/4 or a rejection
+    halves min(Δ, 10‖Dδ‖) (and doubles λ), in between nothing changes; the first step caps Δ."""
+    lm = jaxnls.IndirectLevenbergMarquardt()
+    step, scale = jnp.array([0.0, 2.0]), jnp.array([1.0, 4.0])  # ‖Dδ‖ = 4
+    no = jnp.asarray(False)
+
+    def update(radius, damping, accepted, ratio, first=no):
+        out = lm.update_control((jnp.asarray(radius), jnp.asarray(damping), first), jnp.asarray(accepted),
+                                jnp.asarray(ratio), step, scale)
+        return float(out[0]), float(out[1])
+
+    assert update(10.0, 0.3, True, 0.9) == (8.0, 0.15)
+    assert update(10.0, 0.3, False, -1.0) == (5.0, 0.6)
+    assert update(100.0, 0.3, True, 0.1) == (20.0, 0.6)
+    assert update(10.0, 0.3, True, 0.5) == (10.0, 0.3)
+    assert update(10.0, 0.0, True, 0.5) == (8.0, 0.0)  # a Gauss-Newton step that fitted
+    assert update(10.0, 0.3, True, 0.5, first=jnp.asarray(True)) == (4.0, 0.3)
+
+
+@pytest.mark.parametrize("linear_solver", [jaxnls.Cholesky(), jaxnls.QR()], ids=["Cholesky", "QR"])
+def test_trust_region_damping_solves_the_secular_equation(linear_solver):
+    """λ from Moré's iteration gives ‖Dδ(λ)‖ within 10% of Δ, checked against the root of
+    ‖D(JᵀJ + λD²)⁻¹Jᵀr‖ = Δ found by scipy's brentq in numpy; λ = 0 when the Gauss-Newton step fits."""
+    from scipy.optimize import brentq
+
+    from jaxnls.solvers.levenberg_marquardt import trust_region_damping
+
+    rng = np.random.default_rng(31)
+    jac = rng.standard_normal((12, 4)) * np.array([1.0, 10.0, 0.1, 3.0])
+    res = rng.standard_normal(12)
+    scale = np.sum(jac**2, axis=0) * rng.uniform(1.0, 5.0, 4)  # a running max is at least diag(JᵀJ)
+    lin = linear_solver.linearize(jnp.asarray(res), jnp.asarray(jac))
+
+    def length(lam):
+        step = np.linalg.solve(jac.T @ jac + lam * np.diag(scale), -jac.T @ res)
+        return np.linalg.norm(np.sqrt(scale) * step)
+
+    gauss_newton = length(0.0)
+    for radius in [0.5 * gauss_newton, 0.1 * gauss_newton, 1e-3 * gauss_newton]:
+        lam = float(trust_region_damping(lin, jnp.asarray(scale), jnp.asarray(radius), jnp.asarray(0.0)))
+        assert abs(length(lam) - radius) <= 0.1 * radius
+        root = brentq(lambda t: length(t) - radius, 0.0, 1e6)
+        assert lam == pytest.approx(root, rel=0.5)
+    assert float(trust_region_damping(lin, jnp.asarray(scale), jnp.asarray(1.05 * gauss_newton),
+                                      jnp.asarray(0.7))) == 0.0
 
 
 def test_damping_is_per_problem():

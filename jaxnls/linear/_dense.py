@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._numerics import safe_sqrt
+
 # Above this size the unrolled factorisation is replaced by LAPACK's (compile time grows as n³).
 _UNROLL_MAX = 8
 
@@ -43,6 +45,12 @@ class Linearization(eqx.Module):
         if self.gram is not None:
             return jnp.diagonal(self.gram)
         return jnp.sum(self.jacobian**2, axis=0)
+
+    def normal_matrix(self) -> Float[Array, "n n"]:
+        """JᵀJ."""
+        if self.gram is not None:
+            return self.gram
+        return self.jacobian.T @ self.jacobian
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
@@ -79,7 +87,7 @@ def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]
     return jnp.sum(jacobian * residual[:, None], axis=0)
 
 
-def _pivot_floor(n: int, dtype) -> float:
+def pivot_floor(n: int, dtype) -> float:
     # A pivot of a unit-diagonal matrix below this is rounding noise, not information.
     return 10.0 * n * float(jnp.finfo(dtype).eps)
 
@@ -140,7 +148,7 @@ class Cholesky(AbstractLinearSolver):
         scale = _column_scale(jnp.diagonal(gram) + damping)
         scaled = gram * scale[:, None] * scale[None, :] + jnp.diag(damping * scale**2)
         rhs = -lin.gradient * scale
-        floor = _pivot_floor(n, gram.dtype)
+        floor = pivot_floor(n, gram.dtype)
         solve = _unrolled_cholesky_solve if n <= _UNROLL_MAX else _lapack_cholesky_solve
         return solve(scaled, rhs, floor) * scale
 
@@ -160,7 +168,7 @@ class QR(AbstractLinearSolver):
         jac = lin.jacobian
         n = jac.shape[1]
         scale = _column_scale(jnp.sum(jac**2, axis=0) + damping)
-        stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(jnp.sqrt(damping) * scale)], axis=0)
+        stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(safe_sqrt(damping) * scale)], axis=0)
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
         # R of the matrix augmented with the right-hand side holds Qᵀ·rhs in its last column, so Q
         # itself is never formed
@@ -169,7 +177,7 @@ class QR(AbstractLinearSolver):
         diag = jnp.diagonal(r)
         # the same relative floor as Cholesky's pivots (R_jj² plays the role of a pivot of JᵀJ), so a
         # rank-deficient J gets the same bounded step from both solvers
-        floor = jnp.sqrt(_pivot_floor(n, jac.dtype)) * jnp.max(jnp.abs(diag))
+        floor = jnp.sqrt(pivot_floor(n, jac.dtype)) * jnp.max(jnp.abs(diag))
         safe_diag = jnp.where(jnp.abs(diag) < floor, jnp.where(diag < 0, -floor, floor), diag)
         r = r - jnp.diag(diag) + jnp.diag(safe_diag)
         z = jax.scipy.linalg.solve_triangular(r, qt_rhs, lower=False)

@@ -3,6 +3,6 @@
 from ._base import AbstractLeastSquaresSolver
 from .dogleg import Dogleg
 from .gauss_newton import GaussNewton
-from .levenberg_marquardt import LevenbergMarquardt
+from .levenberg_marquardt import IndirectLevenbergMarquardt, LevenbergMarquardt
 
-__all__ = ["AbstractLeastSquaresSolver", "Dogleg", "GaussNewton", "LevenbergMarquardt"]
+__all__ = ["AbstractLeastSquaresSolver", "Dogleg", "GaussNewton", "IndirectLevenbergMarquardt", "LevenbergMarquardt"]

@@ -16,9 +16,22 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PyTree
 
+from .._numerics import norm
 from ..linear import AbstractLinearSolver, Cholesky, Linearization
+
+
+def initial_radius(factor: float, scale, x):
+    """MINPACK's first trust radius: ``factor · ‖D x₀‖``, or ``factor`` itself at ``D x₀ = 0``."""
+    size = norm(jnp.sqrt(scale) * x)
+    return factor * jnp.where(size > 0, size, 1.0)
+
+
+def radius_exhausted(radius, x, scale):
+    """The trust radius is below machine precision relative to ``‖D x‖``: no step can change x."""
+    return radius <= jnp.finfo(radius.dtype).eps * norm(jnp.sqrt(scale) * x) + jnp.finfo(radius.dtype).tiny
 
 
 class AbstractLeastSquaresSolver(eqx.Module):
@@ -51,8 +64,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
         """Initial damping / radius / step length."""
 
     @abc.abstractmethod
-    def propose(self, lin: Linearization, scale: Float[Array, " n"], control: PyTree) -> Float[Array, " n"]:
-        """A step δ from the model at the current point. ``scale`` is the running max of diag(JᵀJ)."""
+    def propose(self, lin: Linearization, scale: Float[Array, " n"], control: PyTree) -> tuple[Float[Array, " n"], PyTree]:
+        """A step δ from the model at the current point, and the control as it stands after choosing it
+        (what :meth:`update_control` then sees). ``scale`` is the running max of diag(JᵀJ)."""
 
     @abc.abstractmethod
     def update_control(
@@ -68,6 +82,17 @@ class AbstractLeastSquaresSolver(eqx.Module):
     @abc.abstractmethod
     def stalled(self, control: PyTree, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         """True once the control has reached a limit where no further step can be taken."""
+
+    def steps_within_tolerance(self, control: PyTree, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
+        """True once every step the control still allows passes the parameter test (MINPACK's
+        ``delta <= xtol·‖Dx‖``): the solve has converged in the parameters whether or not the next
+        trial would be accepted."""
+        return jnp.zeros((), bool)
+
+    def radius_within_tolerance(self, radius, x, scale) -> Bool[Array, ""]:
+        r"""A trust region :math:`\|Dδ\| \le Δ` bounds every component, :math:`|δ_j| \le Δ/D_j`; when
+        that is within ``rtol·|x_j| + atol`` for every j, no step it allows can fail the parameter test."""
+        return radius <= jnp.min(jnp.sqrt(scale) * (self.rtol * jnp.abs(x) + self.atol))
 
     @abc.abstractmethod
     def control_value(self, control: PyTree) -> Float[Array, ""]:

@@ -6,17 +6,8 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from ._base import AbstractLeastSquaresSolver
-
-
-def _sqrt(s):
-    # the derivative of √s at s = 0 is infinite; a zero (a finished problem's step, a vanished gradient)
-    # must give a zero derivative, or an unrolled backward pass turns 0·∞ into NaN
-    return jnp.where(s > 0, jnp.sqrt(jnp.where(s > 0, s, 1.0)), 0.0)
-
-
-def _norm(v):
-    return _sqrt(jnp.sum(v * v))
+from .._numerics import norm, safe_sqrt
+from ._base import AbstractLeastSquaresSolver, initial_radius, radius_exhausted
 
 
 class Dogleg(AbstractLeastSquaresSolver):
@@ -39,15 +30,14 @@ class Dogleg(AbstractLeastSquaresSolver):
     control_label: ClassVar[str] = "radius"
 
     def init_control(self, lin, scale, x):
-        size = _norm(jnp.sqrt(scale) * x)
-        return self.initial_radius_factor * jnp.where(size > 0, size, 1.0)
+        return initial_radius(self.initial_radius_factor, scale, x)
 
     def propose(self, lin, scale, control):
         radius = control
         d = jnp.sqrt(scale)
         gauss_newton = self.linear_solver.solve(lin, jnp.zeros_like(scale))
         direction, slope, length = lin.steepest_descent(scale)
-        grad_scaled_norm = _sqrt(slope)  # ‖d⁻¹g‖
+        grad_scaled_norm = safe_sqrt(slope)  # ‖d⁻¹g‖
         cauchy = -jnp.where(jnp.isfinite(length), length, 0.0) * direction
         safe_grad_norm = jnp.where(grad_scaled_norm > 0, grad_scaled_norm, 1.0)
         boundary_descent = -(radius / safe_grad_norm) * direction
@@ -55,24 +45,27 @@ class Dogleg(AbstractLeastSquaresSolver):
         a = d * cauchy
         b = d * gauss_newton - a
         bb, ab, aa = b @ b, a @ b, a @ a
-        disc = _sqrt(ab**2 + bb * (radius**2 - aa))
+        disc = safe_sqrt(ab**2 + bb * (radius**2 - aa))
         beta = jnp.where(bb > 0, (-ab + disc) / jnp.where(bb > 0, bb, 1.0), 0.0)
         interpolated = (a + jnp.clip(beta, 0.0, 1.0) * b) / d
-        return jnp.where(
-            _norm(d * gauss_newton) <= radius,
+        step = jnp.where(
+            norm(d * gauss_newton) <= radius,
             gauss_newton,
             jnp.where(~(length * grad_scaled_norm < radius), boundary_descent, interpolated),
         )
+        return step, control
 
     def update_control(self, control, accepted, ratio, step, scale):
-        step_size = _norm(jnp.sqrt(scale) * step)
+        step_size = norm(jnp.sqrt(scale) * step)
         shrunk = 0.5 * jnp.minimum(control, step_size)
         grown = jnp.maximum(control, 3.0 * step_size)
         return jnp.where(~accepted | (ratio < 0.25), shrunk, jnp.where(ratio > 0.75, grown, control))
 
     def stalled(self, control, x, scale):
-        eps = jnp.finfo(control.dtype).eps
-        return control <= eps * _norm(jnp.sqrt(scale) * x) + jnp.finfo(control.dtype).tiny
+        return radius_exhausted(control, x, scale)
+
+    def steps_within_tolerance(self, control, x, scale):
+        return self.radius_within_tolerance(control, x, scale)
 
     def control_value(self, control):
         return control

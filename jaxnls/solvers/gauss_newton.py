@@ -26,7 +26,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
         return jnp.asarray(1.0, scale.dtype)
 
     def propose(self, lin, scale, control):
-        return control * self.linear_solver.solve(lin, jnp.zeros_like(scale))
+        return control * self.linear_solver.solve(lin, jnp.zeros_like(scale)), control
 
     def update_control(self, control, accepted, ratio, step, scale):
         return jnp.where(accepted, jnp.minimum(2.0 * control, 1.0), 0.5 * control)
