@@ -26,6 +26,6 @@ __all__ = [
     "solve",
 ]
 
-from . import nn  # noqa: E402  (after the names it builds on)
+from . import meta, nn  # noqa: E402  (after the names they build on)
 
 __version__ = "0.1.0"

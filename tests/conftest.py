@@ -1,4 +1,4 @@
-"""Shared test set-up: float64 on, strict rank promotion, and a central-difference helper."""
+"""Shared test set-up: float64 on, strict rank promotion, and central-difference helpers."""
 
 import os
 
@@ -24,3 +24,8 @@ def central_difference(fn, x, eps=1e-6):
         dx.flat[i] = eps * max(1.0, abs(x.flat[i]))
         columns.append((np.asarray(fn(x + dx)) - np.asarray(fn(x - dx))) / (2 * dx.flat[i]))
     return np.stack(columns, axis=-1)
+
+
+def directional_difference(fn, x, direction, step=1e-5):
+    """Central difference of ``fn`` at ``x`` along ``direction``."""
+    return (fn(x + step * direction) - fn(x - step * direction)) / (2 * step)

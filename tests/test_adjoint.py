@@ -13,6 +13,8 @@ import jaxnls
 from jaxnls import Status
 from jaxnls.io import read_nist
 
+from conftest import directional_difference
+
 # Re-solves for finite differences must land on the minimiser to far better than the FD step.
 TIGHT = jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0)
 T = np.linspace(0.0, 10.0, 40)
@@ -33,10 +35,6 @@ def curve_data(seed, size):
     p0 = P_TRUE * (1 + 0.05 * rng.standard_normal((size, 4)))
     weights = 1.0 + 0.5 * rng.random(T.size)
     return jnp.asarray(y), jnp.asarray(p0), jnp.asarray(weights)
-
-
-def directional_difference(fn, x, direction, step=1e-5):
-    return (fn(x + step * direction) - fn(x - step * direction)) / (2 * step)
 
 
 def test_batched_gradient_matches_central_differences():
@@ -241,7 +239,8 @@ def test_bad_adjoint_arguments_raise():
 
 TIGHT_SOLVERS = [TIGHT, jaxnls.Dogleg(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
                  jaxnls.GaussNewton(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
-                 jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR())]
+                 jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR()),
+                 jaxnls.IndirectLevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR())]
 
 
 @pytest.mark.parametrize("solver", TIGHT_SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
