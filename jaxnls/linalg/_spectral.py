@@ -1,0 +1,118 @@
+r"""Symmetric matrix functions :math:`F(A) = U f(Λ) U^\top` with derivatives that stay exact at repeated
+eigenvalues (Daleckii–Krein).
+
+For symmetric :math:`A = U \mathrm{diag}(λ) U^\top` and a symmetric perturbation :math:`\dot A`,
+
+.. math::  \dot F = U \big(L \circ (U^\top \dot A U)\big) U^\top,\qquad
+           L_{ij} = \frac{f(λ_i) - f(λ_j)}{λ_i - λ_j}\ (λ_i \ne λ_j),\quad L_{ii} = f'(λ_i),
+
+the Loewner matrix of first divided differences. It equals the eigenvector-derivative formula of
+matrix backpropagation (Ionescu et al., ICCV 2015) when the eigenvalues are distinct, and unlike it
+never divides by an eigenvalue gap: the divided difference is continuous across ties, and each
+function below evaluates it in a form without cancellation (``log1p``, ``expm1``), so derivatives are
+exact at exact ties, at 1e-9 ties and everywhere between. The eigenvectors of a repeated eigenvalue
+are not unique, but :math:`\dot F` does not depend on the choice.
+
+The rule is a ``custom_jvp`` (forward mode); reverse mode is its transpose, so ``jax.grad``, ``jax.vjp``,
+``jax.jacfwd`` and ``jax.hessian``-of-composites all work; ``jnp.linalg.eigh``'s own derivative (which
+divides by gaps) is never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+def _symmetrize(a):
+    return 0.5 * (a + jnp.swapaxes(a, -1, -2))
+
+
+def _expm1_ratio(x):
+    """expm1(x)/x, 1 at x = 0."""
+    safe = jnp.where(x == 0, 1.0, x)
+    return jnp.where(x == 0, 1.0, jnp.expm1(safe) / safe)
+
+
+def _log1p_ratio(x):
+    """log1p(x)/x, 1 at x = 0."""
+    safe = jnp.where(x == 0, 1.0, x)
+    return jnp.where(x == 0, 1.0, jnp.log1p(safe) / safe)
+
+
+class SpectralFunction:
+    """A scalar function applied to the eigenvalues of a symmetric matrix, with its divided difference."""
+
+    def __init__(self, value: Callable, divided_difference: Callable, name: str):
+        self.value = value
+        self.divided_difference = divided_difference
+        self.__name__ = name
+
+    def __call__(self, a: Float[Array, "... n n"]) -> Float[Array, "... n n"]:
+        return _apply(self, a)
+
+
+def _check_square(a):
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"expected a (batch of) square symmetric matrices, got shape {a.shape}")
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        raise ValueError(f"expected a floating dtype, got {a.dtype}")
+
+
+def _apply(fn: SpectralFunction, a):
+    a = jnp.asarray(a)
+    _check_square(a)
+
+    @jax.custom_jvp
+    def matrix_function(a):
+        eigenvalues, vectors = jnp.linalg.eigh(_symmetrize(a))
+        return (vectors * fn.value(eigenvalues)[..., None, :]) @ jnp.swapaxes(vectors, -1, -2)
+
+    @matrix_function.defjvp
+    def matrix_function_jvp(primals, tangents):
+        (a,), (a_dot,) = primals, tangents
+        eigenvalues, vectors = jnp.linalg.eigh(_symmetrize(a))
+        vt = jnp.swapaxes(vectors, -1, -2)
+        value = (vectors * fn.value(eigenvalues)[..., None, :]) @ vt
+        loewner = fn.divided_difference(eigenvalues[..., :, None], eigenvalues[..., None, :])
+        rotated = vt @ _symmetrize(a_dot) @ vectors
+        return value, vectors @ (loewner * rotated) @ vt
+
+    return matrix_function(a)
+
+
+def _log_divided_difference(li, lj):
+    # (log λi − log λj)/(λi − λj) = log1p(δ/λj)/δ, δ = λi − λj: no cancellation near a tie
+    delta = li - lj
+    return _log1p_ratio(delta / lj) / lj
+
+
+def _exp_divided_difference(li, lj):
+    return jnp.exp(lj) * _expm1_ratio(li - lj)
+
+
+def _sqrt_divided_difference(li, lj):
+    return 1.0 / (jnp.sqrt(li) + jnp.sqrt(lj))
+
+
+logm_spd = SpectralFunction(jnp.log, _log_divided_difference, "logm_spd")
+logm_spd.__doc__ = "Matrix logarithm of a symmetric positive-definite matrix (Daleckii–Krein derivative)."
+expm_sym = SpectralFunction(jnp.exp, _exp_divided_difference, "expm_sym")
+expm_sym.__doc__ = "Matrix exponential of a symmetric matrix (Daleckii–Krein derivative)."
+sqrtm_spd = SpectralFunction(jnp.sqrt, _sqrt_divided_difference, "sqrtm_spd")
+sqrtm_spd.__doc__ = "Principal square root of a symmetric positive-definite matrix (Daleckii–Krein derivative)."
+
+
+def powm_spd(a: Float[Array, "... n n"], power: float) -> Float[Array, "... n n"]:
+    r"""``A^p`` for symmetric positive-definite A, real p, with the Daleckii–Krein derivative
+    (divided difference :math:`λ_j^{p-1}\,\mathrm{expm1}(p\,\mathrm{log1p}(δ/λ_j))/(δ/λ_j)`)."""
+
+    def divided_difference(li, lj):
+        ratio = (li - lj) / lj
+        log_ratio = jnp.log1p(ratio)
+        return lj ** (power - 1.0) * _expm1_ratio(power * log_ratio) * power * _log1p_ratio(ratio)
+
+    return SpectralFunction(lambda lam: lam**power, divided_difference, f"powm_spd({power})")(a)
