@@ -98,3 +98,86 @@ def test_batched_and_bad_input():
         logm_spd(jnp.ones((3, 4)))
     with pytest.raises(ValueError, match="floating"):
         logm_spd(jnp.eye(3, dtype=jnp.int32))
+
+
+# ------------------------------------------------------------------------------------------------
+# top-k projector, Newton-Schulz square root, O2P pooling, normalized cut
+# ------------------------------------------------------------------------------------------------
+
+from jaxnls.linalg import sqrtm_newton_schulz, top_k_projector  # noqa: E402
+from jaxnls.nn import NormalizedCut, O2PPooling  # noqa: E402
+
+
+def test_top_k_projector_value_and_derivative_with_ties_inside_the_groups():
+    """Eigenvalues (1, 1, 3, 3): ties inside both groups, gap 2 between them. Value against numpy's
+    eigenvectors; derivative against central differences."""
+    q, _ = np.linalg.qr(np.random.default_rng(4).standard_normal((4, 4)))
+    a = q @ np.diag([1.0, 1.0, 3.0, 3.0]) @ q.T
+    np.testing.assert_allclose(top_k_projector(jnp.asarray(a), 2), q[:, 2:] @ q[:, 2:].T, atol=1e-12)
+    direction = symmetric_direction(11, 4)
+    _, forward = jax.jvp(lambda m: top_k_projector(m, 2), (jnp.asarray(a),), (jnp.asarray(direction),))
+    fd = directional_difference(lambda s: np.asarray(top_k_projector(jnp.asarray(a + s * direction), 2)), 0.0, 1.0)
+    assert np.max(np.abs(np.asarray(forward) - fd)) <= 1e-7 * np.max(np.abs(fd))
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_projector(jnp.asarray(a), 5)
+
+
+def test_newton_schulz_square_root_matches_the_eigen_square_root_and_its_derivative():
+    a = random_spd(12, 5) + 3.0 * np.eye(5)
+    np.testing.assert_allclose(sqrtm_newton_schulz(jnp.asarray(a), 20), sqrtm_spd(jnp.asarray(a)), rtol=1e-10)
+    direction = symmetric_direction(13, 5)
+    _, ns = jax.jvp(lambda m: sqrtm_newton_schulz(m, 20), (jnp.asarray(a),), (jnp.asarray(direction),))
+    _, eig = jax.jvp(sqrtm_spd, (jnp.asarray(a),), (jnp.asarray(direction),))
+    np.testing.assert_allclose(ns, eig, rtol=1e-8, atol=1e-10)
+
+
+def test_o2p_pooling_of_a_rank_deficient_feature_matrix():
+    """N = 3 features in d = 6 dimensions, ε = 1e-3: FᵀF/N + εI has the eigenvalue ε three times. The
+    gradient of a scalar loss agrees with central differences; the naive eigh composition's does not."""
+    features = jnp.asarray(np.random.default_rng(14).standard_normal((3, 6)))
+    target = jnp.asarray(np.random.default_rng(15).standard_normal(21))
+    pool = O2PPooling(epsilon=1e-3)
+    loss = lambda f: jnp.sum((pool(f) - target) ** 2)
+    grad = jax.grad(loss)(features)
+    direction = np.random.default_rng(16).standard_normal((3, 6))
+    # FᵀF + perturbation stays rank 3, so the tied eigenvalues stay at ε and a large step is accurate;
+    # below ~1e-5 the difference drowns in the eigensolver's rounding
+    fd = directional_difference(lambda s: float(loss(features + s * direction)), 0.0, 1.0, step=1e-4)
+    np.testing.assert_allclose(float(jnp.sum(grad * direction)), fd, rtol=1e-7)
+
+    def naive(f):
+        c = f.T @ f / 3 + 1e-3 * jnp.eye(6)
+        lam, u = jnp.linalg.eigh(c)
+        m = (u * jnp.log(lam)[None, :]) @ u.T
+        rows, cols = jnp.triu_indices(6)
+        return jnp.sum((m[rows, cols] * jnp.where(rows == cols, 1.0, jnp.sqrt(2.0)) - target) ** 2)
+
+    naive_directional = float(jnp.sum(jax.grad(naive)(features) * direction))
+    assert not np.isclose(naive_directional, fd, rtol=1e-3)  # finite but wrong: what O2PPooling fixes
+    assert pool(features).shape == (21,) and O2PPooling(flatten=False)(features).shape == (6, 6)
+    with pytest.raises(ValueError, match="feature matrix"):
+        pool(jnp.ones(6))
+
+
+def test_normalized_cut_loss_gradient_matches_central_differences():
+    """Two clusters of points; the affinity exp(-‖xi - xj‖²/σ²) depends on a learnable log σ. The loss
+    against the true partition is differentiated through the top-2 projector."""
+    rng = np.random.default_rng(17)
+    points = np.concatenate([rng.normal(0.0, 0.3, (5, 2)), rng.normal(2.0, 0.3, (5, 2))])
+    labels = jnp.asarray(np.repeat(np.eye(2), 5, axis=0))
+    squared = np.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1)
+    cut = NormalizedCut(num_segments=2)
+
+    def loss(log_sigma):
+        return cut.loss(jnp.exp(-jnp.asarray(squared) / jnp.exp(2 * log_sigma)), labels)
+
+    for log_sigma in (0.0, 0.7):
+        grad = float(jax.grad(loss)(log_sigma))
+        fd = directional_difference(lambda s: float(loss(s)), log_sigma, 1.0, step=1e-6)
+        assert np.isfinite(grad)
+        np.testing.assert_allclose(grad, fd, rtol=1e-6)
+    # well-separated clusters: the relaxation recovers the partition (its projector is the target's)
+    affinity = jnp.exp(-jnp.asarray(squared) / 0.5)
+    np.testing.assert_allclose(cut(affinity), cut.target_projector(affinity, labels), atol=1e-3)
+    with pytest.raises(ValueError, match="labels"):
+        cut.loss(affinity, labels[:, :1])

@@ -63,25 +63,60 @@ def _check_square(a):
 
 
 def _apply(fn: SpectralFunction, a):
+    return matrix_function(
+        a, lambda lam: (fn.value(lam), fn.divided_difference(lam[..., :, None], lam[..., None, :]))
+    )
+
+
+def matrix_function(a: Float[Array, "... n n"], spectrum: Callable) -> Float[Array, "... n n"]:
+    r"""``U diag(f) Uᵀ`` for ``a = U diag(λ) Uᵀ``, with ``(f, L) = spectrum(λ)`` giving the new eigenvalues and
+    the Loewner matrix of divided differences :math:`L_{ij} = (f_i - f_j)/(λ_i - λ_j)` (``f'`` on ties)
+    that defines the derivative :math:`\dot F = U (L \circ U^\top \dot A U) U^\top`."""
     a = jnp.asarray(a)
     _check_square(a)
 
     @jax.custom_jvp
-    def matrix_function(a):
+    def apply(a):
         eigenvalues, vectors = jnp.linalg.eigh(_symmetrize(a))
-        return (vectors * fn.value(eigenvalues)[..., None, :]) @ jnp.swapaxes(vectors, -1, -2)
+        values, _ = spectrum(eigenvalues)
+        return (vectors * values[..., None, :]) @ jnp.swapaxes(vectors, -1, -2)
 
-    @matrix_function.defjvp
-    def matrix_function_jvp(primals, tangents):
+    @apply.defjvp
+    def apply_jvp(primals, tangents):
         (a,), (a_dot,) = primals, tangents
         eigenvalues, vectors = jnp.linalg.eigh(_symmetrize(a))
         vt = jnp.swapaxes(vectors, -1, -2)
-        value = (vectors * fn.value(eigenvalues)[..., None, :]) @ vt
-        loewner = fn.divided_difference(eigenvalues[..., :, None], eigenvalues[..., None, :])
+        values, loewner = spectrum(eigenvalues)
+        value = (vectors * values[..., None, :]) @ vt
         rotated = vt @ _symmetrize(a_dot) @ vectors
         return value, vectors @ (loewner * rotated) @ vt
 
-    return matrix_function(a)
+    return apply(a)
+
+
+def top_k_projector(a: Float[Array, "... n n"], k: int) -> Float[Array, "... n n"]:
+    r"""The orthogonal projector :math:`U_k U_k^\top` onto the eigenvectors of the k largest eigenvalues.
+
+    Its derivative divides only by the gaps between the top k eigenvalues and the rest,
+    :math:`L_{ij} = 1/(λ_i - λ_j)` for i in the top k and j not (and symmetrically), 0 within either group:
+    repeated eigenvalues inside the top k or inside the rest are harmless; the projector itself is not
+    differentiable (nor continuous) when :math:`λ_{n-k} = λ_{n-k+1}`, and its derivative grows as the inverse
+    of that gap.
+    """
+    n = jnp.shape(a)[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}, got {k}")
+
+    def spectrum(lam):
+        top = (jnp.arange(n) >= n - k).astype(lam.dtype)  # eigh sorts ascending
+        values = jnp.broadcast_to(top, lam.shape)
+        across = values[..., :, None] != values[..., None, :]
+        gap = lam[..., :, None] - lam[..., None, :]
+        difference = values[..., :, None] - values[..., None, :]
+        loewner = jnp.where(across, difference / jnp.where(across, gap, 1.0), 0.0)
+        return values, loewner
+
+    return matrix_function(a, spectrum)
 
 
 def _log_divided_difference(li, lj):
