@@ -181,3 +181,66 @@ def test_normalized_cut_loss_gradient_matches_central_differences():
     np.testing.assert_allclose(cut(affinity), cut.target_projector(affinity, labels), atol=1e-3)
     with pytest.raises(ValueError, match="labels"):
         cut.loss(affinity, labels[:, :1])
+
+
+# ------------------------------------------------------------------------------------------------
+# eigh / svd with derivatives finite at repeated values
+# ------------------------------------------------------------------------------------------------
+
+from jaxnls.linalg import eigh, svd  # noqa: E402
+
+
+@pytest.mark.parametrize("point", ["identity", "diag(1,1,2)", "rotated diag(1,1,2)", "random SPD"])
+def test_eigh_derivatives_are_finite_and_exact_for_tie_invariant_quantities(point):
+    """Σλ² (symmetric in a tied group) and, where the top eigenvalue is simple, its eigenprojector: exact
+    against central differences; the eigenvector gradient is finite even at the identity."""
+    a = jnp.asarray(tied()[point])
+    lam, u = eigh(a)
+    np.testing.assert_allclose(lam, np.linalg.eigvalsh(np.asarray(a)), atol=1e-12)
+    weights = jnp.arange(9.0).reshape(3, 3)
+    simple_top = point != "identity"
+
+    def invariant(m):
+        lam, u = eigh(m)
+        top = jnp.outer(u[:, -1], u[:, -1]) if simple_top else jnp.zeros((3, 3))
+        return jnp.sum(lam**2) + jnp.sum(top * weights)
+
+    g = jax.grad(invariant)(a)
+    assert np.all(np.isfinite(g))
+    direction = symmetric_direction(21, 3)
+    fd = directional_difference(lambda s: float(invariant(a + s * direction)), 0.0, 1.0)
+    np.testing.assert_allclose(float(jnp.sum(g * direction)), fd, rtol=1e-7)
+    native = jax.grad(lambda m: jnp.sum(jnp.linalg.eigh(m)[1] * weights))(a)
+    mine = jax.grad(lambda m: jnp.sum(eigh(m)[1] * weights))(a)
+    assert np.all(np.isfinite(mine))
+    if point == "identity":  # JAX's own rule divides by the zero gaps
+        assert not np.all(np.isfinite(native))
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (5, 3), (3, 5)])
+def test_svd_derivatives_are_finite_at_repeated_singular_values_and_exact_for_tie_invariant_quantities(shape):
+    """Σs³, the top singular projector (simple top value) and the polar factor U Vᵀ: exact against central
+    differences at a matrix with a repeated singular value and at a random one; finite at the identity."""
+    rng = np.random.default_rng(22)
+    k = min(shape)
+    repeated = np.zeros(shape)
+    repeated[np.arange(k), np.arange(k)] = [3.0] + [1.0] * (k - 1)
+    weights = jnp.asarray(rng.standard_normal((shape[0], shape[1])))
+    for a in map(jnp.asarray, [repeated, rng.standard_normal(shape)]):
+        u, s, vt = svd(a)
+        np.testing.assert_allclose((u * s[None, :]) @ vt, a, atol=1e-12)
+        np.testing.assert_allclose(s, np.linalg.svd(np.asarray(a), compute_uv=False), atol=1e-12)
+
+        def loss(m):
+            u, s, vt = svd(m)
+            return jnp.sum(s**3) + jnp.sum(jnp.outer(u[:, 0], u[:, 0])) + jnp.sum((u @ vt) * weights)
+
+        g = jax.grad(loss)(a)
+        assert np.all(np.isfinite(g))
+        direction = rng.standard_normal(shape)
+        fd = directional_difference(lambda t: float(loss(a + t * direction)), 0.0, 1.0)
+        np.testing.assert_allclose(float(jnp.sum(g * direction)), fd, rtol=1e-7)
+    identity = jnp.eye(3)
+    native = jax.grad(lambda m: jnp.sum(jnp.linalg.svd(m)[0] * jnp.arange(9.0).reshape(3, 3)))(identity)
+    assert not np.all(np.isfinite(native))  # the failure the wrapper exists for
+    assert np.all(np.isfinite(jax.grad(lambda m: jnp.sum(svd(m)[0] * jnp.arange(9.0).reshape(3, 3)))(identity)))
