@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # default full run (~10 min on 2 cores): B = 1,024, all 27 NIST problems
     python benchmarks/run.py --only meta          # meta-gradients, mixed vs reverse mode (jaxnls.meta)
     python benchmarks/run.py --only linalg        # matrix-function gradients: error vs eigen-gap, speed
+    python benchmarks/run.py --only optim         # gradient-flow integrators at an equal gradient budget
     python benchmarks/run.py --sizes 1024,16384   # adds B = 16,384 (about an hour on a 2-core CPU, see README)
     python benchmarks/run.py --quick              # smoke run (< 60 s): B = 128, 1 NIST problem
     python benchmarks/run.py --sizes 1024,16384 --only curvefit --json results.json
@@ -34,6 +35,7 @@ import adjoints  # noqa: E402
 import curvefit  # noqa: E402
 import linalg  # noqa: E402
 import meta  # noqa: E402
+import optim  # noqa: E402
 import nist  # noqa: E402
 
 
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: B=128 and 1 NIST problem (< 60 s)")
     parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 1024; quick: 128); 1024,16384 for both sizes of the README")
-    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints", "meta", "linalg"), default=None, help="run one part only")
+    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints", "meta", "linalg", "optim"), default=None, help="run one part only")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up call (default 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also save every number as JSON")
     args = parser.parse_args(argv)
@@ -95,6 +97,11 @@ def main(argv=None) -> int:
         result = linalg.run(repeats=args.repeats)
         out["linalg"] = result
         printed.append(linalg.summarize(result))
+    if args.only in (None, "optim"):
+        print("[optim] gradient-flow integrators at an equal gradient budget ...", flush=True)
+        result = optim.run()
+        out["optim"] = result
+        printed.append(optim.summarize(result))
     if args.only in (None, "nist"):
         print("[nist] fitting ...", flush=True)
         result = nist.run(quick=args.quick)
