@@ -81,7 +81,11 @@ def solve(
     # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
     # a caller's grad / jvp at least one of params0 and args is
     nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params0, args)))
-    solve_jit = _nested_solve if nested else _top_level_solve()
+    if nested:
+        solve_jit = _nested_solve
+    else:
+        entries = _jacobian_entries(residual_fn, params0, args, batched, args_axes)
+        solve_jit = _top_level_solve(small=entries is not None and entries < _SMALL_JACOBIAN)
     working_set = _working_set_size(working_set, params0, batched, verbose, nested)
     return solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
                      adjoint)
@@ -92,17 +96,63 @@ def solve(
 # benchmarks/README.md). The option only matters on CPU, and JAX accepts compiler options only on the
 # outermost jit: inside a caller's jax.jit the caller's options apply.
 _COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# A solve whose Jacobian, over the whole batch, has fewer entries than this is dominated by its
+# compilation (a NIST fit: ~0.5 s to compile, ~1 ms to run), so its kernels are generated without
+# LLVM optimisation, which halves XLA:CPU's compile time and at most doubles a run that costs
+# milliseconds (measured on 10 NIST problems: backend compile 4.2 s vs 8.0-8.8 s; second fits 79 ms vs
+# 31-39 ms in all). Larger solves keep the default: there the run time matters.
+_SMALL_JACOBIAN = 2**16
+_SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
 
 
 @functools.cache
-def _top_level_solve():
-    """The jit-compiled solve with ``_COMPILER_OPTIONS`` if this XLA build knows them (checked once,
-    on first use, so that importing jaxnls does not initialise a JAX backend)."""
+def _top_level_solve(small: bool = False):
+    """The jit-compiled solve with ``_COMPILER_OPTIONS`` (``_SMALL_COMPILER_OPTIONS`` when ``small``) if
+    this XLA build knows them (checked once, on first use, so that importing jaxnls does not initialise
+    a JAX backend)."""
+    options = _SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_COMPILER_OPTIONS).lower(0.0).compile()
-    except Exception:  # an XLA build without the option: its defaults
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
+    except Exception:  # an XLA build without the options: its defaults
         return _nested_solve
-    return eqx.filter_jit(_solve_jit, compiler_options=_COMPILER_OPTIONS)
+    return eqx.filter_jit(_solve_jit, compiler_options=options)
+
+
+_ENTRIES_CACHE: dict = {}
+
+
+def _jacobian_entries(residual_fn, params0, args, batched: bool, args_axes) -> int | None:
+    """B·m·n, the entries of the batch's Jacobian, read from shapes alone; None when they cannot be read
+    here (bad input is then reported, with its reason, by the solve itself). Cached on the same key as
+    the compiled solve (function, structure, shapes and static leaves), so a repeated call traces nothing."""
+    dynamic, static = eqx.partition((params0, args), eqx.is_array)
+    try:
+        key = (residual_fn, jax.tree_util.tree_structure(dynamic), static, batched, str(args_axes),
+               tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(dynamic)))
+        hash(key)
+    except TypeError:  # something unhashable: work it out every time
+        return _read_jacobian_entries(residual_fn, params0, args, batched, args_axes)
+    if key not in _ENTRIES_CACHE:
+        if len(_ENTRIES_CACHE) > 1024:
+            _ENTRIES_CACHE.clear()
+        _ENTRIES_CACHE[key] = _read_jacobian_entries(residual_fn, params0, args, batched, args_axes)
+    return _ENTRIES_CACHE[key]
+
+
+def _read_jacobian_entries(residual_fn, params0, args, batched: bool, args_axes) -> int | None:
+    try:
+        if batched:
+            batch_size = _batch_size(params0)
+            single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
+            single_args = _take(args, _broadcast_axes(args_axes, args, batch_size), 0)
+        else:
+            batch_size, single_params, single_args = 1, params0, args
+        residuals = eqx.filter_eval_shape(residual_fn, single_params, single_args)
+        num_residuals = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(residuals))
+        num_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(single_params))
+        return batch_size * num_residuals * num_params
+    except Exception:
+        return None
 
 
 def _working_set_size(working_set, params0, batched: bool, verbose: bool, nested: bool) -> int | None:
