@@ -124,15 +124,6 @@ LM_NOT_CONVERGED = {
         "minimum; MINPACK's 'convergence' there is its relative-reduction test). MAX_STEPS is the honest answer.",
         False,
     ),
-    "p16-n40-m40-x1": (
-        "SOLVER: Brown almost-linear (MGH 27), n = 40, a zero-residual problem: LM reaches ‖r‖ ~ 1e-15 (below "
-        "MINPACK's 2.0e-13) in ~30 steps, where r is rounding noise of O(1) terms. The Gauss-Newton model still "
-        "promises to cancel that noise, every step is rejected, the damping climbs to its limit: STALLED. No "
-        "tolerance fires because a rejected step counts towards convergence only when the model, too, promises "
-        "less than ftol·cost (the guard against false convergence at a large gradient), and MINPACK's xtol test "
-        "on its shrunken trust region has no counterpart for noise-level residuals yet.",
-        True,
-    ),
     "p10-n3-m16-x10": (
         "Meyer from 10·x0: MINPACK also stops on its evaluation limit (info 5, ‖r‖ = 799.4); LM is at 730.4 "
         "after 500 steps, still descending (it reaches 9.3779 in ~1250 steps).",
