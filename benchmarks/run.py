@@ -82,31 +82,22 @@ def main(argv=None) -> int:
             text, numbers = curvefit.summarize(result)
             out["curvefit"][str(batch)] = numbers
             printed.append(text)
-    if args.only in (None, "adjoints"):
-        print("[adjoints] B = 1,024 (quick: 128): running ...", flush=True)
-        result = adjoints.run(128 if args.quick else 1024, args.repeats)
-        out["adjoints"] = result
-        printed.append(adjoints.summarize(result))
-    if args.only in (None, "meta"):
-        print("[meta] MLP 64-256-256-1, mixed vs reverse mode ...", flush=True)
-        result = meta.run(quick=args.quick, repeats=args.repeats)
-        out["meta"] = result
-        printed.append(meta.summarize(result))
-    if args.only in (None, "linalg"):
-        print("[linalg] matrix-function gradients vs the eigh composition ...", flush=True)
-        result = linalg.run(repeats=args.repeats)
-        out["linalg"] = result
-        printed.append(linalg.summarize(result))
-    if args.only in (None, "optim"):
-        print("[optim] gradient-flow integrators at an equal gradient budget ...", flush=True)
-        result = optim.run()
-        out["optim"] = result
-        printed.append(optim.summarize(result))
-    if args.only in (None, "nist"):
-        print("[nist] fitting ...", flush=True)
-        result = nist.run(quick=args.quick)
-        out["nist"] = result
-        printed.append(nist.summarize(result))
+    # the other parts: (name, progress line, how to run it, its summary)
+    parts = [
+        ("adjoints", "B = 1,024 (quick: 128)", lambda: adjoints.run(128 if args.quick else 1024, args.repeats),
+         adjoints.summarize),
+        ("meta", "MLP 64-256-256-1, mixed vs reverse mode", lambda: meta.run(quick=args.quick, repeats=args.repeats),
+         meta.summarize),
+        ("linalg", "matrix-function gradients vs the eigh composition", lambda: linalg.run(repeats=args.repeats),
+         linalg.summarize),
+        ("optim", "gradient-flow integrators at an equal gradient budget", optim.run, optim.summarize),
+        ("nist", "fitting", lambda: nist.run(quick=args.quick), nist.summarize),
+    ]
+    for name, what, run_part, summarize in parts:
+        if args.only in (None, name):
+            print(f"[{name}] {what} ...", flush=True)
+            out[name] = run_part()
+            printed.append(summarize(out[name]))
 
     elapsed = time.perf_counter() - start
     try:
