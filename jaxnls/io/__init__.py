@@ -1,5 +1,49 @@
-"""Readers for reference problem files."""
+"""Readers for reference problem files: NIST StRD regression problems, g2o / TORO pose graphs and
+BAL bundle-adjustment problems."""
 
+from .graph_files import (
+    QUATERNION_TOLERANCE,
+    BALProblem,
+    GraphFormatError,
+    PoseGraph2D,
+    PoseGraph3D,
+    detect_format,
+    parse_bal,
+    parse_g2o,
+    parse_toro,
+    read_bal,
+    read_g2o,
+    read_pose_graph,
+    read_toro,
+    sqrt_information,
+    write_bal,
+    write_g2o,
+    write_toro,
+)
 from .nist import NistFormatError, NistModel, NistProblem, log_relative_error, parse_nist, read_nist
 
-__all__ = ["NistFormatError", "NistModel", "NistProblem", "log_relative_error", "parse_nist", "read_nist"]
+__all__ = [
+    "NistFormatError",
+    "NistModel",
+    "NistProblem",
+    "log_relative_error",
+    "parse_nist",
+    "read_nist",
+    "QUATERNION_TOLERANCE",
+    "BALProblem",
+    "GraphFormatError",
+    "PoseGraph2D",
+    "PoseGraph3D",
+    "detect_format",
+    "parse_bal",
+    "parse_g2o",
+    "parse_toro",
+    "read_bal",
+    "read_g2o",
+    "read_pose_graph",
+    "read_toro",
+    "sqrt_information",
+    "write_bal",
+    "write_g2o",
+    "write_toro",
+]

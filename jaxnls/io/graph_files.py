@@ -1,0 +1,990 @@
+r"""Readers and writers for pose-graph (g2o, TORO) and bundle-adjustment (BAL) files.
+
+Three plain-text formats are read into frozen dataclasses of read-only NumPy arrays:
+
+- **g2o** (https://github.com/RainerKuemmerle/g2o): one record per line, ``TAG value ...``.
+  :func:`read_g2o` returns a :class:`PoseGraph2D` (``VERTEX_SE2``, ``VERTEX_XY``, ``EDGE_SE2``,
+  ``EDGE_SE2_XY``) or a :class:`PoseGraph3D` (``VERTEX_SE3:QUAT``, ``EDGE_SE3:QUAT``); ``FIX id ...``
+  lines are kept in ``fixed_ids``.
+- **TORO** (https://openslam-org.github.io/toro.html): :func:`read_toro` reads ``VERTEX2``/``EDGE2``
+  (2-D), ``VERTEX3``/``EDGE3`` (3-D, roll-pitch-yaw) and ``EQUIV`` lines.
+- **BAL**, Bundle Adjustment in the Large (Agarwal et al., https://grail.cs.washington.edu/projects/bal/):
+  :func:`read_bal` returns a :class:`BALProblem`.
+
+:func:`detect_format` tells the formats (and NIST StRD ``.dat`` files) apart by their tags, and
+:func:`read_pose_graph` reads either pose-graph format. The writers (:func:`write_g2o`,
+:func:`write_toro`, :func:`write_bal`) print every float with ``repr`` (the shortest text that reads
+back to the same float64), so write -> read reproduces the arrays bit for bit; the one exception is
+TORO 3-D, whose roll-pitch-yaw angles are converted to and from quaternions (agreement to ~1e-16).
+
+Conventions
+-----------
+- **Edges** ``(i, j)`` are dense indices into the pose arrays. The measurement is the pose of ``j``
+  in the frame of ``i``, :math:`z_{ij} \approx T_i^{-1} T_j`, as in g2o, TORO and GTSAM.
+- **2-D poses** are ``[x, y, theta]`` with ``theta`` in radians exactly as written (not wrapped).
+- **Quaternions** are stored **scalar first, ``[w, x, y, z]``** (jaxlie's ``wxyz``); g2o files write
+  them ``x y z w``. Quaternions are normalised on reading; one whose norm differs from 1 by more than
+  :data:`QUATERNION_TOLERANCE` is an error. The sign is kept as written.
+- **TORO 3-D rotations** ``roll pitch yaw`` mean :math:`R = R_z(\text{yaw})\,R_y(\text{pitch})\,R_x(\text{roll})`.
+- **Information matrices** are stored full and symmetric: ``(E, 3, 3)`` in the order
+  ``(x, y, theta)`` for 2-D and ``(E, 6, 6)`` in the order ``(tx, ty, tz, rx, ry, rz)`` --
+  translation first -- for 3-D, which is the order of g2o's ``EDGE_SE3:QUAT``, of TORO's ``EDGE3``
+  and of jaxlie's SE(3) tangent. (GTSAM orders its Pose3 tangent rotation first and permutes g2o's
+  matrix when reading ``EDGE_SE3:QUAT``, but not when reading ``EDGE3``.) Matrices are kept as
+  written, not rescaled: g2o's own ``EDGE_SE3:QUAT`` error uses the quaternion's vector part (about half
+  the rotation vector), TORO's uses roll-pitch-yaw. In the file only the upper
+  triangle is written, row by row, except TORO 2-D, which writes
+  :math:`I_{11}\,I_{12}\,I_{22}\,I_{33}\,I_{13}\,I_{23}`. Every matrix must be positive definite;
+  :func:`sqrt_information` gives the upper-triangular :math:`R` with :math:`R^\top R = \Omega` that whitens
+  a residual, :math:`\tfrac12 r^\top \Omega r = \tfrac12 \lVert R r \rVert^2`.
+- **Vertex ids** may be any non-negative integers, in any order and with gaps: ``pose_ids[k]`` is the
+  file's id of dense pose ``k`` (dense order = order of appearance). In g2o, poses and landmarks share
+  one id space.
+
+Errors
+------
+Anything malformed raises :class:`GraphFormatError` (a :class:`ValueError`) whose message is
+``"FILE, line N: what"``: unknown tags (g2o files in the wild also contain e.g. ``PARAMS_SE2OFFSET``
+or ``VERTEX_TRACKXYZ``, which this module does not model -- they are rejected rather than silently
+dropped), wrong token counts, non-numeric or non-finite numbers, duplicate vertex ids, edges that
+reference a vertex the file never defines, non-unit quaternions, information matrices that are not
+positive definite, BAL indices out of range and BAL headers whose counts do not match the body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "QUATERNION_TOLERANCE",
+    "BALProblem",
+    "GraphFormatError",
+    "PoseGraph2D",
+    "PoseGraph3D",
+    "detect_format",
+    "parse_bal",
+    "parse_g2o",
+    "parse_toro",
+    "read_bal",
+    "read_g2o",
+    "read_pose_graph",
+    "read_toro",
+    "sqrt_information",
+    "write_bal",
+    "write_g2o",
+    "write_toro",
+]
+
+#: A quaternion read from a file may differ from unit norm by this much; it is then normalised.
+QUATERNION_TOLERANCE = 1e-3
+
+
+class GraphFormatError(ValueError):
+    """A pose-graph or BAL file that does not follow its format. ``str(err)`` is ``"FILE, line N: what"``."""
+
+    def __init__(self, path: str, line: int, message: str):
+        self.path = path
+        self.line = line
+        self.reason = message
+        super().__init__(f"{path}, line {line}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data structures
+
+
+def _readonly(a, dtype=np.float64) -> np.ndarray:
+    a = np.array(a, dtype=dtype)
+    a.flags.writeable = False
+    return a
+
+
+def _empty(*shape, dtype=np.float64) -> np.ndarray:
+    return _readonly(np.zeros(shape, dtype=dtype), dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoseGraph2D:
+    """A 2-D pose graph, optionally with point landmarks. Arrays are read-only NumPy arrays.
+
+    Attributes:
+        pose_ids: ``(N,)`` int64, the file's id of each pose (dense index -> id).
+        poses: ``(N, 3)`` ``[x, y, theta]``, ``theta`` in radians as written.
+        edges: ``(E, 2)`` int64 dense pose indices ``(i, j)``.
+        measurements: ``(E, 3)`` pose of ``j`` in the frame of ``i``, ``[dx, dy, dtheta]``.
+        information: ``(E, 3, 3)`` symmetric positive-definite, order ``(x, y, theta)``.
+        landmark_ids: ``(L,)`` int64 file ids of the landmarks (g2o ``VERTEX_XY``).
+        landmarks: ``(L, 2)`` landmark positions.
+        landmark_edges: ``(K, 2)`` int64 ``(pose index, landmark index)`` (g2o ``EDGE_SE2_XY``).
+        landmark_measurements: ``(K, 2)`` landmark position in the frame of the pose.
+        landmark_information: ``(K, 2, 2)`` symmetric positive-definite.
+        fixed_ids: ``(F,)`` int64 file ids from g2o ``FIX`` lines, in file order (poses or landmarks).
+        equivalences: ``(Q, 2)`` int64 dense pose-index pairs from TORO ``EQUIV`` lines.
+        path: the file it was read from, if any.
+    """
+
+    pose_ids: np.ndarray
+    poses: np.ndarray
+    edges: np.ndarray
+    measurements: np.ndarray
+    information: np.ndarray
+    landmark_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    landmarks: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2))
+    landmark_edges: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    landmark_measurements: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2))
+    landmark_information: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, 2))
+    fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    path: str | None = None
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.poses.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def index_of(self, pose_id: int) -> int:
+        """Dense index of the pose with file id ``pose_id`` (``KeyError`` if there is none)."""
+        return _index_of(self.pose_ids, pose_id, "pose")
+
+    @property
+    def sqrt_information(self) -> np.ndarray:
+        """``(E, 3, 3)`` upper-triangular :math:`R` with :math:`R^\\top R` = :attr:`information`."""
+        return sqrt_information(self.information)
+
+    @property
+    def landmark_sqrt_information(self) -> np.ndarray:
+        """``(K, 2, 2)`` upper-triangular square roots of :attr:`landmark_information`."""
+        return sqrt_information(self.landmark_information)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PoseGraph3D:
+    """A 3-D pose graph. Arrays are read-only NumPy arrays; quaternions are ``[w, x, y, z]`` and unit.
+
+    Attributes:
+        pose_ids: ``(N,)`` int64, the file's id of each pose.
+        translations: ``(N, 3)`` pose positions.
+        quaternions: ``(N, 4)`` pose orientations, ``[w, x, y, z]`` (body to world).
+        edges: ``(E, 2)`` int64 dense pose indices ``(i, j)``.
+        measurement_translations: ``(E, 3)`` translation of :math:`T_i^{-1} T_j`.
+        measurement_quaternions: ``(E, 4)`` rotation of :math:`T_i^{-1} T_j`, ``[w, x, y, z]``.
+        information: ``(E, 6, 6)`` symmetric positive-definite, order ``(tx, ty, tz, rx, ry, rz)``.
+        fixed_ids: ``(F,)`` int64 file ids from g2o ``FIX`` lines.
+        equivalences: ``(Q, 2)`` int64 dense pose-index pairs from TORO ``EQUIV`` lines.
+        path: the file it was read from, if any.
+    """
+
+    pose_ids: np.ndarray
+    translations: np.ndarray
+    quaternions: np.ndarray
+    edges: np.ndarray
+    measurement_translations: np.ndarray
+    measurement_quaternions: np.ndarray
+    information: np.ndarray
+    fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    path: str | None = None
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.translations.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def index_of(self, pose_id: int) -> int:
+        """Dense index of the pose with file id ``pose_id`` (``KeyError`` if there is none)."""
+        return _index_of(self.pose_ids, pose_id, "pose")
+
+    @property
+    def poses_wxyz_xyz(self) -> np.ndarray:
+        """``(N, 7)`` ``[qw, qx, qy, qz, x, y, z]``, the parameter layout of ``jaxlie.SE3``."""
+        return np.concatenate([self.quaternions, self.translations], axis=-1)
+
+    @property
+    def measurements_wxyz_xyz(self) -> np.ndarray:
+        """``(E, 7)`` measurements in ``jaxlie.SE3`` layout."""
+        return np.concatenate([self.measurement_quaternions, self.measurement_translations], axis=-1)
+
+    @property
+    def sqrt_information(self) -> np.ndarray:
+        """``(E, 6, 6)`` upper-triangular :math:`R` with :math:`R^\\top R` = :attr:`information`."""
+        return sqrt_information(self.information)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BALProblem:
+    r"""A Bundle Adjustment in the Large problem. Arrays are read-only NumPy arrays.
+
+    BAL's camera model: a world point :math:`X` maps to :math:`P = R X + t` (:math:`R` from the
+    Rodrigues / axis-angle vector), :math:`p = -P_{xy} / P_z`, and the predicted observation is
+    :math:`f\,(1 + k_1 \lVert p\rVert^2 + k_2 \lVert p\rVert^4)\,p`, in pixels from the image centre
+    with :math:`y` up.
+
+    Attributes:
+        cameras: ``(C, 9)`` ``[rx, ry, rz, tx, ty, tz, f, k1, k2]``.
+        points: ``(P, 3)`` world points.
+        camera_index: ``(M,)`` int64 camera of each observation.
+        point_index: ``(M,)`` int64 point of each observation.
+        observations: ``(M, 2)`` measured image coordinates ``[x, y]``.
+        path: the file it was read from, if any.
+    """
+
+    cameras: np.ndarray
+    points: np.ndarray
+    camera_index: np.ndarray
+    point_index: np.ndarray
+    observations: np.ndarray
+    path: str | None = None
+
+    @property
+    def num_cameras(self) -> int:
+        return int(self.cameras.shape[0])
+
+    @property
+    def num_points(self) -> int:
+        return int(self.points.shape[0])
+
+    @property
+    def num_observations(self) -> int:
+        return int(self.observations.shape[0])
+
+
+def _index_of(ids: np.ndarray, vertex_id: int, what: str) -> int:
+    hits = np.flatnonzero(ids == vertex_id)
+    if hits.size == 0:
+        raise KeyError(f"no {what} with id {vertex_id}")
+    return int(hits[0])
+
+
+def sqrt_information(information) -> np.ndarray:
+    r"""Upper-triangular square root :math:`R` of information matrices, :math:`R^\top R = \Omega`.
+
+    ``information`` has shape ``(..., n, n)``. The solver whitens a residual :math:`r` as :math:`R r`,
+    so that :math:`\lVert R r\rVert^2 = r^\top \Omega r`. :math:`R` is the transposed lower Cholesky
+    factor (positive diagonal), the same factor GTSAM's ``noiseModel.Gaussian.R()`` returns.
+
+    Raises:
+        ValueError: a matrix is not symmetric positive definite.
+    """
+    info = np.asarray(information, dtype=np.float64)
+    if info.ndim < 2 or info.shape[-1] != info.shape[-2]:
+        raise ValueError(f"expected (..., n, n) information matrices, got shape {info.shape}")
+    try:
+        lower = np.linalg.cholesky(info)
+    except np.linalg.LinAlgError:
+        raise ValueError("information matrix is not positive definite") from None
+    if not np.all(np.isfinite(lower)):
+        raise ValueError("information matrix is not positive definite")
+    return np.swapaxes(lower, -1, -2).copy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens
+
+_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NONFINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+# At most 18 digits: every such id fits an int64 (the arrays' dtype) without a check.
+_ID = re.compile(r"\+?\d{1,18}")
+
+
+def _number(token: str, path: str, line: int, what: str) -> float:
+    if _NONFINITE.fullmatch(token):
+        raise GraphFormatError(path, line, f"non-finite number {token!r} in {what}")
+    if not _FLOAT.fullmatch(token):
+        raise GraphFormatError(path, line, f"non-numeric token {token!r} in {what}")
+    value = float(token)
+    if not math.isfinite(value):
+        raise GraphFormatError(path, line, f"non-finite number {token!r} (overflows float64) in {what}")
+    return value
+
+
+_FLOATS = re.compile(rf"{_FLOAT.pattern}(?: {_FLOAT.pattern})*")
+
+
+def _numbers(tokens: Sequence[str], path: str, line: int, what: str) -> list[float]:
+    # Fast path: one regex over the whole run of tokens; the slow path finds the bad token.
+    if tokens and _FLOATS.fullmatch(" ".join(tokens)):
+        values = [float(t) for t in tokens]
+        if all(map(math.isfinite, values)):
+            return values
+    return [_number(t, path, line, what) for t in tokens]
+
+
+def _index(token: str, path: str, line: int, what: str) -> int:
+    if not _ID.fullmatch(token):
+        if re.fullmatch(r"-\d+", token):
+            raise GraphFormatError(path, line, f"negative {what} {token}")
+        if re.fullmatch(r"\+?\d+", token):
+            raise GraphFormatError(path, line, f"{what} {token} is too large (at most 18 digits)")
+        raise GraphFormatError(path, line, f"expected a non-negative integer for {what}, found {token!r}")
+    return int(token)
+
+
+_SUSPECT_BYTES = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
+
+
+def _lines(content: bytes | str, path: str) -> list[str]:
+    """The file's lines, checked to be plain ASCII text (line ``k`` is ``lines[k - 1]``)."""
+    if isinstance(content, str):
+        content = content.encode("utf-8", errors="surrogateescape")
+    if not _SUSPECT_BYTES.search(content):
+        # Plain printable ASCII (the usual case): no need to look at each line.
+        lines = content.decode("ascii").replace("\r\n", "\n").split("\n")
+        if len(lines) > 1 and lines[-1] == "":
+            lines.pop()
+        return lines
+    lines = []
+    for number, raw in enumerate(content.split(b"\n"), start=1):
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise GraphFormatError(path, number, "non-ASCII bytes (the format is plain ASCII text)") from None
+        text = text.rstrip("\r")
+        if any(ord(c) < 32 and c != "\t" for c in text) or "\x7f" in text:
+            raise GraphFormatError(path, number, "control characters in the line")
+        lines.append(text)
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()  # the final newline
+    return lines
+
+
+def _read(path: str | os.PathLike) -> tuple[bytes, str]:
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        return fh.read(), path
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotations
+
+
+def _unit_quaternion(xyzw: Sequence[float], path: str, line: int, what: str) -> np.ndarray:
+    """``[w, x, y, z]`` from a file's ``x y z w``, normalised; rejected if far from unit norm."""
+    x, y, z, w = xyzw
+    q = np.array([w, x, y, z], dtype=np.float64)
+    norm = float(np.sqrt(np.dot(q, q)))
+    if not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
+        raise GraphFormatError(path, line, f"the quaternion of {what} has norm {norm:.6g}; it must be 1 "
+                               f"within {QUATERNION_TOLERANCE:g}")
+    # Already-unit quaternions (e.g. ones this module wrote) are kept bit for bit, so that
+    # write -> read is exact; dividing by a norm of 1 +- 1 ulp would perturb the last bits.
+    if abs(norm - 1.0) > 1e-14:
+        q = q / norm
+    return q
+
+
+def _rpy_to_wxyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Quaternion of :math:`R_z(\\text{yaw}) R_y(\\text{pitch}) R_x(\\text{roll})` (GTSAM's ``Rot3.Ypr``)."""
+    cr, sr = math.cos(roll / 2), math.sin(roll / 2)
+    cp, sp = math.cos(pitch / 2), math.sin(pitch / 2)
+    cy, sy = math.cos(yaw / 2), math.sin(yaw / 2)
+    return np.array([
+        cr * cp * cy + sr * sp * sy,
+        sr * cp * cy - cr * sp * sy,
+        cr * sp * cy + sr * cp * sy,
+        cr * cp * sy - sr * sp * cy,
+    ])
+
+
+def _wxyz_to_rpy(q: np.ndarray) -> tuple[float, float, float]:
+    """Inverse of :func:`_rpy_to_wxyz` (pitch in [-pi/2, pi/2])."""
+    w, x, y, z = (float(v) for v in q)
+    roll = math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
+    pitch = math.asin(max(-1.0, min(1.0, 2 * (w * y - z * x))))
+    yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    return roll, pitch, yaw
+
+
+# --------------------------------------------------------------------------------------------------
+# Pose graphs: g2o and TORO
+
+# Tag -> (kind, number of values after the tag). Kinds: v2 (SE2 vertex), xy (2-D landmark),
+# e2 (SE2 edge), exy (SE2 -> landmark edge), v3 (SE3 vertex), e3 (SE3 edge).
+_G2O_TAGS = {
+    "VERTEX_SE2": ("v2", 4),
+    "VERTEX_XY": ("xy", 3),
+    "EDGE_SE2": ("e2", 11),
+    "EDGE_SE2_XY": ("exy", 7),
+    "VERTEX_SE3:QUAT": ("v3", 8),
+    "EDGE_SE3:QUAT": ("e3", 30),
+    # GTSAM's readG2o also reads the TORO tags with g2o's information order; some files it ships
+    # (w100_30.g2o) are written that way.
+    "VERTEX2": ("v2", 4),
+    "EDGE2": ("e2", 11),
+}
+_TORO_TAGS = {
+    "VERTEX2": ("v2", 4),
+    "EDGE2": ("e2", 11),
+    "VERTEX3": ("v3", 7),
+    "EDGE3": ("e3", 29),
+    "EQUIV": ("equiv", 2),
+}
+_DIMENSION = {"v2": 2, "xy": 2, "e2": 2, "exy": 2, "v3": 3, "e3": 3}
+_VALUE_NAMES = {
+    "v2": "id x y theta",
+    "xy": "id x y",
+    "e2": "id1 id2 dx dy dtheta and 6 information entries",
+    "exy": "id1 id2 dx dy and 3 information entries",
+    "v3": "id x y z qx qy qz qw",
+    "e3": "id1 id2 x y z qx qy qz qw and 21 information entries",
+}
+_TORO_VALUE_NAMES = {
+    "v2": "id x y theta",
+    "e2": "id1 id2 dx dy dtheta I11 I12 I22 I33 I13 I23",
+    "v3": "id x y z roll pitch yaw",
+    "e3": "id1 id2 x y z roll pitch yaw and 21 information entries",
+    "equiv": "id1 id2",
+}
+
+
+_TRIU = {n: np.triu_indices(n) for n in (2, 3, 6)}
+
+
+def _upper(values: Sequence[float], n: int) -> np.ndarray:
+    """Symmetric ``n x n`` matrix from its upper triangle, row by row."""
+    m = np.zeros((n, n))
+    m[_TRIU[n]] = values
+    return m + np.triu(m, 1).T
+
+
+def _toro_info2(v: Sequence[float]) -> np.ndarray:
+    # TORO's order I11 I12 I22 I33 I13 I23 (TORO's loader and GTSAM's NoiseFormatTORO agree).
+    i11, i12, i22, i33, i13, i23 = v
+    return np.array([[i11, i12, i13], [i12, i22, i23], [i13, i23, i33]])
+
+
+class _GraphParser:
+    def __init__(self, path: str, lines: list[str], fmt: Literal["g2o", "toro"]):
+        self.path = path
+        self.lines = lines
+        self.fmt = fmt
+        self.tags = _G2O_TAGS if fmt == "g2o" else _TORO_TAGS
+        self.dimension: int | None = None
+        self.dimension_line = 0
+        # id -> (kind "pose"/"landmark", dense index, line)
+        self.vertices: dict[int, tuple[str, int, int]] = {}
+        self.pose_ids: list[int] = []
+        self.poses: list = []
+        self.quats: list = []
+        self.landmark_ids: list[int] = []
+        self.landmarks: list = []
+        # (id1, id2, line, measurement, quaternion or None, information, tag)
+        self.edges: list = []
+        self.landmark_edges: list = []
+        self.fixed: list[tuple[int, int]] = []
+        self.equivalences: list[tuple[int, int, int]] = []
+
+    def error(self, line: int, message: str) -> GraphFormatError:
+        return GraphFormatError(self.path, line, message)
+
+    def parse(self) -> PoseGraph2D | PoseGraph3D:
+        content_lines = 0
+        for number, text in enumerate(self.lines, start=1):
+            tokens = text.split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            content_lines += 1
+            self._line(number, tokens)
+        if content_lines == 0:
+            raise self.error(1, "the file contains no vertices or edges" if self.lines and any(
+                t.strip() for t in self.lines) else "the file is empty")
+        if self.dimension is None:
+            raise self.error(1, "the file contains no vertices or edges")
+        return self._build()
+
+    def _line(self, number: int, tokens: list[str]):
+        tag = tokens[0]
+        if tag == "FIX" and self.fmt == "g2o":
+            if len(tokens) < 2:
+                raise self.error(number, "FIX needs at least one vertex id")
+            for token in tokens[1:]:
+                self.fixed.append((_index(token, self.path, number, "vertex id in FIX"), number))
+            return
+        if tag not in self.tags:
+            known = ", ".join(sorted(set(self.tags) | ({"FIX"} if self.fmt == "g2o" else set())))
+            shown = tag if len(tag) <= 40 else tag[:40] + "..."
+            raise self.error(number, f"unknown or unsupported tag {shown!r} in a {self.fmt} file (supported: {known})")
+        kind, count = self.tags[tag]
+        values = tokens[1:]
+        if len(values) != count:
+            names = (_VALUE_NAMES if self.fmt == "g2o" else _TORO_VALUE_NAMES)[kind]
+            raise self.error(number, f"wrong token count: {tag} takes {count} values ({names}), found {len(values)}")
+        if kind == "equiv":
+            a = _index(values[0], self.path, number, "vertex id")
+            b = _index(values[1], self.path, number, "vertex id")
+            self.equivalences.append((a, b, number))
+            return
+        dim = _DIMENSION[kind]
+        if self.dimension is None:
+            self.dimension, self.dimension_line = dim, number
+        elif dim != self.dimension:
+            raise self.error(number, f"{tag} is a {dim}-D record but the file is {self.dimension}-D (from line "
+                             f"{self.dimension_line}); mixed 2-D and 3-D graphs are not supported")
+        what = f"the {tag} record"
+        if kind in ("v2", "xy", "v3"):
+            vid = _index(values[0], self.path, number, "vertex id")
+            nums = _numbers(values[1:], self.path, number, what)
+            if vid in self.vertices:
+                raise self.error(number, f"duplicate vertex id {vid} (first defined on line {self.vertices[vid][2]})")
+            if kind == "xy":
+                self.vertices[vid] = ("landmark", len(self.landmark_ids), number)
+                self.landmark_ids.append(vid)
+                self.landmarks.append(nums)
+                return
+            self.vertices[vid] = ("pose", len(self.pose_ids), number)
+            self.pose_ids.append(vid)
+            if kind == "v2":
+                self.poses.append(nums)
+            elif self.fmt == "g2o":
+                self.poses.append(nums[:3])
+                self.quats.append(_unit_quaternion(nums[3:7], self.path, number, f"vertex {vid}"))
+            else:
+                self.poses.append(nums[:3])
+                self.quats.append(_rpy_to_wxyz(*nums[3:6]))
+            return
+        id1 = _index(values[0], self.path, number, "vertex id")
+        id2 = _index(values[1], self.path, number, "vertex id")
+        nums = _numbers(values[2:], self.path, number, what)
+        if kind == "e2":
+            info = _upper(nums[3:], 3) if self.fmt == "g2o" else _toro_info2(nums[3:])
+            self.edges.append((id1, id2, number, nums[:3], None, info, tag))
+        elif kind == "exy":
+            info = _upper(nums[2:], 2)
+            self.landmark_edges.append((id1, id2, number, nums[:2], None, info, tag))
+        elif self.fmt == "g2o":
+            q = _unit_quaternion(nums[3:7], self.path, number, f"the edge {id1} -> {id2}")
+            info = _upper(nums[7:], 6)
+            self.edges.append((id1, id2, number, nums[:3], q, info, tag))
+        else:
+            info = _upper(nums[6:], 6)
+            self.edges.append((id1, id2, number, nums[:3], _rpy_to_wxyz(*nums[3:6]), info, tag))
+
+    def _check_information(self):
+        """Every information matrix positive definite; else an error for the first bad one in the file."""
+        records = [r for r in (self.edges, self.landmark_edges) if r]
+        try:
+            for group in records:
+                sqrt_information(np.array([r[5] for r in group]))  # one batched Cholesky per kind
+            return
+        except ValueError:
+            pass
+        for _, _, number, _, _, info, tag in sorted(self.edges + self.landmark_edges, key=lambda r: r[2]):
+            try:
+                sqrt_information(info)
+            except ValueError:
+                raise self.error(number, f"the information matrix of this {tag} is not positive definite") from None
+
+    def _resolve(self, vid: int, number: int, want: str) -> int:
+        entry = self.vertices.get(vid)
+        if entry is None:
+            raise self.error(number, f"the record references vertex {vid}, which the file does not define")
+        if entry[0] != want:
+            raise self.error(number, f"vertex {vid} (line {entry[2]}) is a {entry[0]}, but this edge needs a {want} "
+                             "there")
+        return entry[1]
+
+    def _build(self) -> PoseGraph2D | PoseGraph3D:
+        self._check_information()
+        edges = np.array([(self._resolve(a, n, "pose"), self._resolve(b, n, "pose"))
+                          for a, b, n, *_ in self.edges], dtype=np.int64).reshape(-1, 2)
+        fixed = []
+        for vid, number in self.fixed:
+            if vid not in self.vertices:
+                raise self.error(number, f"FIX references vertex {vid}, which the file does not define")
+            fixed.append(vid)
+        equivalences = np.array([(self._resolve(a, n, "pose"), self._resolve(b, n, "pose"))
+                                 for a, b, n in self.equivalences], dtype=np.int64).reshape(-1, 2)
+        common = dict(
+            pose_ids=_readonly(self.pose_ids, np.int64),
+            edges=_readonly(edges, np.int64),
+            fixed_ids=_readonly(fixed, np.int64),
+            equivalences=_readonly(equivalences, np.int64),
+            path=self.path,
+        )
+        n = self.dimension
+        info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
+        if n == 2:
+            landmark_edges = np.array([(self._resolve(a, n_, "pose"), self._resolve(b, n_, "landmark"))
+                                       for a, b, n_, *_ in self.landmark_edges], dtype=np.int64).reshape(-1, 2)
+            return PoseGraph2D(
+                poses=_readonly(np.array(self.poses).reshape(-1, 3)),
+                measurements=_readonly(np.array([e[3] for e in self.edges]).reshape(-1, 3)),
+                information=info,
+                landmark_ids=_readonly(self.landmark_ids, np.int64),
+                landmarks=_readonly(np.array(self.landmarks).reshape(-1, 2)),
+                landmark_edges=_readonly(landmark_edges, np.int64),
+                landmark_measurements=_readonly(np.array([e[3] for e in self.landmark_edges]).reshape(-1, 2)),
+                landmark_information=_readonly(np.array([e[5] for e in self.landmark_edges]).reshape(-1, 2, 2)),
+                **common,
+            )
+        return PoseGraph3D(
+            translations=_readonly(np.array(self.poses).reshape(-1, 3)),
+            quaternions=_readonly(np.array(self.quats).reshape(-1, 4)),
+            measurement_translations=_readonly(np.array([e[3] for e in self.edges]).reshape(-1, 3)),
+            measurement_quaternions=_readonly(np.array([e[4] for e in self.edges]).reshape(-1, 4)),
+            information=info,
+            **common,
+        )
+
+
+def parse_g2o(content: bytes | str, path: str = "<string>") -> PoseGraph2D | PoseGraph3D:
+    """:func:`read_g2o` on a file's contents (``path`` is only used in error messages)."""
+    return _GraphParser(path, _lines(content, path), "g2o").parse()
+
+
+def parse_toro(content: bytes | str, path: str = "<string>") -> PoseGraph2D | PoseGraph3D:
+    """:func:`read_toro` on a file's contents (``path`` is only used in error messages)."""
+    return _GraphParser(path, _lines(content, path), "toro").parse()
+
+
+def read_g2o(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
+    """Read a g2o pose graph: a :class:`PoseGraph2D` or, for ``*_SE3:QUAT`` records, a :class:`PoseGraph3D`.
+
+    Records (one per line; blank lines and lines starting with ``#`` are skipped)::
+
+        VERTEX_SE2 id x y theta
+        VERTEX_XY id x y
+        EDGE_SE2 i j dx dy dtheta I11 I12 I13 I22 I23 I33
+        EDGE_SE2_XY i j dx dy I11 I12 I22
+        VERTEX_SE3:QUAT id x y z qx qy qz qw
+        EDGE_SE3:QUAT i j x y z qx qy qz qw I11 I12 ... I16 I22 ... I66   (21 entries, t before R)
+        FIX id [id ...]
+
+    ``VERTEX2``/``EDGE2`` are accepted as aliases of ``VERTEX_SE2``/``EDGE_SE2`` with g2o's
+    information order, as GTSAM's ``readG2o`` does. Records may come in any order (an edge may precede
+    its vertices). Other tags are rejected.
+
+    Raises:
+        GraphFormatError: the file does not follow the format (the message names the line).
+        OSError: the file cannot be read.
+    """
+    content, path = _read(path)
+    return parse_g2o(content, path)
+
+
+def read_toro(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
+    """Read a TORO pose graph (``.graph``): a :class:`PoseGraph2D` or :class:`PoseGraph3D`.
+
+    Records::
+
+        VERTEX2 id x y theta
+        EDGE2 i j dx dy dtheta I11 I12 I22 I33 I13 I23     (TORO's information order)
+        VERTEX3 id x y z roll pitch yaw
+        EDGE3 i j x y z roll pitch yaw I11 I12 ... I66     (21 entries, upper triangle, x y z r p y)
+        EQUIV i j
+
+    Every vertex an edge uses must be defined (files of edges only, which GTSAM initialises by
+    chaining the odometry, are rejected).
+
+    Raises:
+        GraphFormatError: the file does not follow the format (the message names the line).
+        OSError: the file cannot be read.
+    """
+    content, path = _read(path)
+    return parse_toro(content, path)
+
+
+def read_pose_graph(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
+    """Read a g2o or TORO file, whichever :func:`detect_format` says it is."""
+    fmt = detect_format(path)
+    if fmt == "g2o":
+        return read_g2o(path)
+    if fmt == "toro":
+        return read_toro(path)
+    raise GraphFormatError(os.fspath(path), 1, f"this is a {fmt} file, not a pose graph")
+
+
+_G2O_ONLY = set(_G2O_TAGS) - set(_TORO_TAGS) | {"FIX"}
+_TORO_ONLY = set(_TORO_TAGS) - set(_G2O_TAGS)
+
+
+def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nist"]:
+    """Which reader a file needs: ``"g2o"``, ``"toro"``, ``"bal"`` or ``"nist"`` (StRD ``.dat``).
+
+    Decided by content: a NIST StRD header (``Dataset Name:``), a BAL header (three whole numbers on the
+    first non-blank line), or the record tags. Files whose only tags are ``VERTEX2``/``EDGE2`` -- valid
+    in both pose-graph formats, with different information orders -- are g2o when the name ends in
+    ``.g2o`` and TORO otherwise.
+
+    Raises:
+        GraphFormatError: none of the formats fits (or the file mixes g2o-only and TORO-only tags).
+        OSError: the file cannot be read.
+    """
+    content, path = _read(path)
+    text = content.decode("ascii", errors="replace")
+    lines = text.split("\n")
+    if re.search(r"^\s*Dataset\s+Name:", "\n".join(lines[:10]), re.MULTILINE):
+        return "nist"
+    first = next(((n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()), None)
+    if first is None:
+        raise GraphFormatError(path, 1, "the file is empty")
+    number, tokens = first
+    if len(tokens) >= 3 and all(re.fullmatch(r"\d+", t) for t in tokens[:3]):
+        return "bal"
+    g2o_line = toro_line = None
+    for n, line in enumerate(lines, start=1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if g2o_line is None and tokens[0] in _G2O_ONLY:
+            g2o_line = n
+        elif toro_line is None and tokens[0] in _TORO_ONLY:
+            toro_line = n
+        elif tokens[0] not in _G2O_TAGS and tokens[0] not in _TORO_TAGS and tokens[0] != "FIX":
+            shown = tokens[0] if len(tokens[0]) <= 40 else tokens[0][:40] + "..."
+            raise GraphFormatError(path, n, f"cannot tell the format: unknown tag {shown!r}")
+    if g2o_line and toro_line:
+        raise GraphFormatError(path, max(g2o_line, toro_line), f"the file mixes g2o records (line {g2o_line}) "
+                               f"and TORO records (line {toro_line})")
+    if g2o_line:
+        return "g2o"
+    if toro_line:
+        return "toro"
+    return "g2o" if path.lower().endswith(".g2o") else "toro"
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _f(x) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"cannot write the non-finite number {x}")
+    return repr(x)
+
+
+def _fs(values) -> str:
+    return " ".join(_f(v) for v in np.asarray(values, dtype=np.float64).ravel())
+
+
+def _upper_text(m: np.ndarray) -> str:
+    return _fs(np.asarray(m)[np.triu_indices(m.shape[-1])])
+
+
+def _xyzw(q_wxyz) -> str:
+    q = np.asarray(q_wxyz, dtype=np.float64)
+    return _fs([q[1], q[2], q[3], q[0]])
+
+
+def _write(path: str | os.PathLike, lines: list[str]):
+    with open(os.fspath(path), "w", encoding="ascii", newline="\n") as fh:
+        fh.write("\n".join(lines) + ("\n" if lines else ""))
+
+
+def write_g2o(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> None:
+    """Write ``graph`` as a g2o file (``VERTEX_SE2``/``EDGE_SE2``/... or ``*_SE3:QUAT``, then ``FIX``).
+
+    Raises:
+        ValueError: the graph has TORO ``EQUIV`` constraints (g2o has no such record) or non-finite values.
+    """
+    if len(graph.equivalences):
+        raise ValueError("g2o has no record for TORO's EQUIV constraints; drop graph.equivalences first")
+    lines = []
+    ids = graph.pose_ids
+    if isinstance(graph, PoseGraph2D):
+        for vid, pose in zip(ids, graph.poses):
+            lines.append(f"VERTEX_SE2 {int(vid)} {_fs(pose)}")
+        for vid, point in zip(graph.landmark_ids, graph.landmarks):
+            lines.append(f"VERTEX_XY {int(vid)} {_fs(point)}")
+        for (i, j), z, info in zip(graph.edges, graph.measurements, graph.information):
+            lines.append(f"EDGE_SE2 {int(ids[i])} {int(ids[j])} {_fs(z)} {_upper_text(info)}")
+        for (i, k), z, info in zip(graph.landmark_edges, graph.landmark_measurements, graph.landmark_information):
+            lines.append(f"EDGE_SE2_XY {int(ids[i])} {int(graph.landmark_ids[k])} {_fs(z)} {_upper_text(info)}")
+    else:
+        for vid, t, q in zip(ids, graph.translations, graph.quaternions):
+            lines.append(f"VERTEX_SE3:QUAT {int(vid)} {_fs(t)} {_xyzw(q)}")
+        for (i, j), t, q, info in zip(graph.edges, graph.measurement_translations, graph.measurement_quaternions,
+                                      graph.information):
+            lines.append(f"EDGE_SE3:QUAT {int(ids[i])} {int(ids[j])} {_fs(t)} {_xyzw(q)} {_upper_text(info)}")
+    for vid in graph.fixed_ids:
+        lines.append(f"FIX {int(vid)}")
+    _write(path, lines)
+
+
+def write_toro(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> None:
+    """Write ``graph`` as a TORO file (``VERTEX2``/``EDGE2`` or ``VERTEX3``/``EDGE3``, then ``EQUIV``).
+
+    3-D rotations are written as roll, pitch, yaw, so reading the file back reproduces the rotations
+    to rounding (~1e-16), not bit for bit, and the quaternions possibly with the opposite sign.
+
+    Raises:
+        ValueError: the graph has landmarks or ``FIX`` anchors (TORO has no record for them) or
+            non-finite values.
+    """
+    if len(graph.fixed_ids):
+        raise ValueError("TORO has no record for g2o's FIX anchors; drop graph.fixed_ids first")
+    lines = []
+    ids = graph.pose_ids
+    if isinstance(graph, PoseGraph2D):
+        if len(graph.landmark_ids) or len(graph.landmark_edges):
+            raise ValueError("TORO has no records for landmarks; write this graph with write_g2o")
+        for vid, pose in zip(ids, graph.poses):
+            lines.append(f"VERTEX2 {int(vid)} {_fs(pose)}")
+        for (i, j), z, m in zip(graph.edges, graph.measurements, graph.information):
+            info = _fs([m[0, 0], m[0, 1], m[1, 1], m[2, 2], m[0, 2], m[1, 2]])
+            lines.append(f"EDGE2 {int(ids[i])} {int(ids[j])} {_fs(z)} {info}")
+    else:
+        for vid, t, q in zip(ids, graph.translations, graph.quaternions):
+            lines.append(f"VERTEX3 {int(vid)} {_fs(t)} {_fs(_wxyz_to_rpy(q))}")
+        for (i, j), t, q, info in zip(graph.edges, graph.measurement_translations, graph.measurement_quaternions,
+                                      graph.information):
+            lines.append(f"EDGE3 {int(ids[i])} {int(ids[j])} {_fs(t)} {_fs(_wxyz_to_rpy(q))} {_upper_text(info)}")
+    for i, j in graph.equivalences:
+        lines.append(f"EQUIV {int(ids[i])} {int(ids[j])}")
+    _write(path, lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# BAL
+
+
+_INTS = re.compile(r"\d{1,18}(?: \d{1,18})*")
+
+
+def _bal_fast(tokens: list[str], num_cameras: int, num_points: int, num_obs: int):
+    """The arrays in bulk when every token is well formed (the usual case), else None: the token-by-token
+    path then finds the first bad token and its line."""
+    obs_end = 3 + 4 * num_obs
+    cam_end = obs_end + 9 * num_cameras
+    indices = tokens[3:obs_end:4] + tokens[4:obs_end:4]
+    numbers = tokens[5:obs_end:4] + tokens[6:obs_end:4] + tokens[obs_end:]
+    if indices and not _INTS.fullmatch(" ".join(indices)):
+        return None
+    if numbers and not _FLOATS.fullmatch(" ".join(numbers)):
+        return None
+    ints = np.fromiter(map(int, indices), dtype=np.int64, count=len(indices))
+    values = np.fromiter(map(float, numbers), dtype=np.float64, count=len(numbers))
+    camera_index, point_index = ints[:num_obs], ints[num_obs:]
+    if not (np.all(camera_index < num_cameras) and np.all(point_index < num_points) and np.all(np.isfinite(values))):
+        return None
+    observations = np.stack([values[:num_obs], values[num_obs:2 * num_obs]], axis=1)
+    rest = values[2 * num_obs:]
+    cameras = rest[:cam_end - obs_end].reshape(num_cameras, 9)
+    points = rest[cam_end - obs_end:].reshape(num_points, 3)
+    return cameras, points, camera_index, point_index, observations
+
+
+def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
+    """:func:`read_bal` on a file's contents (``path`` is only used in error messages)."""
+    lines = _lines(content, path)
+    tokens: list[str] = []
+    where: list[int] = []
+    for number, text in enumerate(lines, start=1):
+        parts = text.split()
+        tokens.extend(parts)
+        where.extend([number] * len(parts))
+    if not tokens:
+        raise GraphFormatError(path, 1, "the file is empty")
+    last_line = len(lines)
+
+    def need(count: int, what: str):
+        if len(tokens) < count:
+            found_line = where[-1] if where else 1
+            raise GraphFormatError(path, max(found_line, last_line),
+                                   f"the file ends after {len(tokens)} numbers, inside the {what}; the header "
+                                   f"(line {where[0]}) announces {num_cameras} cameras, {num_points} points and "
+                                   f"{num_obs} observations, which take {expected} numbers")
+
+    if len(tokens) < 3:
+        raise GraphFormatError(path, where[-1], f"truncated header: expected 'num_cameras num_points "
+                               f"num_observations', found {len(tokens)} number(s)")
+    num_cameras, num_points, num_obs = (
+        _index(tokens[k], path, where[k], name)
+        for k, name in enumerate(("the number of cameras", "the number of points", "the number of observations")))
+    expected = 3 + 4 * num_obs + 9 * num_cameras + 3 * num_points
+    # Read in file order, so that the first bad token is the one reported; the counts are checked
+    # against what is there before anything of the announced size is allocated.
+    obs_end = 3 + 4 * num_obs
+    need(obs_end, "observations")
+    if len(tokens) == expected:
+        fast = _bal_fast(tokens, num_cameras, num_points, num_obs)
+        if fast is not None:
+            return BALProblem(*(_readonly(a, a.dtype) for a in fast), path=path)
+    camera_index = np.empty(num_obs, dtype=np.int64)
+    point_index = np.empty(num_obs, dtype=np.int64)
+    observations = np.empty((num_obs, 2))
+    for k in range(num_obs):
+        base = 3 + 4 * k
+        line = where[base]
+        c = _index(tokens[base], path, line, f"camera index of observation {k}")
+        p = _index(tokens[base + 1], path, where[base + 1], f"point index of observation {k}")
+        if c >= num_cameras:
+            raise GraphFormatError(path, line, f"observation {k}: camera index {c} out of range (the header, line "
+                                   f"{where[0]}, announces {num_cameras} cameras)")
+        if p >= num_points:
+            raise GraphFormatError(path, where[base + 1], f"observation {k}: point index {p} out of range (the "
+                                   f"header, line {where[0]}, announces {num_points} points)")
+        camera_index[k], point_index[k] = c, p
+        observations[k, 0] = _number(tokens[base + 2], path, where[base + 2], f"observation {k}")
+        observations[k, 1] = _number(tokens[base + 3], path, where[base + 3], f"observation {k}")
+    cam_end = obs_end + 9 * num_cameras
+    need(cam_end, "camera parameters")
+    cameras = np.empty((num_cameras, 9))
+    for k in range(num_cameras * 9):
+        t = obs_end + k
+        cameras.flat[k] = _number(tokens[t], path, where[t], f"the parameters of camera {k // 9}")
+    need(expected, "point coordinates")
+    points = np.empty((num_points, 3))
+    for k in range(num_points * 3):
+        t = cam_end + k
+        points.flat[k] = _number(tokens[t], path, where[t], f"the coordinates of point {k // 3}")
+    if len(tokens) > expected:
+        raise GraphFormatError(path, where[expected], f"unexpected token {tokens[expected][:40]!r} after the last "
+                               f"point: the header (line {where[0]}) announces {num_cameras} cameras, {num_points} "
+                               f"points and {num_obs} observations, which take {expected} numbers, but the file "
+                               f"has {len(tokens)}")
+    return BALProblem(
+        cameras=_readonly(cameras),
+        points=_readonly(points),
+        camera_index=_readonly(camera_index, np.int64),
+        point_index=_readonly(point_index, np.int64),
+        observations=_readonly(observations),
+        path=path,
+    )
+
+
+def read_bal(path: str | os.PathLike) -> BALProblem:
+    """Read a Bundle Adjustment in the Large file.
+
+    Layout, as whitespace-separated numbers (line breaks are not significant)::
+
+        num_cameras num_points num_observations
+        camera_index point_index x y          (num_observations times)
+        rx ry rz tx ty tz f k1 k2             (num_cameras times)
+        X Y Z                                 (num_points times)
+
+    Raises:
+        GraphFormatError: the file does not follow the format (the message names the line of the
+            offending number).
+        OSError: the file cannot be read.
+    """
+    content, path = _read(path)
+    return parse_bal(content, path)
+
+
+def write_bal(path: str | os.PathLike, problem: BALProblem) -> None:
+    """Write ``problem`` as a BAL file (one observation per line, one number per line for the parameters,
+    as the BAL distribution does).
+
+    Raises:
+        ValueError: non-finite values.
+    """
+    lines = [f"{problem.num_cameras} {problem.num_points} {problem.num_observations}"]
+    for c, p, xy in zip(problem.camera_index, problem.point_index, problem.observations):
+        lines.append(f"{int(c)} {int(p)} {_fs(xy)}")
+    lines.extend(_f(v) for v in np.asarray(problem.cameras, dtype=np.float64).ravel())
+    lines.extend(_f(v) for v in np.asarray(problem.points, dtype=np.float64).ravel())
+    _write(path, lines)
