@@ -4,6 +4,7 @@
     python benchmarks/run.py --only meta          # meta-gradients, mixed vs reverse mode (jaxnls.meta)
     python benchmarks/run.py --only linalg        # matrix-function gradients: error vs eigen-gap, speed
     python benchmarks/run.py --only optim         # gradient-flow integrators at an equal gradient budget
+    python benchmarks/run.py --only swat          # SWAT-NN latent search vs dense networks on the 10 tasks
     python benchmarks/run.py --sizes 1024,16384   # adds B = 16,384 (about an hour on a 2-core CPU, see README)
     python benchmarks/run.py --quick              # smoke run (< 60 s): B = 128, 1 NIST problem
     python benchmarks/run.py --sizes 1024,16384 --only curvefit --json results.json
@@ -37,6 +38,7 @@ import linalg  # noqa: E402
 import meta  # noqa: E402
 import optim  # noqa: E402
 import nist  # noqa: E402
+import swat  # noqa: E402
 
 
 def _jsonable(obj):
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: B=128 and 1 NIST problem (< 60 s)")
     parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 1024; quick: 128); 1024,16384 for both sizes of the README")
-    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints", "meta", "linalg", "optim"), default=None, help="run one part only")
+    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints", "meta", "linalg", "optim", "swat"), default=None, help="run one part only")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up call (default 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also save every number as JSON")
     args = parser.parse_args(argv)
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
         ("linalg", "matrix-function gradients vs the eigh composition", lambda: linalg.run(repeats=args.repeats),
          linalg.summarize),
         ("optim", "gradient-flow integrators at an equal gradient budget", optim.run, optim.summarize),
+        ("swat", "SWAT-NN latent search on the 10-task suite", lambda: swat.run(tasks=["matyas"] if args.quick else None),
+         swat.summarize),
         ("nist", "fitting", lambda: nist.run(quick=args.quick), nist.summarize),
     ]
     for name, what, run_part, summarize in parts:

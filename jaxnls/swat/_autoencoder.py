@@ -1,0 +1,262 @@
+r"""The SWAT-NN multi-scale autoencoder: a small transformer encoder maps an MLP's tokens to a latent
+point z, and one decoder per depth D = 1..4 maps z back to an MLP of that depth.
+
+Besides the 29 row tokens, the encoder reads one *probe token*: the network's outputs on a fixed 8×8
+grid of [-1, 1]². Weights alone determine the function only through a deep composition the encoder
+would have to learn to evaluate; with the probe token the functional loss falls several times faster
+(measured on this family, width 32, one block, 1,500 steps of 32 networks: 0.10 without it against
+an output-variance baseline of 0.14; see tests/test_swat_autoencoder.py for the figure with it).
+
+Training is *functional*: a decoded network is judged by what it computes, not by its weights (many
+weight settings compute the same function — neurons permute, masked neurons carry arbitrary weights).
+For a random member f and points :math:`x_1..x_K` uniform on :math:`[-1, 1]^2`,
+
+.. math:: \ell(f) = \min_{D} \frac1K \sum_k \big(\hat f_D(x_k) - f(x_k)\big)^2, \qquad \hat f_D = \mathrm{dec}_D(\mathrm{enc}(f)),
+
+the minimum over the decoders letting each latent point be explained by the depth that fits it best
+(that is what makes the latent space multi-scale: one point stands for networks of every depth).
+Decoded networks are relaxed: neuron masks are sigmoids of logits and activations a softmax mixture, so
+the loss is differentiable in z.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import partial
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._family import ACTIVATIONS, MAX_DEPTH, MAX_WIDTH, NUM_TOKENS, TOKEN_FEATURES, MLPSpec, encode, forward, random_mlp
+
+# per hidden neuron: incoming weights, bias, activation logits, mask logit; then output weights + bias
+_NEURON_OUTPUTS = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
+_DECODER_OUTPUTS = MAX_DEPTH * MAX_WIDTH * _NEURON_OUTPUTS + MAX_WIDTH + 1
+_PROBE_GRID = np.linspace(-1.0, 1.0, 8)
+PROBE_POINTS = np.stack(np.meshgrid(_PROBE_GRID, _PROBE_GRID), axis=-1).reshape(-1, 2)
+
+
+class _EncoderBlock(eqx.Module):
+    """Pre-norm transformer block: masked self-attention over the tokens, then a position-wise MLP."""
+
+    attention_norm: eqx.nn.LayerNorm
+    attention: eqx.nn.MultiheadAttention
+    mlp_norm: eqx.nn.LayerNorm
+    mlp: eqx.nn.MLP
+
+    def __init__(self, width: int, heads: int, key: PRNGKeyArray, dtype):
+        k_attention, k_mlp = jax.random.split(key)
+        self.attention_norm = eqx.nn.LayerNorm(width, dtype=dtype)
+        self.attention = eqx.nn.MultiheadAttention(heads, width, key=k_attention, dtype=dtype)
+        self.mlp_norm = eqx.nn.LayerNorm(width, dtype=dtype)
+        self.mlp = eqx.nn.MLP(width, width, 2 * width, 1, activation=jax.nn.gelu, key=k_mlp, dtype=dtype)
+
+    def __call__(self, h: Float[Array, "T W"], valid: Float[Array, " T"]) -> Float[Array, "T W"]:
+        normed = jax.vmap(self.attention_norm)(h)
+        mask = jnp.broadcast_to(valid[None, :] > 0, (h.shape[0], h.shape[0]))
+        h = h + self.attention(normed, normed, normed, mask=mask)
+        return h + jax.vmap(self.mlp)(jax.vmap(self.mlp_norm)(h))
+
+
+class SwatAutoencoder(eqx.Module):
+    r"""Transformer encoder to a latent :math:`z \in \mathbb R^{d}` and one MLP decoder per depth.
+
+    The four decoders have the same shape and are stored stacked (leading axis = depth − 1), so all
+    depths decode in one ``vmap``. Decoder D fills layers 1..D of the padded family arrays.
+    """
+
+    embed: eqx.nn.Linear
+    probe_embed: eqx.nn.Linear
+    positions: Float[Array, "30 W"]
+    blocks: tuple[_EncoderBlock, ...]
+    final_norm: eqx.nn.LayerNorm
+    to_latent: eqx.nn.Linear
+    decoders: eqx.nn.MLP  # stacked over the 4 depths
+    latent_size: int = eqx.field(static=True)
+    options: tuple = eqx.field(static=True)  # the constructor's keyword arguments, to rebuild it on loading
+
+    def __init__(self, key: PRNGKeyArray, *, latent_size: int = 32, width: int = 32, heads: int = 4,
+                 num_blocks: int = 1, decoder_width: int = 128, decoder_depth: int = 2, dtype=jnp.float32):
+        k_embed, k_probe, k_pos, k_blocks, k_latent, k_decoders = jax.random.split(key, 6)
+        self.embed = eqx.nn.Linear(TOKEN_FEATURES, width, key=k_embed, dtype=dtype)
+        self.probe_embed = eqx.nn.Linear(PROBE_POINTS.shape[0], width, key=k_probe, dtype=dtype)
+        self.positions = 0.02 * jax.random.normal(k_pos, (NUM_TOKENS + 1, width), dtype)
+        self.blocks = tuple(_EncoderBlock(width, heads, k, dtype) for k in jax.random.split(k_blocks, num_blocks))
+        self.final_norm = eqx.nn.LayerNorm(width, dtype=dtype)
+        self.to_latent = eqx.nn.Linear(width, latent_size, key=k_latent, dtype=dtype)
+        make_decoder = lambda k: eqx.nn.MLP(latent_size, _DECODER_OUTPUTS, decoder_width, decoder_depth,
+                                            activation=jax.nn.gelu, key=k, dtype=dtype)
+        self.decoders = eqx.filter_vmap(make_decoder)(jax.random.split(k_decoders, MAX_DEPTH))
+        self.latent_size = latent_size
+        self.options = (("latent_size", latent_size), ("width", width), ("heads", heads), ("num_blocks", num_blocks),
+                        ("decoder_width", decoder_width), ("decoder_depth", decoder_depth),
+                        ("dtype", jnp.dtype(dtype).name))
+
+    def encode(self, spec: MLPSpec) -> Float[Array, " d"]:
+        """The latent point of one network: attention over its probe token and valid row tokens,
+        mean-pooled."""
+        tokens, valid = encode(spec)
+        probe = self.probe_embed(forward(spec, jnp.asarray(PROBE_POINTS, tokens.dtype)))
+        h = jnp.concatenate([probe[None, :], jax.vmap(self.embed)(tokens)], axis=0) + self.positions
+        valid = jnp.concatenate([jnp.ones(1, valid.dtype), valid])
+        for block in self.blocks:
+            h = block(h, valid)
+        h = jax.vmap(self.final_norm)(h)
+        pooled = jnp.sum(h * valid[:, None], axis=0) / jnp.sum(valid)
+        return jnp.tanh(self.to_latent(pooled))
+
+    def decode(self, z: Float[Array, " d"], temperature: float | None = None) -> MLPSpec:
+        """All four decodings of ``z``, stacked: leaf shapes gain a leading axis of 4 (depth 1..4).
+        Neuron masks are σ(logit / temperature) (0/1 for ``temperature=None``)."""
+
+        def one(decoder, depth):
+            return _spec_from_outputs(decoder(z), depth, temperature)
+
+        params, static = eqx.partition(self.decoders, eqx.is_array)
+        return jax.vmap(lambda p, d: one(eqx.combine(p, static), d))(params, jnp.arange(1, MAX_DEPTH + 1))
+
+
+def relaxed_mask(logits, temperature: float | None):
+    """σ(logits / temperature), the 0/1 step for ``temperature=None``: the neuron-mask counterpart of
+    the activation softmax, annealed with it so that the relaxed network becomes the hard one."""
+    if temperature is None:
+        return (logits > 0).astype(logits.dtype)
+    return jax.nn.sigmoid(logits / temperature)
+
+
+def _spec_from_outputs(out: Float[Array, " P"], depth, temperature: float | None) -> MLPSpec:
+    hidden = out[:-(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
+    used = (jnp.arange(MAX_DEPTH) < depth).astype(out.dtype)[:, None]
+    return MLPSpec(
+        weights=hidden[..., :MAX_WIDTH],
+        biases=hidden[..., MAX_WIDTH],
+        activation_logits=hidden[..., MAX_WIDTH + 1:MAX_WIDTH + 1 + len(ACTIVATIONS)],
+        neuron_mask=relaxed_mask(hidden[..., -1], temperature) * used,
+        output_weights=out[-(MAX_WIDTH + 1):-1],
+        output_bias=out[-1],
+        depth=jnp.asarray(depth),
+    )
+
+
+def reconstruction_errors(model: SwatAutoencoder, spec: MLPSpec, x: Float[Array, "K 2"],
+                          temperature: float | None = None, latent_shift: Float[Array, " d"] | None = None
+                          ) -> Float[Array, " 4"]:
+    """Per-depth functional error :math:`\\frac1K\\sum_k(\\hat f_D(x_k) - f(x_k))^2` of one network
+    (decoded hard for ``temperature=None``, else relaxed at that temperature), optionally with
+    the latent point shifted by ``latent_shift``."""
+    target = forward(spec, x)
+    z = model.encode(spec)
+    if latent_shift is not None:
+        z = z + latent_shift
+    outputs = jax.vmap(lambda s: forward(s, x, temperature))(model.decode(z, temperature))
+    return jnp.mean((outputs - target[None, :]) ** 2, axis=-1)
+
+
+def train_autoencoder(key: PRNGKeyArray, *, steps: int = 2000, batch_size: int = 64, num_points: int = 64,
+                      learning_rate: float = 2e-3, latent_noise: float = 0.05, min_temperature: float = 0.05,
+                      model: SwatAutoencoder | None = None, log_every: int = 0,
+                      **model_options) -> tuple[SwatAutoencoder, Float[Array, " steps"]]:
+    """Train on a fresh batch of random members (:func:`random_mlp`) and fresh points each step, with
+    Adam (cosine-decayed learning rate) on the functional loss. Returns the model and the loss curve.
+
+    Two choices serve the later latent search: each network's latent point is shifted by Gaussian
+    noise of standard deviation ``latent_noise`` (so that a neighbourhood of an encoding decodes to
+    similar functions and the search meets a smooth landscape, not isolated good points), and each is
+    decoded at a temperature drawn log-uniformly from [``min_temperature``, 1] (so that decoded networks
+    stay good while the search anneals towards hard activations)."""
+    if steps < 1 or batch_size < 1 or num_points < 1:
+        raise ValueError(f"steps, batch_size and num_points must be positive, got {steps}, {batch_size}, {num_points}")
+    if not 0 < min_temperature <= 1 or latent_noise < 0:
+        raise ValueError(f"need 0 < min_temperature <= 1 and latent_noise >= 0, got {min_temperature}, {latent_noise}")
+    k_model, k_data = jax.random.split(key)
+    if model is None:
+        model = SwatAutoencoder(k_model, **model_options)
+    elif model_options:
+        raise ValueError(f"model options {sorted(model_options)} given together with a model")
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+
+    def batch_loss(params, key):
+        k_specs, k_points, k_noise, k_temperature = jax.random.split(key, 4)
+        dtype = model.positions.dtype
+        specs = jax.vmap(partial(random_mlp, dtype=dtype))(jax.random.split(k_specs, batch_size))
+        x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
+        shifts = latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
+        temperatures = min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
+        errors = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))(
+            specs, x, temperatures, shifts)
+        return jnp.mean(jnp.min(errors, axis=-1))
+
+    @jax.jit
+    def step(params, opt_state, key):
+        loss, grads = jax.value_and_grad(batch_loss)(params, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for i, k in enumerate(jax.random.split(k_data, steps)):
+        params, opt_state, loss = step(params, opt_state, k)
+        losses.append(loss)
+        if log_every and (i % log_every == 0 or i == steps - 1):
+            print(f"step {i:5d}  functional loss {float(loss):.4e}")
+    return eqx.combine(params, static), jnp.stack(losses)
+
+
+def evaluate_reconstruction(model: SwatAutoencoder, key: PRNGKeyArray, *, num_networks: int = 256,
+                            num_points: int = 256) -> dict[str, float]:
+    """Functional reconstruction of held-out random members (decoded with hard arg-max activations,
+    as the search's final networks are) beside the trivial baseline: predicting each network's own
+    mean output, whose error is the output variance.
+
+    Returns ``{"reconstruction": mean min-over-depth MSE, "baseline": mean output variance}``."""
+    reconstruction, baseline = _evaluate_reconstruction(model, key, num_networks, num_points)
+    return {"reconstruction": float(reconstruction), "baseline": float(baseline)}
+
+
+@eqx.filter_jit
+def _evaluate_reconstruction(model, key, num_networks: int, num_points: int):
+    k_specs, k_points = jax.random.split(key)
+    dtype = model.positions.dtype
+    specs = jax.vmap(partial(random_mlp, dtype=dtype))(jax.random.split(k_specs, num_networks))
+    x = jax.random.uniform(k_points, (num_networks, num_points, 2), dtype, minval=-1.0, maxval=1.0)
+    errors = jax.vmap(partial(reconstruction_errors, model))(specs, x)
+    targets = jax.vmap(forward)(specs, x)
+    return jnp.mean(jnp.min(errors, axis=-1)), jnp.mean(jnp.var(targets, axis=-1))
+
+
+#: The architecture of the shipped model (``load_pretrained``), trained by benchmarks/swat.py.
+PRETRAINED_OPTIONS = dict(latent_size=32, width=32, heads=4, num_blocks=1, decoder_width=128, decoder_depth=2)
+PRETRAINED_PATH = os.path.join(os.path.dirname(__file__), "pretrained.eqx")
+
+
+def save_autoencoder(path: str, model: SwatAutoencoder) -> None:
+    """One JSON line with the constructor options, then the arrays (equinox's leaf serialisation)."""
+    with open(path, "wb") as f:
+        f.write((json.dumps(dict(model.options)) + "\n").encode())
+        eqx.tree_serialise_leaves(f, model)
+
+
+def load_autoencoder(path: str) -> SwatAutoencoder:
+    with open(path, "rb") as f:
+        options = json.loads(f.readline().decode())
+        options["dtype"] = jnp.dtype(options["dtype"])
+        skeleton = eqx.filter_eval_shape(lambda: SwatAutoencoder(jax.random.PRNGKey(0), **options))
+        return eqx.tree_deserialise_leaves(f, skeleton)
+
+
+def load_pretrained() -> SwatAutoencoder:
+    """The shipped autoencoder: ``PRETRAINED_OPTIONS``, trained on the functional loss by
+    ``python benchmarks/swat.py --train 2000 --save jaxnls/swat/pretrained.eqx`` (benchmarks/README.md
+    records its held-out reconstruction error)."""
+    return load_autoencoder(PRETRAINED_PATH)
+
+
+def parameter_count(model: SwatAutoencoder) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array)))

@@ -1,0 +1,280 @@
+r"""Latent architecture-and-weights search: fit a regression task by moving a point z of the
+autoencoder's latent space (and a weight threshold t), then read off a hard, sparse network.
+
+For the decoder of depth D, the relaxed network :math:`\hat f_{z,t,\tau}` uses
+
+- soft-thresholded weights :math:`\tilde w = w\,\sigma(s(|w| - t))` (sharpness :math:`s = 200`), so
+  weights below the learned threshold fade out;
+- relaxed neuron masks :math:`m \in (0, 1)` (the decoder's sigmoids) and a softmax over the three
+  activations at temperature :math:`\tau`, annealed geometrically from 1 to 0.01 so that each neuron
+  settles on one activation.
+
+The objective is
+
+.. math:: \mathrm{MSE}(\hat f) + \lambda_s \underbrace{\overline{\sigma(s(|w| - t))\,m_{\text{in}}m_{\text{out}}}}_{\text{surviving connections}}
+          + \lambda_b \underbrace{\overline{4m(1 - m)}}_{\text{undecided masks}} + \lambda_c \underbrace{\overline{m}}_{\text{active neurons}},
+
+averaged over the valid connections / neurons of the used layers, minimised by Adam on (z, t). The
+hard network keeps the weights with :math:`|w| \ge t`, the neurons with :math:`m > ½`, and each neuron's
+arg-max activation. :func:`search` runs several starts for every depth at once (one ``vmap``) and keeps
+the hard network with the lowest training error; :func:`refine` then continues the same objective on
+the decoded network's own parameters (architecture and weights still trained together, now outside the
+latent space) for a final polish.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._autoencoder import SwatAutoencoder, _spec_from_outputs, relaxed_mask
+from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp
+
+
+class SearchConfig(eqx.Module):
+    """Settings of :func:`search` and :func:`refine`."""
+
+    steps: int = eqx.field(static=True, default=1000)
+    starts: int = eqx.field(static=True, default=4)
+    batch_size: int = eqx.field(static=True, default=256)  # training points per Adam step
+    learning_rate: float = 0.02
+    initial_threshold: float = 0.02
+    sharpness: float = 200.0
+    temperature_start: float = 1.0
+    temperature_end: float = 0.01
+    # the penalties' weight trades error for size: on Matyas (tests/test_swat_search.py settings) 1e-4
+    # gives a test error at or below the dense network's with about two thirds of its weights, 3e-4
+    # about a third of its weights at twice its error
+    sparsity_weight: float = 1e-4
+    binarization_weight: float = 1e-4
+    compactness_weight: float = 1e-4
+
+
+class SearchResult(eqx.Module):
+    """The chosen hard network and how the search went."""
+
+    network: MLPSpec  # hard: thresholded weights, 0/1 neuron masks, one-hot activation logits
+    threshold: Float[Array, ""]
+    latent: Float[Array, " d"]
+    loss_history: Float[Array, " steps"]  # the chosen run's relaxed objective
+    initial_train_mse: Float[Array, ""]  # the chosen run's hard network at its starting point
+
+
+def _connections(depth, dtype) -> Float[Array, "4 7 7"]:
+    """1 for a weight that exists in a network of this depth: layer 0 reads the 2 inputs only."""
+    columns = jnp.concatenate([(jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :],
+                               jnp.ones((MAX_DEPTH - 1, MAX_WIDTH), bool)], axis=0)
+    used = (jnp.arange(MAX_DEPTH) < depth)[:, None, None]
+    return (columns[:, None, :] & used).astype(dtype) * jnp.ones((1, MAX_WIDTH, 1), dtype)
+
+
+def _source_masks(spec: MLPSpec) -> Float[Array, "4 7"]:
+    """The mask of each layer's input neurons (the network inputs count as on)."""
+    return jnp.concatenate([jnp.ones((1, MAX_WIDTH), spec.neuron_mask.dtype), spec.neuron_mask[:-1]], axis=0)
+
+
+def _last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
+    return spec.neuron_mask[jnp.maximum(spec.depth - 1, 0)]
+
+
+@eqx.filter_jit
+def soft_threshold(spec: MLPSpec, threshold, sharpness: float) -> tuple[MLPSpec, Float[Array, "4 7 7"], Float[Array, " 7"]]:
+    """Weights scaled by their gates σ(s(|w| − t)); returns the spec and the hidden/output gates."""
+    gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.weights) - threshold))
+    output_gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.output_weights) - threshold))
+    soft = eqx.tree_at(lambda s: (s.weights, s.output_weights), spec,
+                       (spec.weights * gate, spec.output_weights * output_gate))
+    return soft, gate, output_gate
+
+
+@eqx.filter_jit
+def regularizers(spec: MLPSpec, gate, output_gate) -> dict[str, Float[Array, ""]]:
+    """Sparsity (surviving connections), binarisation (undecided masks) and compactness (active
+    neurons), each a mean over what exists in a network of ``spec.depth``."""
+    dtype = spec.weights.dtype
+    exists = _connections(spec.depth, dtype)
+    presence = gate * spec.neuron_mask[:, :, None] * _source_masks(spec)[:, None, :] * exists
+    output_presence = output_gate * _last_layer_mask(spec)
+    connections = (jnp.sum(presence) + jnp.sum(output_presence)) / (jnp.sum(exists) + MAX_WIDTH)
+    used = (jnp.arange(MAX_DEPTH) < spec.depth).astype(dtype)[:, None] * jnp.ones((1, MAX_WIDTH), dtype)
+    m = spec.neuron_mask
+    return {
+        "sparsity": connections,
+        "binarization": jnp.sum(4 * m * (1 - m) * used) / jnp.sum(used),
+        "compactness": jnp.sum(m * used) / jnp.sum(used),
+    }
+
+
+@eqx.filter_jit
+def harden(spec: MLPSpec, threshold) -> MLPSpec:
+    """The discrete network: |w| < t → 0, masks > ½ → 1 else 0, one-hot arg-max activation logits, and
+    every weight into or out of an inactive neuron (or a layer beyond the depth) zeroed."""
+    dtype = spec.weights.dtype
+    mask = (spec.neuron_mask > 0.5).astype(dtype) * (jnp.arange(MAX_DEPTH) < spec.depth).astype(dtype)[:, None]
+    hard = eqx.tree_at(lambda s: s.neuron_mask, spec, mask)
+    keep = (jnp.abs(spec.weights) >= threshold).astype(dtype) * _connections(spec.depth, dtype)
+    weights = spec.weights * keep * mask[:, :, None] * _source_masks(hard)[:, None, :]
+    output_weights = spec.output_weights * (jnp.abs(spec.output_weights) >= threshold) * _last_layer_mask(hard)
+    logits = jax.nn.one_hot(jnp.argmax(spec.activation_logits, axis=-1), spec.activation_logits.shape[-1], dtype=dtype)
+    return MLPSpec(weights, spec.biases * mask, logits, mask, output_weights, spec.output_bias, spec.depth)
+
+
+@eqx.filter_jit
+def network_size(hard: MLPSpec) -> dict[str, Int[Array, ""]]:
+    """Active neurons and non-zero connection weights of a hard network (biases not counted)."""
+    return {"active_neurons": jnp.sum(hard.neuron_mask > 0).astype(jnp.int32),
+            "nonzeros": (jnp.sum(hard.weights != 0) + jnp.sum(hard.output_weights != 0)).astype(jnp.int32)}
+
+
+def mse(spec: MLPSpec, x: Float[Array, "N 2"], y: Float[Array, " N"], temperature=None) -> Float[Array, ""]:
+    return jnp.mean((forward(spec, x, temperature) - y) ** 2)
+
+
+def _objective(spec, threshold, x, y, temperature, config):
+    soft, gate, output_gate = soft_threshold(spec, threshold, config.sharpness)
+    penalties = regularizers(spec, gate, output_gate)
+    return (mse(soft, x, y, temperature) + config.sparsity_weight * penalties["sparsity"]
+            + config.binarization_weight * penalties["binarization"]
+            + config.compactness_weight * penalties["compactness"])
+
+
+def _temperatures(config: SearchConfig) -> Float[Array, " steps"]:
+    fraction = jnp.linspace(0.0, 1.0, config.steps)
+    return config.temperature_start * (config.temperature_end / config.temperature_start) ** fraction
+
+
+def _run_adam(loss_fn, params, x, y, key, config: SearchConfig):
+    """Adam over the annealed temperatures, each step on a random minibatch of the training points;
+    ``loss_fn(params, x, y, temperature)``. Returns the final params and the loss history."""
+    optimizer = optax.adam(config.learning_rate)
+    batch = min(config.batch_size, x.shape[0])
+
+    def step(carry, schedule):
+        params, state = carry
+        temperature, rows = schedule
+        loss, grads = jax.value_and_grad(loss_fn)(params, x[rows], y[rows], temperature)
+        updates, state = optimizer.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), loss
+
+    # minibatches drawn with replacement, all at once (one random kernel instead of one per step)
+    schedule = (_temperatures(config), jax.random.randint(key, (config.steps, batch), 0, x.shape[0]))
+    (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), schedule)
+    return params, history
+
+
+def _threshold(relative, config: SearchConfig):
+    # t = t0·|u| with u starting at 1: Adam moves u by about the learning rate per step, so t moves by
+    # that fraction of t0 instead of by an absolute amount that would swallow every weight in a few
+    # dozen steps (the sparsity gradient always pushes t up; only weights near |w| = t push back)
+    return config.initial_threshold * jnp.abs(relative)
+
+
+def _check_task(x, y, dtype=None):
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+    if x.ndim != 2 or x.shape[1] != NUM_INPUTS or y.shape != (x.shape[0],):
+        raise ValueError(f"expected inputs (N, {NUM_INPUTS}) and targets (N,), got {x.shape} and {y.shape}")
+    if not (bool(jnp.all(jnp.isfinite(x))) and bool(jnp.all(jnp.isfinite(y)))):
+        raise ValueError("task inputs and targets must be finite")
+    return x, y
+
+
+def search(model: SwatAutoencoder, x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray,
+           config: SearchConfig = SearchConfig()) -> SearchResult:
+    r"""Fit ``y ≈ f(x)`` by Adam on a latent point and a weight threshold, for ``config.starts`` starting
+    points (encodings of random members of the family) × every depth, all in one compiled ``vmap``;
+    keep the run whose hard network has the lowest training MSE."""
+    x, y = _check_task(x, y, model.positions.dtype)
+    return _search(model, x, y, key, config)
+
+
+@eqx.filter_jit
+def _search(model: SwatAutoencoder, x, y, key, config: SearchConfig) -> SearchResult:
+    k_starts, k_batches = jax.random.split(key)
+    members = jax.vmap(partial(random_mlp, dtype=x.dtype))(jax.random.split(k_starts, config.starts))
+    starts = jax.vmap(model.encode)(members)
+    decoder_params, decoder_static = eqx.partition(model.decoders, eqx.is_array)
+
+    def decode(z, depth, temperature):
+        decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], decoder_params), decoder_static)
+        return _spec_from_outputs(decoder(z), depth, temperature)
+
+    def run(z0, depth):
+        params = (jnp.arctanh(jnp.clip(z0, -0.999, 0.999)), jnp.ones((), z0.dtype))
+        loss_fn = lambda p, xb, yb, temperature: _objective(
+            decode(jnp.tanh(p[0]), depth, temperature), _threshold(p[1], config), xb, yb, temperature, config)
+        (u, relative_threshold), history = _run_adam(loss_fn, params, x, y, k_batches, config)
+        z, threshold = jnp.tanh(u), _threshold(relative_threshold, config)
+        hard = harden(decode(z, depth, None), threshold)
+        initial = mse(harden(decode(z0, depth, None), config.initial_threshold), x, y)
+        return hard, threshold, z, history, initial, mse(hard, x, y)
+
+    depths = jnp.arange(1, MAX_DEPTH + 1)
+    grid_z = jnp.repeat(starts, MAX_DEPTH, axis=0)
+    grid_depth = jnp.tile(depths, config.starts)
+    hard, threshold, z, history, initial, train_mse = jax.vmap(run)(grid_z, grid_depth)
+    best = jnp.argmin(jnp.where(jnp.isfinite(train_mse), train_mse, jnp.inf))
+    pick = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf[best], tree)
+    return SearchResult(pick(hard), threshold[best], z[best], history[best], initial[best])
+
+
+def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"], y: Float[Array, " N"],
+           key: PRNGKeyArray, config: SearchConfig = SearchConfig()) -> SearchResult:
+    """Continue the same objective (annealed again) on the parameters of the network decoded at the
+    found latent point — weights, biases, activation logits and neuron-mask logits — and the
+    threshold; the depth is kept. Returns the new hard network."""
+    x, y = _check_task(x, y, model.positions.dtype)
+    depth = result.network.depth
+    # the decoder's own mask logits (a temperature of 1 leaves them as they are)
+    decoded = jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], model.decode(result.latent, 1.0))
+    probability = jnp.clip(decoded.neuron_mask, 1e-6, 1 - 1e-6)
+    trainable = (decoded.weights, decoded.biases, decoded.activation_logits,
+                 jnp.log(probability) - jnp.log1p(-probability), decoded.output_weights, decoded.output_bias)
+    used = (jnp.arange(MAX_DEPTH) < depth).astype(decoded.weights.dtype)[:, None]
+
+    def as_spec(p, temperature):
+        weights, biases, logits, mask_logits, output_weights, output_bias = p
+        mask = relaxed_mask(mask_logits, temperature) * used
+        return MLPSpec(weights, biases, logits, mask, output_weights, output_bias, depth)
+
+    def loss_fn(params, xb, yb, temperature):
+        return _objective(as_spec(params[0], temperature), _threshold(params[1], config), xb, yb, temperature, config)
+
+    @eqx.filter_jit
+    def run(params):
+        (trained, relative_threshold), history = _run_adam(loss_fn, params, x, y, key, config)
+        threshold = _threshold(relative_threshold, config)
+        return harden(as_spec(trained, None), threshold), threshold, history
+
+    hard, threshold, history = run((trainable, result.threshold / config.initial_threshold))
+    return SearchResult(hard, threshold, result.latent, history, mse(result.network, x, y))
+
+
+def train_dense(x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray, depth: int,
+                config: SearchConfig = SearchConfig(), activation: int = 1, dtype=jnp.float32) -> MLPSpec:
+    """The comparison point: a fully connected member of the same depth with all 7 neurons per layer on
+    and one activation everywhere (default tanh), trained by the same Adam schedule (minibatches,
+    steps, learning rate) on the MSE alone."""
+    x, y = _check_task(x, y, dtype)
+    if not 1 <= depth <= MAX_DEPTH:
+        raise ValueError(f"depth must be in 1..{MAX_DEPTH}, got {depth}")
+    k_init, k_batches = jax.random.split(key)
+    exists = _connections(depth, dtype)
+    fan_in = jnp.where(jnp.arange(MAX_DEPTH) == 0, NUM_INPUTS, MAX_WIDTH).astype(dtype)
+    k_w, k_out = jax.random.split(k_init)
+    weights = jax.random.normal(k_w, (MAX_DEPTH, MAX_WIDTH, MAX_WIDTH), dtype) / jnp.sqrt(fan_in)[:, None, None] * exists
+    used = (jnp.arange(MAX_DEPTH) < depth).astype(dtype)[:, None] * jnp.ones((1, MAX_WIDTH), dtype)
+    logits = jax.nn.one_hot(jnp.full((MAX_DEPTH, MAX_WIDTH), activation), 3, dtype=dtype)
+    output_weights = jax.random.normal(k_out, (MAX_WIDTH,), dtype) / jnp.sqrt(float(MAX_WIDTH))
+
+    def as_spec(p):
+        return MLPSpec(p[0] * exists, p[1] * used, logits, used, p[2], p[3], jnp.asarray(depth))
+
+    loss_fn = lambda p, xb, yb, temperature: mse(as_spec(p), xb, yb)
+    params = (weights, jnp.zeros((MAX_DEPTH, MAX_WIDTH), dtype), output_weights, jnp.zeros((), dtype))
+    trained, _ = eqx.filter_jit(lambda p: _run_adam(loss_fn, p, x, y, k_batches, config))(params)
+    return as_spec(trained)

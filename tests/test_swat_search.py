@@ -1,0 +1,167 @@
+"""jaxnls.swat autoencoder and latent search: functional reconstruction of held-out random networks
+against the trivial baseline (each network's own mean output), latent fitting of a task, and the hard
+network's size and test error against a dense network of the same depth trained on the same budget;
+the regularisers, hardening and size counts against closed forms and an independent NumPy count; the
+latent objective's gradient against central differences."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import directional_difference
+
+from jaxnls.swat import (SearchConfig, SwatAutoencoder, evaluate_reconstruction, harden, load_autoencoder,
+                         load_pretrained, make_task, mse, save_autoencoder,
+                         network_size, random_mlp, refine, regularizers, search, soft_threshold, train_autoencoder,
+                         train_dense)
+from jaxnls.swat._family import MAX_DEPTH, MAX_WIDTH
+
+TRAIN_STEPS = 400
+SEARCH = SearchConfig(steps=300, starts=2)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model, losses = train_autoencoder(jax.random.PRNGKey(0), steps=TRAIN_STEPS, batch_size=32)
+    return model, np.asarray(losses)
+
+
+@pytest.fixture(scope="module")
+def matyas_fit(trained):
+    model, _ = trained
+    task = make_task("matyas", 0)
+    x, y = np.float32(task.x_train), np.float32(task.y_train)
+    found = search(model, x, y, jax.random.PRNGKey(1), SEARCH)
+    refined = refine(model, found, x, y, jax.random.PRNGKey(2), SEARCH)
+    dense = train_dense(x, y, jax.random.PRNGKey(3), int(refined.network.depth), SEARCH)
+    return task, found, refined, dense
+
+
+def test_reconstruction_of_held_out_networks_falls_well_below_the_trivial_baseline(trained):
+    model, losses = trained
+    figures = evaluate_reconstruction(model, jax.random.PRNGKey(99))  # networks never seen in training
+    assert figures["reconstruction"] < 0.35 * figures["baseline"], figures
+    assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_latent_fitting_lowers_the_task_loss(matyas_fit):
+    task, found, _, _ = matyas_fit
+    x, y = np.float32(task.x_train), np.float32(task.y_train)
+    assert float(mse(found.network, x, y)) < 0.7 * float(found.initial_train_mse)
+    assert float(jnp.mean(found.loss_history[-20:])) < 0.7 * float(jnp.mean(found.loss_history[:5]))
+    assert float(mse(found.network, x, y)) < np.var(y)  # better than the best constant
+
+
+def test_hard_network_is_sparser_than_a_dense_one_at_comparable_test_error(matyas_fit):
+    task, _, refined, dense = matyas_fit
+    xt, yt = np.float32(task.x_test), np.float32(task.y_test)
+    swat_error, dense_error = float(mse(refined.network, xt, yt)), float(mse(dense, xt, yt))
+    variance = float(np.var(yt))
+    # comparable: within twice the dense network's error, and explaining over 98 % of the test variance;
+    # with at most 80 % of its weights
+    assert swat_error <= 2.0 * dense_error and swat_error < 0.02 * variance, (swat_error, dense_error, variance)
+    assert int(network_size(refined.network)["nonzeros"]) <= 0.8 * int(network_size(dense)["nonzeros"])
+    # the hard network is a member of the family: 0/1 masks, one-hot activations, nothing below t
+    net = refined.network
+    assert set(np.unique(np.asarray(net.neuron_mask))) <= {0.0, 1.0}
+    np.testing.assert_array_equal(np.asarray(net.activation_logits).sum(-1), 1.0)
+    weights = np.asarray(net.weights)
+    assert np.all((weights == 0) | (np.abs(weights) >= float(refined.threshold)))
+
+
+def _numpy_size(net):
+    """Count what a person would: active neurons, and weights between active units (inputs always on)."""
+    mask, w = np.asarray(net.neuron_mask) > 0, np.asarray(net.weights)
+    depth, nonzeros = int(net.depth), 0
+    for layer in range(depth):
+        sources = [0, 1] if layer == 0 else [j for j in range(MAX_WIDTH) if mask[layer - 1, j]]
+        for j in range(MAX_WIDTH):
+            if mask[layer, j]:
+                nonzeros += sum(w[layer, j, i] != 0 for i in sources)
+    last = [j for j in range(MAX_WIDTH) if mask[depth - 1, j]]
+    nonzeros += sum(np.asarray(net.output_weights)[j] != 0 for j in last)
+    return int(mask[:depth].sum()), nonzeros
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_harden_and_size_against_an_independent_count(seed):
+    spec = random_mlp(jax.random.PRNGKey(seed), jnp.float64)
+    relaxed = eqx.tree_at(lambda s: s.neuron_mask, spec,
+                          jax.random.uniform(jax.random.PRNGKey(seed + 100), (MAX_DEPTH, MAX_WIDTH), jnp.float64)
+                          * spec.neuron_mask)
+    threshold = 0.3
+    hard = harden(relaxed, threshold)
+    neurons, nonzeros = _numpy_size(hard)
+    size = network_size(hard)
+    assert int(size["active_neurons"]) == neurons and int(size["nonzeros"]) == nonzeros
+    kept = np.asarray(relaxed.neuron_mask) > 0.5
+    np.testing.assert_array_equal(np.asarray(hard.neuron_mask) > 0, kept)
+    # at an extreme sharpness the soft threshold is the hard one, so the relaxed network with those
+    # masks computes what the hard network computes
+    soft, _, _ = soft_threshold(eqx.tree_at(lambda s: s.neuron_mask, relaxed, jnp.asarray(kept, jnp.float64)),
+                                threshold, 1e9)
+    x = jax.random.uniform(jax.random.PRNGKey(7), (64, 2), jnp.float64, -1.0, 1.0)
+    from jaxnls.swat import forward
+    np.testing.assert_allclose(forward(hard, x), forward(soft, x), rtol=1e-12, atol=1e-12)
+
+
+def test_regularizers_closed_forms():
+    spec = random_mlp(jax.random.PRNGKey(3), jnp.float64)
+    depth = int(spec.depth)
+    on = eqx.tree_at(lambda s: (s.neuron_mask, s.weights, s.output_weights), spec,
+                     (jnp.ones((MAX_DEPTH, MAX_WIDTH)) * (jnp.arange(MAX_DEPTH) < depth)[:, None],
+                      jnp.ones((MAX_DEPTH, MAX_WIDTH, MAX_WIDTH)), jnp.ones(MAX_WIDTH)))
+    _, gate, output_gate = soft_threshold(on, 0.5, 200.0)
+    values = regularizers(on, gate, output_gate)
+    # every neuron on and every weight 1 > t: all connections survive (σ(100) = 1 in float64)
+    np.testing.assert_allclose(values["sparsity"], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(values["compactness"], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(values["binarization"], 0.0, atol=1e-12)
+    half = eqx.tree_at(lambda s: s.neuron_mask, on, on.neuron_mask * 0.5)
+    values = regularizers(half, gate, output_gate)
+    np.testing.assert_allclose(values["binarization"], 1.0, rtol=1e-12)  # 4·½·½ on every used neuron
+    np.testing.assert_allclose(values["compactness"], 0.5, rtol=1e-12)
+
+
+def test_latent_objective_gradient_matches_central_differences():
+    model = SwatAutoencoder(jax.random.PRNGKey(0), latent_size=8, width=16, heads=2, decoder_width=16,
+                            dtype=jnp.float64)
+    task = make_task("booth", 0)
+    x, y = jnp.asarray(task.x_train[:64]), jnp.asarray(task.y_train[:64])
+    from jaxnls.swat._search import _objective
+    config = SearchConfig()
+
+    @jax.jit
+    def objective(z):
+        decoded = jax.tree_util.tree_map(lambda leaf: leaf[1], model.decode(jnp.tanh(z), 0.5))
+        return _objective(decoded, 0.02, x, y, 0.5, config)
+
+    z = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (8,), jnp.float64)
+    direction = jax.random.normal(jax.random.PRNGKey(2), (8,), jnp.float64)
+    np.testing.assert_allclose(jax.grad(objective)(z) @ direction, directional_difference(objective, z, direction),
+                               rtol=1e-6)
+
+
+def test_bad_input_is_rejected(trained):
+    model, _ = trained
+    x = np.zeros((10, 2), np.float32)
+    with pytest.raises(ValueError, match="inputs"):
+        search(model, np.zeros((10, 3)), np.zeros(10), jax.random.PRNGKey(0), SEARCH)
+    with pytest.raises(ValueError, match="finite"):
+        search(model, x, np.full(10, np.nan), jax.random.PRNGKey(0), SEARCH)
+    with pytest.raises(ValueError, match="depth"):
+        train_dense(x, np.zeros(10), jax.random.PRNGKey(0), 5)
+    with pytest.raises(ValueError, match="positive"):
+        train_autoencoder(jax.random.PRNGKey(0), steps=0)
+
+
+def test_shipped_autoencoder_reconstructs_held_out_networks(tmp_path):
+    model = load_pretrained()
+    figures = evaluate_reconstruction(model, jax.random.PRNGKey(31337), num_networks=128)
+    assert figures["reconstruction"] < 0.25 * figures["baseline"], figures
+    save_autoencoder(tmp_path / "copy.eqx", model)
+    copy = load_autoencoder(tmp_path / "copy.eqx")
+    assert copy.options == model.options
+    spec = random_mlp(jax.random.PRNGKey(5))
+    np.testing.assert_array_equal(copy.encode(spec), model.encode(spec))
