@@ -62,6 +62,8 @@ from typing import Literal
 
 import numpy as np
 
+from ._errors import FileFormatError
+
 __all__ = [
     "QUATERNION_TOLERANCE",
     "BALProblem",
@@ -86,14 +88,8 @@ __all__ = [
 QUATERNION_TOLERANCE = 1e-3
 
 
-class GraphFormatError(ValueError):
+class GraphFormatError(FileFormatError):
     """A pose-graph or BAL file that does not follow its format. ``str(err)`` is ``"FILE, line N: what"``."""
-
-    def __init__(self, path: str, line: int, message: str):
-        self.path = path
-        self.line = line
-        self.reason = message
-        super().__init__(f"{path}, line {line}: {message}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +106,29 @@ def _empty(*shape, dtype=np.float64) -> np.ndarray:
     return _readonly(np.zeros(shape, dtype=dtype), dtype)
 
 
+class _PoseGraph:
+    """What the 2-D and 3-D pose graphs share."""
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.pose_ids.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edges.shape[0])
+
+    def index_of(self, pose_id: int) -> int:
+        """Dense index of the pose with file id ``pose_id`` (``KeyError`` if there is none)."""
+        return _index_of(self.pose_ids, pose_id, "pose")
+
+    @property
+    def sqrt_information(self) -> np.ndarray:
+        """``(E, d, d)`` upper-triangular :math:`R` with :math:`R^\\top R` = :attr:`information`."""
+        return sqrt_information(self.information)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PoseGraph2D:
+class PoseGraph2D(_PoseGraph):
     """A 2-D pose graph, optionally with point landmarks. Arrays are read-only NumPy arrays.
 
     Attributes:
@@ -145,30 +162,13 @@ class PoseGraph2D:
     path: str | None = None
 
     @property
-    def num_poses(self) -> int:
-        return int(self.poses.shape[0])
-
-    @property
-    def num_edges(self) -> int:
-        return int(self.edges.shape[0])
-
-    def index_of(self, pose_id: int) -> int:
-        """Dense index of the pose with file id ``pose_id`` (``KeyError`` if there is none)."""
-        return _index_of(self.pose_ids, pose_id, "pose")
-
-    @property
-    def sqrt_information(self) -> np.ndarray:
-        """``(E, 3, 3)`` upper-triangular :math:`R` with :math:`R^\\top R` = :attr:`information`."""
-        return sqrt_information(self.information)
-
-    @property
     def landmark_sqrt_information(self) -> np.ndarray:
         """``(K, 2, 2)`` upper-triangular square roots of :attr:`landmark_information`."""
         return sqrt_information(self.landmark_information)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PoseGraph3D:
+class PoseGraph3D(_PoseGraph):
     """A 3-D pose graph. Arrays are read-only NumPy arrays; quaternions are ``[w, x, y, z]`` and unit.
 
     Attributes:
@@ -196,18 +196,6 @@ class PoseGraph3D:
     path: str | None = None
 
     @property
-    def num_poses(self) -> int:
-        return int(self.translations.shape[0])
-
-    @property
-    def num_edges(self) -> int:
-        return int(self.edges.shape[0])
-
-    def index_of(self, pose_id: int) -> int:
-        """Dense index of the pose with file id ``pose_id`` (``KeyError`` if there is none)."""
-        return _index_of(self.pose_ids, pose_id, "pose")
-
-    @property
     def poses_wxyz_xyz(self) -> np.ndarray:
         """``(N, 7)`` ``[qw, qx, qy, qz, x, y, z]``, the parameter layout of ``jaxlie.SE3``."""
         return np.concatenate([self.quaternions, self.translations], axis=-1)
@@ -216,11 +204,6 @@ class PoseGraph3D:
     def measurements_wxyz_xyz(self) -> np.ndarray:
         """``(E, 7)`` measurements in ``jaxlie.SE3`` layout."""
         return np.concatenate([self.measurement_quaternions, self.measurement_translations], axis=-1)
-
-    @property
-    def sqrt_information(self) -> np.ndarray:
-        """``(E, 6, 6)`` upper-triangular :math:`R` with :math:`R^\\top R` = :attr:`information`."""
-        return sqrt_information(self.information)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -29,17 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from ._errors import FileFormatError
+
 __all__ = ["NistFormatError", "NistModel", "NistProblem", "log_relative_error", "parse_nist", "read_nist"]
 
 
-class NistFormatError(ValueError):
+class NistFormatError(FileFormatError):
     """A NIST StRD file that does not follow the format. ``str(err)`` is ``"FILE, line N: what"``."""
-
-    def __init__(self, path: str, line: int, message: str):
-        self.path = path
-        self.line = line
-        self.reason = message
-        super().__init__(f"{path}, line {line}: {message}")
 
 
 # --------------------------------------------------------------------------------------------------
