@@ -226,7 +226,8 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
            key: PRNGKeyArray, config: SearchConfig = SearchConfig()) -> SearchResult:
     """Continue the same objective (annealed again) on the parameters of the network decoded at the
     found latent point — weights, biases, activation logits and neuron-mask logits — and the
-    threshold; the depth is kept. Returns the new hard network."""
+    threshold; the depth is kept. Returns the new hard network, or the search's own when that fits
+    the training data better; ``initial_train_mse`` is then the search's hard training error."""
     x, y = _check_task(x, y, model.positions.dtype)
     depth = result.network.depth
     # the decoder's own mask logits (a temperature of 1 leaves them as they are)
@@ -251,7 +252,13 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
         return harden(as_spec(trained, None), threshold), threshold, history
 
     hard, threshold, history = run((trainable, result.threshold / config.initial_threshold))
-    return SearchResult(hard, threshold, result.latent, history, mse(result.network, x, y))
+    before = mse(result.network, x, y)
+    # the re-annealed objective can end on a worse hard network than it started from (the penalties
+    # and the temperature schedule act on the relaxed one); keep whichever fits the training data better
+    better = mse(hard, x, y) <= before
+    chosen = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), (hard, threshold),
+                                    (result.network, result.threshold))
+    return SearchResult(*chosen, result.latent, history, before)
 
 
 def train_dense(x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray, depth: int,
