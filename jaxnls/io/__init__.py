@@ -1,6 +1,7 @@
 """Readers for reference problem files: NIST StRD regression problems, g2o / TORO pose graphs and
 BAL bundle-adjustment problems."""
 
+from ._errors import FileFormatError
 from .graph_files import (
     QUATERNION_TOLERANCE,
     BALProblem,
@@ -23,6 +24,7 @@ from .graph_files import (
 from .nist import NistFormatError, NistModel, NistProblem, log_relative_error, parse_nist, read_nist
 
 __all__ = [
+    "FileFormatError",
     "NistFormatError",
     "NistModel",
     "NistProblem",
