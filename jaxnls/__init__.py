@@ -26,6 +26,6 @@ __all__ = [
     "solve",
 ]
 
-from . import linalg, meta, nn, optim  # noqa: E402  (after the names they build on)
+from . import graph, linalg, manifolds, meta, nn, optim  # noqa: E402  (after the names they build on)
 
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
-"""Command line: ``jaxnls demo`` and ``jaxnls solve FILE.dat`` (NIST StRD nonlinear regression files).
+"""Command line: ``jaxnls demo`` and ``jaxnls solve FILE``, where FILE is a NIST StRD nonlinear
+regression ``.dat`` file, a g2o or TORO pose graph, or a BAL bundle-adjustment problem (the format is
+recognised from the file's records).
 
 Exit status: 0 on success, 1 when the solver did not converge (``solve``), 2 for a bad command line, a
-missing file or a malformed NIST file (the message, with the line number, goes to stderr).
+missing file or a malformed file (the message, with the line number, goes to stderr).
 """
 
 from __future__ import annotations
@@ -64,26 +66,38 @@ def _describe(problem) -> str:
 
 
 def _solve_command(args) -> int:
-    from .io import NistFormatError, read_nist
+    from .io import FileFormatError, detect_format
 
     try:
-        problem = read_nist(args.file)
-    except NistFormatError as err:
-        print(f"jaxnls: malformed NIST file: {err}", file=sys.stderr)
+        kind = detect_format(args.file)
+        if kind == "nist":
+            return _solve_nist(args)
+        return _solve_graph(args, kind)
+    except FileFormatError as err:
+        print(f"jaxnls: malformed file: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         print(f"jaxnls: cannot read {args.file}: {err.strerror or err}", file=sys.stderr)
         return 2
+
+
+def _solve_nist(args) -> int:
+    from .io import read_nist
+
+    problem = read_nist(args.file)
     import jax.numpy as jnp
 
     import jaxnls
 
+    if args.json or args.output:
+        print("jaxnls: --json and --output apply to pose-graph and BAL files", file=sys.stderr)
+        return 2
     print(_describe(problem))
     print()
     solver = make_solver(args.solver)
     start = time.perf_counter()
     sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[args.start - 1]), problem.args,
-                       solver=solver, max_steps=args.max_steps, verbose=args.verbose)
+                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose)
     sol.params.block_until_ready()
     elapsed = time.perf_counter() - start
     print(sol.summary())
@@ -91,6 +105,73 @@ def _solve_command(args) -> int:
     print()
     print(comparison_table(problem, sol.params, args.start))
     return 0 if bool(sol.converged) else 1
+
+
+#: iteration limit of graph solves from the command line
+GRAPH_MAX_STEPS = 100
+
+
+def _solve_graph(args, kind: str) -> int:
+    import json
+
+    import jax
+
+    import jaxnls
+    from jaxnls import graph
+    from jaxnls.graph._files import bal_graph_problem, pose_graph_problem, updated_bal, updated_pose_graph
+
+    from .io import read_bal, read_pose_graph, write_bal, write_g2o, write_toro
+
+    if kind == "bal":
+        problem = read_bal(args.file)
+        factor_graph = bal_graph_problem(problem)
+        description = (f"{args.file}: BAL bundle adjustment, {problem.cameras.shape[0]} cameras, "
+                       f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations")
+    else:
+        problem = read_pose_graph(args.file)
+        factor_graph = pose_graph_problem(problem)
+        description = (f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges")
+    if args.solver == "lm":
+        strategy = jaxnls.LevenbergMarquardt
+    else:
+        strategy = {"gn": jaxnls.GaussNewton, "dogleg": jaxnls.Dogleg}[args.solver]
+    linear = graph.PCG() if args.linear_solver == "pcg" else graph.SparseDirect()
+    solver = strategy(linear_solver=linear)
+    max_steps = args.max_steps or GRAPH_MAX_STEPS
+    verbose = args.verbose and not args.json
+
+    def run():
+        solution = graph.solve(factor_graph, solver=solver, max_steps=max_steps, verbose=verbose)
+        return jax.block_until_ready(solution)
+
+    start = time.perf_counter()
+    sol = run()
+    first = time.perf_counter() - start
+    seconds = None
+    if not verbose:  # the solve alone: the same call again, now compiled (a verbose log would repeat)
+        start = time.perf_counter()
+        sol = run()
+        seconds = time.perf_counter() - start
+    status = jaxnls.Status(int(sol.status))
+    if args.output:
+        if kind == "bal":
+            write_bal(args.output, updated_bal(problem, sol.params))
+        else:
+            write = write_toro if kind == "toro" else write_g2o
+            write(args.output, updated_pose_graph(problem, sol.params))
+    if args.json:
+        print(json.dumps({"file": args.file, "format": kind, "initial_cost": float(sol.initial_cost),
+                          "final_cost": float(sol.cost), "iterations": int(sol.num_steps), "seconds": seconds,
+                          "compile_seconds": first - seconds, "status": status.name,
+                          "converged": bool(status.converged), "solver": type(solver).__name__,
+                          "linear_solver": type(linear).__name__}))
+    else:
+        print(description)
+        print()
+        print(sol.summary())
+        alone = "" if seconds is None else f", {seconds:.3f} s for the solve alone"
+        print(f"Time: {first:.2f} s with compilation{alone}")
+    return 0 if status.converged else 1
 
 
 def _demo_command(args) -> int:
@@ -163,16 +244,26 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit a NIST problem shipped with jaxnls, then a batch of 1,024 fits")
     demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch (default 1024)")
-    solve = commands.add_parser("solve", help="fit a NIST StRD nonlinear regression .dat file")
-    solve.add_argument("file", help="path to a NIST StRD .dat file")
+    solve = commands.add_parser("solve", help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file")
+    solve.add_argument("file", help="path to the problem file (format recognised from its records)")
     solve.add_argument("--start", type=int, choices=(1, 2), default=1, help="NIST starting point (default 1)")
     solve.add_argument("--solver", choices=("lm", "gn", "dogleg"), default="lm",
-                       help="Levenberg-Marquardt (MINPACK's trust-region form), Gauss-Newton or dogleg (all on QR; default lm)")
-    solve.add_argument("--max-steps", type=int, default=MAX_STEPS, help=f"iteration limit (default {MAX_STEPS})")
+                       help="Levenberg-Marquardt, Gauss-Newton or dogleg (default lm; NIST files: all on QR, lm in "
+                            "MINPACK's trust-region form)")
+    solve.add_argument("--linear-solver", choices=("direct", "pcg"), default="direct",
+                       help="graphs: sparse direct (SuperLU) or block-Jacobi preconditioned CG (default direct)")
+    solve.add_argument("--max-steps", type=int, default=None,
+                       help=f"iteration limit (default {MAX_STEPS} for NIST files, {GRAPH_MAX_STEPS} for graphs)")
+    solve.add_argument("--json", action="store_true",
+                       help="graphs: print one JSON object (initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
+                            "seconds without compilation, status)")
+    solve.add_argument("--output", metavar="FILE", help="graphs: write the optimised problem, in the input's format")
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
     args = parser.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be at least 1")
+    if getattr(args, "max_steps", None) is not None and args.max_steps < 1:
+        parser.error("--max-steps must be at least 1")
     _enable_x64()
     if args.command == "demo":
         return _demo_command(args)

@@ -17,7 +17,8 @@ from ._jacobian import flat_residual_fn, residual_and_jacobian
 from .adjoint import AbstractAdjoint, Implicit
 from ._solution import Solution
 from ._status import MESSAGES, Status
-from .linear import Linearization
+from .linear import AbstractLinearization
+from .manifolds import EUCLIDEAN, ProductSpace, has_groups
 from .solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
 
 
@@ -207,7 +208,7 @@ class _LoopState(eqx.Module):
     """Per-problem loop state; every leaf leads with the batch axis."""
 
     x: Float[Array, "batch n"]
-    lin: Linearization
+    lin: AbstractLinearization
     cost: Float[Array, " batch"]
     initial_cost: Float[Array, " batch"]
     scale: Float[Array, "batch n"]
@@ -243,17 +244,60 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     args, static_args = eqx.partition(args, eqx.is_array)
     fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a, static_args)), unravel, x0.dtype)
     num_residuals = _check_residual(residual_fn, single_params, eqx.combine(_take(args, axes, 0), static_args))
-    evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
+    # Lie-group leaves (jaxnls.manifolds): x stays the ravelled ambient parameters, steps live in the
+    # tangent space and the Jacobian is taken w.r.t. the tangent perturbation δ at 0, r(x ⊕ δ)
+    if has_groups(single_params):
+        space = ProductSpace(single_params)
+        _check_manifold_solver(solver)
+        tangent = jnp.zeros((space.tangent_size,), x0.dtype)
+        evaluate = jax.vmap(
+            lambda x, a: residual_and_jacobian(lambda d, b: fn(space.retract_one(x, d), b), tangent, a,
+                                               num_residuals),
+            in_axes=(0, axes),
+        )
+    else:
+        space = EUCLIDEAN
+        evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
     differentiable_args = args
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
         x0, args = jax.lax.stop_gradient((x0, args))
 
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, x0.shape[0], ordered=True)
-    state = _initial_state(solver, x0, num_residuals)
+    state = _initial_state(solver, x0, num_residuals,
+                           tangent_size=None if space is EUCLIDEAN else space.tangent_size)
+    state = _run_loop(solver, evaluate, args, axes, state, max_steps, verbose, working_set, adjoint, space)
+
+    if space is EUCLIDEAN:
+        x, cost = adjoint.attach(fn, state.x, state.cost, state.status, differentiable_args, axes)
+    else:
+        # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
+        # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇
+        chart = lambda d, a: fn(space.retract_one(a[0], d), a[1])  # noqa: E731
+        anchor = state.x if adjoint.differentiates_iterations else jax.lax.stop_gradient(state.x)
+        delta, cost = adjoint.attach(chart, jnp.zeros((x0.shape[0], space.tangent_size), x0.dtype), state.cost,
+                                     state.status, (anchor, differentiable_args), (0, axes))
+        x = jax.vmap(space.retract_one)(state.x, delta)
+    params = jax.vmap(unravel)(x)
+    return _make_solution(solver, params, cost, state, batched, throw, num_residuals,
+                          x0.shape[1] if space is EUCLIDEAN else space.tangent_size)
+
+
+def _check_manifold_solver(solver):
+    from .solvers import IndirectLevenbergMarquardt
+
+    if isinstance(solver, IndirectLevenbergMarquardt):
+        raise NotImplementedError(
+            "IndirectLevenbergMarquardt sizes its damping from an eigendecomposition in the scaled "
+            "Euclidean variables and is not supported with Lie-group parameters; use LevenbergMarquardt() "
+            "or Dogleg()")
+
+
+def _run_loop(solver, evaluate, args, axes, state, max_steps, verbose, working_set, adjoint, space=EUCLIDEAN):
+    """Iterate every problem of ``state`` until it stops (the one loop every solve runs)."""
     packing = _Packing(state)
     iterate = lambda packed, a: packing.pack(  # noqa: E731
-        _iterate(solver, evaluate, a, packing.unpack(packed), max_steps, verbose)
+        _iterate(solver, evaluate, a, packing.unpack(packed), max_steps, verbose, space)
     )
     active = lambda packed: _active(packing.unpack(packed))  # noqa: E731
     if adjoint.differentiates_iterations:
@@ -265,10 +309,10 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         packed = jax.lax.while_loop(lambda p: _count(active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))
     else:
         packed = _working_set_loop(iterate, active, packing.pack(state), args, axes, working_set)
-    state = packing.unpack(packed)
+    return packing.unpack(packed)
 
-    x, cost = adjoint.attach(fn, state.x, state.cost, state.status, differentiable_args, axes)
-    params = jax.vmap(unravel)(x)
+
+def _make_solution(solver, params, cost, state, batched, throw, num_residuals, num_params) -> Solution:
     fields = dict(
         cost=cost,
         initial_cost=state.initial_cost,
@@ -284,7 +328,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         params=params,
         **fields,
         num_residuals=num_residuals,
-        num_params=x0.shape[1],
+        num_params=num_params,
         method=f"{type(solver).__name__}, {type(solver.linear_solver).__name__}",
     )
     if throw:
@@ -361,17 +405,17 @@ def _check_residual(residual_fn, single_params, single_args) -> int:
     return num_residuals
 
 
-def _gradient_converged(solver, lin: Linearization, cost) -> Bool[Array, " batch"]:
+def _gradient_converged(solver, lin: AbstractLinearization, cost) -> Bool[Array, " batch"]:
     """MINPACK's test: cos∠(J_j, r) <= gtol for every column j, or r = 0."""
-    column_norms = jnp.sqrt(jax.vmap(Linearization.diagonal)(lin))
+    column_norms = jnp.sqrt(jax.vmap(type(lin).diagonal)(lin))
     residual_norm = jnp.sqrt(2.0 * cost)
     bound = solver.gtol * column_norms * residual_norm[:, None]
     return (cost == 0) | jnp.all(jnp.abs(lin.gradient) <= bound, axis=-1)
 
 
-def _steepest_descent_gain(lin: Linearization, scale) -> Float[Array, " batch"]:
+def _steepest_descent_gain(lin: AbstractLinearization, scale) -> Float[Array, " batch"]:
     """Model decrease ½(gᵀu)²/‖Ju‖² at the best point along the scaled gradient u = g/D."""
-    _, slope, length = jax.vmap(Linearization.steepest_descent)(lin, scale)
+    _, slope, length = jax.vmap(type(lin).steepest_descent)(lin, scale)
     return jnp.where(slope > 0, 0.5 * slope * length, 0.0)
 
 
@@ -386,23 +430,26 @@ def _linearize(solver, evaluate, x, args):
     lin = _select(x_finite, lin, jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, jnp.nan), lin))
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
     # which are n + 1 numbers per problem instead of m·n
-    diagonal = jax.vmap(Linearization.diagonal)(lin)
+    diagonal = jax.vmap(type(lin).diagonal)(lin)
     finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal), axis=-1)
     return lin, cost, finite
 
 
-def _initial_state(solver, x0, num_residuals) -> _LoopState:
+def _initial_state(solver, x0, num_residuals, tangent_size=None, jacobian=None) -> _LoopState:
     """Placeholder state: the first loop iteration evaluates x0, so the residual and Jacobian are
-    compiled once (in the loop body), not twice."""
+    compiled once (in the loop body), not twice. ``tangent_size``: the step's length where it differs
+    from x's (Lie groups); ``jacobian``: the shapes ``evaluate`` returns for J where it is not a dense
+    (batch, m, n) array (a block-sparse graph)."""
     batch, n = x0.shape
+    n = n if tangent_size is None else tangent_size
     lin_shape = jax.eval_shape(
         jax.vmap(solver.linear_solver.linearize),
         jax.ShapeDtypeStruct((batch, num_residuals), x0.dtype),
-        jax.ShapeDtypeStruct((batch, num_residuals, n), x0.dtype),
+        jax.ShapeDtypeStruct((batch, num_residuals, n), x0.dtype) if jacobian is None else jacobian,
     )
     lin = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), lin_shape)
-    ones = jnp.ones_like(x0)
-    control_shape = jax.eval_shape(jax.vmap(solver.init_control), lin, ones, x0)
+    ones = jnp.ones_like(x0) if tangent_size is None else jnp.ones((batch, n), x0.dtype)
+    control_shape = jax.eval_shape(jax.vmap(solver.init_control), lin, ones, ones)
     control = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype), control_shape)
     zero_cost = jnp.zeros(batch, x0.dtype)
     counts = jnp.zeros(batch, jnp.int32)
@@ -500,18 +547,20 @@ def _select(mask, new, old):
     )
 
 
-def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose: bool) -> _LoopState:
+def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose: bool, space=EUCLIDEAN) -> _LoopState:
     """One trial step for every running problem: propose, evaluate r and J once, accept or reject,
-    adapt the control, test the tolerances. The first call evaluates x0 instead."""
+    adapt the control, test the tolerances. The first call evaluates x0 instead.
+
+    ``space`` supplies the trial point ``x ⊕ δ`` and the parameter sizes of the scale-aware tests
+    (:mod:`jaxnls.manifolds`); its Euclidean default is ``x + δ`` and ``x``, op for op."""
     started = state.started
     running = started & (state.status == Status.RUNNING)
     step, proposed_control = jax.vmap(solver.propose)(state.lin, state.scale, state.control)
-    trial = state.x + jnp.where(running[:, None], step, 0.0)
     # the step actually taken: what survives rounding in x + δ (all of it is lost at a large |x|)
-    step = trial - state.x
+    trial, step = space.retract(state.x, jnp.where(running[:, None], step, 0.0))
     trial_lin, trial_cost, finite = _linearize(solver, evaluate, trial, args)
 
-    curvature = jax.vmap(Linearization.curvature)(state.lin, step)
+    curvature = jax.vmap(type(state.lin).curvature)(state.lin, step)
     predicted = -(jnp.sum(state.lin.gradient * step, axis=-1) + 0.5 * curvature)
     # Near the minimum the cost difference drowns in the rounding noise of the residuals
     # (eps·|model| per residual, far above eps·|r| on small-residual fits), while the Gauss-Newton
@@ -529,17 +578,21 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     accepted = running & consistent & (ratio > solver.acceptance)
     updated_control = jax.vmap(solver.update_control)(proposed_control, accepted, ratio, step, state.scale)
 
-    trial_diagonal = jax.vmap(Linearization.diagonal)(trial_lin)
+    trial_diagonal = jax.vmap(type(trial_lin).diagonal)(trial_lin)
     take = accepted | ~started
     x = jnp.where(take[:, None], trial, state.x)
     lin = _select(take, trial_lin, state.lin)
     cost = jnp.where(take, trial_cost, state.cost)
-    scale = jnp.where(
-        started[:, None], jnp.where(accepted[:, None], jnp.maximum(state.scale, trial_diagonal), state.scale),
-        jnp.where(trial_diagonal > 0, trial_diagonal, 1.0),
-    )
+    if solver.scaling == "running_max":
+        scale = jnp.where(
+            started[:, None], jnp.where(accepted[:, None], jnp.maximum(state.scale, trial_diagonal), state.scale),
+            jnp.where(trial_diagonal > 0, trial_diagonal, 1.0),
+        )
+    else:  # "current": Ceres' diag(JᵀJ) at the current point, clamped to [1e-6, 1e32]
+        scale = jnp.where(take[:, None], jnp.clip(trial_diagonal, 1e-6, 1e32), state.scale)
     control = _select(
-        started, _select(running, updated_control, state.control), jax.vmap(solver.init_control)(lin, scale, x)
+        started, _select(running, updated_control, state.control),
+        jax.vmap(solver.init_control)(lin, scale, space.magnitude(x)),
     )
 
     # A rejected step only proves convergence when the model agrees that no direction helps: even
@@ -548,7 +601,7 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
     descent_exhausted = _steepest_descent_gain(state.lin, state.scale) <= solver.ftol * state.cost
     eps = jnp.finfo(cost.dtype).eps
     unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
-    small_step = jnp.all(jnp.abs(step) <= solver.rtol * jnp.abs(state.x) + solver.atol, axis=-1)
+    small_step = jnp.all(jnp.abs(step) <= solver.rtol * jnp.abs(space.magnitude(state.x)) + solver.atol, axis=-1)
     # An accepted step that gained less than ftol·cost ends the solve (Ceres' rule: it also stops a
     # crawl along a valley towards infinity, where the model keeps over-promising); a rejected step
     # only when the model, too, promises no more than ftol·cost.
@@ -559,10 +612,10 @@ def _iterate(solver, evaluate, args, state: _LoopState, max_steps: int, verbose:
         & (accepted | ((predicted <= solver.ftol * state.cost) & descent_exhausted))
     )
     parameter_converged = (small_step & (accepted | (unchanged & descent_exhausted))) | (
-        finite & jax.vmap(solver.steps_within_tolerance)(control, x, scale)
+        finite & jax.vmap(solver.steps_within_tolerance)(control, space.magnitude(x), scale)
     )
     gradient_converged = _gradient_converged(solver, lin, cost)
-    stalled = jax.vmap(solver.stalled)(control, x, scale)
+    stalled = jax.vmap(solver.stalled)(control, space.magnitude(x), scale)
     num_steps = state.num_steps + running
     outcome = _first_true(
         [(gradient_converged, Status.CONVERGED_GRADIENT), (function_converged, Status.CONVERGED_FUNCTION),

@@ -1,5 +1,5 @@
 """Step solvers for the (damped) Gauss-Newton system ``(JᵀJ + diag(d)) δ = -Jᵀr``."""
 
-from ._dense import AbstractLinearSolver, Cholesky, Linearization, QR
+from ._dense import QR, AbstractLinearization, AbstractLinearSolver, Cholesky, Linearization
 
-__all__ = ["AbstractLinearSolver", "Cholesky", "Linearization", "QR"]
+__all__ = ["AbstractLinearSolver", "AbstractLinearization", "Cholesky", "Linearization", "QR"]

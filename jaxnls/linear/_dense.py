@@ -28,7 +28,36 @@ from .._numerics import safe_sqrt
 _UNROLL_MAX = 8
 
 
-class Linearization(eqx.Module):
+class AbstractLinearization(eqx.Module):
+    """What the solve loop reads of one problem's linearisation ``r + J δ`` (δ in the tangent space).
+
+    The loop and the strategies use only ``gradient`` (Jᵀr), :meth:`diagonal` (diag JᵀJ),
+    :meth:`curvature` (‖Jv‖²), :meth:`steepest_descent` and their linear solver's ``solve``; a dense
+    (:class:`Linearization`) and a block-sparse (:class:`jaxnls.graph.BlockSparseLinearization`)
+    implementation exist.
+    """
+
+    # every implementation has the field ``gradient: Float[Array, " n"]`` (Jᵀr)
+
+    @abc.abstractmethod
+    def diagonal(self) -> Float[Array, " n"]:
+        """Squared column norms of J, i.e. diag(JᵀJ)."""
+
+    @abc.abstractmethod
+    def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
+        """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
+
+    def steepest_descent(self, scale: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
+        """The scaled steepest-descent direction ``u = g / scale``, the slope ``gᵀu`` and the length
+        ``t = gᵀu / ‖Ju‖²`` minimising the model along ``-u`` (inf where the model has no curvature)."""
+        direction = self.gradient / scale
+        slope = self.gradient @ direction
+        curvature = self.curvature(direction)
+        length = jnp.where(curvature > 0, slope / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
+        return direction, slope, length
+
+
+class Linearization(AbstractLinearization):
     """What a step solver keeps of one linearisation ``r + J δ``.
 
     ``jacobian``/``residual`` are kept only by solvers that need them (QR); the normal-equation
@@ -59,15 +88,6 @@ class Linearization(eqx.Module):
         if self.gram is not None:
             return jnp.sum(v[:, None] * self.gram * v[None, :])
         return jnp.sum(jnp.sum(self.jacobian * v[None, :], axis=1) ** 2)
-
-    def steepest_descent(self, scale: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
-        """The scaled steepest-descent direction ``u = g / scale``, the slope ``gᵀu`` and the length
-        ``t = gᵀu / ‖Ju‖²`` minimising the model along ``-u`` (inf where the model has no curvature)."""
-        direction = self.gradient / scale
-        slope = self.gradient @ direction
-        curvature = self.curvature(direction)
-        length = jnp.where(curvature > 0, slope / jnp.where(curvature > 0, curvature, 1.0), jnp.inf)
-        return direction, slope, length
 
 
 class AbstractLinearSolver(eqx.Module):

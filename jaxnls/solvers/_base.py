@@ -53,6 +53,15 @@ class AbstractLeastSquaresSolver(eqx.Module):
     ftol: float = 1e-8
     gtol: float = 1e-10
     linear_solver: AbstractLinearSolver = Cholesky()
+    #: The scaling D of the damping / trust region: ``"running_max"`` (default) the running maximum of
+    #: diag(JᵀJ) over accepted points (MINPACK); ``"current"`` diag(JᵀJ) at the current point, clamped to
+    #: [1e-6, 1e32] (Ceres). A running max never forgets large early columns: on a pose graph started far
+    #: off (w10000: cost 2.8e7) it over-damps the rotations for hundreds of steps; use ``"current"`` there.
+    scaling: str = eqx.field(static=True, default="running_max")
+
+    def __check_init__(self):
+        if self.scaling not in ("running_max", "current"):
+            raise ValueError(f"scaling must be 'running_max' or 'current', got {self.scaling!r}")
 
     #: Column heading of the control value in the verbose log.
     control_label: ClassVar[str] = "control"

@@ -1,0 +1,39 @@
+r"""Factor graphs: thousands of variables (stacked jaxlie groups or Euclidean blocks) and tens of
+thousands of small cost terms, solved with a block-sparse Jacobian that is never densified.
+
+.. code-block:: python
+
+    import jaxlie, jaxnls
+    graph = jaxnls.graph.FactorGraph(
+        variables={"pose": poses0},                                    # SE2 stacked: (N, 4)
+        costs=[
+            jaxnls.graph.CostGroup(jaxnls.graph.between, ("pose", "pose"), edges, measured, sqrt_info),
+            jaxnls.graph.CostGroup(jaxnls.graph.prior, ("pose",), [[0]], anchor, 1e6 * jnp.eye(3)[None]),
+        ],
+    )
+    sol = jaxnls.graph.solve(graph)                                    # Dogleg + sparse direct (SuperLU)
+    sol = jaxnls.graph.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jaxnls.graph.PCG()))
+
+Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
+"""
+
+from ._factors import between, from_gtsam_pose3, prior, sqrt_information
+from ._graph import CostGroup, FactorGraph
+from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, SparseDirect
+from ._schur import SchurPCG
+from ._solve import solve
+
+__all__ = [
+    "PCG",
+    "SchurPCG",
+    "AbstractGraphLinearSolver",
+    "BlockSparseLinearization",
+    "CostGroup",
+    "FactorGraph",
+    "SparseDirect",
+    "between",
+    "from_gtsam_pose3",
+    "prior",
+    "solve",
+    "sqrt_information",
+]

@@ -1,0 +1,338 @@
+r"""Factor graphs: variables stacked by kind, cost terms grouped by kind, a block-sparse Jacobian.
+
+A problem is
+
+.. math::  c(X) = \tfrac12 \sum_{g}\sum_{e=1}^{E_g} \big\| L_{g,e}\, f_g(X_{i_{e,1}}, \dots, X_{i_{e,a}}, \text{data}_{g,e}) \big\|^2
+           = \tfrac12\sum \|r\|^2_{Σ},\qquad L^\top L = Σ^{-1} = Ω,
+
+(GTSAM's ``graph.error(values)``), where every variable kind is a stack of N jaxlie groups or an
+``(N, d)`` array, and a :class:`CostGroup` ``g`` holds ``E_g`` terms of the same residual function
+``f_g``. Each group is evaluated with ONE ``vmap``; each term's Jacobian with respect to the tangent
+perturbations of its ``a`` variables, :math:`\partial r / \partial(δ_1, \dots, δ_a)` at 0 with
+:math:`X \oplus δ = X\operatorname{Exp}(δ)` (:mod:`jaxnls.manifolds`), is one ``jacfwd`` of shape
+``(k, d_1 + … + d_a)``. The Jacobian of the whole problem is these blocks and their column indices:
+it is never assembled densely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..manifolds import is_group, retract
+
+
+class _Static:
+    """A NumPy integer array as a static (hashable, compared-by-content) value of a pytree, so graph
+    structure is part of the compilation key and known on the host (the sparse direct solver's
+    symbolic pattern is built from it once)."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+        self._key = (self.array.shape, self.array.dtype.str, hashlib.sha1(self.array.tobytes()).hexdigest())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key == other._key
+
+    def __repr__(self):
+        return f"_Static(shape={self.array.shape})"
+
+
+class CostGroup(eqx.Module):
+    r"""``E`` cost terms sharing one residual function.
+
+    Args:
+        residual_fn: ``residual_fn(x_1, ..., x_a, data) -> r`` of ONE term, ``r`` of shape ``(k,)``;
+            ``x_j`` is one variable of kind ``kinds[j]`` (a jaxlie group or a ``(d,)`` array) and
+            ``data`` one row of ``data`` (None when no data is given).
+        kinds: the variable kind of each of the ``a`` arguments (keys of ``FactorGraph.variables``).
+        indices: ``(E, a)`` integers: term ``e`` connects variable ``indices[e, j]`` of kind ``kinds[j]``.
+        data: a pytree whose leaves lead with ``E`` (e.g. the measured relative poses, a stacked group).
+        sqrt_information: ``(E, k, k)`` or ``(k, k)`` (shared) square root ``L`` of the information
+            matrix, :math:`L^\top L = Σ^{-1}`; the term's cost is :math:`\tfrac12\|L r\|^2`. None: identity.
+        loss: reserved for robust losses (``jaxnls.losses``): a callable ``(r̃, J̃) -> (r̂, Ĵ)`` applied
+            to each whitened term's residual ``(k,)`` and Jacobian ``(k, D)`` (Triggs' correction), so
+            the loop minimises :math:`\tfrac12\sum ρ(\|L r\|^2)`. None: plain least squares.
+
+    With ``solve(..., batched=True)`` every array of ``data`` and ``sqrt_information`` carries a leading
+    batch axis before ``E``; ``indices`` (the structure) is shared by the batch.
+    """
+
+    residual_fn: Callable = eqx.field(static=True)
+    kinds: tuple[str, ...] = eqx.field(static=True)
+    indices: _Static = eqx.field(static=True)
+    data: Any
+    sqrt_information: Any
+    loss: Any = eqx.field(static=True)
+
+    def __init__(self, residual_fn, kinds, indices, data=None, sqrt_information=None, loss=None):
+        if not callable(residual_fn):
+            raise TypeError(f"CostGroup: residual_fn must be callable, got {residual_fn!r}")
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        indices = np.asarray(indices)
+        if indices.ndim == 1 and len(kinds) == 1:
+            indices = indices[:, None]
+        if indices.ndim != 2 or indices.shape[1] != len(kinds):
+            raise ValueError(f"CostGroup: indices must have shape (E, {len(kinds)}) (one column per kind in "
+                             f"{kinds}), got {indices.shape}")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise TypeError(f"CostGroup: indices must be integers, got dtype {indices.dtype}")
+        self.residual_fn = residual_fn
+        self.kinds = kinds
+        self.indices = _Static(indices.astype(np.int64))
+        self.data = data
+        self.sqrt_information = None if sqrt_information is None else jnp.asarray(sqrt_information)
+        self.loss = loss
+
+    @property
+    def num_terms(self) -> int:
+        return self.indices.array.shape[0]
+
+
+class FactorGraph(eqx.Module):
+    r"""Variables and cost groups of one problem (or of a batch with one structure).
+
+    Args:
+        variables: a mapping kind → stacked variables: a jaxlie group holding N elements (e.g.
+            ``jaxlie.SE2`` with ``unit_complex_xy`` of shape ``(N, 4)``) or an ``(N, d)`` array. These
+            are the starting values. With ``solve(..., batched=True)`` every leaf leads with the batch axis.
+        costs: the :class:`CostGroup` s.
+        fixed: optional mapping kind → indices of variables held at their starting values (their
+            Jacobian columns are zeroed; an alternative to a strong prior for removing the gauge freedom).
+
+    The tangent vector of the whole problem lists the kinds in sorted order (``jax.tree`` order of a
+    dict), each kind's variables one after another, each with its ``d`` tangent coordinates.
+    """
+
+    variables: dict
+    costs: tuple
+    fixed: tuple = eqx.field(static=True)
+
+    def __init__(self, variables: Mapping[str, Any], costs: Sequence[CostGroup], fixed: Mapping | None = None):
+        if not isinstance(variables, Mapping) or not variables:
+            raise TypeError("FactorGraph: variables must be a non-empty mapping kind -> stacked variables")
+        self.variables = {str(k): (v if is_group(v) else jnp.asarray(v)) for k, v in variables.items()}
+        costs = (costs,) if isinstance(costs, CostGroup) else tuple(costs)
+        if not costs or not all(isinstance(c, CostGroup) for c in costs):
+            raise TypeError("FactorGraph: costs must be a non-empty sequence of CostGroup")
+        self.costs = costs
+        fixed = dict(fixed or {})
+        for kind in fixed:
+            if kind not in self.variables:
+                raise ValueError(f"FactorGraph: fixed names kind {kind!r}, which is not among the variables "
+                                 f"{sorted(self.variables)}")
+        self.fixed = tuple(sorted((k, _Static(np.asarray(v, np.int64).ravel())) for k, v in fixed.items()))
+
+
+def _stack_count(leaf, batched: bool) -> tuple[int, int]:
+    """(N, d) of a variable kind (without the batch axis)."""
+    if is_group(leaf):
+        shape = leaf.parameters().shape[:-1]
+        shape = shape[1:] if batched else shape
+        if len(shape) != 1:
+            raise ValueError(f"a variable kind must be a stack of N groups (batch axes {shape})")
+        return shape[0], type(leaf).tangent_dim
+    shape = jnp.shape(leaf)[1:] if batched else jnp.shape(leaf)
+    if len(shape) != 2:
+        raise ValueError(f"a Euclidean variable kind must be an (N, d) array, got shape {shape}")
+    return shape[0], shape[1]
+
+
+class GraphStructure:
+    """Host-side structure of a graph (from shapes and indices only): the tangent layout and, per cost
+    group, the column indices of its Jacobian blocks. Compared by identity (it is built once per trace)."""
+
+    def __init__(self, graph: FactorGraph, batched: bool):
+        kinds = sorted(graph.variables)
+        self.kinds = kinds
+        self.count, self.dim, self.offset = {}, {}, {}
+        offset = 0
+        for kind in kinds:
+            n, d = _stack_count(graph.variables[kind], batched)
+            self.count[kind], self.dim[kind], self.offset[kind] = n, d, offset
+            offset += n * d
+        self.n = offset
+        free = {kind: np.ones(self.count[kind], bool) for kind in kinds}
+        for kind, idx in graph.fixed:
+            if idx.array.size and (idx.array.min() < 0 or idx.array.max() >= self.count[kind]):
+                raise ValueError(f"FactorGraph: fixed[{kind!r}] has indices outside [0, {self.count[kind]})")
+            free[kind][idx.array] = False
+        self.groups = []
+        for g, cost in enumerate(graph.costs):
+            idx = cost.indices.array
+            columns, masks, dims = [], [], []
+            for j, kind in enumerate(cost.kinds):
+                if kind not in self.count:
+                    raise ValueError(f"CostGroup {g} ({_name(cost)}): kind {kind!r} is not among the variables "
+                                     f"{kinds}")
+                col = idx[:, j]
+                if col.size and (col.min() < 0 or col.max() >= self.count[kind]):
+                    bad = col[(col < 0) | (col >= self.count[kind])][0]
+                    raise ValueError(f"CostGroup {g} ({_name(cost)}): indices[:, {j}] has {bad}, outside "
+                                     f"[0, {self.count[kind]}) for kind {kind!r}")
+                d = self.dim[kind]
+                dims.append(d)
+                columns.append(self.offset[kind] + col[:, None] * d + np.arange(d)[None, :])
+                masks.append(np.repeat(free[kind][col][:, None], d, axis=1))
+            mask = np.concatenate(masks, axis=1)
+            self.groups.append(dict(
+                kinds=cost.kinds, dims=tuple(dims), columns=np.concatenate(columns, axis=1).astype(np.int32),
+                mask=None if mask.all() else mask.astype(np.float64), num_terms=idx.shape[0], indices=idx,
+            ))
+        self._pattern = None
+
+    def split(self, vector, sizes):
+        out, start = [], 0
+        for size in sizes:
+            out.append(vector[start:start + size])
+            start += size
+        return out
+
+    # -- products with J (one problem) ---------------------------------------------------------------
+
+    def transpose_times(self, blocks, pieces):
+        """Jᵀu for ``pieces[g]`` of shape (E_g, k_g)."""
+        contributions = [jnp.einsum("ekd,ek->ed", jac, u) for jac, u in zip(blocks, pieces)]
+        return self.scatter(contributions)
+
+    def scatter(self, per_column):
+        """Sum per-term column values (E_g, D_g) into the flat tangent vector (n,)."""
+        out = jnp.zeros((self.n,), per_column[0].dtype)
+        for values, group in zip(per_column, self.groups):
+            out = out.at[group["columns"]].add(values)
+        return out
+
+    def times(self, blocks, v):
+        """J v as per-group pieces (E_g, k_g)."""
+        return [jnp.einsum("ekd,ed->ek", jac, v[group["columns"]]) for jac, group in zip(blocks, self.groups)]
+
+    def block_diagonal(self, blocks):
+        """The d×d diagonal blocks of JᵀJ, per kind (N, d, d)."""
+        out = {kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), blocks[0].dtype)
+               for kind in self.kinds}
+        for jac, group in zip(blocks, self.groups):
+            cost_idx = group["indices"]
+            start = 0
+            for j, (kind, d) in enumerate(zip(group["kinds"], group["dims"])):
+                part = jac[:, :, start:start + d]
+                out[kind] = out[kind].at[cost_idx[:, j]].add(jnp.einsum("eka,ekb->eab", part, part))
+                start += d
+        return out
+
+    def flat_to_kinds(self, v):
+        return {kind: v[self.offset[kind]:self.offset[kind] + self.count[kind] * self.dim[kind]].reshape(
+            self.count[kind], self.dim[kind]) for kind in self.kinds}
+
+    def kinds_to_flat(self, parts):
+        return jnp.concatenate([jnp.ravel(parts[kind]) for kind in self.kinds])
+
+    # -- the sparsity pattern of JᵀJ + D (host side, built once) --------------------------------------
+
+    def pattern(self):
+        r"""The CSR pattern of :math:`J^\top J + \mathrm{diag}(d)` (symmetric, so also its CSC pattern):
+        ``(indptr, indices, rows, position, diagonal_at)`` where ``position`` maps each entry of the concatenated
+        contributions ``[vec(J_eᵀJ_e) for every term e of every group, d]`` to its slot in the CSR data."""
+        if self._pattern is None:
+            n = self.n
+            keys = [(g["columns"][:, :, None].astype(np.int64) * n + g["columns"][:, None, :]).ravel()
+                    for g in self.groups]
+            keys.append(np.arange(n, dtype=np.int64) * (n + 1))
+            unique, position = np.unique(np.concatenate(keys), return_inverse=True)
+            rows, cols = np.divmod(unique, n)
+            indptr = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
+            self._pattern = (indptr, cols.astype(np.int32), rows.astype(np.int32), position.astype(np.int32),
+                             np.flatnonzero(rows == cols))
+        return self._pattern
+
+
+def _name(cost) -> str:
+    return getattr(cost.residual_fn, "__name__", type(cost.residual_fn).__name__)
+
+
+def validate(graph: FactorGraph, batched: bool) -> GraphStructure:
+    """Check shapes and indices at trace time and build the structure."""
+    structure = GraphStructure(graph, batched)
+    batch = None
+    if batched:
+        sizes = {int(np.shape(leaf)[0]) for leaf in jax.tree_util.tree_leaves(graph.variables)}
+        if len(sizes) != 1:
+            raise ValueError(f"batched=True but the variables disagree on the batch size: {sorted(sizes)}")
+        batch = sizes.pop()
+    for g, (cost, k) in enumerate(zip(graph.costs, residual_size(graph, batched))):
+        lead = (batch, cost.num_terms) if batched else (cost.num_terms,)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(cost.data)[0]:
+            if tuple(np.shape(leaf)[:len(lead)]) != lead:
+                raise ValueError(f"CostGroup {g} ({_name(cost)}): data{jax.tree_util.keystr(path)} has shape "
+                                 f"{np.shape(leaf)}; its leading axes must be {lead} "
+                                 f"({'batch, ' if batched else ''}one row per term)")
+        if cost.sqrt_information is not None:
+            shape = cost.sqrt_information.shape[1:] if batched else cost.sqrt_information.shape
+            if batched and cost.sqrt_information.shape[0] != batch:
+                raise ValueError(f"CostGroup {g} ({_name(cost)}): batched=True but sqrt_information has leading "
+                                 f"size {cost.sqrt_information.shape[0]}, not the batch size {batch}")
+            if len(shape) not in (2, 3) or shape[-2:] != (k, k) or (len(shape) == 3 and shape[0] != cost.num_terms):
+                raise ValueError(f"CostGroup {g} ({_name(cost)}): sqrt_information must be (E, k, k) or (k, k) "
+                                 f"with E = {cost.num_terms}, k = {k} (the residual's size), got {shape}")
+    return structure
+
+
+def term_evaluator(cost: CostGroup, group: dict, dtype):
+    """``(variables of E terms, data, L) -> (r (E, k), J (E, k, D))`` with one vmap over the terms."""
+    dims = group["dims"]
+    total = sum(dims)
+
+    def one_term(variables, data, sqrt_information):
+        def fn(delta):
+            moved = [retract(v, p) for v, p in zip(variables, _split(delta, dims))]
+            r = jnp.ravel(cost.residual_fn(*moved, data)).astype(dtype)
+            if sqrt_information is not None:
+                r = sqrt_information @ r
+            return r, r
+
+        jac, r = jax.jacfwd(fn, has_aux=True)(jnp.zeros((total,), dtype))
+        if cost.loss is not None:
+            r, jac = cost.loss(r, jac)
+        return r, jac
+
+    def evaluate(variables, data, sqrt_information):
+        l_axis = None if sqrt_information is None or sqrt_information.ndim == 2 else 0
+        r, jac = jax.vmap(one_term, in_axes=(0, 0, l_axis))(variables, data, sqrt_information)
+        if group["mask"] is not None:
+            jac = jac * jnp.asarray(group["mask"], dtype)[:, None, :]
+        return r, jac
+
+    return evaluate
+
+
+def _split(delta, dims):
+    out, start = [], 0
+    for d in dims:
+        out.append(delta[start:start + d])
+        start += d
+    return out
+
+
+def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
+    """k of every cost group (from shapes)."""
+    sizes = []
+    for cost in graph.costs:
+        def first(tree, lead):
+            return jax.tree_util.tree_map(lambda leaf: leaf[(0,) * lead], tree)
+
+        lead = 2 if batched else 1
+        variables = [first(graph.variables[kind], lead) for kind in cost.kinds]
+        data = first(cost.data, lead)
+        out = jax.eval_shape(lambda v, d: cost.residual_fn(*v, d), variables, data)
+        sizes.append(int(math.prod(out.shape)))
+    return sizes
+

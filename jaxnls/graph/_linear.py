@@ -1,0 +1,207 @@
+r"""Block-sparse linearisation and the step solvers for factor graphs.
+
+Per problem the loop solves :math:`(J^\top J + \mathrm{diag}(d))\,δ = -J^\top r` with :math:`J` held as
+per-term blocks (``(E, k, D)`` per cost group, with their column indices). Nothing here forms an
+``n×n`` or ``m×n`` dense matrix:
+
+- :class:`PCG`: conjugate gradients on the normal equations, matrix-free
+  (:math:`v \mapsto J^\top(Jv) + d \odot v`, two block products and one scatter-add), preconditioned
+  by the inverses of the ``d×d`` diagonal blocks of :math:`J^\top J + \mathrm{diag}(d)` (block Jacobi).
+- :class:`SparseDirect`: :math:`J^\top J + \mathrm{diag}(d)` assembled in CSR from the blocks (its
+  pattern is computed once on the host from the graph's indices) and factored by SuperLU
+  (``scipy.sparse.linalg.splu``, fill-reducing column ordering) through ``jax.pure_callback``.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..linear import AbstractLinearization, AbstractLinearSolver
+from ..linear._dense import pivot_floor
+from ._graph import GraphStructure
+
+
+class BlockSparseLinearization(AbstractLinearization):
+    """``r + J δ`` of one graph problem: ``gradient`` = Jᵀr (n,) and the Jacobian blocks per cost group."""
+
+    gradient: Float[Array, " n"]
+    blocks: tuple
+    structure: GraphStructure = eqx.field(static=True)
+
+    def diagonal(self):
+        return self.structure.scatter([jnp.sum(jac**2, axis=1) for jac in self.blocks])
+
+    def curvature(self, v):
+        return sum(jnp.sum(piece**2) for piece in self.structure.times(self.blocks, v))
+
+    def normal_times(self, v):
+        """JᵀJ v (matrix-free)."""
+        return self.structure.transpose_times(self.blocks, self.structure.times(self.blocks, v))
+
+    def block_diagonal(self):
+        return self.structure.block_diagonal(self.blocks)
+
+
+class AbstractGraphLinearSolver(AbstractLinearSolver):
+    """A step solver for :func:`jaxnls.graph.solve`; the solve binds the graph's structure to it."""
+
+    structure: GraphStructure | None = eqx.field(static=True, default=None, kw_only=True)
+
+    def linearize(self, residual, jacobian):
+        structure = self.structure
+        if structure is None:
+            raise TypeError(f"{type(self).__name__} solves factor graphs: use it with jaxnls.graph.solve")
+        sizes = [jac.shape[0] * jac.shape[1] for jac in jacobian]
+        pieces = [piece.reshape(jac.shape[:2]) for piece, jac in zip(structure.split(residual, sizes), jacobian)]
+        return BlockSparseLinearization(gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian),
+                                        structure=structure)
+
+    @abc.abstractmethod
+    def solve(self, lin: BlockSparseLinearization, damping):
+        """δ with ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
+
+
+def _block_jacobi(lin: BlockSparseLinearization, damping):
+    """The preconditioner v ↦ blockdiag(JᵀJ + diag(d))⁻¹ v, each d×d block Jacobi-scaled and
+    pivot-floored before inversion (a fixed variable's zero block gives a finite inverse)."""
+    structure = lin.structure
+    blocks = lin.block_diagonal()
+    damping_parts = structure.flat_to_kinds(damping)
+    inverses = {}
+    for kind in structure.kinds:
+        eye = jnp.eye(structure.dim[kind], dtype=damping.dtype)
+        inverses[kind] = invert_blocks(blocks[kind] + damping_parts[kind][:, :, None] * eye[None])
+
+    def apply(v):
+        parts = structure.flat_to_kinds(v)
+        return structure.kinds_to_flat({k: jnp.einsum("nij,nj->ni", inverses[k], parts[k]) for k in structure.kinds})
+
+    return apply
+
+
+def invert_blocks(blocks):
+    """Inverses of a stack of symmetric positive (semi)definite ``(N, d, d)`` blocks, each Jacobi-scaled to
+    unit diagonal and pivot-floored (``10·d·ε``) first, so a zero or singular block gives a finite inverse."""
+    d = blocks.shape[-1]
+    eye = jnp.eye(d, dtype=blocks.dtype)
+    diag = jnp.diagonal(blocks, axis1=1, axis2=2)
+    scale = jnp.where(diag > 0, jax.lax.rsqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)
+    scaled = blocks * scale[:, :, None] * scale[:, None, :] + pivot_floor(d, blocks.dtype) * eye[None]
+    return jnp.linalg.inv(scaled) * scale[:, :, None] * scale[:, None, :]
+
+
+class PCG(AbstractGraphLinearSolver):
+    r"""Block-Jacobi preconditioned conjugate gradients on :math:`(J^\top J + \mathrm{diag}(d))δ = -J^\top r`.
+
+    Stops when :math:`\|J^\top J δ + dδ + J^\top r\| \le` ``rtol`` :math:`\cdot\|J^\top r\|` or after
+    ``max_steps`` iterations (the step is then inexact; the outer loop measures its actual gain, so
+    an inexact step is only less efficient, never wrong). Each iteration costs two passes over the
+    Jacobian blocks. Pure JAX: runs on any backend and under ``vmap``.
+    """
+
+    rtol: float = 1e-6
+    max_steps: int = 500
+
+    def solve(self, lin, damping):
+        precondition = _block_jacobi(lin, damping)
+        rhs = -lin.gradient
+        return conjugate_gradient(lambda v: lin.normal_times(v) + damping * v, precondition, rhs, self.rtol,
+                                  self.max_steps)
+
+
+def conjugate_gradient(matvec, precondition, rhs, rtol, max_steps):
+    """Preconditioned CG from 0 for a symmetric positive (semi)definite operator (one problem)."""
+    threshold = (rtol * jnp.linalg.norm(rhs)) ** 2
+    z = precondition(rhs)
+    initial = (jnp.zeros((), jnp.int32), jnp.zeros_like(rhs), rhs, z, rhs @ z)
+
+    def keep_going(state):
+        i, _, r, _, rz = state
+        return (i < max_steps) & (r @ r > threshold) & (rz > 0)
+
+    def step(state):
+        i, x, r, p, rz = state
+        ap = matvec(p)
+        pap = p @ ap
+        alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        z = precondition(r)
+        rz_new = jnp.where(pap > 0, r @ z, 0.0)  # breakdown (no curvature along p): stop here
+        p = z + (rz_new / jnp.where(rz > 0, rz, 1.0)) * p
+        return i + 1, x, r, p, rz_new
+
+    return jax.lax.while_loop(keep_going, step, initial)[1]
+
+
+class SparseDirect(AbstractGraphLinearSolver):
+    r"""Sparse LU (SuperLU, ``scipy.sparse.linalg.splu``) of :math:`J^\top J + \mathrm{diag}(d)`.
+
+    The matrix is assembled in CSR from the per-term products :math:`J_e^\top J_e` (summed on the host
+    into the pattern computed once from the graph's indices), Jacobi-scaled to unit diagonal, its pivots
+    floored at ``10·n·ε`` like the dense solvers', and factored on the host through
+    ``jax.pure_callback`` (under ``vmap``: one factorisation per problem, in sequence).
+    ``ordering`` is SuperLU's ``permc_spec``: ``"MMD_AT_PLUS_A"`` (default; minimum degree on the
+    symmetric pattern, the right choice for a symmetric matrix factored with symmetric mode),
+    ``"COLAMD"``, ``"MMD_ATA"`` or ``"NATURAL"``. Requires scipy (imported on first use). CPU-side: on
+    an accelerator every iteration copies the matrix to the host and back.
+    """
+
+    ordering: str = eqx.field(static=True, default="MMD_AT_PLUS_A")
+
+    def __check_init__(self):
+        if self.ordering not in ("MMD_AT_PLUS_A", "COLAMD", "MMD_ATA", "NATURAL"):
+            raise ValueError(f"SparseDirect(ordering=...) must be one of MMD_AT_PLUS_A, COLAMD, MMD_ATA, NATURAL; "
+                             f"got {self.ordering!r}")
+
+    def solve(self, lin, damping):
+        _scipy()
+        structure = lin.structure
+        indptr, indices, rows, position, diagonal_at = structure.pattern()
+        # the per-term products JₑᵀJₑ (and d) are summed into the CSR data on the host: np.bincount over
+        # the static positions takes ~15 ms on w10000 (2.3M contributions), XLA:CPU's scatter-add ~120 ms
+        contributions = jnp.concatenate([jnp.einsum("eka,ekb->eab", jac, jac).ravel() for jac in lin.blocks]
+                                        + [damping])
+        nnz = indices.shape[0]
+        n = structure.n
+        floor = pivot_floor(n, damping.dtype)
+        ordering = self.ordering
+
+        def host_solve(contributions, rhs):
+            sparse, linalg = _scipy()
+            data = np.bincount(position, weights=np.asarray(contributions, np.float64), minlength=nnz)
+            rhs = np.asarray(rhs, np.float64)
+            diagonal = data[diagonal_at]
+            scale = np.where(diagonal > 0, 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
+            scaled = data * scale[rows] * scale[indices]
+            scaled[diagonal_at] += floor
+            matrix = sparse.csc_matrix((scaled, indices, indptr), shape=(n, n))
+            try:
+                factor = linalg.splu(matrix, permc_spec=ordering, diag_pivot_thresh=0.0,
+                                     options=dict(SymmetricMode=True))
+                x = factor.solve(rhs * scale) * scale
+            except RuntimeError:  # exactly singular beyond the floor: the scaled gradient direction
+                x = rhs * scale**2
+            if not np.all(np.isfinite(x)):
+                x = rhs * scale**2
+            return x.astype(dtype)
+
+        dtype = damping.dtype
+        return jax.pure_callback(host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, -lin.gradient,
+                                 vmap_method="sequential")
+
+
+def _scipy():
+    try:
+        import scipy.sparse as sparse
+        import scipy.sparse.linalg as linalg
+    except ImportError as err:  # pragma: no cover - scipy is installed with the test extras
+        raise ImportError("jaxnls.graph.SparseDirect needs scipy (pip install scipy); "
+                          "jaxnls.graph.PCG() needs nothing beyond JAX") from err
+    return sparse, linalg

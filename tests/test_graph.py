@@ -1,0 +1,278 @@
+"""Factor graphs: GTSAM's factor errors and LM results as truth, the dense Jacobian of the flattened
+problem for the block-sparse structure, independent solves for batches."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+jaxlie = pytest.importorskip("jaxlie")
+
+import jaxnls  # noqa: E402
+from jaxnls import graph as jg  # noqa: E402
+
+SOLVERS = {
+    "sparse-direct": jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect()),
+    "pcg": jaxnls.LevenbergMarquardt(linear_solver=jg.PCG(rtol=1e-10)),
+}
+
+
+# -- GTSAM files as arrays (until jaxnls.io ships its readers) -------------------------------------
+
+
+def _pose2_row(p):
+    return [np.cos(p.theta()), np.sin(p.theta()), p.x(), p.y()]
+
+
+def _pose3_row(p):
+    return np.asarray(jaxlie.SE3.from_matrix(jnp.asarray(p.matrix())).wxyz_xyz)
+
+
+def _load(gtsam, name, is3d):
+    path = gtsam.findExampleDataFile(name)
+    factors, initial = gtsam.readG2o(path, True) if is3d else gtsam.load2D(path)
+    row, group = (_pose3_row, jaxlie.SE3) if is3d else (_pose2_row, jaxlie.SE2)
+    edges, measured, sqrt_info = [], [], []
+    for i in range(factors.size()):
+        factor = factors.at(i)
+        edges.append(list(factor.keys()))
+        measured.append(row(factor.measured()))
+        sqrt_info.append(factor.noiseModel().R())
+    keys = sorted(initial.keys())
+    assert keys == list(range(len(keys)))
+    at = initial.atPose3 if is3d else initial.atPose2
+    poses = group(jnp.asarray(np.array([row(at(k)) for k in keys])))
+    sqrt_info = np.stack(sqrt_info)
+    if is3d:  # GTSAM's Pose3 tangent is (ω, v), jaxlie's (v, ω)
+        sqrt_info = np.asarray(jg.from_gtsam_pose3(sqrt_info))
+    return factors, initial, poses, np.array(edges), group(jnp.asarray(np.array(measured))), sqrt_info
+
+
+def _anchored(gtsam, name, is3d, sigma=1e-6):
+    """Our graph and GTSAM's, both with the same strong prior on pose 0 (gauge)."""
+    factors, initial, poses, edges, measured, sqrt_info = _load(gtsam, name, is3d)
+    d = 6 if is3d else 3
+    prior = gtsam.PriorFactorPose3 if is3d else gtsam.PriorFactorPose2
+    at = initial.atPose3 if is3d else initial.atPose2
+    factors = gtsam.NonlinearFactorGraph(factors)
+    factors.add(prior(0, at(0), gtsam.noiseModel.Diagonal.Sigmas(np.full(d, sigma))))
+    anchor = jax.tree_util.tree_map(lambda leaf: leaf[:1], poses)
+    graph = jg.FactorGraph({"pose": poses}, [
+        jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
+        jg.CostGroup(jg.prior, ("pose",), [[0]], anchor, jnp.eye(d)[None] / sigma),
+    ])
+    return graph, factors, initial
+
+
+def _gtsam_lm(gtsam, factors, initial):
+    params = gtsam.LevenbergMarquardtParams()
+    params.setRelativeErrorTol(1e-14)
+    params.setAbsoluteErrorTol(1e-14)
+    params.setMaxIterations(200)
+    return factors.error(gtsam.LevenbergMarquardtOptimizer(factors, initial, params).optimize())
+
+
+# -- factor errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is3d", [False, True], ids=["pose2", "pose3"])
+def test_between_and_prior_equal_gtsam_errors(is3d):
+    gtsam = pytest.importorskip("gtsam")
+    rng = np.random.default_rng(1)
+    d = 6 if is3d else 3
+
+    def random_pose():
+        if is3d:
+            return gtsam.Pose3(gtsam.Rot3.Expmap(rng.normal(size=3)), rng.normal(size=3))
+        return gtsam.Pose2(*rng.normal(size=3))
+
+    row, group = (_pose3_row, jaxlie.SE3) if is3d else (_pose2_row, jaxlie.SE2)
+    for _ in range(5):
+        a, b, z = random_pose(), random_pose(), random_pose()
+        cov = np.cov(rng.normal(size=(d, 3 * d)))
+        noise = gtsam.noiseModel.Gaussian.Covariance(cov)
+        between = (gtsam.BetweenFactorPose3 if is3d else gtsam.BetweenFactorPose2)(0, 1, z, noise)
+        prior = (gtsam.PriorFactorPose3 if is3d else gtsam.PriorFactorPose2)(0, z, noise)
+        values = gtsam.Values()
+        values.insert(0, a)
+        values.insert(1, b)
+        ga, gb, gz = (group(jnp.asarray(row(p))) for p in (a, b, z))
+        ours = jg.between(ga, gb, gz)
+        theirs = between.unwhitenedError(values)
+        information = np.linalg.inv(cov)
+        if is3d:  # compare in GTSAM's (ω, v) order
+            ours = jnp.concatenate([ours[3:], ours[:3]])
+        np.testing.assert_allclose(ours, theirs, atol=1e-10)
+        root = jg.sqrt_information(jg.from_gtsam_pose3(information) if is3d else information)
+        whitened = root @ jg.between(ga, gb, gz)
+        np.testing.assert_allclose(0.5 * whitened @ whitened, between.error(values), rtol=1e-9)
+        ours_prior = root @ jg.prior(ga, gz)
+        np.testing.assert_allclose(0.5 * ours_prior @ ours_prior, prior.error(values), rtol=1e-9)
+
+
+def test_initial_cost_equals_gtsam_graph_error_on_a_file():
+    gtsam = pytest.importorskip("gtsam")
+    graph, factors, initial = _anchored(gtsam, "w100.graph", False)
+    sol = jg.solve(graph, max_steps=0)
+    np.testing.assert_allclose(float(sol.initial_cost), factors.error(initial), rtol=1e-9)
+
+
+# -- solves against GTSAM's Levenberg-Marquardt ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name,is3d", [("w100.graph", False), ("pose3example.txt", True)], ids=["w100", "pose3"])
+@pytest.mark.parametrize("linear", list(SOLVERS), ids=list(SOLVERS))
+def test_pose_graph_final_cost_equals_gtsam(name, is3d, linear):
+    gtsam = pytest.importorskip("gtsam")
+    graph, factors, initial = _anchored(gtsam, name, is3d)
+    sol = jg.solve(graph, solver=SOLVERS[linear])
+    assert bool(sol.converged), jaxnls.Status(int(sol.status))
+    np.testing.assert_allclose(float(sol.cost), _gtsam_lm(gtsam, factors, initial), rtol=1e-6)
+    group = jaxlie.SE3 if is3d else jaxlie.SE2
+    assert isinstance(sol.params["pose"], group)
+
+
+def test_fixed_pose_instead_of_a_prior():
+    gtsam = pytest.importorskip("gtsam")
+    graph, factors, initial = _anchored(gtsam, "w100.graph", False)
+    fixed = jg.FactorGraph(graph.variables, graph.costs[:1], fixed={"pose": [0]})
+    sol = jg.solve(fixed)
+    assert bool(sol.converged)
+    np.testing.assert_array_equal(sol.params["pose"].parameters()[0], graph.variables["pose"].parameters()[0])
+    np.testing.assert_allclose(float(sol.cost), _gtsam_lm(gtsam, factors, initial), rtol=1e-6)
+
+
+# -- the block-sparse structure against the dense Jacobian ------------------------------------------
+
+
+def observe(pose, landmark, seen):
+    """A landmark seen in a pose's frame (a Euclidean variable kind next to SE2 poses)."""
+    return pose.inverse().apply(landmark) - seen
+
+
+def _tiny_graph(key=0, noise=0.1):
+    """5 SE2 poses and 2 Euclidean landmarks: odometry, a loop closure, range-bearing-like offsets."""
+    rng = np.random.default_rng(key)
+    truth = [jaxlie.SE2.from_xy_theta(float(i), 0.2 * i, 0.3 * i) for i in range(5)]
+    poses = jaxlie.SE2(jnp.stack([p.unit_complex_xy for p in truth]))
+    noisy = jax.vmap(lambda p, t: p @ jaxlie.SE2.exp(t))(poses, jnp.asarray(noise * rng.normal(size=(5, 3))))
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]])
+    measured = jax.vmap(lambda a, b: a.inverse() @ b)(
+        jax.tree_util.tree_map(lambda leaf: leaf[edges[:, 0]], poses),
+        jax.tree_util.tree_map(lambda leaf: leaf[edges[:, 1]], poses))
+    landmarks = jnp.asarray(rng.normal(size=(2, 2)) * 3)
+    sightings = np.array([[0, 0], [1, 0], [3, 1], [4, 1]])
+
+    seen = jnp.stack([truth[i].inverse().apply(landmarks[j]) for i, j in sightings])
+    sqrt_info = jnp.asarray(np.triu(rng.normal(size=(5, 3, 3))) + 3 * np.eye(3))
+    return jg.FactorGraph(
+        {"pose": noisy, "landmark": landmarks + 0.2},
+        [jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
+         jg.CostGroup(observe, ("pose", "landmark"), sightings, seen),
+         jg.CostGroup(jg.prior, "pose", [0], jax.tree_util.tree_map(lambda leaf: leaf[:1], poses),
+                      10 * jnp.eye(3))],
+    )
+
+
+def test_block_sparse_linearization_equals_the_dense_jacobian():
+    from jaxnls.graph._graph import term_evaluator, validate
+    from jaxnls.manifolds import ProductSpace
+
+    graph = _tiny_graph()
+    structure = validate(graph, False)
+    space = ProductSpace(graph.variables)
+    x = ravel_pytree(graph.variables)[0]
+
+    def flat_residual(delta):  # the whole problem as one dense function of the tangent vector
+        values = space.retract_params(graph.variables, delta)
+        out = []
+        for cost in graph.costs:
+            args = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
+                    for k, c in zip(cost.kinds, cost.indices.array.T)]
+            r = jax.vmap(lambda *a: jnp.ravel(cost.residual_fn(*a[:-1], a[-1])))(*args, cost.data)
+            if cost.sqrt_information is not None:
+                L = jnp.broadcast_to(cost.sqrt_information, (r.shape[0],) + cost.sqrt_information.shape[-2:])
+                r = jnp.einsum("eij,ej->ei", L, r)
+            out.append(jnp.ravel(r))
+        return jnp.concatenate(out)
+
+    n = structure.n
+    assert n == 5 * 3 + 2 * 2
+    dense = jax.jit(jax.jacfwd(flat_residual))(jnp.zeros(n))
+    residual = jax.jit(flat_residual)(jnp.zeros(n))
+
+    @jax.jit
+    def sparse(x):
+        blocks, pieces = [], []
+        values = space.unravel(x)
+        for cost, group in zip(graph.costs, structure.groups):
+            variables = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
+                         for k, c in zip(cost.kinds, group["indices"].T)]
+            r, jac = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information)
+            blocks.append(jac)
+            pieces.append(jnp.ravel(r))
+        return blocks, pieces
+
+    blocks, pieces = sparse(x)
+    np.testing.assert_allclose(jnp.concatenate(pieces), residual, atol=1e-12)
+    solver = jg.PCG(structure=structure)
+    lin = solver.linearize(jnp.concatenate(pieces), tuple(blocks))
+    np.testing.assert_allclose(lin.gradient, dense.T @ residual, atol=1e-10)
+    np.testing.assert_allclose(lin.diagonal(), jnp.sum(dense**2, axis=0), atol=1e-10)
+    v = jax.random.normal(jax.random.PRNGKey(0), (n,))
+    np.testing.assert_allclose(lin.curvature(v), jnp.sum((dense @ v) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(lin.normal_times(v), dense.T @ (dense @ v), atol=1e-10)
+    damping = jnp.linspace(0.1, 1.0, n)
+    expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
+    np.testing.assert_allclose(jg.PCG(rtol=1e-13, structure=structure).solve(lin, damping), expected, rtol=1e-8)
+    np.testing.assert_allclose(jg.SparseDirect(structure=structure).solve(lin, damping), expected, rtol=1e-8)
+
+
+# -- batches -------------------------------------------------------------------------------------------
+
+
+def test_batched_graphs_solve_together_and_a_bad_one_does_not_poison_the_rest():
+    graphs = [_tiny_graph(key=k) for k in range(3)]
+    batch = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *graphs)
+    # problem 1's measurements blow up: its solve fails alone
+    bad = batch.costs[1].data.at[1].set(jnp.nan)
+    batch = jg.FactorGraph(batch.variables, [batch.costs[0], jg.CostGroup(
+        batch.costs[1].residual_fn, ("pose", "landmark"), batch.costs[1].indices.array, bad), batch.costs[2]])
+    solver = SOLVERS["sparse-direct"]
+    sols = jg.solve(batch, solver=solver, batched=True)
+    assert bool(sols.converged[0]) and bool(sols.converged[2])
+    assert int(sols.status[1]) == jaxnls.Status.NONFINITE_START
+    for k in (0, 2):
+        single = jg.solve(graphs[k], solver=solver)
+        np.testing.assert_allclose(sols.cost[k], single.cost, rtol=1e-8, atol=1e-20)  # (zero-residual fits)
+        np.testing.assert_allclose(sols.params["landmark"][k], single.params["landmark"], atol=1e-10)
+
+
+# -- bad input -------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_give_clear_errors():
+    graph = _tiny_graph()
+    between = graph.costs[0]
+    with pytest.raises(ValueError, match=r"indices\[:, 1\] has 7, outside \[0, 5\)"):
+        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), [[0, 7]],
+                                                                jax.tree_util.tree_map(lambda l: l[:1], between.data))]))
+    with pytest.raises(ValueError, match="leading axes must be"):
+        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), [[0, 1], [1, 2]],
+                                                                jax.tree_util.tree_map(lambda l: l[:1], between.data))]))
+    with pytest.raises(ValueError, match=r"indices must have shape \(E, 2\)"):
+        jg.CostGroup(jg.between, ("pose", "pose"), [[0, 1, 2]])
+    with pytest.raises(ValueError, match="not among the variables"):
+        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.prior, "camera", [0], between.data)]))
+    with pytest.raises(ValueError, match="sqrt_information must be"):
+        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), between.indices.array,
+                                                                between.data, jnp.eye(2))]))
+    poses = graph.variables["pose"]
+    broken = jaxlie.SE2(poses.unit_complex_xy.at[3, 2].set(jnp.inf))
+    with pytest.raises(ValueError, match=r"non-finite starting value at index \(3,\)"):
+        jg.solve(jg.FactorGraph({**graph.variables, "pose": broken}, graph.costs))
+    with pytest.raises(TypeError, match="SparseDirect"):
+        jg.solve(graph, solver=jaxnls.LevenbergMarquardt())
+    with pytest.raises(NotImplementedError, match="IndirectLevenbergMarquardt"):
+        jg.solve(graph, solver=jaxnls.IndirectLevenbergMarquardt(linear_solver=jg.PCG()))

@@ -1,0 +1,86 @@
+"""jaxnls.graph.SchurPCG: its step equals the dense solution of the damped normal equations of a small
+bundle adjustment problem (dense Jacobian by jacfwd, for the test only), a full solve with it ends
+where the sparse direct solver's does, and misuse is rejected clearly."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnls import LevenbergMarquardt
+from jaxnls import graph as jg
+from jaxnls.graph._files import bal_graph_problem, bal_reprojection
+from jaxnls.graph._graph import term_evaluator, validate
+from jaxnls.io import BALProblem
+
+
+def _problem(num_cameras=4, num_points=20, seed=1):
+    rng = np.random.default_rng(seed)
+    cameras = np.array([np.concatenate([rng.normal(scale=0.1, size=3), [rng.normal(), rng.normal(), -10.0],
+                                        [400.0 + 10 * c, 1e-3, 1e-5]]) for c in range(num_cameras)])
+    points = rng.normal(scale=2.0, size=(num_points, 3))
+    # every point in three of the four cameras: sparse visibility, 120 residuals for 96 unknowns
+    pairs = [(c, p) for p in range(num_points) for c in (p % num_cameras, (p + 1) % num_cameras,
+                                                         (p + 2) % num_cameras)]
+    camera_index, point_index = (np.array(v) for v in zip(*pairs))
+    observed = np.stack([np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2)))
+                         for c, p in pairs]) + rng.normal(scale=0.5, size=(len(pairs), 2))
+    start = BALProblem(cameras=cameras + np.concatenate([rng.normal(scale=0.01, size=(num_cameras, 6)),
+                                                         np.zeros((num_cameras, 3))], axis=1),
+                       points=points + rng.normal(scale=0.05, size=points.shape), camera_index=camera_index,
+                       point_index=point_index, observations=observed)
+    return bal_graph_problem(start)
+
+
+def _linearization(graph, solver_cls=jg.SchurPCG, **options):
+    structure = validate(graph, False)
+    cost = graph.costs[0]
+    variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
+    r, jac = term_evaluator(cost, structure.groups[0], jnp.float64)(variables, cost.data, None)
+    solver = solver_cls(structure=structure, **options)
+    return solver, solver.linearize(jnp.ravel(r), (jac,)), structure
+
+
+def _dense(graph):
+    cost = graph.costs[0]
+    cams, pts = graph.variables["camera"], graph.variables["point"]
+    ci, pi = cost.indices.array.T
+
+    def residual(x):  # kinds in sorted order: camera then point
+        c = x[:cams.size].reshape(cams.shape)
+        p = x[cams.size:].reshape(pts.shape)
+        return jnp.ravel(jax.vmap(bal_reprojection)(c[ci], p[pi], cost.data))
+
+    x = jnp.concatenate([jnp.ravel(cams), jnp.ravel(pts)])
+    return jax.jacfwd(residual)(x), residual(x)
+
+
+def test_schur_step_equals_the_dense_damped_solve():
+    graph = _problem()
+    dense, residual = _dense(graph)
+    solver, lin, structure = _linearization(graph, rtol=1e-14, max_steps=1000)
+    np.testing.assert_allclose(lin.gradient, dense.T @ residual, rtol=1e-10, atol=1e-8)
+    damping = 1e-3 * jnp.diag(dense.T @ dense) + 1e-6
+    expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
+    step = solver.solve(lin, damping)
+    np.testing.assert_allclose(step, expected, rtol=1e-7, atol=1e-9 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_solve_with_schur_matches_sparse_direct():
+    graph = _problem()
+    direct = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SparseDirect()), max_steps=200)
+    schur = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG()), max_steps=200)
+    assert bool(direct.converged) and bool(schur.converged)
+    np.testing.assert_allclose(float(schur.cost), float(direct.cost), rtol=1e-7)
+
+
+def test_misuse_is_rejected():
+    graph = _problem()
+    with pytest.raises(ValueError, match="no variable kind"):
+        jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG(eliminate="landmark")))
+    between = jg.FactorGraph({"point": jnp.zeros((3, 3))},
+                             [jg.CostGroup(jg.between, ("point", "point"), [[0, 1], [1, 2]], jnp.ones((2, 3)))])
+    with pytest.raises(ValueError, match="second variable kind|connects two"):
+        jg.solve(between, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG()))
