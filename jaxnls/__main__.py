@@ -94,7 +94,7 @@ def _solve_nist(args) -> int:
         return 2
     print(_describe(problem))
     print()
-    solver = make_solver(args.solver)
+    solver = make_solver(args.solver or "lm")
     start = time.perf_counter()
     sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[args.start - 1]), problem.args,
                        solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose)
@@ -131,10 +131,9 @@ def _solve_graph(args, kind: str) -> int:
         problem = read_pose_graph(args.file)
         factor_graph = pose_graph_problem(problem)
         description = (f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges")
-    if args.solver == "lm":
-        strategy = jaxnls.LevenbergMarquardt
-    else:
-        strategy = {"gn": jaxnls.GaussNewton, "dogleg": jaxnls.Dogleg}[args.solver]
+    # dogleg by default: on large pose graphs (w10000) the Nielsen LM damping crawls (see jaxnls.graph.solve)
+    strategy = {"lm": jaxnls.LevenbergMarquardt, "gn": jaxnls.GaussNewton,
+                "dogleg": jaxnls.Dogleg}[args.solver or "dogleg"]
     linear = graph.PCG() if args.linear_solver == "pcg" else graph.SparseDirect()
     solver = strategy(linear_solver=linear)
     max_steps = args.max_steps or GRAPH_MAX_STEPS
@@ -247,9 +246,9 @@ def main(argv=None) -> int:
     solve = commands.add_parser("solve", help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file")
     solve.add_argument("file", help="path to the problem file (format recognised from its records)")
     solve.add_argument("--start", type=int, choices=(1, 2), default=1, help="NIST starting point (default 1)")
-    solve.add_argument("--solver", choices=("lm", "gn", "dogleg"), default="lm",
-                       help="Levenberg-Marquardt, Gauss-Newton or dogleg (default lm; NIST files: all on QR, lm in "
-                            "MINPACK's trust-region form)")
+    solve.add_argument("--solver", choices=("lm", "gn", "dogleg"), default=None,
+                       help="Levenberg-Marquardt, Gauss-Newton or dogleg (default: lm for NIST files, all on QR, lm in "
+                            "MINPACK's trust-region form; dogleg for graphs)")
     solve.add_argument("--linear-solver", choices=("direct", "pcg"), default="direct",
                        help="graphs: sparse direct (SuperLU) or block-Jacobi preconditioned CG (default direct)")
     solve.add_argument("--max-steps", type=int, default=None,
