@@ -19,6 +19,7 @@ from ._solution import Solution
 from ._status import MESSAGES, Status
 from .linear import AbstractLinearization
 from .manifolds import EUCLIDEAN, ProductSpace, has_groups
+from .losses import AbstractRobustLoss
 from .solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
 
 
@@ -35,6 +36,7 @@ def solve(
     throw: bool = False,
     working_set: int | str | None = "auto",
     adjoint: AbstractAdjoint = Implicit(),
+    loss: AbstractRobustLoss | None = None,
 ) -> Solution:
     r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
 
@@ -71,6 +73,10 @@ def solve(
             iterations are not differentiated, so ``params0`` gets no gradient); :class:`Unroll`
             differentiates the iterations (exactly ``max_steps`` of them run); :class:`Truncated`
             differentiates a few Gauss-Newton steps taken from the solution.
+        loss: a robust loss from :mod:`jaxnls.losses` applied to every scalar residual: the cost becomes
+            :math:`\tfrac12\sum_i ρ(r_i^2)` and the step model uses Triggs' corrected residual and
+            Jacobian (as Ceres). Its ``scale`` is differentiated like an entry of ``args`` (every
+            adjoint). For losses on residual *blocks* use :class:`jaxnls.graph.CostGroup`.
 
     Returns:
         A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
@@ -79,6 +85,11 @@ def solve(
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
     params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
+    if loss is not None:
+        if not isinstance(loss, AbstractRobustLoss):
+            raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
+        # the loss travels in args so that its scale is differentiated like any argument
+        residual_fn, args, args_axes = _RobustResidual(residual_fn), (args, loss), (args_axes, None)
     # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
     # a caller's grad / jvp at least one of params0 and args is
     nested = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((params0, args)))
@@ -219,6 +230,33 @@ class _LoopState(eqx.Module):
     started: Bool[Array, " batch"]
 
 
+class _RobustResidual:
+    """``residual_fn`` of a solve with a robust loss, whose args are ``(args, loss)``."""
+
+    def __init__(self, residual_fn):
+        self.residual_fn = residual_fn
+
+    def __call__(self, params, args):
+        return self.residual_fn(params, args[0])
+
+    def __eq__(self, other):
+        return isinstance(other, _RobustResidual) and self.residual_fn == other.residual_fn
+
+    def __hash__(self):
+        return hash((_RobustResidual, self.residual_fn))
+
+
+def _robust(loss, residual, jacobian):
+    """Per scalar residual: Triggs-corrected r and J, and the cost ½Σρ(rᵢ²)."""
+    corrected, corrected_jacobian = jax.vmap(loss.correct)(residual[:, None], jacobian[:, None, :])
+    return corrected[:, 0], corrected_jacobian[:, 0, :], 0.5 * jnp.sum(loss.rho(residual**2)[0])
+
+
+def _whitened(loss, residual):
+    """√(ρ(rᵢ²)/rᵢ²)·rᵢ: a residual whose ½‖·‖² is the robust cost (what the adjoints differentiate)."""
+    return jax.vmap(loss.whiten)(residual[:, None])[:, 0]
+
+
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
                adjoint):
     if not isinstance(adjoint, AbstractAdjoint):
@@ -258,6 +296,17 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     else:
         space = EUCLIDEAN
         evaluate = jax.vmap(lambda x, a: residual_and_jacobian(fn, x, a, num_residuals), in_axes=(0, axes))
+    # the residual whose ½‖·‖² the adjoints differentiate
+    adjoint_fn = fn
+    if isinstance(residual_fn, _RobustResidual):
+        plain_evaluate = evaluate
+        loss_of = lambda a: eqx.combine(a, static_args)[1]  # noqa: E731
+
+        def evaluate(x, a):
+            residual, jacobian = plain_evaluate(x, a)
+            return jax.vmap(_robust, in_axes=(None, 0, 0))(loss_of(a), residual, jacobian)
+
+        adjoint_fn = lambda x, a: _whitened(loss_of(a), fn(x, a))  # noqa: E731
     differentiable_args = args
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
         x0, args = jax.lax.stop_gradient((x0, args))
@@ -269,11 +318,11 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     state = _run_loop(solver, evaluate, args, axes, state, max_steps, verbose, working_set, adjoint, space)
 
     if space is EUCLIDEAN:
-        x, cost = adjoint.attach(fn, state.x, state.cost, state.status, differentiable_args, axes)
+        x, cost = adjoint.attach(adjoint_fn, state.x, state.cost, state.status, differentiable_args, axes)
     else:
         # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇
-        chart = lambda d, a: fn(space.retract_one(a[0], d), a[1])  # noqa: E731
+        chart = lambda d, a: adjoint_fn(space.retract_one(a[0], d), a[1])  # noqa: E731
         anchor = state.x if adjoint.differentiates_iterations else jax.lax.stop_gradient(state.x)
         delta, cost = adjoint.attach(chart, jnp.zeros((x0.shape[0], space.tangent_size), x0.dtype), state.cost,
                                      state.status, (anchor, differentiable_args), (0, axes))
@@ -424,8 +473,12 @@ def _linearize(solver, evaluate, x, args):
     # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
     # 0·NaN into NaN cotangents for the arguments every problem shares.
     x_finite = jnp.all(jnp.isfinite(x), axis=-1)
-    residual, jacobian = evaluate(jnp.where(x_finite[:, None], x, 0.0), args)
-    cost = jnp.where(x_finite, 0.5 * jnp.sum(residual**2, axis=-1), jnp.nan)
+    # ``evaluate`` returns (r, J) or, where the cost is not ½‖r‖² (robust losses: r and J are then
+    # Triggs-corrected), (r, J, cost)
+    evaluated = evaluate(jnp.where(x_finite[:, None], x, 0.0), args)
+    residual, jacobian = evaluated[:2]
+    cost = 0.5 * jnp.sum(residual**2, axis=-1) if len(evaluated) == 2 else evaluated[2]
+    cost = jnp.where(x_finite, cost, jnp.nan)
     lin = jax.vmap(solver.linear_solver.linearize)(residual, jacobian)
     lin = _select(x_finite, lin, jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, jnp.nan), lin))
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),

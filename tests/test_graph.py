@@ -209,7 +209,7 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
         for cost, group in zip(graph.costs, structure.groups):
             variables = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
                          for k, c in zip(cost.kinds, group["indices"].T)]
-            r, jac = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information)
+            r, jac, _ = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information)
             blocks.append(jac)
             pieces.append(jnp.ravel(r))
         return blocks, pieces

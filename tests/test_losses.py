@@ -114,3 +114,118 @@ def test_cost_is_differentiable_in_the_scale(loss_cls):
 
     a = jnp.asarray(1.3)
     np.testing.assert_allclose(jax.grad(cost)(a), directional_difference(cost, a, jnp.asarray(1.0)), rtol=1e-7)
+
+
+# -- robust losses in a solve --------------------------------------------------------------------------
+
+def _line_with_outliers():
+    rng = np.random.default_rng(3)
+    t = np.linspace(-2, 2, 40)
+    y = 1.5 * t - 0.5 + 0.05 * rng.standard_normal(40)
+    y[::8] += rng.choice([-1, 1], 5) * rng.uniform(3, 6, 5)  # five gross outliers
+    return t, y
+
+
+def _line_graph(t, y, loss):
+    from jaxnls import graph
+
+    def residual(x, data):
+        return jnp.atleast_1d(x[0] * data[0] + x[1] - data[1])
+
+    return graph.FactorGraph({"line": jnp.zeros((1, 2))},
+                             [graph.CostGroup(residual, "line", np.zeros(len(t), int), jnp.stack([t, y], axis=1),
+                                              loss=loss)])
+
+
+@pytest.mark.parametrize("loss_cls, scipy_name, scale_of", [(Huber, "huber", lambda c: c), (SoftL1, "soft_l1", lambda c: c),
+                                                             (Cauchy, "cauchy", lambda c: c), (Arctan, "arctan", lambda c: c**2)])
+def test_graph_solve_with_a_robust_loss_equals_scipys_robust_least_squares(loss_cls, scipy_name, scale_of):
+    """scipy.optimize.least_squares(loss=name, f_scale=C) minimises ½C²Σρ₀(r²/C²), which is our loss
+    with a = C (Huber, SoftL1, Cauchy) or a = C² (Arctan)."""
+    from scipy.optimize import least_squares
+
+    from jaxnls import Dogleg
+    from jaxnls import graph
+
+    t, y = _line_with_outliers()
+    c = 0.7
+    reference = least_squares(lambda x: x[0] * t + x[1] - y, np.zeros(2), loss=scipy_name, f_scale=c,
+                              xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10000)
+    sol = graph.solve(_line_graph(t, y, loss_cls(scale_of(c))), solver=Dogleg(linear_solver=graph.SparseDirect(),
+                                                                             ftol=1e-15, gtol=1e-15), max_steps=500)
+    np.testing.assert_allclose(np.asarray(sol.params["line"][0]), reference.x, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(float(sol.cost), reference.cost, rtol=1e-9)
+    # and the outliers did pull a plain least-squares fit away
+    plain = np.polyfit(t, y, 1)
+    assert np.abs(plain - np.array([1.5, -0.5])).max() > 5 * np.abs(reference.x - np.array([1.5, -0.5])).max()
+
+
+def test_graph_solve_with_tukey_equals_a_direct_minimisation():
+    from scipy.optimize import minimize
+
+    from jaxnls import Dogleg
+    from jaxnls import graph
+
+    t, y = _line_with_outliers()
+    a = 1.0
+
+    def objective(x):
+        s = (x[0] * t + x[1] - y) ** 2
+        return 0.5 * np.sum(np.where(s <= a**2, a**2 / 3 * (1 - (1 - s / a**2) ** 3), a**2 / 3))
+
+    start = np.polyfit(t[1::8], y[1::8], 1)  # Tukey is not convex: both start inside the inlier basin
+    reference = minimize(objective, start, method="Nelder-Mead", options=dict(xatol=1e-12, fatol=1e-15, maxiter=20000))
+    problem = _line_graph(t, y, Tukey(a))
+    problem = graph.FactorGraph({"line": jnp.asarray(start)[None]}, problem.costs)
+    sol = graph.solve(problem, solver=Dogleg(linear_solver=graph.SparseDirect(), ftol=1e-15, gtol=1e-15), max_steps=500)
+    np.testing.assert_allclose(np.asarray(sol.params["line"][0]), reference.x, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(float(sol.cost), reference.fun, rtol=1e-9)
+
+
+def _line_residual(x, data):
+    t, y = data
+    return x[0] * t + x[1] - y
+
+
+def test_dense_solve_with_a_robust_loss_equals_scipy_and_its_gradients_match_central_differences():
+    from scipy.optimize import least_squares
+
+    import jaxnls
+
+    t, y = _line_with_outliers()
+    c = 0.7
+    reference = least_squares(lambda x: x[0] * t + x[1] - y, np.zeros(2), loss="cauchy", f_scale=c,
+                              xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10000)
+    # converged to the parameter test alone, so that central differences of the solution resolve 1e-7
+    solver = jaxnls.LevenbergMarquardt(ftol=0.0, gtol=0.0, rtol=1e-14, atol=0.0)
+    data = (jnp.asarray(t), jnp.asarray(y))
+    sol = jaxnls.solve(_line_residual, jnp.zeros(2), data, solver=solver, loss=Cauchy(c), max_steps=500)
+    np.testing.assert_allclose(sol.params, reference.x, rtol=1e-7)
+    np.testing.assert_allclose(float(sol.cost), reference.cost, rtol=1e-10)
+
+    # d(slope)/d(scale) and d(slope)/d(y) through the implicit adjoint, against central differences
+    def slope(scale, y_values, adjoint=jaxnls.Implicit()):
+        out = jaxnls.solve(_line_residual, jnp.asarray(reference.x), (data[0], y_values), solver=solver,
+                           loss=Cauchy(scale), max_steps=500, adjoint=adjoint)
+        return out.params[0]
+
+    scale = jnp.asarray(c)
+    grad_scale, grad_y = jax.grad(slope, argnums=(0, 1))(scale, data[1])
+    np.testing.assert_allclose(grad_scale, directional_difference(lambda s: slope(s, data[1]), scale, 1.0, 1e-4),
+                               rtol=1e-6)
+    direction = jnp.asarray(np.random.default_rng(4).standard_normal(len(t)))
+    np.testing.assert_allclose(grad_y @ direction,
+                               directional_difference(lambda v: slope(scale, v), data[1], direction, 1e-4), rtol=1e-6)
+    # forward mode through the same rule
+    _, tangent = jax.jvp(lambda s: slope(s, data[1]), (scale,), (jnp.asarray(1.0),))
+    np.testing.assert_allclose(tangent, grad_scale, rtol=1e-10)
+    # and the unrolled iterations agree with the implicit rule at convergence
+    unrolled = jax.grad(lambda s: slope(s, data[1], jaxnls.Unroll()))(scale)
+    np.testing.assert_allclose(unrolled, grad_scale, rtol=1e-6)
+
+
+def test_dense_solve_rejects_a_non_loss():
+    import jaxnls
+
+    with pytest.raises(TypeError, match="loss"):
+        jaxnls.solve(_line_residual, jnp.zeros(2), (jnp.ones(3), jnp.ones(3)), loss=lambda s: s)

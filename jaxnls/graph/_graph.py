@@ -60,9 +60,9 @@ class CostGroup(eqx.Module):
         data: a pytree whose leaves lead with ``E`` (e.g. the measured relative poses, a stacked group).
         sqrt_information: ``(E, k, k)`` or ``(k, k)`` (shared) square root ``L`` of the information
             matrix, :math:`L^\top L = Σ^{-1}`; the term's cost is :math:`\tfrac12\|L r\|^2`. None: identity.
-        loss: reserved for robust losses (``jaxnls.losses``): a callable ``(r̃, J̃) -> (r̂, Ĵ)`` applied
-            to each whitened term's residual ``(k,)`` and Jacobian ``(k, D)`` (Triggs' correction), so
-            the loop minimises :math:`\tfrac12\sum ρ(\|L r\|^2)`. None: plain least squares.
+        loss: a robust loss from :mod:`jaxnls.losses` (``Huber``, ``Cauchy``, ...) applied to each whitened
+            term: the group's cost becomes :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` and the step model uses
+            Triggs' corrected residual and Jacobian (as Ceres). None: plain least squares.
 
     With ``solve(..., batched=True)`` every array of ``data`` and ``sqrt_information`` carries a leading
     batch axis before ``E``; ``indices`` (the structure) is shared by the batch.
@@ -73,7 +73,7 @@ class CostGroup(eqx.Module):
     indices: _Static = eqx.field(static=True)
     data: Any
     sqrt_information: Any
-    loss: Any = eqx.field(static=True)
+    loss: Any
 
     def __init__(self, residual_fn, kinds, indices, data=None, sqrt_information=None, loss=None):
         if not callable(residual_fn):
@@ -92,6 +92,10 @@ class CostGroup(eqx.Module):
         self.indices = _Static(indices.astype(np.int64))
         self.data = data
         self.sqrt_information = None if sqrt_information is None else jnp.asarray(sqrt_information)
+        from ..losses import AbstractRobustLoss
+
+        if loss is not None and not isinstance(loss, AbstractRobustLoss):
+            raise TypeError(f"CostGroup: loss must be a jaxnls.losses loss (Huber, Cauchy, ...) or None, got {loss!r}")
         self.loss = loss
 
     @property
@@ -287,7 +291,9 @@ def validate(graph: FactorGraph, batched: bool) -> GraphStructure:
 
 
 def term_evaluator(cost: CostGroup, group: dict, dtype):
-    """``(variables of E terms, data, L) -> (r (E, k), J (E, k, D))`` with one vmap over the terms."""
+    r"""``(variables of E terms, data, L) -> (r (E, k), J (E, k, D), cost)`` with one vmap over the terms;
+    ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss), and with a loss
+    ``r``, ``J`` are Triggs-corrected."""
     dims = group["dims"]
     total = sum(dims)
 
@@ -300,16 +306,18 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
             return r, r
 
         jac, r = jax.jacfwd(fn, has_aux=True)(jnp.zeros((total,), dtype))
-        if cost.loss is not None:
-            r, jac = cost.loss(r, jac)
-        return r, jac
+        if cost.loss is None:
+            return r, jac, 0.5 * jnp.sum(r**2)
+        value, _, _ = cost.loss.rho(jnp.sum(r**2))
+        r, jac = cost.loss.correct(r, jac)
+        return r, jac, 0.5 * value
 
     def evaluate(variables, data, sqrt_information):
         l_axis = None if sqrt_information is None or sqrt_information.ndim == 2 else 0
-        r, jac = jax.vmap(one_term, in_axes=(0, 0, l_axis))(variables, data, sqrt_information)
+        r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, l_axis))(variables, data, sqrt_information)
         if group["mask"] is not None:
             jac = jac * jnp.asarray(group["mask"], dtype)[:, None, :]
-        return r, jac
+        return r, jac, jnp.sum(cost_terms)
 
     return evaluate
 

@@ -146,14 +146,15 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw):
 
     def evaluate_one(x, args):
         values = space.unravel(x)
-        residuals, blocks = [], []
+        residuals, blocks, total = [], [], 0.0
         for cost, group, evaluator, (data, sqrt_information) in zip(graph.costs, structure.groups, evaluators, args):
             variables = [jax.tree_util.tree_map(lambda leaf, c=column: leaf[c], values[kind])
                          for kind, column in zip(cost.kinds, group["indices"].T)]
-            r, jac = evaluator(variables, data, sqrt_information)
+            r, jac, group_cost = evaluator(variables, data, sqrt_information)
             residuals.append(jnp.ravel(r))
             blocks.append(jac)
-        return jnp.concatenate(residuals), tuple(blocks)
+            total = total + group_cost
+        return jnp.concatenate(residuals), tuple(blocks), total
 
     evaluate = jax.vmap(evaluate_one, in_axes=(0, axes))
     num_residuals = sum(c.num_terms * k for c, k in zip(graph.costs, sizes))
