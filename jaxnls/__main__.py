@@ -250,7 +250,7 @@ def main(argv=None) -> int:
                        help="Levenberg-Marquardt, Gauss-Newton or dogleg (default: lm for NIST files, all on QR, lm in "
                             "MINPACK's trust-region form; dogleg for graphs)")
     solve.add_argument("--linear-solver", choices=("direct", "pcg"), default="direct",
-                       help="graphs: sparse direct (SuperLU) or block-Jacobi preconditioned CG (default direct)")
+                       help="graphs: sparse direct (LDLᵀ) or block-Jacobi preconditioned CG (default direct)")
     solve.add_argument("--max-steps", type=int, default=None,
                        help=f"iteration limit (default {MAX_STEPS} for NIST files, {GRAPH_MAX_STEPS} for graphs)")
     solve.add_argument("--json", action="store_true",

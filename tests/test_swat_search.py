@@ -17,6 +17,8 @@ from jaxnls.swat import (SearchConfig, SwatAutoencoder, evaluate_reconstruction,
                          train_dense)
 from jaxnls.swat._family import MAX_DEPTH, MAX_WIDTH
 
+# the tests that share the trained model run on one xdist worker (pyproject: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("swat_trained_model")
 TRAIN_STEPS = 400
 SEARCH = SearchConfig(steps=300, starts=2)
 
@@ -143,8 +145,8 @@ def test_latent_objective_gradient_matches_central_differences():
                                rtol=1e-6)
 
 
-def test_bad_input_is_rejected(trained):
-    model, _ = trained
+def test_bad_input_is_rejected():
+    model = SwatAutoencoder(jax.random.PRNGKey(0), width=8, heads=2, decoder_width=8)
     x = np.zeros((10, 2), np.float32)
     with pytest.raises(ValueError, match="inputs"):
         search(model, np.zeros((10, 3)), np.zeros(10), jax.random.PRNGKey(0), SEARCH)

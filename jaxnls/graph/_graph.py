@@ -194,6 +194,9 @@ class GraphStructure:
                 mask=None if mask.all() else mask.astype(np.float64), num_terms=idx.shape[0], indices=idx,
             ))
         self._pattern = None
+        self._upper = None
+        # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)
+        self.host_cache = {}
 
     def split(self, vector, sizes):
         out, start = [], 0
@@ -257,6 +260,19 @@ class GraphStructure:
             self._pattern = (indptr, cols.astype(np.int32), rows.astype(np.int32), position.astype(np.int32),
                              np.flatnonzero(rows == cols))
         return self._pattern
+
+
+    def upper_pattern(self):
+        """CSC of the upper triangle of :meth:`pattern`: ``(indptr, selection)``, ``selection`` picking
+        its entries out of the full pattern's data (the full pattern is symmetric, so its CSR arrays read
+        as CSC with rows and columns swapped)."""
+        if self._upper is None:
+            _, indices, rows, _, _ = self.pattern()
+            # in the CSC reading an entry's column is ``rows`` and its row ``indices``
+            selection = np.flatnonzero(indices <= rows)
+            counts = np.bincount(rows[selection], minlength=self.n)
+            self._upper = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int32), selection)
+        return self._upper
 
 
 def _name(cost) -> str:

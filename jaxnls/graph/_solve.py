@@ -43,7 +43,7 @@ def solve(
     group with one ``vmap`` (residuals and ``(E, k, D)`` Jacobian blocks w.r.t. the connected
     variables' tangent perturbations), and the strategy's damped system
     :math:`(J^\top J + λ\,\mathrm{diag}(D))δ = -J^\top r` is solved by the solver's graph linear solver:
-    :class:`SparseDirect` (default; SuperLU through scipy) or :class:`PCG` (matrix-free, pure JAX).
+    :class:`SparseDirect` (default; sparse LDLᵀ by QDLDL) or :class:`PCG` (matrix-free, pure JAX).
 
     The default strategy is :class:`~jaxnls.Dogleg`: on GTSAM's w10000 pose graph (started from
     odometry, cost 2.8e7) it follows the Gauss-Newton path and reaches GTSAM's minimum (144.8674) in 9
