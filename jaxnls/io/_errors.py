@@ -1,4 +1,4 @@
-"""The error every reader in :mod:`jaxnls.io` raises for a malformed file."""
+"""The error every reader in :mod:`jaxnls.io` raises for a malformed file, and the line splitting they share."""
 
 from __future__ import annotations
 
@@ -12,3 +12,21 @@ class FileFormatError(ValueError):
         self.line = line
         self.reason = message
         super().__init__(f"{path}, line {line}: {message}")
+
+
+def ascii_lines(content: bytes, path: str, error: type[FileFormatError], format_name: str) -> list[str]:
+    """The lines of a plain-ASCII file (``\\r\\n`` accepted, the final newline dropped); non-ASCII bytes
+    or control characters raise ``error`` naming the line."""
+    lines = []
+    for number, raw in enumerate(content.split(b"\n"), start=1):
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise error(path, number, f"non-ASCII bytes ({format_name} is plain ASCII text)") from None
+        text = text.rstrip("\r")
+        if any(ord(c) < 32 and c != "\t" for c in text) or "\x7f" in text:
+            raise error(path, number, "control characters in the line")
+        lines.append(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    return lines

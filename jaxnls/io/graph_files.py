@@ -62,7 +62,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._errors import FileFormatError
+from ._errors import FileFormatError, ascii_lines
 
 __all__ = [
     "QUATERNION_TOLERANCE",
@@ -328,19 +328,7 @@ def _lines(content: bytes | str, path: str) -> list[str]:
         if len(lines) > 1 and lines[-1] == "":
             lines.pop()
         return lines
-    lines = []
-    for number, raw in enumerate(content.split(b"\n"), start=1):
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise GraphFormatError(path, number, "non-ASCII bytes (the format is plain ASCII text)") from None
-        text = text.rstrip("\r")
-        if any(ord(c) < 32 and c != "\t" for c in text) or "\x7f" in text:
-            raise GraphFormatError(path, number, "control characters in the line")
-        lines.append(text)
-    if len(lines) > 1 and lines[-1] == "":
-        lines.pop()  # the final newline
-    return lines
+    return ascii_lines(content, path, GraphFormatError, "the format")
 
 
 def _read(path: str | os.PathLike) -> tuple[bytes, str]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import FileFormatError
+from ._errors import FileFormatError, ascii_lines
 
 __all__ = ["NistFormatError", "NistModel", "NistProblem", "log_relative_error", "parse_nist", "read_nist"]
 
@@ -356,19 +356,7 @@ def parse_nist(content: bytes | str, path: str = "<string>") -> NistProblem:
     """:func:`read_nist` on the file's contents (``path`` is only used in error messages)."""
     if isinstance(content, str):
         content = content.encode("utf-8", errors="surrogateescape")
-    lines: list[str] = []
-    for number, raw_line in enumerate(content.split(b"\n"), start=1):
-        try:
-            text = raw_line.decode("ascii")
-        except UnicodeDecodeError:
-            raise NistFormatError(path, number, "non-ASCII bytes (a NIST StRD file is plain ASCII)") from None
-        text = text.rstrip("\r")
-        if "\x00" in text or any(ord(c) < 32 and c != "\t" for c in text):
-            raise NistFormatError(path, number, "control characters in the line")
-        lines.append(text)
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline
-    return _Parser(path, lines).parse()
+    return _Parser(path, ascii_lines(content, path, NistFormatError, "a NIST StRD file")).parse()
 
 
 class _Parser:
