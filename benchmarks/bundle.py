@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 import jaxnls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
-from jaxnls.graph._files import bal_graph_problem, bal_reprojection  # noqa: E402
+from jaxnls.graph import bal_graph_problem, bal_reprojection  # noqa: E402
 from jaxnls.io import BALProblem, read_bal, write_bal  # noqa: E402
 
 

@@ -118,7 +118,7 @@ def _solve_graph(args, kind: str) -> int:
 
     import jaxnls
     from jaxnls import graph
-    from jaxnls.graph._files import bal_graph_problem, pose_graph_problem, updated_bal, updated_pose_graph
+    from jaxnls.graph import bal_graph_problem, pose_graph_problem, updated_bal, updated_pose_graph
 
     from .io import read_bal, read_pose_graph, write_bal, write_g2o, write_toro
 

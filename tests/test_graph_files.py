@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxnls import graph
-from jaxnls.graph._files import bal_graph_problem, bal_reprojection, pose_graph_problem, updated_pose_graph
+from jaxnls.graph import bal_graph_problem, bal_reprojection, pose_graph_problem, updated_pose_graph
 from jaxnls.io import read_bal, read_pose_graph, write_g2o
 
 gtsam = pytest.importorskip("gtsam")

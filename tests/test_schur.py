@@ -11,7 +11,7 @@ import pytest
 
 from jaxnls import LevenbergMarquardt
 from jaxnls import graph as jg
-from jaxnls.graph._files import bal_graph_problem, bal_reprojection
+from jaxnls.graph import bal_graph_problem, bal_reprojection
 from jaxnls.graph._graph import term_evaluator, validate
 from jaxnls.io import BALProblem
 

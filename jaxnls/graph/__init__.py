@@ -17,7 +17,9 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
 Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
 """
 
-from ._factors import between, from_gtsam_pose3, prior, sqrt_information
+from ._factors import between, from_gtsam_pose3, prior
+from ._files import (bal_graph_problem, bal_reprojection, point_in_frame, pose_graph_problem, updated_bal,
+                     updated_pose_graph)
 from ._graph import CostGroup, FactorGraph
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, SparseDirect
 from ._schur import SchurPCG
@@ -31,9 +33,14 @@ __all__ = [
     "CostGroup",
     "FactorGraph",
     "SparseDirect",
+    "bal_graph_problem",
+    "bal_reprojection",
     "between",
     "from_gtsam_pose3",
+    "point_in_frame",
+    "pose_graph_problem",
     "prior",
     "solve",
-    "sqrt_information",
+    "updated_bal",
+    "updated_pose_graph",
 ]

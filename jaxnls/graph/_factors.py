@@ -45,10 +45,3 @@ def from_gtsam_pose3(matrix):
     GTSAM's tangent order (ω, v) to jaxlie's (v, ω)."""
     matrix = jnp.asarray(matrix)
     return matrix[..., _POSE3_ORDER, :][..., :, _POSE3_ORDER]
-
-
-def sqrt_information(information):
-    r"""The upper-triangular :math:`L` with :math:`L^\top L = Ω` (GTSAM's Gaussian noise model ``R``) for a
-    ``(..., k, k)`` information matrix."""
-    lower = jnp.linalg.cholesky(jnp.asarray(information))
-    return jnp.swapaxes(lower, -1, -2)
