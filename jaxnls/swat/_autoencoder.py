@@ -33,7 +33,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._family import ACTIVATIONS, MAX_DEPTH, MAX_WIDTH, NUM_TOKENS, TOKEN_FEATURES, MLPSpec, encode, forward, random_mlp
+from ._family import (ACTIVATIONS, MAX_DEPTH, MAX_WIDTH, NUM_TOKENS, TOKEN_FEATURES, MLPSpec, encode, forward,
+                      random_mlp, used_layers)
 
 # per hidden neuron: incoming weights, bias, activation logits, mask logit; then output weights + bias
 _NEURON_OUTPUTS = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
@@ -132,7 +133,7 @@ def relaxed_mask(logits, temperature: float | None):
 
 def _spec_from_outputs(out: Float[Array, " P"], depth, temperature: float | None) -> MLPSpec:
     hidden = out[:-(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
-    used = (jnp.arange(MAX_DEPTH) < depth).astype(out.dtype)[:, None]
+    used = used_layers(depth, out.dtype)
     return MLPSpec(
         weights=hidden[..., :MAX_WIDTH],
         biases=hidden[..., MAX_WIDTH],

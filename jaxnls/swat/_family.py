@@ -34,6 +34,11 @@ TOKEN_FEATURES = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
 NUM_TOKENS = MAX_DEPTH * MAX_WIDTH + 1
 
 
+def used_layers(depth, dtype) -> Float[Array, "4 1"]:
+    """1 for the hidden layers a network of ``depth`` uses, 0 for the padding, as a (4, 1) column."""
+    return (jnp.arange(MAX_DEPTH) < depth).astype(dtype)[:, None]
+
+
 class MLPSpec(eqx.Module):
     weights: Float[Array, "4 7 7"]
     biases: Float[Array, "4 7"]
@@ -112,7 +117,7 @@ def encode(spec: MLPSpec) -> tuple[Float[Array, "29 12"], Float[Array, " 29"]]:
                               spec.neuron_mask[..., None]], axis=-1).reshape(MAX_DEPTH * MAX_WIDTH, TOKEN_FEATURES)
     output = jnp.concatenate([spec.output_weights, spec.output_bias[None], jnp.zeros(len(ACTIVATIONS), hidden.dtype),
                               jnp.ones(1, hidden.dtype)])
-    valid_layers = (jnp.arange(MAX_DEPTH) < spec.depth).astype(hidden.dtype)
+    valid_layers = used_layers(spec.depth, hidden.dtype)[:, 0]
     valid = jnp.concatenate([jnp.repeat(valid_layers, MAX_WIDTH), jnp.ones(1, hidden.dtype)])
     return jnp.concatenate([hidden, output[None, :]], axis=0), valid
 

@@ -33,7 +33,7 @@ import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._autoencoder import SwatAutoencoder, _spec_from_outputs, relaxed_mask
-from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp
+from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp, used_layers
 
 
 class SearchConfig(eqx.Module):
@@ -101,7 +101,7 @@ def regularizers(spec: MLPSpec, gate, output_gate) -> dict[str, Float[Array, ""]
     presence = gate * spec.neuron_mask[:, :, None] * _source_masks(spec)[:, None, :] * exists
     output_presence = output_gate * _last_layer_mask(spec)
     connections = (jnp.sum(presence) + jnp.sum(output_presence)) / (jnp.sum(exists) + MAX_WIDTH)
-    used = (jnp.arange(MAX_DEPTH) < spec.depth).astype(dtype)[:, None] * jnp.ones((1, MAX_WIDTH), dtype)
+    used = used_layers(spec.depth, dtype) * jnp.ones((1, MAX_WIDTH), dtype)
     m = spec.neuron_mask
     return {
         "sparsity": connections,
@@ -115,7 +115,7 @@ def harden(spec: MLPSpec, threshold) -> MLPSpec:
     """The discrete network: |w| < t → 0, masks > ½ → 1 else 0, one-hot arg-max activation logits, and
     every weight into or out of an inactive neuron (or a layer beyond the depth) zeroed."""
     dtype = spec.weights.dtype
-    mask = (spec.neuron_mask > 0.5).astype(dtype) * (jnp.arange(MAX_DEPTH) < spec.depth).astype(dtype)[:, None]
+    mask = (spec.neuron_mask > 0.5).astype(dtype) * used_layers(spec.depth, dtype)
     hard = eqx.tree_at(lambda s: s.neuron_mask, spec, mask)
     keep = (jnp.abs(spec.weights) >= threshold).astype(dtype) * _connections(spec.depth, dtype)
     weights = spec.weights * keep * mask[:, :, None] * _source_masks(hard)[:, None, :]
@@ -235,7 +235,7 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
     probability = jnp.clip(decoded.neuron_mask, 1e-6, 1 - 1e-6)
     trainable = (decoded.weights, decoded.biases, decoded.activation_logits,
                  jnp.log(probability) - jnp.log1p(-probability), decoded.output_weights, decoded.output_bias)
-    used = (jnp.arange(MAX_DEPTH) < depth).astype(decoded.weights.dtype)[:, None]
+    used = used_layers(depth, decoded.weights.dtype)
 
     def as_spec(p, temperature):
         weights, biases, logits, mask_logits, output_weights, output_bias = p
@@ -274,7 +274,7 @@ def train_dense(x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray
     fan_in = jnp.where(jnp.arange(MAX_DEPTH) == 0, NUM_INPUTS, MAX_WIDTH).astype(dtype)
     k_w, k_out = jax.random.split(k_init)
     weights = jax.random.normal(k_w, (MAX_DEPTH, MAX_WIDTH, MAX_WIDTH), dtype) / jnp.sqrt(fan_in)[:, None, None] * exists
-    used = (jnp.arange(MAX_DEPTH) < depth).astype(dtype)[:, None] * jnp.ones((1, MAX_WIDTH), dtype)
+    used = used_layers(depth, dtype) * jnp.ones((1, MAX_WIDTH), dtype)
     logits = jax.nn.one_hot(jnp.full((MAX_DEPTH, MAX_WIDTH), activation), 3, dtype=dtype)
     output_weights = jax.random.normal(k_out, (MAX_WIDTH,), dtype) / jnp.sqrt(float(MAX_WIDTH))
 
