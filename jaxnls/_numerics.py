@@ -16,3 +16,12 @@ def safe_sqrt(s):
 def norm(v):
     """‖v‖₂, differentiable at 0 (see :func:`safe_sqrt`)."""
     return safe_sqrt(jnp.sum(v * v))
+
+
+def split_by_sizes(vector, sizes):
+    """Consecutive pieces of ``vector`` of the given lengths."""
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(vector[start:start + size])
+        start += size
+    return pieces

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._numerics import split_by_sizes
 from ..manifolds import is_group, retract
 
 
@@ -198,13 +199,6 @@ class GraphStructure:
         # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)
         self.host_cache = {}
 
-    def split(self, vector, sizes):
-        out, start = [], 0
-        for size in sizes:
-            out.append(vector[start:start + size])
-            start += size
-        return out
-
     # -- products with J (one problem) ---------------------------------------------------------------
 
     def transpose_times(self, blocks, pieces):
@@ -315,7 +309,7 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
 
     def one_term(variables, data, sqrt_information):
         def fn(delta):
-            moved = [retract(v, p) for v, p in zip(variables, _split(delta, dims))]
+            moved = [retract(v, p) for v, p in zip(variables, split_by_sizes(delta, dims))]
             r = jnp.ravel(cost.residual_fn(*moved, data)).astype(dtype)
             if sqrt_information is not None:
                 r = sqrt_information @ r
@@ -336,14 +330,6 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
         return r, jac, jnp.sum(cost_terms)
 
     return evaluate
-
-
-def _split(delta, dims):
-    out, start = [], 0
-    for d in dims:
-        out.append(delta[start:start + d])
-        start += d
-    return out
 
 
 def residual_size(graph: FactorGraph, batched: bool) -> list[int]:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._numerics import split_by_sizes
 from ..linear import AbstractLinearization, AbstractLinearSolver
 from ..linear._dense import pivot_floor
 from ._graph import GraphStructure
@@ -58,7 +59,7 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
         if structure is None:
             raise TypeError(f"{type(self).__name__} solves factor graphs: use it with jaxnls.graph.solve")
         sizes = [jac.shape[0] * jac.shape[1] for jac in jacobian]
-        pieces = [piece.reshape(jac.shape[:2]) for piece, jac in zip(structure.split(residual, sizes), jacobian)]
+        pieces = [piece.reshape(jac.shape[:2]) for piece, jac in zip(split_by_sizes(residual, sizes), jacobian)]
         return BlockSparseLinearization(gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian),
                                         structure=structure)
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from .._numerics import split_by_sizes
+
 
 def is_group(leaf) -> bool:
     """True for a jaxlie Lie-group instance (False without jaxlie imported: then none can exist)."""
@@ -87,8 +89,6 @@ def tangent_magnitude(leaf):
 class _Euclidean:
     """``x ⊕ δ = x + δ``; the loop's original arithmetic, op for op."""
 
-    is_euclidean = True
-
     def retract(self, x, step):
         trial = x + step
         return trial, trial - x
@@ -106,26 +106,16 @@ class ProductSpace:
     ``(..., d)`` flattened row-major. Methods named ``*_one`` act on one problem; ``retract`` and
     ``magnitude`` on a batch (leading axis), as the loop calls them."""
 
-    is_euclidean = False
-
     def __init__(self, template):
         self.template = template
         _, self.unravel = ravel_pytree(template)
         leaves, self.treedef = jax.tree_util.tree_flatten(template, is_leaf=is_group)
         self.sizes = [tangent_size(leaf) for leaf in leaves]
         self.tangent_size = int(sum(self.sizes))
-        self.has_groups = any(is_group(leaf) for leaf in leaves)
-
-    def split(self, delta):
-        pieces, offset = [], 0
-        for size in self.sizes:
-            pieces.append(delta[offset:offset + size])
-            offset += size
-        return pieces
 
     def retract_params(self, params, delta):
         leaves = jax.tree_util.tree_leaves(params, is_leaf=is_group)
-        moved = [retract(leaf, piece) for leaf, piece in zip(leaves, self.split(delta))]
+        moved = [retract(leaf, piece) for leaf, piece in zip(leaves, split_by_sizes(delta, self.sizes))]
         return jax.tree_util.tree_unflatten(self.treedef, moved)
 
     def retract_one(self, x, delta):

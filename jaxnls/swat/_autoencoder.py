@@ -112,15 +112,17 @@ class SwatAutoencoder(eqx.Module):
         pooled = jnp.sum(h * valid[:, None], axis=0) / jnp.sum(valid)
         return jnp.tanh(self.to_latent(pooled))
 
-    def decode(self, z: Float[Array, " d"], temperature: float | None = None) -> MLPSpec:
-        """All four decodings of ``z``, stacked: leaf shapes gain a leading axis of 4 (depth 1..4).
-        Neuron masks are σ(logit / temperature) (0/1 for ``temperature=None``)."""
-
-        def one(decoder, depth):
-            return _spec_from_outputs(decoder(z), depth, temperature)
-
+    def decode_at(self, z: Float[Array, " d"], depth, temperature: float | None = None) -> MLPSpec:
+        """The depth-``depth`` decoding of ``z`` (``depth`` in 1..4, may be traced). Neuron masks are
+        σ(logit / temperature) (0/1 for ``temperature=None``)."""
         params, static = eqx.partition(self.decoders, eqx.is_array)
-        return jax.vmap(lambda p, d: one(eqx.combine(p, static), d))(params, jnp.arange(1, MAX_DEPTH + 1))
+        decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], params), static)
+        return _spec_from_outputs(decoder(z), depth, temperature)
+
+    def decode(self, z: Float[Array, " d"], temperature: float | None = None) -> MLPSpec:
+        """All four decodings of ``z`` (:meth:`decode_at`), stacked: leaf shapes gain a leading axis of 4
+        (depth 1..4)."""
+        return jax.vmap(lambda depth: self.decode_at(z, depth, temperature))(jnp.arange(1, MAX_DEPTH + 1))
 
 
 def relaxed_mask(logits, temperature: float | None):

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._autoencoder import SwatAutoencoder, _spec_from_outputs, relaxed_mask
+from ._autoencoder import SwatAutoencoder, relaxed_mask
 from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp, used_layers
 
 
@@ -197,11 +197,7 @@ def _search(model: SwatAutoencoder, x, y, key, config: SearchConfig) -> SearchRe
     k_starts, k_batches = jax.random.split(key)
     members = jax.vmap(partial(random_mlp, dtype=x.dtype))(jax.random.split(k_starts, config.starts))
     starts = jax.vmap(model.encode)(members)
-    decoder_params, decoder_static = eqx.partition(model.decoders, eqx.is_array)
-
-    def decode(z, depth, temperature):
-        decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], decoder_params), decoder_static)
-        return _spec_from_outputs(decoder(z), depth, temperature)
+    decode = model.decode_at
 
     def run(z0, depth):
         params = (jnp.arctanh(jnp.clip(z0, -0.999, 0.999)), jnp.ones((), z0.dtype))
@@ -231,7 +227,7 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
     x, y = _check_task(x, y, model.positions.dtype)
     depth = result.network.depth
     # the decoder's own mask logits (a temperature of 1 leaves them as they are)
-    decoded = jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], model.decode(result.latent, 1.0))
+    decoded = model.decode_at(result.latent, depth, 1.0)
     probability = jnp.clip(decoded.neuron_mask, 1e-6, 1 - 1e-6)
     trainable = (decoded.weights, decoded.biases, decoded.activation_logits,
                  jnp.log(probability) - jnp.log1p(-probability), decoded.output_weights, decoded.output_bias)
