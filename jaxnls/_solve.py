@@ -118,16 +118,21 @@ _SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level"
 
 
 @functools.cache
-def _top_level_solve(small: bool = False):
-    """The jit-compiled solve with ``_COMPILER_OPTIONS`` (``_SMALL_COMPILER_OPTIONS`` when ``small``) if
-    this XLA build knows them (checked once, on first use, so that importing jaxnls does not initialise
-    a JAX backend)."""
+def jit_with_options(fn, small: bool):
+    """``eqx.filter_jit(fn)`` with ``_COMPILER_OPTIONS`` (``_SMALL_COMPILER_OPTIONS`` when ``small``) if
+    this XLA build knows them (checked on first use, so that importing jaxnls does not initialise a JAX
+    backend); the outermost jit of a solve, ``jaxnls.solve``'s or ``jaxnls.graph.solve``'s."""
     options = _SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
     try:
         jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
     except Exception:  # an XLA build without the options: its defaults
-        return _nested_solve
-    return eqx.filter_jit(_solve_jit, compiler_options=options)
+        return eqx.filter_jit(fn)
+    return eqx.filter_jit(fn, compiler_options=options)
+
+
+def _top_level_solve(small: bool = False):
+    """The jit-compiled solve (see :func:`jit_with_options`)."""
+    return jit_with_options(_solve_jit, small)
 
 
 _ENTRIES_CACHE: dict = {}

@@ -11,15 +11,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._solution import Solution
-from .._solve import (
-    _COMPILER_OPTIONS,
-    _SMALL_COMPILER_OPTIONS,
-    _SMALL_JACOBIAN,
-    _initial_state,
-    _make_solution,
-    _print_header,
-    _run_loop,
-)
+from .._solve import _SMALL_JACOBIAN, _initial_state, _make_solution, _print_header, _run_loop, jit_with_options
 from ..adjoint import Implicit
 from ..manifolds import ProductSpace, is_group
 from ..solvers import AbstractLeastSquaresSolver, Dogleg, IndirectLevenbergMarquardt
@@ -116,12 +108,7 @@ def _check_finite(graph: FactorGraph):
 
 @functools.cache
 def _compiled(small: bool):
-    options = _SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
-    except Exception:  # an XLA build without the options
-        return eqx.filter_jit(_solve_jit)
-    return eqx.filter_jit(_solve_jit, compiler_options=options)
+    return jit_with_options(_solve_jit, small)
 
 
 def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw):
