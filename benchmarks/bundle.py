@@ -98,6 +98,7 @@ def main():
     parser.add_argument("--views", type=int, default=4, help="cameras that see each point")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
+    parser.add_argument("--only", default=None, help="comma-separated row names to run")
     args = parser.parse_args()
     problem = synthetic(args.cameras, args.points, args.views)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +106,7 @@ def main():
         write_bal(path, problem)
         problem = read_bal(path)
         print(f"synthetic BA: {args.cameras} cameras, {args.points} points, {problem.observations.shape[0]} "
-              f"observations ({9 * args.cameras + 3 * args.points} unknowns)")
+              f"observations ({9 * args.cameras + 3 * args.points} unknowns); devices: {jax.devices()}")
         rows = {
             "gtsam LM (default params)": lambda: run_gtsam(path, args.repeats),
             "jaxnls Dogleg + SchurPCG": lambda: run_jaxnls(problem, jaxnls.Dogleg(linear_solver=jg.SchurPCG()),
@@ -114,7 +115,10 @@ def main():
                                                                args.repeats, args.max_steps),
         }
         print(f"{'method':<32}{'initial cost':>16}{'final cost':>16}{'iters':>7}{'compile s':>11}{'solve s':>10}  status")
+        only = None if args.only is None else {name.strip() for name in args.only.split(",")}
         for name, run in rows.items():
+            if only is not None and name not in only:
+                continue
             initial, final, iterations, compile_s, solve_s, status = run()
             compile_text = "" if compile_s is None else f"{compile_s:.2f}"
             print(f"{name:<32}{initial:>16.6f}{final:>16.6f}{iterations:>7}{compile_text:>11}{solve_s:>10.3f}  {status}",

@@ -3,6 +3,12 @@
     python benchmarks/posegraph.py                      # w10000.graph (10,000 SE2 poses, 64,311 edges)
     python benchmarks/posegraph.py --file w100.graph --repeats 5
     python benchmarks/posegraph.py --file pose3example.txt
+    python benchmarks/posegraph.py --file w100.graph --batch 64   # 64 graphs in one batched solve
+    python benchmarks/posegraph.py --file w10000.graph --first-poses 1000 --batch 64
+
+With ``--batch N`` the file's graph is solved N times from N starts (the file's values, each pose moved
+by Exp of a tangent draw with sigma 0.1, seed 0): jaxnls solves them as one batch
+(``batched=True``), GTSAM one after another; the table reports the total time of all N.
 
 Both problems get the same strong prior on pose 0 (sigma 1e-6) to fix the gauge, and start from the
 file's initial values. GTSAM runs with its default LevenbergMarquardtParams ("default") and with
@@ -32,11 +38,22 @@ from jaxnls import graph as jg  # noqa: E402
 PRIOR_SIGMA = 1e-6
 
 
-def load(name: str):
-    """GTSAM's example file as (gtsam graph with prior, gtsam initial, our FactorGraph)."""
+def load(name: str, first_poses: int | None = None):
+    """GTSAM's example file as (gtsam graph with prior, gtsam initial, our FactorGraph); with
+    ``first_poses`` only the poses with keys below it and the edges among them."""
     is3d = not name.endswith(".graph")
     path = gtsam.findExampleDataFile(name)
     factors, initial = gtsam.readG2o(path, True) if is3d else gtsam.load2D(path)
+    if first_poses is not None:
+        kept = gtsam.NonlinearFactorGraph()
+        for i in range(factors.size()):
+            if max(factors.at(i).keys()) < first_poses:
+                kept.add(factors.at(i))
+        values = gtsam.Values()
+        for key in initial.keys():
+            if key < first_poses:
+                values.insert(key, initial.atPose3(key) if is3d else initial.atPose2(key))
+        factors, initial = kept, values
     if is3d:
         def row(p):
             return np.asarray(jaxlie.SE3.from_matrix(jnp.asarray(p.matrix())).wxyz_xyz)
@@ -65,6 +82,91 @@ def load(name: str):
                      jnp.eye(d)[None] / PRIOR_SIGMA),
     ])
     return factors, initial, graph
+
+
+def perturbed_starts(graph, batch: int, sigma: float = 0.1, seed: int = 0):
+    """``batch`` copies of the graph's variables, each pose moved by Exp(ξ), ξ ~ N(0, sigma²) per tangent
+    coordinate (pose 0, the anchor, stays)."""
+    poses = graph.variables["pose"]
+    group = type(poses)
+    count = poses.parameters().shape[0]
+    noise = sigma * np.random.default_rng(seed).standard_normal((batch, count, group.tangent_dim))
+    noise[:, 0] = 0.0
+    moved = jax.vmap(lambda xi: jax.vmap(lambda p, x: p @ group.exp(x))(poses, xi))(jnp.asarray(noise))
+    return moved
+
+
+def gtsam_values(poses):
+    """gtsam.Values holding the jaxlie poses (keys 0..N-1)."""
+    values = gtsam.Values()
+    for key, row in enumerate(np.asarray(poses.parameters())):
+        if isinstance(poses, jaxlie.SE2):
+            values.insert(key, gtsam.Pose2(row[2], row[3], np.arctan2(row[1], row[0])))
+        else:
+            values.insert(key, gtsam.Pose3(np.asarray(jaxlie.SE3(jnp.asarray(row)).as_matrix())))
+    return values
+
+
+def batch_of(graph, starts):
+    """The graph with a leading batch axis on its variables and cost data (shared indices)."""
+    batch = starts.parameters().shape[0]
+    tile = lambda leaf: jnp.broadcast_to(leaf, (batch,) + leaf.shape)  # noqa: E731
+    costs = [jg.CostGroup(c.residual_fn, c.kinds, c.indices.array, jax.tree_util.tree_map(tile, c.data),
+                          None if c.sqrt_information is None else tile(c.sqrt_information), c.loss)
+             for c in graph.costs]
+    return jg.FactorGraph({"pose": starts}, costs)
+
+
+def run_gtsam_batch(factors, starts, repeats: int):
+    initials = [gtsam_values(jax.tree_util.tree_map(lambda leaf, b=b: leaf[b], starts))
+                for b in range(starts.parameters().shape[0])]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = [gtsam.LevenbergMarquardtOptimizer(factors, initial, gtsam.LevenbergMarquardtParams()).optimize()
+                   for initial in initials]
+        times.append(time.perf_counter() - start)
+    return np.array([factors.error(r) for r in results]), statistics.median(times)
+
+
+def run_jaxnls_batch(graph, solver, max_steps: int, repeats: int):
+    call = lambda: jg.solve(graph, solver=solver, max_steps=max_steps, batched=True)  # noqa: E731
+    start = time.perf_counter()
+    sol = call()
+    sol.cost.block_until_ready()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sol = call()
+        sol.cost.block_until_ready()
+        times.append(time.perf_counter() - start)
+    solve_time = statistics.median(times)
+    return np.asarray(sol.cost), np.asarray(sol.num_steps), max(first - solve_time, 0.0), solve_time
+
+
+def main_batch(args, factors, graph):
+    starts = perturbed_starts(graph, args.batch)
+    batched = batch_of(graph, starts)
+    print(f"batch of {args.batch} graphs ({args.file}, {len(graph.variables['pose'].parameters())} poses, "
+          f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}")
+    print(f"{'method':<36}{'max final cost':>16}{'max iters':>10}{'compile s':>11}{'total s':>10}"
+          f"{'max |cost - GTSAM| / GTSAM':>28}")
+    reference, gtsam_time = run_gtsam_batch(factors, starts, args.repeats)
+    print(f"{'gtsam LM (default, one by one)':<36}{reference.max():>16.6f}{'':>10}{'':>11}{gtsam_time:>10.3f}")
+    rows = {
+        "jaxnls Dogleg + SparseDirect": jaxnls.Dogleg(linear_solver=jg.SparseDirect()),
+        "jaxnls Dogleg + PCG": jaxnls.Dogleg(linear_solver=jg.PCG()),
+        "jaxnls LM + PCG": jaxnls.LevenbergMarquardt(linear_solver=jg.PCG()),
+    }
+    only = None if args.only is None else {name.strip() for name in args.only.split(",")}
+    for name, solver in rows.items():
+        if only is not None and name not in only:
+            continue
+        costs, steps, compile_time, solve_time = run_jaxnls_batch(batched, solver, args.max_steps, args.repeats)
+        gap = np.max(np.abs(costs - reference) / reference)
+        print(f"{name:<36}{costs.max():>16.6f}{steps.max():>10}{compile_time:>11.2f}{solve_time:>10.3f}{gap:>28.2e}",
+              flush=True)
 
 
 def run_gtsam(factors, initial, tight: bool, repeats: int):
@@ -105,11 +207,16 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--only", default=None, help="comma-separated row names to run (PCG rows on w10000 take "
                         "minutes: block-Jacobi CG needs its 500-iteration cap per step there)")
+    parser.add_argument("--batch", type=int, default=0, help="solve this many perturbed copies as one batch")
+    parser.add_argument("--first-poses", type=int, default=None, help="keep only the poses with keys below this "
+                        "and the edges among them")
     args = parser.parse_args(argv)
 
-    factors, initial, graph = load(args.file)
+    factors, initial, graph = load(args.file, args.first_poses)
+    if args.batch:
+        return main_batch(args, factors, graph)
     print(f"{args.file}: {len(graph.variables['pose'].parameters())} poses, {graph.costs[0].num_terms} edges, "
-          f"initial cost {factors.error(initial):.6e} (GTSAM) ; CPU devices: {jax.device_count()}")
+          f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}")
     rows = {
         "gtsam LM (default params)": lambda: run_gtsam(factors, initial, False, args.repeats),
         "gtsam LM (tight tolerances)": lambda: run_gtsam(factors, initial, True, 1),
