@@ -14,7 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._jacobian import flat_residual_fn, residual_and_jacobian
-from .adjoint import AbstractAdjoint, Implicit
+from .adjoint import AbstractAdjoint, DenseProblem, Implicit
 from ._solution import Solution
 from ._status import MESSAGES, Status
 from .linear import AbstractLinearization
@@ -323,15 +323,16 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     state = _run_loop(solver, evaluate, args, axes, state, max_steps, verbose, working_set, adjoint, space)
 
     if space is EUCLIDEAN:
-        x, cost = adjoint.attach(adjoint_fn, state.x, state.cost, state.status, differentiable_args, axes)
+        x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)
     else:
         # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇
         chart = lambda d, a: adjoint_fn(space.retract_one(a[0], d), a[1])  # noqa: E731
         anchor = state.x if adjoint.differentiates_iterations else jax.lax.stop_gradient(state.x)
-        delta, cost = adjoint.attach(chart, jnp.zeros((x0.shape[0], space.tangent_size), x0.dtype), state.cost,
-                                     state.status, (anchor, differentiable_args), (0, axes))
-        x = jax.vmap(space.retract_one)(state.x, delta)
+        finite, safe_anchor = space.finite_or_identity(anchor)
+        delta, cost = adjoint.attach(DenseProblem(chart), jnp.zeros((x0.shape[0], space.tangent_size), x0.dtype), state.cost,
+                                     state.status, (safe_anchor, differentiable_args), (0, axes))
+        x = jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor)
     params = jax.vmap(unravel)(x)
     return _make_solution(solver, params, cost, state, batched, throw, num_residuals,
                           x0.shape[1] if space is EUCLIDEAN else space.tangent_size)

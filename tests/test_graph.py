@@ -211,7 +211,7 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
         for cost, group in zip(graph.costs, structure.groups):
             variables = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
                          for k, c in zip(cost.kinds, group["indices"].T)]
-            r, jac, _ = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information)
+            r, jac, _ = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information, cost.loss)
             blocks.append(jac)
             pieces.append(jnp.ravel(r))
         return blocks, pieces
@@ -224,8 +224,18 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
     np.testing.assert_allclose(lin.diagonal(), jnp.sum(dense**2, axis=0), atol=1e-10)
     v = jax.random.normal(jax.random.PRNGKey(0), (n,))
     np.testing.assert_allclose(lin.curvature(v), jnp.sum((dense @ v) ** 2), rtol=1e-12)
-    np.testing.assert_allclose(lin.normal_times(v), dense.T @ (dense @ v), atol=1e-10)
     damping = jnp.linspace(0.1, 1.0, n)
+    from_jacobians = jg.NormalOperator(structure=structure, jacobians=lin.blocks, products=None, damping=damping)
+    from_products = jg.NormalOperator(structure=structure, jacobians=None, products=tuple(
+        jnp.einsum("eka,ekb->eab", jac, jac) for jac in lin.blocks), damping=damping)
+    normal = dense.T @ dense + jnp.diag(damping)
+    for operator in (from_jacobians, from_products):
+        np.testing.assert_allclose(operator.times(v), normal @ v, atol=1e-10)
+        diagonal_blocks = operator.block_diagonal()
+        for kind in structure.kinds:
+            for i in range(structure.count[kind]):
+                at = structure.offset[kind] + i * structure.dim[kind] + np.arange(structure.dim[kind])
+                np.testing.assert_allclose(diagonal_blocks[kind][i], normal[np.ix_(at, at)], atol=1e-10)
     expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
     for solver in (jg.PCG(rtol=1e-13, structure=structure), jg.SparseDirect(structure=structure)):
         step = eqx.filter_jit(lambda lin, d, solver=solver: solver.solve(lin, d))(lin, damping)

@@ -39,7 +39,7 @@ def _linearization(graph, solver_cls=jg.SchurPCG, **options):
     structure = validate(graph, False)
     cost = graph.costs[0]
     variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
-    r, jac, _ = term_evaluator(cost, structure.groups[0], jnp.float64)(variables, cost.data, None)
+    r, jac, _ = term_evaluator(cost, structure.groups[0], jnp.float64)(variables, cost.data, None, None)
     solver = solver_cls(structure=structure, **options)
     return solver, solver.linearize(jnp.ravel(r), (jac,)), structure
 

@@ -24,7 +24,53 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
+from .._jacobian import residual_and_jacobian
 from .._status import Status
+from ..linear import Cholesky
+
+
+class AbstractAdjointProblem(eqx.Module):
+    r"""What the adjoints need of ONE least-squares problem :math:`c(x, θ) = \tfrac12\|r(x, θ)\|^2`.
+
+    :class:`DenseProblem` (a flat residual, dense Jacobians: :func:`jaxnls.solve`) and the factor
+    graphs' block-sparse problem (:func:`jaxnls.graph.solve`) implement it. Every field is static: a
+    problem is the structure, ``args`` carry the data.
+    """
+
+    @abc.abstractmethod
+    def cost(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, ""]:
+        """:math:`c(x, θ)`."""
+
+    @abc.abstractmethod
+    def hessian_solve(self, x: Float[Array, " n"], args: PyTree, rhs: Float[Array, " n"], exact: bool
+                      ) -> Float[Array, " n"]:
+        r""":math:`H^{-1}` ``rhs`` with :math:`H = J^\top J` (+ :math:`\sum_i r_i\nabla^2 r_i` if ``exact``),
+        linear in ``rhs`` (JAX transposes it), regularised so that a singular :math:`H` gives a finite value."""
+
+    @abc.abstractmethod
+    def gauss_newton_step(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        r""":math:`x - (J^\top J)^{-1} J^\top r`, differentiable in ``x`` and ``args``."""
+
+
+class DenseProblem(AbstractAdjointProblem):
+    """A problem given by its flat residual ``residual(x, args) -> (m,)``: dense Jacobians and solves."""
+
+    residual: object = eqx.field(static=True)
+
+    def cost(self, x, args):
+        return 0.5 * jnp.sum(self.residual(x, args) ** 2)
+
+    def hessian_solve(self, x, args, rhs, exact):
+        jac = jax.jacfwd(self.residual)(x, args)
+        hessian = jac.T @ jac
+        if exact:
+            hessian = hessian + _residual_curvature(self.residual, x, args)
+        return _regularised_solve(hessian, rhs)
+
+    def gauss_newton_step(self, x, args):
+        r, jac = residual_and_jacobian(self.residual, x, args, jax.eval_shape(self.residual, x, args).shape[0])
+        solver = Cholesky()
+        return x + solver.solve(solver.linearize(r, jac), jnp.zeros_like(x))
 
 
 class AbstractAdjoint(eqx.Module):
@@ -37,7 +83,7 @@ class AbstractAdjoint(eqx.Module):
     @abc.abstractmethod
     def attach(
         self,
-        residual,
+        problem: AbstractAdjointProblem,
         x: Float[Array, "batch n"],
         cost: Float[Array, " batch"],
         status: Int[Array, " batch"],
@@ -46,8 +92,8 @@ class AbstractAdjoint(eqx.Module):
     ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
         """Return ``x`` and ``cost`` (unchanged values) carrying this adjoint's derivative rule.
 
-        ``residual(x, args)`` is the flat residual of one problem; ``args`` holds arrays only (None
-        in place of static leaves); ``axes`` says which ``args`` leaves carry the batch axis (``0``)
+        ``problem`` answers for one problem (:class:`AbstractAdjointProblem`); ``args`` holds arrays only
+        (None in place of static leaves); ``axes`` says which ``args`` leaves carry the batch axis (``0``)
         and which are shared (``None``).
         """
 
@@ -75,39 +121,36 @@ class Implicit(AbstractAdjoint):
         if self.hessian not in ("exact", "gauss_newton"):
             raise ValueError(f"Implicit(hessian=...) must be 'exact' or 'gauss_newton', got {self.hessian!r}")
 
-    def attach(self, residual, x, cost, status, args, axes):
-        return _implicit_solution(_Problem(residual, axes, self.hessian), x, cost, status, args)
+    def attach(self, problem, x, cost, status, args, axes):
+        return _implicit_solution(_Rule(problem, axes, self.hessian == "exact"), x, cost, status, args)
 
 
-class _Problem(eqx.Module):
-    """The static part of the implicit rule."""
+class _Rule(eqx.Module):
+    """The static part of the implicit and direct-loss rules."""
 
-    residual: object = eqx.field(static=True)
+    problem: AbstractAdjointProblem = eqx.field(static=True)
     axes: PyTree = eqx.field(static=True)
-    hessian: str = eqx.field(static=True)
-
-    def cost(self, x, args):
-        return 0.5 * jnp.sum(self.residual(x, args) ** 2)
+    exact: bool = eqx.field(static=True)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _implicit_solution(problem: _Problem, x, cost, status, arrays):
-    del problem, status, arrays
+def _implicit_solution(rule: _Rule, x, cost, status, arrays):
+    del rule, status, arrays
     return x, cost
 
 
 @_implicit_solution.defjvp
-def _implicit_solution_jvp(problem: _Problem, primals, tangents):
+def _implicit_solution_jvp(rule: _Rule, primals, tangents):
     x, cost, status, args = primals
     *_, args_dot = tangents
     # The solution as a differentiable function of args (this rule again): when the rule itself is
     # differentiated (second order), H and the couplings below then move with x*(θ) as they must.
-    x, cost = _implicit_solution(problem, x, cost, status, args)
+    x, cost = _implicit_solution(rule, x, cost, status, args)
     # only floating leaves have tangents; integer ones are data (their float0 tangents are dropped)
     floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(a.dtype, jnp.inexact), args)
     args_dot = jax.tree_util.tree_map(lambda f, d: d if f else None, floating, args_dot)
     x_dot, cost_dot = jax.vmap(
-        functools.partial(_tangent, problem, floating), in_axes=(0, problem.axes, problem.axes)
+        functools.partial(_tangent, rule, floating), in_axes=(0, rule.axes, rule.axes)
     )(x, args, args_dot)
     usable = jnp.all(jnp.isfinite(x), axis=-1) & (status != Status.NONFINITE_START)
     x_dot = jnp.where(usable[:, None], x_dot, 0.0)
@@ -115,7 +158,7 @@ def _implicit_solution_jvp(problem: _Problem, primals, tangents):
     return (x, cost), (x_dot, cost_dot)
 
 
-def _tangent(problem: _Problem, floating, x, args, args_dot):
+def _tangent(rule: _Rule, floating, x, args, args_dot):
     """ẋ and ċ of one problem (the rule above, per batch element)."""
     # a non-finite solution gets a zero tangent (masked by the caller); keep its algebra finite
     x = jnp.where(jnp.isfinite(x), x, 0.0)
@@ -128,29 +171,25 @@ def _tangent(problem: _Problem, floating, x, args, args_dot):
 
     # ∇ₓc, and ∂_θ g·θ̇ and ∂_θ c·θ̇ at the solution, from one forward pass over θ
     (_, gradient), (cost_partial, coupling) = jax.jvp(
-        lambda f: jax.value_and_grad(problem.cost)(x, with_floats(f)), (floats,), (args_dot,)
+        lambda f: jax.value_and_grad(rule.problem.cost)(x, with_floats(f)), (floats,), (args_dot,)
     )
-    jac = jax.jacfwd(problem.residual)(x, args)
-    hessian = jac.T @ jac
-    if problem.hessian == "exact":
-        hessian = hessian + _residual_curvature(problem, x, args)
-    x_dot = -_regularised_solve(hessian, coupling)
+    x_dot = -rule.problem.hessian_solve(x, args, coupling, rule.exact)
     cost_dot = gradient @ x_dot + cost_partial
     return x_dot, cost_dot
 
 
-def _residual_curvature(problem: _Problem, x, args) -> Float[Array, "n n"]:
+def _residual_curvature(residual_fn, x, args) -> Float[Array, "n n"]:
     r""":math:`\sum_i r_i \nabla^2 r_i`, one entry :math:`r^\top \partial^2 r[e_j, e_k]` at a time by
     forward-over-forward differentiation: no reverse-mode residuals are stored, so the memory is that
     of a few residual evaluations whatever n (the batch's Hessians cost little more than JᵀJ)."""
     n = x.shape[0]
-    residual = problem.residual(x, args)
+    residual = residual_fn(x, args)
     rows, cols = np.triu_indices(n)
     basis = jnp.eye(n, dtype=x.dtype)
 
     def entry(pair):
         j, k = pair
-        along_j = lambda z: jax.jvp(lambda v: problem.residual(v, args), (z,), (basis[j],))[1]  # noqa: E731
+        along_j = lambda z: jax.jvp(lambda v: residual_fn(v, args), (z,), (basis[j],))[1]  # noqa: E731
         return residual @ jax.jvp(along_j, (x,), (basis[k],))[1]
 
     upper = jax.lax.map(entry, (jnp.asarray(rows), jnp.asarray(cols)))
@@ -189,40 +228,39 @@ class DirectLossMinimization(AbstractAdjoint):
         if not self.epsilon > 0:
             raise ValueError(f"DirectLossMinimization(epsilon=...) must be positive, got {self.epsilon!r}")
 
-    def attach(self, residual, x, cost, status, args, axes):
-        return _direct_loss_solution(_Problem(residual, axes, "gauss_newton"), self.epsilon, x, cost, status, args)
+    def attach(self, problem, x, cost, status, args, axes):
+        return _direct_loss_solution(_Rule(problem, axes, False), self.epsilon, x, cost, status, args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _direct_loss_solution(problem: _Problem, epsilon, x, cost, status, args):
-    del problem, epsilon, status, args
+def _direct_loss_solution(rule: _Rule, epsilon, x, cost, status, args):
+    del rule, epsilon, status, args
     return x, cost
 
 
-def _direct_loss_forward(problem, epsilon, x, cost, status, args):
+def _direct_loss_forward(rule, epsilon, x, cost, status, args):
     return (x, cost), (x, status, args)
 
 
-def _direct_loss_backward(problem: _Problem, epsilon, residuals, cotangents):
+def _direct_loss_backward(rule: _Rule, epsilon, residuals, cotangents):
     x, status, args = residuals
     x_bar, cost_bar = cotangents
     usable = jnp.all(jnp.isfinite(x), axis=-1) & (status != Status.NONFINITE_START)
 
     def per_problem(x, args, x_bar, cost_bar):
         x = jnp.where(jnp.isfinite(x), x, 0.0)
-        jac = jax.jacfwd(problem.residual)(x, args)
-        x_hat = x + epsilon * _regularised_solve(jac.T @ jac, x_bar)
-        partial = jax.grad(problem.cost, argnums=1)
+        x_hat = x + epsilon * rule.problem.hessian_solve(x, args, x_bar, False)
+        partial = jax.grad(rule.problem.cost, argnums=1)
         return jax.tree_util.tree_map(
             lambda moved, here: -(moved - here) / epsilon + cost_bar * here, partial(x_hat, args), partial(x, args)
         )
 
-    per_problem_bar = jax.vmap(per_problem, in_axes=(0, problem.axes, 0, 0), out_axes=0)(x, args, x_bar, cost_bar)
+    per_problem_bar = jax.vmap(per_problem, in_axes=(0, rule.axes, 0, 0), out_axes=0)(x, args, x_bar, cost_bar)
     # shared (unbatched) args collect the cotangents of every problem; batched ones keep theirs
     args_bar = jax.tree_util.tree_map(
         lambda axis, bar: None if bar is None else jnp.sum(jnp.where(_expand(usable, bar), bar, 0.0), axis=0)
         if axis is None else jnp.where(_expand(usable, bar), bar, 0.0),
-        problem.axes, per_problem_bar, is_leaf=lambda a: a is None,
+        rule.axes, per_problem_bar, is_leaf=lambda a: a is None,
     )
     args_bar = jax.tree_util.tree_map(
         lambda a, bar: bar if jnp.issubdtype(a.dtype, jnp.inexact) else np.zeros(a.shape, jax.dtypes.float0),

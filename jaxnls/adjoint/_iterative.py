@@ -8,8 +8,6 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from .._jacobian import residual_and_jacobian
-from ..linear import Cholesky
 from ._implicit import AbstractAdjoint
 
 
@@ -28,7 +26,7 @@ class Unroll(AbstractAdjoint):
 
     differentiates_iterations: ClassVar[bool] = True
 
-    def attach(self, residual, x, cost, status, args, axes):
+    def attach(self, problem, x, cost, status, args, axes):
         return x, cost
 
 
@@ -50,20 +48,12 @@ class Truncated(AbstractAdjoint):
         if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
             raise ValueError(f"Truncated(num_steps=...) must be a positive int, got {self.num_steps!r}")
 
-    def attach(self, residual, x, cost, status, args, axes):
-        num_residuals = jax.eval_shape(jax.vmap(residual, in_axes=(0, axes)), x, args).shape[1]
-        linear_solver = Cholesky()
-
+    def attach(self, problem, x, cost, status, args, axes):
         def refine(x, args):
             usable = jnp.all(jnp.isfinite(x))
-
-            def gauss_newton_step(_, x):
-                r, jac = residual_and_jacobian(residual, x, args, num_residuals)
-                return x + linear_solver.solve(linear_solver.linearize(r, jac), jnp.zeros_like(x))
-
-            x = jax.lax.fori_loop(0, self.num_steps, gauss_newton_step, jnp.where(usable, x, 0.0))
-            r = residual(x, args)
-            return jnp.where(usable, x, 0.0), jnp.where(usable, 0.5 * jnp.sum(r**2), 0.0)
+            x = jax.lax.fori_loop(0, self.num_steps, lambda _, x: problem.gauss_newton_step(x, args),
+                                  jnp.where(usable, x, 0.0))
+            return jnp.where(usable, x, 0.0), jnp.where(usable, problem.cost(x, args), 0.0)
 
         refined_x, refined_cost = jax.vmap(refine, in_axes=(0, axes))(jax.lax.stop_gradient(x), args)
         # the solve's values (the bracket is exactly zero), the refinement's derivatives

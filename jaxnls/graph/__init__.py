@@ -21,7 +21,7 @@ from ._factors import between, from_gtsam_pose3, prior
 from ._files import (bal_graph_problem, bal_reprojection, point_in_frame, pose_graph_problem, updated_bal,
                      updated_pose_graph)
 from ._graph import CostGroup, FactorGraph
-from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, SparseDirect
+from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
 from ._schur import SchurPCG
 from ._solve import solve
 
@@ -32,6 +32,7 @@ __all__ = [
     "BlockSparseLinearization",
     "CostGroup",
     "FactorGraph",
+    "NormalOperator",
     "SparseDirect",
     "bal_graph_problem",
     "bal_reprojection",

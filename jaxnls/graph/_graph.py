@@ -194,6 +194,10 @@ class GraphStructure:
                 kinds=cost.kinds, dims=tuple(dims), columns=np.concatenate(columns, axis=1).astype(np.int32),
                 mask=None if mask.all() else mask.astype(np.float64), num_terms=idx.shape[0], indices=idx,
             ))
+        # 1.0 at the tangent coordinates of fixed variables: the step systems put an identity there (those
+        # coordinates are not unknowns; their right-hand side is always zero), which keeps every system
+        # nonsingular on their account and the transposed solves of the adjoints bounded
+        self.fixed_diagonal = np.concatenate([np.repeat(~free[kind], self.dim[kind]) for kind in kinds]).astype(np.float64)
         self._pattern = None
         self._upper = None
         # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)
@@ -217,16 +221,15 @@ class GraphStructure:
         """J v as per-group pieces (E_g, k_g)."""
         return [jnp.einsum("ekd,ed->ek", jac, v[group["columns"]]) for jac, group in zip(blocks, self.groups)]
 
-    def block_diagonal(self, blocks):
-        """The d×d diagonal blocks of JᵀJ, per kind (N, d, d)."""
-        out = {kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), blocks[0].dtype)
+    def block_diagonal(self, products):
+        """The d×d diagonal blocks of Σₑ Sₑᵀ Pₑ Sₑ for per-term ``(E, D, D)`` blocks Pₑ, per kind (N, d, d)."""
+        out = {kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), products[0].dtype)
                for kind in self.kinds}
-        for jac, group in zip(blocks, self.groups):
+        for product, group in zip(products, self.groups):
             cost_idx = group["indices"]
             start = 0
             for j, (kind, d) in enumerate(zip(group["kinds"], group["dims"])):
-                part = jac[:, :, start:start + d]
-                out[kind] = out[kind].at[cost_idx[:, j]].add(jnp.einsum("eka,ekb->eab", part, part))
+                out[kind] = out[kind].at[cost_idx[:, j]].add(product[:, start:start + d, start:start + d])
                 start += d
         return out
 
@@ -300,31 +303,47 @@ def validate(graph: FactorGraph, batched: bool) -> GraphStructure:
     return structure
 
 
-def term_evaluator(cost: CostGroup, group: dict, dtype):
-    r"""``(variables of E terms, data, L) -> (r (E, k), J (E, k, D), cost)`` with one vmap over the terms;
-    ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss), and with a loss
-    ``r``, ``J`` are Triggs-corrected."""
+def gather_variables(values: dict, group: dict) -> list:
+    """The variables every term of a cost group connects: one stack (E leading) per argument."""
+    return [jax.tree_util.tree_map(lambda leaf, c=column: leaf[c], values[kind])
+            for kind, column in zip(group["kinds"], group["indices"].T)]
+
+
+def term_residual(residual_fn, group: dict, dtype):
+    r"""``(variables of ONE term, δ (D,), data, L) -> L r(X_1 ⊕ δ_1, …, X_a ⊕ δ_a, data)`` (k,)."""
     dims = group["dims"]
-    total = sum(dims)
 
-    def one_term(variables, data, sqrt_information):
-        def fn(delta):
-            moved = [retract(v, p) for v, p in zip(variables, split_by_sizes(delta, dims))]
-            r = jnp.ravel(cost.residual_fn(*moved, data)).astype(dtype)
-            if sqrt_information is not None:
-                r = sqrt_information @ r
-            return r, r
+    def fn(variables, delta, data, sqrt_information):
+        moved = [retract(v, p) for v, p in zip(variables, split_by_sizes(delta, dims))]
+        r = jnp.ravel(residual_fn(*moved, data)).astype(dtype)
+        return r if sqrt_information is None else sqrt_information @ r
 
-        jac, r = jax.jacfwd(fn, has_aux=True)(jnp.zeros((total,), dtype))
-        if cost.loss is None:
+    return fn
+
+
+def information_axis(sqrt_information):
+    """vmap axis of ``sqrt_information`` over a group's terms: shared (k, k) or per term (E, k, k)."""
+    return None if sqrt_information is None or sqrt_information.ndim == 2 else 0
+
+
+def term_evaluator(cost: CostGroup, group: dict, dtype):
+    r"""``(variables of E terms, data, L, loss) -> (r (E, k), J (E, k, D), cost)`` with one vmap over the
+    terms; ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss), and
+    with a loss ``r``, ``J`` are Triggs-corrected."""
+    residual = term_residual(cost.residual_fn, group, dtype)
+    zero = jnp.zeros((sum(group["dims"]),), dtype)
+
+    def one_term(variables, data, sqrt_information, loss):
+        jac, r = jax.jacfwd(lambda d: (residual(variables, d, data, sqrt_information),) * 2, has_aux=True)(zero)
+        if loss is None:
             return r, jac, 0.5 * jnp.sum(r**2)
-        value, _, _ = cost.loss.rho(jnp.sum(r**2))
-        r, jac = cost.loss.correct(r, jac)
+        value, _, _ = loss.rho(jnp.sum(r**2))
+        r, jac = loss.correct(r, jac)
         return r, jac, 0.5 * value
 
-    def evaluate(variables, data, sqrt_information):
-        l_axis = None if sqrt_information is None or sqrt_information.ndim == 2 else 0
-        r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, l_axis))(variables, data, sqrt_information)
+    def evaluate(variables, data, sqrt_information, loss):
+        r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, information_axis(sqrt_information), None))(
+            variables, data, sqrt_information, loss)
         if group["mask"] is not None:
             jac = jac * jnp.asarray(group["mask"], dtype)[:, None, :]
         return r, jac, jnp.sum(cost_terms)

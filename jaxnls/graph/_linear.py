@@ -41,16 +41,74 @@ class BlockSparseLinearization(AbstractLinearization):
     def curvature(self, v):
         return sum(jnp.sum(piece**2) for piece in self.structure.times(self.blocks, v))
 
-    def normal_times(self, v):
-        """JᵀJ v (matrix-free)."""
-        return self.structure.transpose_times(self.blocks, self.structure.times(self.blocks, v))
 
-    def block_diagonal(self):
-        return self.structure.block_diagonal(self.blocks)
+class NormalOperator(eqx.Module):
+    r"""The symmetric matrix :math:`A = \sum_e S_e^	op P_e S_e + \mathrm{diag}(d)` of one graph problem.
+
+    :math:`P_e` is term ``e``'s ``D×D`` block over the tangent coordinates of the variables it connects
+    (:math:`S_e` picks them): :math:`J_e^	op J_e` for a step (given as the Jacobian blocks
+    ``jacobians``, so that products with :math:`A` cost two block products) or any symmetric block, e.g.
+    the term's exact Hessian in the implicit adjoint (given as ``products``). Exactly one of the two is set.
+    :math:`d` is ``damping`` plus 1 at the coordinates of fixed variables (whose rows and columns of
+    :math:`P_e` are zero): there :math:`A` is the identity, so their solution is their right-hand side (zero
+    in every system the solves build) and no system is singular on their account.
+    """
+
+    structure: GraphStructure = eqx.field(static=True)
+    jacobians: tuple | None
+    products: tuple | None
+    damping: Float[Array, " n"]
+
+    def diagonal(self) -> Float[Array, " n"]:
+        """d: the damping, and 1 at the coordinates of fixed variables."""
+        return self.damping + jnp.asarray(self.structure.fixed_diagonal, self.damping.dtype)
+
+    def term_products(self) -> list:
+        """The blocks :math:`P_e`, ``(E, D, D)`` per cost group."""
+        if self.products is not None:
+            return list(self.products)
+        return [jnp.einsum("eka,ekb->eab", jac, jac) for jac in self.jacobians]
+
+    def times(self, v: Float[Array, " n"]) -> Float[Array, " n"]:
+        """A v (matrix-free)."""
+        structure = self.structure
+        if self.products is not None:
+            applied = structure.scatter([jnp.einsum("eab,eb->ea", product, v[group["columns"]])
+                                         for product, group in zip(self.products, structure.groups)])
+        else:
+            applied = structure.transpose_times(self.jacobians, structure.times(self.jacobians, v))
+        return applied + self.diagonal() * v
+
+    def block_diagonal(self) -> dict:
+        """The ``d×d`` diagonal blocks of A, per variable kind ``(N, d, d)``."""
+        structure = self.structure
+        out = structure.block_diagonal(self.term_products())
+        diagonal = structure.flat_to_kinds(self.diagonal())
+        return {kind: out[kind] + diagonal[kind][:, :, None] * jnp.eye(structure.dim[kind], dtype=self.damping.dtype)[None]
+                for kind in structure.kinds}
+
+    def coupling(self, group: int, row: int, column: int):
+        """The blocks of :math:`P_e` between argument ``row`` and argument ``column`` of every term of cost
+        group ``group``: ``(E, d_row, d_column)``."""
+        dims = self.structure.groups[group]["dims"]
+        starts = [sum(dims[:j]) for j in range(len(dims))]
+        rows = slice(starts[row], starts[row] + dims[row])
+        columns = slice(starts[column], starts[column] + dims[column])
+        if self.products is not None:
+            return self.products[group][:, rows, columns]
+        jac = self.jacobians[group]
+        return jnp.einsum("eka,ekb->eab", jac[:, :, rows], jac[:, :, columns])
 
 
 class AbstractGraphLinearSolver(AbstractLinearSolver):
-    """A step solver for :func:`jaxnls.graph.solve`; the solve binds the graph's structure to it."""
+    """A step solver for :func:`jaxnls.graph.solve`; the solve binds the graph's structure to it.
+
+    Subclasses implement :meth:`solve_system`; every solve goes through ``jax.lax.custom_linear_solve``
+    (symmetric), so the solution is differentiable in forward and reverse mode with respect to the
+    matrix and the right-hand side (the unrolled adjoints differentiate through the steps, the implicit
+    adjoint solves its system with the same solver) without differentiating the solver's own iterations
+    or its host-side factorisation.
+    """
 
     structure: GraphStructure | None = eqx.field(static=True, default=None, kw_only=True)
 
@@ -63,21 +121,26 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
         return BlockSparseLinearization(gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian),
                                         structure=structure)
 
-    @abc.abstractmethod
     def solve(self, lin: BlockSparseLinearization, damping):
         """δ with ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
+        operator = NormalOperator(structure=lin.structure, jacobians=lin.blocks, products=None, damping=damping)
+        return self.solve_operator(operator, -lin.gradient)
+
+    def solve_operator(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+        """:math:`A^{-1}` ``rhs``, differentiable with respect to ``operator`` and ``rhs``."""
+        return jax.lax.custom_linear_solve(operator.times, rhs, lambda _, b: self.solve_system(operator, b),
+                                           symmetric=True)
+
+    @abc.abstractmethod
+    def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+        """x with ``A x = rhs`` (``A`` symmetric positive semi-definite; a singular ``A`` gets a finite x)."""
 
 
-def _block_jacobi(lin: BlockSparseLinearization, damping):
-    """The preconditioner v ↦ blockdiag(JᵀJ + diag(d))⁻¹ v, each d×d block Jacobi-scaled and
-    pivot-floored before inversion (a fixed variable's zero block gives a finite inverse)."""
-    structure = lin.structure
-    blocks = lin.block_diagonal()
-    damping_parts = structure.flat_to_kinds(damping)
-    inverses = {}
-    for kind in structure.kinds:
-        eye = jnp.eye(structure.dim[kind], dtype=damping.dtype)
-        inverses[kind] = invert_blocks(blocks[kind] + damping_parts[kind][:, :, None] * eye[None])
+def _block_jacobi(operator: NormalOperator):
+    """The preconditioner v ↦ blockdiag(A)⁻¹ v, each d×d block Jacobi-scaled and pivot-floored before
+    inversion (a fixed variable's zero block gives a finite inverse)."""
+    structure = operator.structure
+    inverses = {kind: invert_blocks(block) for kind, block in operator.block_diagonal().items()}
 
     def apply(v):
         parts = structure.flat_to_kinds(v)
@@ -109,11 +172,8 @@ class PCG(AbstractGraphLinearSolver):
     rtol: float = 1e-6
     max_steps: int = 500
 
-    def solve(self, lin, damping):
-        precondition = _block_jacobi(lin, damping)
-        rhs = -lin.gradient
-        return conjugate_gradient(lambda v: lin.normal_times(v) + damping * v, precondition, rhs, self.rtol,
-                                  self.max_steps)
+    def solve_system(self, operator, rhs):
+        return conjugate_gradient(operator.times, _block_jacobi(operator), rhs, self.rtol, self.max_steps)
 
 
 def conjugate_gradient(matvec, precondition, rhs, rtol, max_steps):
@@ -131,10 +191,15 @@ def conjugate_gradient(matvec, precondition, rhs, rtol, max_steps):
         ap = matvec(p)
         pap = p @ ap
         alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
-        x = x + alpha * p
+        x_new = x + alpha * p
         r = r - alpha * ap
         z = precondition(r)
-        rz_new = jnp.where(pap > 0, r @ z, 0.0)  # breakdown (no curvature along p): stop here
+        rz_new = r @ z
+        # breakdown (no curvature along p) or overflow (a singular system's null-space part growing): stop
+        # at the last finite iterate
+        healthy = (pap > 0) & jnp.isfinite(rz_new) & jnp.all(jnp.isfinite(x_new))
+        x = jnp.where(healthy, x_new, x)
+        rz_new = jnp.where(healthy, rz_new, 0.0)
         p = z + (rz_new / jnp.where(rz > 0, rz, 1.0)) * p
         return i + 1, x, r, p, rz_new
 
@@ -155,18 +220,18 @@ class SparseDirect(AbstractGraphLinearSolver):
     CPU-side: on an accelerator every iteration copies the matrix to the host and back.
     """
 
-    def solve(self, lin, damping):
-        structure = lin.structure
+    def solve_system(self, operator, rhs):
+        structure = operator.structure
+        diagonal = operator.diagonal()
         _, indices, rows, position, diagonal_at = structure.pattern()
         upper_indptr, upper = structure.upper_pattern()
         # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host: np.bincount
         # over the static positions takes ~15 ms on w10000 (2.3M contributions), XLA:CPU's scatter-add ~120 ms
-        contributions = jnp.concatenate([jnp.einsum("eka,ekb->eab", jac, jac).ravel() for jac in lin.blocks]
-                                        + [damping])
+        contributions = jnp.concatenate([product.ravel() for product in operator.term_products()] + [diagonal])
         nnz = indices.shape[0]
         n = structure.n
-        floor = pivot_floor(n, damping.dtype)
-        dtype = damping.dtype
+        floor = pivot_floor(n, diagonal.dtype)
+        dtype = diagonal.dtype
 
         def host_solve(contributions, rhs):
             qdldl, sparse = _qdldl_and_sparse()
@@ -191,7 +256,7 @@ class SparseDirect(AbstractGraphLinearSolver):
                 x = rhs * scale**2
             return x.astype(dtype)
 
-        return jax.pure_callback(host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, -lin.gradient,
+        return jax.pure_callback(host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs,
                                  vmap_method="sequential")
 
 

@@ -21,7 +21,6 @@ with :math:`H_{pp}^{-1}`. The preconditioner is the block diagonal of :math:`S` 
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from ._linear import AbstractGraphLinearSolver, conjugate_gradient, invert_blocks
@@ -38,28 +37,26 @@ class SchurPCG(AbstractGraphLinearSolver):
     rtol: float = 1e-8
     max_steps: int = 500
 
-    def solve(self, lin, damping):
-        structure = lin.structure
+    def solve_system(self, operator, rhs):
+        structure = operator.structure
         eliminated = self.eliminate
         _check_eliminable(structure, eliminated)
         kept = [kind for kind in structure.kinds if kind != eliminated]
-        damping_parts = structure.flat_to_kinds(damping)
-        diagonal_blocks = lin.block_diagonal()
-        d = structure.dim[eliminated]
-        eye = jnp.eye(d, dtype=damping.dtype)
-        hpp_inverse = invert_blocks(diagonal_blocks[eliminated] + damping_parts[eliminated][:, :, None] * eye[None])
-        gradient = structure.flat_to_kinds(lin.gradient)
+        diagonal_blocks = operator.block_diagonal()
+        hpp_inverse = invert_blocks(diagonal_blocks[eliminated])
+        rhs_parts = structure.flat_to_kinds(rhs)
+        dtype = rhs.dtype
 
         def zeros(kind):
-            return jnp.zeros((structure.count[kind], structure.dim[kind]), damping.dtype)
+            return jnp.zeros((structure.count[kind], structure.dim[kind]), dtype)
 
         def h_times(parts):
-            """(JᵀJ + diag d) applied to a vector given per kind (missing kinds are zero)."""
+            """A applied to a vector given per kind (missing kinds are zero)."""
             flat = structure.kinds_to_flat({kind: parts.get(kind, zeros(kind)) for kind in structure.kinds})
-            return structure.flat_to_kinds(lin.normal_times(flat) + damping * flat)
+            return structure.flat_to_kinds(operator.times(flat))
 
-        def solve_points(rhs):
-            return jnp.einsum("nij,nj->ni", hpp_inverse, rhs)
+        def solve_points(b):
+            return jnp.einsum("nij,nj->ni", hpp_inverse, b)
 
         def flatten(parts):
             return jnp.concatenate([jnp.ravel(parts[kind]) for kind in kept])
@@ -78,13 +75,13 @@ class SchurPCG(AbstractGraphLinearSolver):
             correction = h_times({eliminated: solve_points(full[eliminated])})
             return flatten({kind: full[kind] - correction[kind] for kind in kept})
 
-        back = h_times({eliminated: solve_points(gradient[eliminated])})
-        rhs = flatten({kind: -gradient[kind] + back[kind] for kind in kept})
-        precondition = _schur_jacobi(lin, structure, kept, eliminated, diagonal_blocks, damping_parts, hpp_inverse,
-                                     flatten, unflatten)
-        camera_step = unflatten(conjugate_gradient(schur_times, precondition, rhs, self.rtol, self.max_steps))
+        # S δ_c = b_c - A_cp A_pp⁻¹ b_p,  δ_p = A_pp⁻¹ (b_p - A_pc δ_c)
+        back = h_times({eliminated: solve_points(rhs_parts[eliminated])})
+        reduced_rhs = flatten({kind: rhs_parts[kind] - back[kind] for kind in kept})
+        precondition = _schur_jacobi(operator, kept, eliminated, diagonal_blocks, hpp_inverse, flatten, unflatten)
+        camera_step = unflatten(conjugate_gradient(schur_times, precondition, reduced_rhs, self.rtol, self.max_steps))
         coupling = h_times(camera_step)[eliminated]
-        point_step = -solve_points(gradient[eliminated] + coupling)
+        point_step = solve_points(rhs_parts[eliminated] - coupling)
         return structure.kinds_to_flat({**camera_step, eliminated: point_step})
 
 
@@ -100,24 +97,19 @@ def _check_eliminable(structure, eliminated: str):
                              "kind, so their block of JᵀJ is not block diagonal; eliminate another kind")
 
 
-def _schur_jacobi(lin, structure, kept, eliminated, diagonal_blocks, damping_parts, hpp_inverse, flatten, unflatten):
+def _schur_jacobi(operator, kept, eliminated, diagonal_blocks, hpp_inverse, flatten, unflatten):
     """v ↦ (block diagonal of S)⁻¹ v."""
-    blocks = {}
-    for kind in kept:
-        dk = structure.dim[kind]
-        blocks[kind] = diagonal_blocks[kind] + damping_parts[kind][:, :, None] * jnp.eye(dk, dtype=hpp_inverse.dtype)[None]
-    for jac, group in zip(lin.blocks, structure.groups):
+    structure = operator.structure
+    blocks = {kind: diagonal_blocks[kind] for kind in kept}
+    for g, group in enumerate(structure.groups):
         if eliminated not in group["kinds"]:
             continue
-        starts = [sum(group["dims"][:j]) for j in range(len(group["dims"]))]
         j_point = group["kinds"].index(eliminated)
-        point_part = jac[:, :, starts[j_point]:starts[j_point] + group["dims"][j_point]]
         points = group["indices"][:, j_point]
         for j, kind in enumerate(group["kinds"]):
             if kind == eliminated:
                 continue
-            part = jac[:, :, starts[j]:starts[j] + group["dims"][j]]
-            coupling = jnp.einsum("eka,ekb->eab", part, point_part)  # W_e = J_cᵀ J_p
+            coupling = operator.coupling(g, j, j_point)  # W_e, the term's camera-point block
             reduction = jnp.einsum("eab,ebc,edc->ead", coupling, hpp_inverse[points], coupling)
             blocks[kind] = blocks[kind].at[group["indices"][:, j]].add(-reduction)
     inverses = {kind: invert_blocks(blocks[kind]) for kind in kept}

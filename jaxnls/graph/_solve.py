@@ -12,10 +12,11 @@ from jax.flatten_util import ravel_pytree
 
 from .._solution import Solution
 from .._solve import _SMALL_JACOBIAN, _initial_state, _make_solution, _print_header, _run_loop, jit_with_options
-from ..adjoint import Implicit
+from ..adjoint import AbstractAdjoint, Implicit
 from ..manifolds import ProductSpace, is_group
 from ..solvers import AbstractLeastSquaresSolver, Dogleg, IndirectLevenbergMarquardt
-from ._graph import FactorGraph, residual_size, term_evaluator, validate
+from ._adjoint import GraphProblem
+from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
 from ._linear import AbstractGraphLinearSolver, SparseDirect
 
 
@@ -27,6 +28,7 @@ def solve(
     batched: bool = False,
     verbose: bool = False,
     throw: bool = False,
+    adjoint: AbstractAdjoint = Implicit(),
 ) -> Solution:
     r"""Minimise :math:`c(X) = \tfrac12\sum_{\text{terms}} \|L\,r\|^2` over the variables of ``graph``.
 
@@ -57,14 +59,28 @@ def solve(
             indices are shared. Each graph has its own damping and termination; a diverging one never
             changes its neighbours.
         verbose, throw: as in :func:`jaxnls.solve`.
+        adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
+            graph's floating arrays — the cost groups' ``data`` (measurements, stacked groups too),
+            ``sqrt_information``, the losses' ``scale`` and the values of ``fixed`` variables — as in
+            :func:`jaxnls.solve` (``jax.grad``, ``jax.jvp``, ``jax.jacfwd`` all work):
+            :class:`~jaxnls.Implicit` (default; the starting values of the free variables get no
+            gradient), :class:`~jaxnls.Unroll`, :class:`~jaxnls.Truncated`,
+            :class:`~jaxnls.DirectLossMinimization`. The implicit rule works in the chart
+            :math:`δ \mapsto X^* \oplus δ` and solves its system, the exact Hessian
+            :math:`\sum_e \nabla^2 \tfrac12ρ(\|L_e r_e\|^2)` assembled from the terms' ``D×D`` blocks
+            (or :math:`J^\top J` with ``Implicit(hessian="gauss_newton")``), with the solver's own graph
+            linear solver, so it stays sparse; with :class:`PCG` its accuracy is that of the CG tolerance.
+            Derivatives of the variables are tangent-space pushes of the retraction, as for Lie-group
+            leaves in :func:`jaxnls.solve`.
 
     Returns:
         A :class:`~jaxnls.Solution` whose ``params`` is the variables mapping at the end (groups
-        stay groups). Graph solves are not differentiated (the inputs are treated as constants).
+        stay groups).
 
     Raises:
         ValueError / TypeError at call time for inconsistent shapes, indices out of range and
-        (outside ``jit``) non-finite starting values.
+        (outside ``jit``, unbatched) non-finite starting values; in a batch a non-finite start is
+        reported in that problem's ``Solution.status`` (``NONFINITE_START``) and its neighbours solve.
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
@@ -79,15 +95,21 @@ def solve(
                         f"{type(solver).__name__}(linear_solver=jaxnls.graph.SparseDirect())")
     if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
         raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"adjoint must be a jaxnls adjoint (jaxnls.Implicit()), got {adjoint!r}")
     structure = validate(graph, batched)
-    _check_finite(graph)
+    if not batched:
+        _check_finite(graph)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(graph)):
+        # inside a caller's jit / grad / vmap: compiler options belong to the outermost jit
+        return _nested(graph, solver, int(max_steps), batched, verbose, throw, adjoint)
     # as in jaxnls.solve: a small problem is dominated by its compilation, so its kernels are generated
     # without LLVM optimisation (halves the compile time; w100: 4.5 s -> 2 s, run time ~ms either way)
     entries = sum(c.num_terms * k * sum(g["dims"]) for c, k, g in
                   zip(graph.costs, residual_size(graph, batched), structure.groups))
     batch = _batch(graph) if batched else 1
     small = batch * entries < _SMALL_JACOBIAN
-    return _compiled(small)(graph, solver, int(max_steps), batched, verbose, throw)
+    return _compiled(small)(graph, solver, int(max_steps), batched, verbose, throw, adjoint)
 
 
 def _batch(graph) -> int:
@@ -111,9 +133,8 @@ def _compiled(small: bool):
     return jit_with_options(_solve_jit, small)
 
 
-def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw):
+def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint):
     structure = validate(graph, batched)
-    graph = jax.lax.stop_gradient(graph)
     values = graph.variables
     if batched:
         template = jax.tree_util.tree_map(lambda leaf: leaf[0], values)
@@ -124,20 +145,25 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw):
     dtype = x0.dtype
     space = ProductSpace(template)
     assert space.tangent_size == structure.n
-    solver = eqx.tree_at(lambda s: s.linear_solver, solver,
-                         _bind(solver.linear_solver, structure))
+    linear_solver = _bind(solver.linear_solver, structure)
+    solver = eqx.tree_at(lambda s: s.linear_solver, solver, linear_solver)
     sizes = residual_size(graph, batched)
     evaluators = [term_evaluator(cost, group, dtype) for cost, group in zip(graph.costs, structure.groups)]
-    args = tuple((cost.data, cost.sqrt_information) for cost in graph.costs)
-    axes = 0 if batched else None
+    # what the derivatives are taken with respect to: per cost group (data, sqrt_information, loss)
+    cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
+    # vmap axes leaf by leaf (the adjoints read them per leaf): data and sqrt_information carry the batch
+    # axis when batched, the losses' scales are shared
+    axes = tuple(jax.tree_util.tree_map(lambda _: 0 if batched else None, (data, sqrt_information))
+                 + (jax.tree_util.tree_map(lambda _: None, loss),) for data, sqrt_information, loss in cost_args)
+    differentiable = (x0, cost_args)
+    if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
+        x0, cost_args = jax.lax.stop_gradient((x0, cost_args))
 
     def evaluate_one(x, args):
         values = space.unravel(x)
         residuals, blocks, total = [], [], 0.0
-        for cost, group, evaluator, (data, sqrt_information) in zip(graph.costs, structure.groups, evaluators, args):
-            variables = [jax.tree_util.tree_map(lambda leaf, c=column: leaf[c], values[kind])
-                         for kind, column in zip(cost.kinds, group["indices"].T)]
-            r, jac, group_cost = evaluator(variables, data, sqrt_information)
+        for group, evaluator, (data, sqrt_information, loss) in zip(structure.groups, evaluators, args):
+            r, jac, group_cost = evaluator(gather_variables(values, group), data, sqrt_information, loss)
             residuals.append(jnp.ravel(r))
             blocks.append(jac)
             total = total + group_cost
@@ -151,9 +177,40 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw):
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, batch, ordered=True)
     state = _initial_state(solver, x0, num_residuals, tangent_size=structure.n, jacobian=jacobian)
-    state = _run_loop(solver, evaluate, args, axes, state, max_steps, verbose, None, Implicit(), space)
-    params = jax.vmap(space.unravel)(state.x)
-    return _make_solution(solver, params, state.cost, state, batched, throw, num_residuals, structure.n)
+    state = _run_loop(solver, evaluate, cost_args, axes, state, max_steps, verbose, None, adjoint, space)
+
+    # the adjoint works in the chart δ ↦ X ⊕ δ around the solution. Fixed variables never move (X* = X0
+    # there), so the anchor carries their starting values' derivatives; the free ones get theirs from the
+    # adjoint's rule (or, unrolled, from the iterations)
+    x0_differentiable, cost_args_differentiable = differentiable
+    if adjoint.differentiates_iterations:
+        anchor = state.x
+    else:
+        anchor = jnp.where(_fixed_mask(graph, template), x0_differentiable, jax.lax.stop_gradient(state.x))
+    finite, safe_anchor = space.finite_or_identity(anchor)
+    problem = GraphProblem(structure=structure, space=space, residual_fns=tuple(c.residual_fn for c in graph.costs),
+                           linear_solver=linear_solver, dtype=dtype)
+    delta, cost = adjoint.attach(problem, jnp.zeros((batch, structure.n), dtype), state.cost, state.status,
+                                 (safe_anchor, cost_args_differentiable), (0, axes))
+    x = jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor)
+    params = jax.vmap(space.unravel)(x)
+    return _make_solution(solver, params, cost, state, batched, throw, num_residuals, structure.n)
+
+
+_nested = eqx.filter_jit(_solve_jit)
+
+
+def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:
+    """True at the ravelled ambient coordinates of the fixed variables (ravel_pytree's layout)."""
+    fixed = {kind: idx.array for kind, idx in graph.fixed}
+    parts = []
+    for kind in sorted(template):
+        value = template[kind]
+        leaf = value.parameters() if is_group(value) else value
+        mask = np.zeros(leaf.shape, bool)
+        mask[fixed.get(kind, np.zeros(0, np.int64))] = True
+        parts.append(mask.ravel())
+    return np.concatenate(parts)
 
 
 def _bind(linear_solver, structure):

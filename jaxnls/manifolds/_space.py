@@ -128,5 +128,16 @@ class ProductSpace:
     def retract(self, x, step):
         return jax.vmap(self.retract_one)(x, step), step
 
+    def finite_or_identity(self, x):
+        """``(finite, safe)`` for a batch: whether each problem's ``x`` is finite, and ``x`` with the
+        non-finite problems' rows replaced by the identity (groups) / zeros (arrays). The adjoints
+        linearise at ``safe``: a NaN start's partial derivatives would otherwise be NaN, and a zero
+        cotangent times a NaN partial poisons the whole batch's gradient."""
+        identity = ravel_pytree(jax.tree_util.tree_map(
+            lambda leaf: type(leaf).identity(batch_axes=leaf.get_batch_axes()) if is_group(leaf)
+            else jnp.zeros_like(leaf), self.template, is_leaf=is_group))[0].astype(x.dtype)
+        finite = jnp.all(jnp.isfinite(x), axis=-1)
+        return finite, jnp.where(finite[:, None], x, identity[None])
+
     def magnitude(self, x):
         return jax.vmap(self.magnitude_one)(x)
