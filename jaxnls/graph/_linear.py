@@ -4,7 +4,7 @@ Per problem the loop solves :math:`(J^\top J + \mathrm{diag}(d))\,δ = -J^\top r
 per-term blocks (``(E, k, D)`` per cost group, with their column indices). Nothing here forms an
 ``n×n`` or ``m×n`` dense matrix:
 
-- :class:`PCG`: conjugate gradients on the normal equations, matrix-free
+- :class:`PCG`: conjugate gradients (``lineax.CG``) on the normal equations, matrix-free
   (:math:`v \mapsto J^\top(Jv) + d \odot v`, two block products and one scatter-add), preconditioned
   by the inverses of the ``d×d`` diagonal blocks of :math:`J^\top J + \mathrm{diag}(d)` (block Jacobi).
 - :class:`SparseDirect`: :math:`J^\top J + \mathrm{diag}(d)` assembled from the blocks (its pattern is
@@ -19,6 +19,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
@@ -161,12 +162,16 @@ def invert_blocks(blocks):
 
 
 class PCG(AbstractGraphLinearSolver):
-    r"""Block-Jacobi preconditioned conjugate gradients on :math:`(J^\top J + \mathrm{diag}(d))δ = -J^\top r`.
+    r"""Block-Jacobi preconditioned conjugate gradients (``lineax.CG``) on :math:`A δ = b`,
+    :math:`A = J^\top J + \mathrm{diag}(d)`, matrix-free.
 
-    Stops when :math:`\|J^\top J δ + dδ + J^\top r\| \le` ``rtol`` :math:`\cdot\|J^\top r\|` or after
-    ``max_steps`` iterations (the step is then inexact; the outer loop measures its actual gain, so
-    an inexact step is only less efficient, never wrong). Each iteration costs two passes over the
-    Jacobian blocks. Pure JAX: runs on any backend and under ``vmap``.
+    Stops when :math:`\|A δ - b\| \le` ``rtol`` :math:`\cdot\|b\|` (and lineax's companion test on the
+    last update, :math:`\|Δδ\| \le` ``rtol`` :math:`\cdot\|b\|`) or after ``max_steps`` iterations (the
+    step is then inexact; the outer loop measures its actual gain, so an inexact step is only less
+    efficient, never wrong). Each iteration costs two passes over the Jacobian blocks. Pure JAX: runs on
+    any backend and under ``vmap``. Where CG breaks down (a singular system: an unanchored graph's gauge
+    directions) lineax returns NaN; the step is then the preconditioned right-hand side
+    :math:`M^{-1} b` (a scaled steepest-descent step), which the outer loop judges like any other.
     """
 
     rtol: float = 1e-6
@@ -177,33 +182,17 @@ class PCG(AbstractGraphLinearSolver):
 
 
 def conjugate_gradient(matvec, precondition, rhs, rtol, max_steps):
-    """Preconditioned CG from 0 for a symmetric positive (semi)definite operator (one problem)."""
-    threshold = (rtol * jnp.linalg.norm(rhs)) ** 2
-    z = precondition(rhs)
-    initial = (jnp.zeros((), jnp.int32), jnp.zeros_like(rhs), rhs, z, rhs @ z)
-
-    def keep_going(state):
-        i, _, r, _, rz = state
-        return (i < max_steps) & (r @ r > threshold) & (rz > 0)
-
-    def step(state):
-        i, x, r, p, rz = state
-        ap = matvec(p)
-        pap = p @ ap
-        alpha = jnp.where(pap > 0, rz / jnp.where(pap > 0, pap, 1.0), 0.0)
-        x_new = x + alpha * p
-        r = r - alpha * ap
-        z = precondition(r)
-        rz_new = r @ z
-        # breakdown (no curvature along p) or overflow (a singular system's null-space part growing): stop
-        # at the last finite iterate
-        healthy = (pap > 0) & jnp.isfinite(rz_new) & jnp.all(jnp.isfinite(x_new))
-        x = jnp.where(healthy, x_new, x)
-        rz_new = jnp.where(healthy, rz_new, 0.0)
-        p = z + (rz_new / jnp.where(rz > 0, rz, 1.0)) * p
-        return i + 1, x, r, p, rz_new
-
-    return jax.lax.while_loop(keep_going, step, initial)[1]
+    """Preconditioned CG (``lineax.CG``) from 0 for a symmetric positive (semi)definite operator (one
+    problem): ``‖A x - b‖ ≤ rtol·‖b‖`` or ``max_steps``; where CG breaks down (NaN from lineax: a singular
+    system) the preconditioned right-hand side instead."""
+    structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+    matrix = lx.FunctionLinearOperator(matvec, structure, tags=lx.positive_semidefinite_tag)
+    preconditioner = lx.FunctionLinearOperator(precondition, structure, tags=lx.positive_semidefinite_tag)
+    # lineax scales its tolerances per component (atol + rtol·|b_i|); an absolute tolerance of rtol·‖b‖
+    # measured in the 2-norm is the relative-residual test
+    cg = lx.CG(rtol=0.0, atol=rtol * jnp.linalg.norm(rhs), norm=jnp.linalg.norm, max_steps=max_steps)
+    value = lx.linear_solve(matrix, rhs, cg, options={"preconditioner": preconditioner}, throw=False).value
+    return jnp.where(jnp.all(jnp.isfinite(value)), value, precondition(rhs))
 
 
 class SparseDirect(AbstractGraphLinearSolver):
