@@ -40,6 +40,7 @@ def matyas_fit(trained):
     return task, found, refined, dense
 
 
+@pytest.mark.slow
 def test_reconstruction_of_held_out_networks_falls_well_below_the_trivial_baseline(trained):
     model, losses = trained
     figures = evaluate_reconstruction(model, jax.random.PRNGKey(99))  # networks never seen in training
@@ -47,6 +48,7 @@ def test_reconstruction_of_held_out_networks_falls_well_below_the_trivial_baseli
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:10])
 
 
+@pytest.mark.slow
 def test_latent_fitting_lowers_the_task_loss(matyas_fit):
     task, found, _, _ = matyas_fit
     x, y = np.float32(task.x_train), np.float32(task.y_train)
@@ -55,6 +57,7 @@ def test_latent_fitting_lowers_the_task_loss(matyas_fit):
     assert float(mse(found.network, x, y)) < np.var(y)  # better than the best constant
 
 
+@pytest.mark.slow
 def test_hard_network_is_sparser_than_a_dense_one_at_comparable_test_error(matyas_fit):
     task, _, refined, dense = matyas_fit
     xt, yt = np.float32(task.x_test), np.float32(task.y_test)
