@@ -13,6 +13,7 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
     )
     sol = jaxnls.graph.solve(graph)                                    # Dogleg + sparse direct (LDLᵀ, QDLDL)
     sol = jaxnls.graph.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jaxnls.graph.PCG()))
+    jax.grad(lambda m: loss(jaxnls.graph.solve(graph_from(m)).params))(measured)   # implicit adjoint
 
 Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
 """
