@@ -148,6 +148,7 @@ def _bundle(observation_shift, seed=3, num_cameras=4, num_points=12):
     )
 
 
+@pytest.mark.slow
 def test_schur_implicit_derivative_matches_central_differences():
     """Bundle adjustment: d(points, free cameras, cost)/d(observations) through SchurPCG's reduced solves,
     against central differences (of solves with the sparse direct solver)."""
