@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import jax
 
@@ -27,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxnls  # noqa: E402
+from _common import time_calls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
 from jaxnls.graph import bal_graph_problem, bal_reprojection  # noqa: E402
 from jaxnls.io import BALProblem, read_bal, write_bal  # noqa: E402
@@ -66,28 +65,20 @@ def run_gtsam(path, repeats):
     factors.add(gtsam.PriorFactorPinholeCameraCal3Bundler(0, sfm.camera(0), gtsam.noiseModel.Isotropic.Sigma(9, 1e-8)))
     factors.add(gtsam.PriorFactorPoint3(gtsam.symbol("p", 0), sfm.track(0).point3(),
                                         gtsam.noiseModel.Isotropic.Sigma(3, 1e-8)))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def optimize():
         optimizer = gtsam.LevenbergMarquardtOptimizer(factors, values, gtsam.LevenbergMarquardtParams())
-        result = optimizer.optimize()
-        times.append(time.perf_counter() - start)
-    return factors.error(values), factors.error(result), optimizer.iterations(), None, statistics.median(times), ""
+        return optimizer, optimizer.optimize()
+
+    timing, (optimizer, result) = time_calls(optimize, repeats)
+    return factors.error(values), factors.error(result), optimizer.iterations(), None, timing.median, ""
 
 
 def run_jaxnls(problem, solver, repeats, max_steps):
     unanchored = bal_graph_problem(problem)
     graph = jg.FactorGraph(unanchored.variables, unanchored.costs, fixed={"camera": [0], "point": [0]})
-    start = time.perf_counter()
-    sol = jax.block_until_ready(jg.solve(graph, solver=solver, max_steps=max_steps))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sol = jax.block_until_ready(jg.solve(graph, solver=solver, max_steps=max_steps))
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return (float(sol.initial_cost), float(sol.cost), int(sol.num_steps), first - median, median,
+    timing, sol = time_calls(lambda: jg.solve(graph, solver=solver, max_steps=max_steps), repeats)
+    return (float(sol.initial_cost), float(sol.cost), int(sol.num_steps), timing.overhead, timing.median,
             jaxnls.Status(int(sol.status)).name)
 
 

@@ -13,16 +13,15 @@ by Exp of a tangent draw with sigma 0.1, seed 0): jaxnls solves them as one batc
 
 Both problems get the same strong prior on pose 0 (sigma 1e-6) to fix the gauge, and start from the
 file's initial values. GTSAM runs with its default LevenbergMarquardtParams ("default") and with
-tolerances tightened to 1e-14 / 200 iterations ("tight"). For jaxnls the first call's time minus the
-median of the following calls is reported as compile time; times are medians over --repeats calls
-after that warm-up. Needs gtsam and jaxlie (pip install gtsam jaxlie).
+tolerances tightened to 1e-14 / 200 iterations ("tight", one timed call). Every row is timed the same
+way (benchmarks/_common.time_calls): one warm-up call, then the median of --repeats calls; for jaxnls the
+warm-up's time minus that median is reported as compile time. Needs gtsam and jaxlie (pip install gtsam
+jaxlie).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 
@@ -34,6 +33,7 @@ import jaxlie  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxnls  # noqa: E402
+from _common import time_calls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
 
 PRIOR_SIGMA = 1e-6
@@ -123,29 +123,14 @@ def batch_of(graph, starts):
 def run_gtsam_batch(factors, starts, repeats: int):
     initials = [gtsam_values(jax.tree_util.tree_map(lambda leaf, b=b: leaf[b], starts))
                 for b in range(starts.parameters().shape[0])]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results = [gtsam.LevenbergMarquardtOptimizer(factors, initial, gtsam.LevenbergMarquardtParams()).optimize()
-                   for initial in initials]
-        times.append(time.perf_counter() - start)
-    return np.array([factors.error(r) for r in results]), statistics.median(times)
+    timing, results = time_calls(lambda: [gtsam.LevenbergMarquardtOptimizer(
+        factors, initial, gtsam.LevenbergMarquardtParams()).optimize() for initial in initials], repeats)
+    return np.array([factors.error(r) for r in results]), timing.median
 
 
 def run_jaxnls_batch(graph, solver, max_steps: int, repeats: int):
-    call = lambda: jg.solve(graph, solver=solver, max_steps=max_steps, batched=True)  # noqa: E731
-    start = time.perf_counter()
-    sol = call()
-    sol.cost.block_until_ready()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sol = call()
-        sol.cost.block_until_ready()
-        times.append(time.perf_counter() - start)
-    solve_time = statistics.median(times)
-    return np.asarray(sol.cost), np.asarray(sol.num_steps), max(first - solve_time, 0.0), solve_time
+    timing, sol = time_calls(lambda: jg.solve(graph, solver=solver, max_steps=max_steps, batched=True), repeats)
+    return np.asarray(sol.cost), np.asarray(sol.num_steps), max(timing.overhead, 0.0), timing.median
 
 
 def main_batch(args, factors, graph):
@@ -195,29 +180,24 @@ def run_gtsam(factors, initial, tight: bool, repeats: int):
         params.setRelativeErrorTol(1e-14)
         params.setAbsoluteErrorTol(1e-14)
         params.setMaxIterations(200)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def optimize():
         optimizer = gtsam.LevenbergMarquardtOptimizer(factors, initial, params)
-        result = optimizer.optimize()
-        times.append(time.perf_counter() - start)
-    return factors.error(result), optimizer.iterations(), None, statistics.median(times)
+        return optimizer, optimizer.optimize()
+
+    timing, (optimizer, result) = time_calls(optimize, repeats)
+    return factors.error(result), optimizer.iterations(), None, timing.median
 
 
 def run_jaxnls(graph, solver, max_steps: int, repeats: int):
-    start = time.perf_counter()
-    sol = jg.solve(graph, solver=solver, max_steps=max_steps)
-    sol.cost.block_until_ready()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sol = jg.solve(graph, solver=solver, max_steps=max_steps)
-        sol.cost.block_until_ready()
-        times.append(time.perf_counter() - start)
-    solve_time = statistics.median(times)
+    timing, sol = time_calls(lambda: jg.solve(graph, solver=solver, max_steps=max_steps), repeats)
     status = jaxnls.Status(int(sol.status)).name
-    return float(sol.cost), int(sol.num_steps), max(first - solve_time, 0.0), solve_time, status
+    return float(sol.cost), int(sol.num_steps), max(timing.overhead, 0.0), timing.median, status
+
+
+#: the jaxnls rows: every strategy with every graph linear solver
+STRATEGIES = {"Dogleg": jaxnls.Dogleg, "GaussNewton": jaxnls.GaussNewton, "LM": jaxnls.LevenbergMarquardt}
+LINEAR_SOLVERS = {"SparseDirect": jg.SparseDirect, "PCG": jg.PCG}
 
 
 def main(argv=None):
@@ -240,18 +220,9 @@ def main(argv=None):
     rows = {
         "gtsam LM (default params)": lambda: run_gtsam(factors, initial, False, args.repeats),
         "gtsam LM (tight tolerances)": lambda: run_gtsam(factors, initial, True, 1),
-        "jaxnls Dogleg + SparseDirect": lambda: run_jaxnls(
-            graph, jaxnls.Dogleg(linear_solver=jg.SparseDirect()), args.max_steps, args.repeats),
-        "jaxnls Dogleg + PCG": lambda: run_jaxnls(
-            graph, jaxnls.Dogleg(linear_solver=jg.PCG()), args.max_steps, args.repeats),
-        "jaxnls GaussNewton + SparseDirect": lambda: run_jaxnls(
-            graph, jaxnls.GaussNewton(linear_solver=jg.SparseDirect()), args.max_steps, args.repeats),
-        "jaxnls GaussNewton + PCG": lambda: run_jaxnls(
-            graph, jaxnls.GaussNewton(linear_solver=jg.PCG()), args.max_steps, args.repeats),
-        "jaxnls LM + SparseDirect": lambda: run_jaxnls(
-            graph, jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect()), args.max_steps, args.repeats),
-        "jaxnls LM + PCG": lambda: run_jaxnls(
-            graph, jaxnls.LevenbergMarquardt(linear_solver=jg.PCG()), args.max_steps, args.repeats),
+        **{f"jaxnls {strategy} + {linear}": lambda s=STRATEGIES[strategy], l=LINEAR_SOLVERS[linear]: run_jaxnls(
+            graph, s(linear_solver=l()), args.max_steps, args.repeats)
+           for strategy in STRATEGIES for linear in LINEAR_SOLVERS},
     }
     only = None if args.only is None else {name.strip() for name in args.only.split(",")}
     print(f"{'method':<36}{'final cost':>16}{'iters':>7}{'compile s':>11}{'solve s':>10}  status")
