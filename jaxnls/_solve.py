@@ -329,13 +329,22 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇
         chart = lambda d, a: adjoint_fn(space.retract_one(a[0], d), a[1])  # noqa: E731
         anchor = state.x if adjoint.differentiates_iterations else jax.lax.stop_gradient(state.x)
-        finite, safe_anchor = space.finite_or_identity(anchor)
-        delta, cost = adjoint.attach(DenseProblem(chart), jnp.zeros((x0.shape[0], space.tangent_size), x0.dtype), state.cost,
-                                     state.status, (safe_anchor, differentiable_args), (0, axes))
-        x = jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor)
+        x, cost = attach_in_chart(adjoint, DenseProblem(chart), space, anchor, state, differentiable_args, axes)
     params = jax.vmap(unravel)(x)
     return _make_solution(solver, params, cost, state, batched, throw, num_residuals,
                           x0.shape[1] if space is EUCLIDEAN else space.tangent_size)
+
+
+def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
+    r"""The solution :math:`X^* = X \oplus δ` with ``adjoint``'s derivatives, the rule applied in the chart
+    :math:`δ \mapsto X \oplus δ` around ``anchor`` (the solution, carrying whatever derivatives it has)
+    at :math:`δ = 0`. ``problem`` sees ``(anchor, args)``; returns ``(x, cost)``. A problem whose anchor is
+    not finite (a NaN start) is returned as it is, and the rule linearises it at the identity instead, so
+    that no NaN partial derivative reaches the batch's gradients."""
+    finite, safe_anchor = space.finite_or_identity(anchor)
+    delta, cost = adjoint.attach(problem, jnp.zeros((anchor.shape[0], space.tangent_size), anchor.dtype), state.cost,
+                                 state.status, (safe_anchor, args), (0, axes))
+    return jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor), cost
 
 
 def _check_manifold_solver(solver):

@@ -11,7 +11,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._solution import Solution
-from .._solve import _SMALL_JACOBIAN, _initial_state, _make_solution, _print_header, _run_loop, jit_with_options
+from .._solve import (_SMALL_JACOBIAN, _initial_state, _make_solution, _print_header, _run_loop, attach_in_chart,
+                      jit_with_options)
 from ..adjoint import AbstractAdjoint, Implicit
 from ..manifolds import ProductSpace, is_group
 from ..solvers import AbstractLeastSquaresSolver, Dogleg, IndirectLevenbergMarquardt
@@ -187,12 +188,9 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
         anchor = state.x
     else:
         anchor = jnp.where(_fixed_mask(graph, template), x0_differentiable, jax.lax.stop_gradient(state.x))
-    finite, safe_anchor = space.finite_or_identity(anchor)
     problem = GraphProblem(structure=structure, space=space, residual_fns=tuple(c.residual_fn for c in graph.costs),
                            linear_solver=linear_solver, dtype=dtype)
-    delta, cost = adjoint.attach(problem, jnp.zeros((batch, structure.n), dtype), state.cost, state.status,
-                                 (safe_anchor, cost_args_differentiable), (0, axes))
-    x = jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor)
+    x, cost = attach_in_chart(adjoint, problem, space, anchor, state, cost_args_differentiable, axes)
     params = jax.vmap(space.unravel)(x)
     return _make_solution(solver, params, cost, state, batched, throw, num_residuals, structure.n)
 

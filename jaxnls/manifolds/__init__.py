@@ -13,10 +13,8 @@ convention), and the Jacobian is taken with respect to δ at δ = 0:
 :math:`J = \partial r(X \oplus δ) / \partial δ\,|_{δ=0}`. Euclidean leaves keep :math:`x \oplus δ = x + δ`.
 
 Tangent order is jaxlie's: SE2 :math:`(x, y, θ)` (as GTSAM's Pose2), SE3 :math:`(v, ω)` — translation
-first, unlike GTSAM's Pose3 :math:`(ω, v)`; :func:`jaxnls.graph.se3_between` documents how to map a GTSAM
+first, unlike GTSAM's Pose3 :math:`(ω, v)`; :func:`jaxnls.graph.from_gtsam_pose3` maps a GTSAM covariance or
 information matrix.
-
-jaxlie is an optional dependency (``pip install jaxlie``); it is imported only when a group is used.
 """
 
 from ._space import (
