@@ -50,8 +50,8 @@ class AbstractLeastSquaresSolver(eqx.Module):
 
     rtol: float = 1e-8
     atol: float = 1e-8
-    ftol: float = 1e-8
-    gtol: float = 1e-10
+    ftol: float | None = None
+    gtol: float | None = None
     linear_solver: AbstractLinearSolver = Cholesky()
     #: The scaling D of the damping / trust region: ``"running_max"`` (default) the running maximum of
     #: diag(JᵀJ) over accepted points (MINPACK); ``"current"`` diag(JᵀJ) at the current point, clamped to
@@ -59,6 +59,16 @@ class AbstractLeastSquaresSolver(eqx.Module):
     #: GTSAM's w10000 started from odometry neither lets Levenberg-Marquardt reach the minimum in 100 steps
     #: (1,387 / 1,352; Dogleg, the graph default, takes 9).
     scaling: str = eqx.field(static=True, default="running_max")
+
+    @property
+    def function_tolerance(self) -> float:
+        """``ftol``, or ``rtol²`` where it was not given."""
+        return self.rtol**2 if self.ftol is None else self.ftol
+
+    @property
+    def gradient_tolerance(self) -> float:
+        """``gtol``, or ``rtol`` where it was not given."""
+        return self.rtol if self.gtol is None else self.gtol
 
     def __check_init__(self):
         if self.scaling not in ("running_max", "current"):
