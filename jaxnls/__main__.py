@@ -12,6 +12,8 @@ import argparse
 import sys
 import time
 
+from ._driver import MAX_STEPS_LIMIT
+
 #: The settings used by ``jaxnls solve``, ``jaxnls demo`` and tests/test_nist.py: Levenberg-Marquardt on
 #: Householder QR (accuracy governed by cond(J), not cond(J)²), stopping on the parameter test alone
 #: (every step below 1e-10 relative; ftol = gtol = 0), with no absolute step tolerance so that tiny
@@ -261,8 +263,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be at least 1")
-    if getattr(args, "max_steps", None) is not None and args.max_steps < 1:
-        parser.error("--max-steps must be at least 1")
+    if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
+        parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
     _enable_x64()
     if args.command == "demo":
         return _demo_command(args)

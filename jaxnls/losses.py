@@ -166,3 +166,15 @@ class Tukey(AbstractRobustLoss):
 
 
 __all__ = ["AbstractRobustLoss", "Arctan", "Cauchy", "Huber", "SoftL1", "Tukey"]
+
+
+def linearize_block(loss: AbstractRobustLoss | None, residual: Float[Array, " k"], jacobian: Float[Array, "k n"]
+                    ) -> tuple[Float[Array, " k"], Float[Array, "k n"], Float[Array, ""]]:
+    r"""What a solver's step model uses of one residual block: ``(r, J, cost)`` with the term's cost
+    :math:`\tfrac12\rho(\|r\|^2)` and, under a loss, Triggs' corrected ``r`` and ``J``; without one
+    (``loss=None``) ``r``, ``J`` and :math:`\tfrac12\|r\|^2`."""
+    if loss is None:
+        return residual, jacobian, 0.5 * jnp.sum(residual**2)
+    value, _, _ = loss.rho(jnp.sum(residual**2))
+    corrected, corrected_jacobian = loss.correct(residual, jacobian)
+    return corrected, corrected_jacobian, 0.5 * value

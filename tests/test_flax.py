@@ -29,7 +29,7 @@ def test_nnx_layer_gradient_matches_central_differences_and_trains():
     y[:, [3, 11, 20]] += 0.8
     y = jnp.asarray(y)
     layer = NLLSLayer(WeightedDecay(), solver=jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, ftol=0.0),
-                      batched=True)
+                      batched=True, args_axes=0)
     p0 = jnp.ones_like(truth)
 
     def loss(layer):
@@ -37,16 +37,16 @@ def test_nnx_layer_gradient_matches_central_differences_and_trains():
 
     grads = nnx.grad(loss)(layer)
     direction = jnp.asarray(rng.standard_normal(T.size))
-    start = layer.residual.log_weights[...]
+    start = layer.residual_fn.log_weights[...]
 
     def along(step):
-        layer.residual.log_weights[...] = start + step * direction
+        layer.residual_fn.log_weights[...] = start + step * direction
         value = loss(layer)
-        layer.residual.log_weights[...] = start
+        layer.residual_fn.log_weights[...] = start
         return value
 
     fd = (along(1e-5) - along(-1e-5)) / 2e-5
-    np.testing.assert_allclose(jnp.sum(grads.residual.log_weights[...] * direction), fd, rtol=1e-5)
+    np.testing.assert_allclose(jnp.sum(grads.residual_fn.log_weights[...] * direction), fd, rtol=1e-5)
 
     initial = loss(layer)
     optimizer = nnx.Optimizer(layer, optax.adam(0.1), wrt=nnx.Param)

@@ -52,7 +52,7 @@ def test_matches_scipy_on_noisy_curve_fit(solver):
     y = noisy_data(0)
     p0 = np.array([1.5, 0.4, 0.4, 1.4])
     sol = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, y), solver=eqx.tree_at(
-        lambda s: (s.rtol, s.atol, s.ftol), solver, (1e-12, 1e-12, 0.0)))
+        lambda s: (s.rtol, s.atol, s.ftol), solver, (1e-12, 1e-12, 0.0), is_leaf=lambda x: x is None))
     ref_x, ref_cost = scipy_fit(p0, y)
     assert bool(sol.converged), Status(int(sol.status))
     np.testing.assert_allclose(sol.params, ref_x, rtol=1e-7)
@@ -158,13 +158,12 @@ def test_working_set_auto_rule_and_bad_values():
 
     cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
     big, small = jnp.zeros((1024, 4)), jnp.zeros((100, 4))
-    assert _working_set_size("auto", big, True, False, False) == (64 if cpu else None)
-    assert _working_set_size("auto", jnp.zeros((16384, 4)), True, False, False) == (256 if cpu else None)
-    assert _working_set_size("auto", small, True, False, False) is None  # B < 4·64: whole batch
-    assert _working_set_size("auto", big, True, True, False) is None  # verbose logs batch totals
-    assert _working_set_size(10, small, True, False, False) == 10
-    assert _working_set_size(100, small, True, False, False) is None
-    assert _working_set_size(10, small, False, False, False) is None
+    assert _working_set_size("auto", big, True, False) == (64 if cpu else None)
+    assert _working_set_size("auto", jnp.zeros((16384, 4)), True, False) == (256 if cpu else None)
+    assert _working_set_size("auto", small, True, False) is None  # B < 4·64: whole batch
+    assert _working_set_size(10, small, True, False) == 10
+    assert _working_set_size(100, small, True, False) is None
+    assert _working_set_size(10, small, False, False) is None
     for bad in (0, -3, 2.5, True, "all"):
         with pytest.raises(ValueError, match="working_set"):
             jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, noisy_data(0, size=2)), batched=True,
@@ -454,7 +453,8 @@ def test_batch_answer_equals_solo_answers_property(seed):
 def test_small_solves_compile_without_llvm_optimisation_and_agree_with_the_default_compile():
     """A solve whose batch Jacobian has < 2**16 entries is compiled at LLVM level 0 (compile-dominated);
     inside a caller's jit the defaults apply. Both give the same answer."""
-    from jaxnls._solve import _SMALL_JACOBIAN, _jacobian_entries
+    from jaxnls._driver import SMALL_JACOBIAN as _SMALL_JACOBIAN
+    from jaxnls._solve import _jacobian_entries
 
     ys = noisy_data(41, size=3)
     p0 = jnp.tile(jnp.asarray([1.5, 0.4, 0.4, 1.4]), (3, 1))

@@ -79,6 +79,9 @@ class AbstractAdjoint(eqx.Module):
     #: True: the solve's own iterations are differentiated (a bounded, differentiable loop runs);
     #: False: the loop runs undifferentiated and :meth:`attach` supplies the derivatives.
     differentiates_iterations: ClassVar[bool] = False
+    #: With ``differentiates_iterations``: rematerialise each iteration in the backward pass (memory of
+    #: one loop state per iteration instead of every intermediate).
+    checkpoint: ClassVar[bool] = False
 
     @abc.abstractmethod
     def attach(

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._numerics import split_by_sizes
+from ..losses import linearize_block
 from ..manifolds import is_group, retract
 
 
@@ -335,11 +336,7 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
 
     def one_term(variables, data, sqrt_information, loss):
         jac, r = jax.jacfwd(lambda d: (residual(variables, d, data, sqrt_information),) * 2, has_aux=True)(zero)
-        if loss is None:
-            return r, jac, 0.5 * jnp.sum(r**2)
-        value, _, _ = loss.rho(jnp.sum(r**2))
-        r, jac = loss.correct(r, jac)
-        return r, jac, 0.5 * value
+        return linearize_block(loss, r, jac)
 
     def evaluate(variables, data, sqrt_information, loss):
         r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, information_axis(sqrt_information), None))(

@@ -25,7 +25,7 @@ from jaxtyping import Array, Float
 
 from .._numerics import split_by_sizes
 from ..linear import AbstractLinearization, AbstractLinearSolver
-from ..linear._dense import pivot_floor
+from ..linear import pivot_floor
 from ._graph import GraphStructure
 
 

@@ -2,7 +2,6 @@ r"""``jaxnls.graph.solve``: the loop of :func:`jaxnls.solve` on a block-sparse l
 
 from __future__ import annotations
 
-import functools
 
 import equinox as eqx
 import jax
@@ -10,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._driver import attach_in_chart, check_options, compiled, is_traced, make_solution, run_loop
+from .._loop import LoopProblem
 from .._solution import Solution
-from .._solve import (_SMALL_JACOBIAN, _initial_state, _make_solution, _print_header, _run_loop, attach_in_chart,
-                      jit_with_options)
 from ..adjoint import AbstractAdjoint, Implicit
 from ..manifolds import ProductSpace, is_group
-from ..solvers import AbstractLeastSquaresSolver, Dogleg, IndirectLevenbergMarquardt
+from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
 from ._linear import AbstractGraphLinearSolver, SparseDirect
@@ -25,7 +24,7 @@ def solve(
     graph: FactorGraph,
     *,
     solver: AbstractLeastSquaresSolver = Dogleg(linear_solver=SparseDirect()),
-    max_steps: int = 100,
+    max_steps: int = 256,
     batched: bool = False,
     verbose: bool = False,
     throw: bool = False,
@@ -85,32 +84,21 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
-    if not isinstance(solver, AbstractLeastSquaresSolver):
-        raise TypeError(f"solver must be a jaxnls solver, got {solver!r}")
-    if isinstance(solver, IndirectLevenbergMarquardt):
-        raise NotImplementedError("IndirectLevenbergMarquardt needs a dense eigendecomposition of JᵀJ; for factor "
-                                  "graphs use LevenbergMarquardt(linear_solver=...) or Dogleg(linear_solver=...)")
+    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False)
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
                         "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
                         f"{type(solver).__name__}(linear_solver=jaxnls.graph.SparseDirect())")
-    if not isinstance(max_steps, (int, np.integer)) or max_steps < 0:
-        raise ValueError(f"max_steps must be a non-negative int, got {max_steps!r}")
-    if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"adjoint must be a jaxnls adjoint (jaxnls.Implicit()), got {adjoint!r}")
     structure = validate(graph, batched)
     if not batched:
         _check_finite(graph)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(graph)):
-        # inside a caller's jit / grad / vmap: compiler options belong to the outermost jit
-        return _nested(graph, solver, int(max_steps), batched, verbose, throw, adjoint)
     # as in jaxnls.solve: a small problem is dominated by its compilation, so its kernels are generated
     # without LLVM optimisation (halves the compile time; w100: 4.5 s -> 2 s, run time ~ms either way)
     entries = sum(c.num_terms * k * sum(g["dims"]) for c, k, g in
                   zip(graph.costs, residual_size(graph, batched), structure.groups))
     batch = _batch(graph) if batched else 1
-    small = batch * entries < _SMALL_JACOBIAN
-    return _compiled(small)(graph, solver, int(max_steps), batched, verbose, throw, adjoint)
+    return compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries)(
+        graph, solver, max_steps, batched, verbose, throw, adjoint)
 
 
 def _batch(graph) -> int:
@@ -127,11 +115,6 @@ def _check_finite(graph: FactorGraph):
             where = tuple(int(i) for i in np.argwhere(bad)[0])
             where = where[:-1] if is_group(value) else where
             raise ValueError(f"graph.variables[{kind!r}] has a non-finite starting value at index {where}")
-
-
-@functools.cache
-def _compiled(small: bool):
-    return jit_with_options(_solve_jit, small)
 
 
 def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint):
@@ -170,15 +153,13 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
             total = total + group_cost
         return jnp.concatenate(residuals), tuple(blocks), total
 
-    evaluate = jax.vmap(evaluate_one, in_axes=(0, axes))
     num_residuals = sum(c.num_terms * k for c, k in zip(graph.costs, sizes))
-    batch = x0.shape[0]
-    jacobian = tuple(jax.ShapeDtypeStruct((batch, c.num_terms, k, sum(g["dims"])), dtype)
+    jacobian = tuple(jax.ShapeDtypeStruct((c.num_terms, k, sum(g["dims"])), dtype)
                      for c, k, g in zip(graph.costs, sizes, structure.groups))
-    if verbose:
-        jax.debug.callback(_print_header, type(solver).control_label, batch, ordered=True)
-    state = _initial_state(solver, x0, num_residuals, tangent_size=structure.n, jacobian=jacobian)
-    state = _run_loop(solver, evaluate, cost_args, axes, state, max_steps, verbose, None, adjoint, space)
+    problem = LoopProblem(evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n,
+                          jacobian=jacobian)
+    state = run_loop(solver, problem, x0, cost_args, axes, max_steps, verbose=verbose, working_set=None,
+                     adjoint=adjoint)
 
     # the adjoint works in the chart δ ↦ X ⊕ δ around the solution. Fixed variables never move (X* = X0
     # there), so the anchor carries their starting values' derivatives; the free ones get theirs from the
@@ -188,14 +169,12 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
         anchor = state.x
     else:
         anchor = jnp.where(_fixed_mask(graph, template), x0_differentiable, jax.lax.stop_gradient(state.x))
-    problem = GraphProblem(structure=structure, space=space, residual_fns=tuple(c.residual_fn for c in graph.costs),
-                           linear_solver=linear_solver, dtype=dtype)
-    x, cost = attach_in_chart(adjoint, problem, space, anchor, state, cost_args_differentiable, axes)
-    params = jax.vmap(space.unravel)(x)
-    return _make_solution(solver, params, cost, state, batched, throw, num_residuals, structure.n)
-
-
-_nested = eqx.filter_jit(_solve_jit)
+    adjoint_problem = GraphProblem(structure=structure, space=space,
+                                   residual_fns=tuple(c.residual_fn for c in graph.costs),
+                                   linear_solver=linear_solver, dtype=dtype)
+    x, cost = attach_in_chart(adjoint, adjoint_problem, space, anchor, state, cost_args_differentiable, axes)
+    return make_solution(solver, jax.vmap(space.unravel)(x), cost, state, batched=batched, throw=throw,
+                         num_residuals=num_residuals, num_params=structure.n, caller="jaxnls.graph.solve")
 
 
 def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:

@@ -108,7 +108,8 @@ def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]
 
 
 def pivot_floor(n: int, dtype) -> float:
-    # A pivot of a unit-diagonal matrix below this is rounding noise, not information.
+    """The step solvers' relative pivot floor, ``10·n·ε``: a pivot of a unit-diagonal ``n×n`` matrix below
+    it is rounding noise, not information."""
     return 10.0 * n * float(jnp.finfo(dtype).eps)
 
 

@@ -93,8 +93,12 @@ class _Euclidean:
         trial = x + step
         return trial, trial - x
 
+    retract_step = retract
+
     def magnitude(self, x):
         return x
+
+    magnitude_one = magnitude
 
 
 EUCLIDEAN = _Euclidean()
@@ -127,6 +131,10 @@ class ProductSpace:
 
     def retract(self, x, step):
         return jax.vmap(self.retract_one)(x, step), step
+
+    def retract_step(self, x, step):
+        """``(x ⊕ δ, δ)`` for one problem: the trial point and the step taken."""
+        return self.retract_one(x, step), step
 
     def finite_or_identity(self, x):
         """``(finite, safe)`` for a batch: whether each problem's ``x`` is finite, and ``x`` with the

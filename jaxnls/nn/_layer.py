@@ -9,6 +9,7 @@ import equinox as eqx
 from jaxtyping import PyTree
 
 from .._solution import Solution
+from .._driver import UNSET, resolve_args_axes
 from .._solve import solve
 from ..adjoint import AbstractAdjoint, Implicit
 from ..solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -35,12 +36,13 @@ class NLLSLayer(eqx.Module):
     adjoint: AbstractAdjoint = Implicit()
     max_steps: int = eqx.field(static=True, default=256)
     batched: bool = eqx.field(static=True, default=False)
-    args_axes: PyTree = eqx.field(static=True, default=0)
+    args_axes: PyTree = eqx.field(static=True, default=UNSET)
 
     def __call__(self, params0: PyTree, args: PyTree = None) -> Solution:
         # the residual travels in args, so that its arrays are differentiated like any other data
+        args_axes = resolve_args_axes(self.args_axes, args, self.batched)
         return solve(_call_residual, params0, (self.residual_fn, args), solver=self.solver, adjoint=self.adjoint,
-                     max_steps=self.max_steps, batched=self.batched, args_axes=(None, self.args_axes))
+                     max_steps=self.max_steps, batched=self.batched, args_axes=(None, args_axes))
 
 
 def _call_residual(params, residual_and_args):

@@ -9,6 +9,7 @@ from flax import nnx
 from jaxtyping import PyTree
 
 from .._solution import Solution
+from .._driver import UNSET, resolve_args_axes
 from .._solve import solve
 from ..adjoint import AbstractAdjoint, Implicit
 from ..solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -17,7 +18,7 @@ from ..solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
 class NLLSLayer(nnx.Module):
     """``layer(params0, args) -> Solution`` for flax.nnx models.
 
-    ``residual`` is an ``nnx.Module`` (or a plain function) called as ``residual(params, args)`` for one
+    ``residual_fn`` is an ``nnx.Module`` (or a plain function) called as ``residual_fn(params, args)`` for one
     problem. Its ``nnx.Param`` state travels to the solver as data, so ``nnx.grad`` / ``nnx.value_and_grad``
     of a loss of the layer's output reach it through the adjoint (default :class:`jaxnls.Implicit`).
     Other arguments as in :func:`jaxnls.solve`; the residual's state is shared by every problem of a batch.
@@ -25,15 +26,15 @@ class NLLSLayer(nnx.Module):
 
     def __init__(
         self,
-        residual: nnx.Module | Callable[[PyTree, Any], PyTree],
+        residual_fn: nnx.Module | Callable[[PyTree, Any], PyTree],
         *,
         solver: AbstractLeastSquaresSolver = LevenbergMarquardt(),
         adjoint: AbstractAdjoint = Implicit(),
         max_steps: int = 256,
         batched: bool = False,
-        args_axes: PyTree = 0,
+        args_axes: PyTree = UNSET,
     ):
-        self.residual = residual
+        self.residual_fn = residual_fn
         self.solver = solver
         self.adjoint = adjoint
         self.max_steps = max_steps
@@ -41,8 +42,8 @@ class NLLSLayer(nnx.Module):
         self.args_axes = args_axes
 
     def __call__(self, params0: PyTree, args: PyTree = None) -> Solution:
-        if isinstance(self.residual, nnx.Module):
-            graphdef, state = nnx.split(self.residual)
+        if isinstance(self.residual_fn, nnx.Module):
+            graphdef, state = nnx.split(self.residual_fn)
 
             def residual(params, state_and_args):
                 state, args = state_and_args
@@ -50,6 +51,7 @@ class NLLSLayer(nnx.Module):
 
             data = (state, args)
         else:
-            residual, data = (lambda params, fn_and_args: self.residual(params, fn_and_args[1])), (None, args)
+            residual, data = (lambda params, fn_and_args: self.residual_fn(params, fn_and_args[1])), (None, args)
+        args_axes = resolve_args_axes(self.args_axes, args, self.batched)
         return solve(residual, params0, data, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps,
-                     batched=self.batched, args_axes=(None, self.args_axes))
+                     batched=self.batched, args_axes=(None, args_axes))

@@ -16,7 +16,9 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from .._numerics import norm
@@ -34,18 +36,53 @@ def radius_exhausted(radius, x, scale):
     return radius <= jnp.finfo(radius.dtype).eps * norm(jnp.sqrt(scale) * x) + jnp.finfo(radius.dtype).tiny
 
 
-class AbstractLeastSquaresSolver(eqx.Module):
-    """Tolerances shared by every strategy (Ceres/MINPACK-style; which one fired is in the status).
+def check_option(owner, name: str, value, *, lower: float | None = None, upper: float | None = None,
+                 strict: bool = False):
+    """Raise a ValueError / TypeError naming ``owner``'s option ``name`` unless ``value`` is a real, finite
+    number within ``[lower, upper]`` (``(lower, upper]`` with ``strict``). A traced value (a solver built
+    inside a transformation) cannot be checked and passes."""
+    where = f"{type(owner).__name__}({name}=...)"
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, (bool, np.bool_, str)) or not isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
+        raise TypeError(f"{where} must be a real number, got {value!r} ({type(value).__name__})")
+    if np.ndim(value) != 0 or not np.isrealobj(value):
+        raise TypeError(f"{where} must be a real scalar, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"{where} must be finite, got {number}")
+    if lower is not None and (number <= lower if strict else number < lower):
+        raise ValueError(f"{where} must be {'>' if strict else '>='} {lower:g}, got {number:g}")
+    if upper is not None and number > upper:
+        raise ValueError(f"{where} must be <= {upper:g}, got {number:g}")
 
-    - parameter (``rtol``, ``atol``): ``|δ_i| <= rtol·|x_i| + atol`` for every parameter, on an
-      accepted step (or on one that left the cost unchanged to rounding where even the best gradient
-      step could gain no more than ``ftol·cost``);
-    - function (``ftol``): an accepted step gained ``<= ftol·cost`` (or a rejected one changed the cost
-      by no more than that while the model, too, promised no more).
-      The cost excess grows with the square of the parameter error, so this stops with parameters
-      accurate to about √ftol in units of their uncertainty: set ``ftol=0`` to stop on ``rtol`` alone;
-    - gradient (``gtol``): every Jacobian column is orthogonal to the residual,
-      ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` (MINPACK's scale-free test), or the residual is exactly zero.
+
+class AbstractLeastSquaresSolver(eqx.Module):
+    r"""Tolerances shared by every strategy (Ceres/MINPACK-style; which test fired is in the status).
+
+    ==========  ==============  ================================================================================
+    option      default         the test (a ``CONVERGED_*`` status only where it holds at the returned point)
+    ==========  ==============  ================================================================================
+    ``rtol``,   ``1e-8``,       PARAMETER: the step is within ``|δ_j| <= rtol·|x_j| + atol`` for every j (an
+    ``atol``    ``1e-8``        accepted step, a rejected one that left the cost unchanged to rounding, or a
+                                trust radius too small for any step to fail it) AND the Newton step along every
+                                coordinate, ``|g_j| / (JᵀJ)_jj``, is within the same bound
+    ``ftol``    ``rtol²``       FUNCTION: the step changed the cost by ``<= ftol·cost`` (an accepted one, or a
+                                rejected one whose model promised no more) AND no coordinate direction offers
+                                more, ``cos∠(J_j, r) <= √ftol`` for every j. The cost excess grows with the
+                                square of the parameter error, so ``rtol²`` stops with the parameters accurate
+                                to about ``rtol`` in units of their uncertainty; ``ftol=0`` switches it off
+    ``gtol``    ``rtol``        GRADIENT: ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` for every j (MINPACK's scale-free
+                                test), or ``r = 0``
+    ==========  ==============  ================================================================================
+
+    Here g = Jᵀr at the returned point and (JᵀJ)_jj the squared norm of column j. The second half of the
+    function and parameter tests exists because the step they test is shortened by the damping, the trust
+    radius or the backtracking: a tiny damped step gains nothing at a point with a large gradient, and
+    without them such a point was reported converged. A solve that cannot make progress before a test
+    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number; tightening
+    ``rtol`` alone tightens all three tests (``LevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits every NIST
+    StRD problem to its certified digits).
     """
 
     rtol: float = 1e-8
@@ -73,11 +110,29 @@ class AbstractLeastSquaresSolver(eqx.Module):
     def __check_init__(self):
         if self.scaling not in ("running_max", "current"):
             raise ValueError(f"scaling must be 'running_max' or 'current', got {self.scaling!r}")
+        for name in ("rtol", "atol", "ftol", "gtol"):
+            if name in ("ftol", "gtol") and getattr(self, name) is None:
+                continue
+            check_option(self, name, getattr(self, name), lower=0.0)
 
     #: Column heading of the control value in the verbose log.
     control_label: ClassVar[str] = "control"
     #: A step is accepted when its gain ratio exceeds this.
     acceptance: ClassVar[float] = 1e-3
+
+    def accepts(self, ratio: Float[Array, ""]) -> Bool[Array, ""]:
+        """Whether a trial with gain ratio ``ratio`` (actual / predicted decrease) is taken."""
+        return ratio > self.acceptance
+
+    def update_scale(self, scale: Float[Array, " n"], trial_diagonal: Float[Array, " n"], accepted: Bool[Array, ""],
+                     started: Bool[Array, ""]) -> Float[Array, " n"]:
+        """The scaling D after a trial whose diag(JᵀJ) is ``trial_diagonal`` (see ``scaling``); the first
+        evaluation (``started`` False) sets it."""
+        if self.scaling == "running_max":
+            return jnp.where(started, jnp.where(accepted, jnp.maximum(scale, trial_diagonal), scale),
+                             jnp.where(trial_diagonal > 0, trial_diagonal, 1.0))
+        # "current": Ceres' diag(JᵀJ) at the current point, clamped to [1e-6, 1e32]
+        return jnp.where(accepted | ~started, jnp.clip(trial_diagonal, 1e-6, 1e32), scale)
 
     @abc.abstractmethod
     def init_control(self, lin: Linearization, scale: Float[Array, " n"], x: Float[Array, " n"]) -> PyTree:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from .._numerics import norm, safe_sqrt
-from ._base import AbstractLeastSquaresSolver, initial_radius, radius_exhausted
+from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, radius_exhausted
 
 
 class Dogleg(AbstractLeastSquaresSolver):
@@ -28,6 +28,9 @@ class Dogleg(AbstractLeastSquaresSolver):
     initial_radius_factor: float = 100.0
 
     control_label: ClassVar[str] = "radius"
+
+    def __check_init__(self):
+        check_option(self, "initial_radius_factor", self.initial_radius_factor, lower=0.0, strict=True)
 
     def init_control(self, lin, scale, x):
         return initial_radius(self.initial_radius_factor, scale, x)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from ._base import AbstractLeastSquaresSolver
+from ._base import AbstractLeastSquaresSolver, check_option
 
 
 class GaussNewton(AbstractLeastSquaresSolver):
@@ -21,6 +21,9 @@ class GaussNewton(AbstractLeastSquaresSolver):
 
     control_label: ClassVar[str] = "alpha"
     acceptance: ClassVar[float] = 0.0
+
+    def __check_init__(self):
+        check_option(self, "min_step_length", self.min_step_length, lower=0.0, upper=1.0, strict=True)
 
     def init_control(self, lin, scale, x):
         return jnp.asarray(1.0, scale.dtype)

@@ -9,9 +9,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._numerics import norm
-from ..linear import Linearization
-from ..linear._dense import pivot_floor
-from ._base import AbstractLeastSquaresSolver, initial_radius, radius_exhausted
+from ..linear import Linearization, pivot_floor
+from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, radius_exhausted
 
 #: Moré's λ search stops once the scaled step length is within this fraction of the radius ...
 _RADIUS_FIT = 0.1
@@ -47,6 +46,15 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     max_damping: float = 1e32
 
     control_label: ClassVar[str] = "damping"
+
+    def __check_init__(self):
+        check_option(self, "initial_damping", self.initial_damping, lower=0.0, strict=True)
+        check_option(self, "min_damping", self.min_damping, lower=0.0)
+        check_option(self, "max_damping", self.max_damping, lower=0.0, strict=True)
+        if not isinstance(self.min_damping, jax.core.Tracer) and not isinstance(self.max_damping, jax.core.Tracer) \
+                and float(self.min_damping) >= float(self.max_damping):
+            raise ValueError(f"LevenbergMarquardt: min_damping ({self.min_damping:g}) must be below max_damping "
+                             f"({self.max_damping:g})")
 
     def init_control(self, lin, scale, x):
         dtype = scale.dtype
@@ -164,6 +172,9 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     initial_radius_factor: float = 1.0
 
     control_label: ClassVar[str] = "radius"
+
+    def __check_init__(self):
+        check_option(self, "initial_radius_factor", self.initial_radius_factor, lower=0.0, strict=True)
 
     def init_control(self, lin, scale, x):
         # (radius Δ, damping λ, first step?): the first step's length also caps the first radius

@@ -1,0 +1,165 @@
+"""What :func:`jaxnls.solve` and :func:`jaxnls.graph.solve` share around the loop: validation of the
+options, the compiled entry point (compiler options, nested or top-level jit), the loop run with the
+adjoint's requirements, and the :class:`~jaxnls.Solution` with its messages."""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _loop
+from ._solution import Solution
+from ._status import MESSAGES
+from .adjoint import AbstractAdjoint
+from .solvers import AbstractLeastSquaresSolver, IndirectLevenbergMarquardt
+
+#: The loop counts steps in int32.
+MAX_STEPS_LIMIT = 2**31 - 2
+
+# XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
+# about half the time its newer MLIR fusion emitters take, and the loop runs as fast (measured in
+# benchmarks/README.md). The option only matters on CPU, and JAX accepts compiler options only on the
+# outermost jit: inside a caller's jax.jit the caller's options apply.
+_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#: A solve whose Jacobian, over the whole batch, has fewer entries than this is dominated by its
+#: compilation (a NIST fit: ~0.5 s to compile, ~1 ms to run), so its kernels are generated without
+#: LLVM optimisation, which halves XLA:CPU's compile time and at most doubles a run that costs
+#: milliseconds (measured on 10 NIST problems: backend compile 4.2 s vs 8.0-8.8 s; second fits 79 ms vs
+#: 31-39 ms in all). Larger solves keep the default: there the run time matters.
+SMALL_JACOBIAN = 2**16
+_SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
+
+
+def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool) -> int:
+    """Validate the options every solve takes; returns ``max_steps`` as an int. ``dense``: whether the
+    solve's linearisation is a dense Euclidean one (the only kind IndirectLevenbergMarquardt handles)."""
+    if not isinstance(solver, AbstractLeastSquaresSolver):
+        raise TypeError(f"{caller}: solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg(), "
+                        f"IndirectLevenbergMarquardt()), got {solver!r}")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(f"{caller}: adjoint must be a jaxnls adjoint (jaxnls.Implicit(), Unroll(), ...), got {adjoint!r}")
+    if isinstance(max_steps, (bool, np.bool_)) or not isinstance(max_steps, (int, np.integer)):
+        raise TypeError(f"{caller}: max_steps must be an int, got {max_steps!r}")
+    if not 0 <= max_steps <= MAX_STEPS_LIMIT:
+        raise ValueError(f"{caller}: max_steps must be between 0 and {MAX_STEPS_LIMIT} (the loop counts in int32), "
+                         f"got {max_steps}")
+    if not dense and isinstance(solver, IndirectLevenbergMarquardt):
+        raise NotImplementedError(
+            f"{caller}: IndirectLevenbergMarquardt sizes its damping from a dense eigendecomposition in the scaled "
+            "Euclidean variables; with Lie-group parameters or factor graphs use LevenbergMarquardt() or Dogleg()")
+    return int(max_steps)
+
+
+class Unset:
+    """The default of an option that must be given in some cases (``args_axes`` of a batch with arrays)."""
+
+    def __repr__(self):
+        return "<unset>"
+
+
+UNSET = Unset()
+
+
+def resolve_args_axes(args_axes, args, batched: bool):
+    """``args_axes`` as given; where it was not: an error for a batch whose ``args`` hold arrays (a shared
+    array whose leading size happens to equal the batch size would silently be split between the
+    problems), else 0."""
+    if args_axes is not UNSET:
+        return args_axes
+    if batched and any(eqx.is_array(leaf) for leaf in jax.tree_util.tree_leaves(args)):
+        raise ValueError(
+            "batched=True with arrays in args: say which of them carry the batch axis with args_axes, in "
+            "jax.vmap's in_axes style (0: one slice per problem, None: shared by every problem), e.g. "
+            "args_axes=(None, 0) for shared sample points and per-problem data, args_axes=0 when every array "
+            "in args is per problem, args_axes=None when all are shared")
+    return 0
+
+
+def is_traced(tree) -> bool:
+    """Whether ``tree`` holds tracers: the solve is called inside a caller's jit / vmap / grad."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+@functools.cache
+def _knows_compiler_options(small: bool) -> bool:
+    options = _SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
+    except jax.errors.JaxRuntimeError:  # an XLA build that does not know the options: its defaults
+        return False
+    return True
+
+
+@functools.cache
+def _top_level(fn, small: bool):
+    if _knows_compiler_options(small):
+        return eqx.filter_jit(fn, compiler_options=_SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS)
+    return eqx.filter_jit(fn)
+
+
+@functools.cache
+def _nested(fn):
+    return eqx.filter_jit(fn)
+
+
+def compiled(fn, *, nested: bool, jacobian_entries: int | None):
+    """``fn`` jit-compiled: inside a caller's transformation (``nested``) a plain ``eqx.filter_jit``; at
+    the top level with the compiler options (checked on first use, so that importing jaxnls does not
+    initialise a backend), without LLVM optimisation for a batch Jacobian under :data:`SMALL_JACOBIAN`
+    entries."""
+    if nested:
+        return _nested(fn)
+    return _top_level(fn, jacobian_entries is not None and jacobian_entries < SMALL_JACOBIAN)
+
+
+def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set, adjoint):
+    """The loop over the batch starting at ``x0`` (batch, n), as the adjoint requires it: differentiated
+    iteration by iteration, or not at all (its rule applies at the solution)."""
+    state = _loop.initial_state(solver, problem, x0)
+    return _loop.run(solver, problem, args, axes, state, max_steps, verbose=verbose, working_set=working_set,
+                     unroll=adjoint.differentiates_iterations, checkpoint=adjoint.checkpoint)
+
+
+def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
+    r"""The solution :math:`X^* = X \oplus δ` with ``adjoint``'s derivatives, the rule applied in the chart
+    :math:`δ \mapsto X \oplus δ` around ``anchor`` (the solution, carrying whatever derivatives it has)
+    at :math:`δ = 0`. ``problem`` sees ``(anchor, args)``; returns ``(x, cost)``. A problem whose anchor is
+    not finite (a NaN start) is returned as it is, and the rule linearises it at the identity instead, so
+    that no NaN partial derivative reaches the batch's gradients."""
+    finite, safe_anchor = space.finite_or_identity(anchor)
+    delta, cost = adjoint.attach(problem, jnp.zeros((anchor.shape[0], space.tangent_size), anchor.dtype), state.cost,
+                                 state.status, (safe_anchor, args), (0, axes))
+    return jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor), cost
+
+
+def make_solution(solver, params, cost, state, *, batched, throw, num_residuals, num_params, caller) -> Solution:
+    """The :class:`~jaxnls.Solution` of a batch loop state (``batched=False``: its one problem)."""
+    fields = dict(
+        cost=cost,
+        initial_cost=state.initial_cost,
+        gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),
+        num_steps=state.num_steps,
+        num_accepted=state.num_accepted,
+        status=state.status,
+    )
+    if not batched:
+        params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+        fields = {k: v[0] for k, v in fields.items()}
+    solution = Solution(
+        params=params,
+        **fields,
+        num_residuals=num_residuals,
+        num_params=num_params,
+        method=f"{type(solver).__name__}, {type(solver.linear_solver).__name__}",
+    )
+    if throw:
+        failed = ~solution.converged
+        first_failed = jnp.ravel(solution.status)[jnp.argmax(jnp.ravel(failed))]
+        solution = eqx.branched_error_if(
+            solution, jnp.any(failed), first_failed, [f"{caller} did not converge: {message}" for message in MESSAGES],
+        )
+    return solution

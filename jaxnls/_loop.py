@@ -1,0 +1,362 @@
+r"""The solve loop, written once for every problem kind: one trial step of ONE problem, and the batch layer
+that runs it over a batch (``vmap``), until every problem stops (``while_loop``, or a working set of the
+unfinished ones), or for a fixed number of differentiated iterations (``scan``).
+
+Data flow of one iteration (docs/architecture.md)::
+
+    strategy.propose(lin, scale, control) -> δ           (LM / Dogleg / GN: damping, radius, step length)
+    space.retract_step(x, δ) -> x ⊕ δ                    (x + δ, or X·Exp(δ) per Lie-group leaf)
+    problem.evaluate(x ⊕ δ, args) -> r, J, cost          (dense vmapped autodiff, or block-sparse terms)
+    linear_solver.linearize(r, J) -> lin                 (what the step solves and the tests read)
+    gain ratio ρ = actual / predicted -> strategy.accepts, update_control, update_scale
+    tests (gradient, function, parameter) -> status      (a CONVERGED_* status only at a stationary point)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int, PyTree
+
+from ._status import Status
+from .linear import AbstractLinearization
+from .manifolds import EUCLIDEAN
+
+
+class LoopProblem(eqx.Module):
+    """What the loop needs of ONE problem; :func:`jaxnls.solve` and :func:`jaxnls.graph.solve` build one.
+
+    Attributes:
+        evaluate: ``(x, args) -> (r, J, cost)`` at the ambient point ``x``: the residual and Jacobian the
+            step model uses (Triggs-corrected under a robust loss; ``J`` with respect to the tangent
+            perturbation δ, in whatever layout the linear solver's ``linearize`` takes) and the cost.
+        space: the retraction ``x ⊕ δ`` and the parameter magnitudes of the scale-aware tests
+            (:data:`jaxnls.manifolds.EUCLIDEAN` or a :class:`~jaxnls.manifolds.ProductSpace`).
+        num_residuals: m.
+        tangent_size: the length of δ.
+        jacobian: the shapes ``evaluate`` returns for ``J`` (for the loop's placeholder state).
+    """
+
+    evaluate: Callable = eqx.field(static=True)
+    space: object = eqx.field(static=True)
+    num_residuals: int = eqx.field(static=True)
+    tangent_size: int = eqx.field(static=True)
+    jacobian: PyTree = eqx.field(static=True)
+
+
+class LoopState(eqx.Module):
+    """One problem's loop state (the batch layer stacks it along a leading axis)."""
+
+    x: Float[Array, " n"]
+    lin: AbstractLinearization
+    cost: Float[Array, ""]
+    initial_cost: Float[Array, ""]
+    scale: Float[Array, " n"]
+    control: PyTree
+    status: Int[Array, ""]
+    num_steps: Int[Array, ""]
+    num_accepted: Int[Array, ""]
+    started: Bool[Array, ""]
+
+
+class LogRow(eqx.Module):
+    """What one problem contributes to a line of the verbose log."""
+
+    num_steps: Int[Array, ""]
+    active: Bool[Array, ""]
+    cost: Float[Array, ""]
+    change: Float[Array, ""]
+    gradient: Float[Array, ""]
+    step: Float[Array, ""]
+    control: Float[Array, ""]
+    accepted: Bool[Array, ""]
+
+
+def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"]) -> LoopState:
+    """Placeholder state for a batch: the first iteration evaluates x0, so the residual and Jacobian are
+    compiled once (in the loop body), not twice."""
+    batch = x0.shape[0]
+    n = problem.tangent_size
+    residual = jax.ShapeDtypeStruct((problem.num_residuals,), x0.dtype)
+    lin_shape = jax.eval_shape(solver.linear_solver.linearize, residual, problem.jacobian)
+    lin = jax.tree_util.tree_map(lambda s: jnp.zeros((batch,) + s.shape, s.dtype), lin_shape)
+    ones = jnp.ones((batch, n), x0.dtype)
+    control_shape = jax.eval_shape(jax.vmap(solver.init_control), lin, ones, ones)
+    control = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype), control_shape)
+    zero_cost = jnp.zeros(batch, x0.dtype)
+    counts = jnp.zeros(batch, jnp.int32)
+    status = jnp.full(batch, Status.RUNNING, jnp.int32)
+    return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool))
+
+
+def _linearize(solver, problem: LoopProblem, x, args):
+    # A non-finite point (a NaN start) is evaluated at 0 instead and reported as NaN: evaluating it
+    # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
+    # 0·NaN into NaN cotangents for the arguments every problem shares.
+    x_finite = jnp.all(jnp.isfinite(x))
+    residual, jacobian, cost = problem.evaluate(jnp.where(x_finite, x, 0.0), args)
+    cost = jnp.where(x_finite, cost, jnp.nan)
+    lin = solver.linear_solver.linearize(residual, jacobian)
+    lin = jax.tree_util.tree_map(lambda leaf: jnp.where(x_finite, leaf, jnp.nan), lin)
+    # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
+    # which are n + 1 numbers instead of m·n
+    diagonal = lin.diagonal()
+    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal))
+    return lin, cost, finite, diagonal
+
+
+def _first_true(cases) -> Int[Array, ""]:
+    """The status of the first condition that holds, else RUNNING (``jnp.select`` would lower to an
+    argmax reduction, an extra compiled kernel)."""
+    status = jnp.asarray(Status.RUNNING, jnp.int32)
+    for condition, value in reversed(cases):
+        status = jnp.where(condition, value, status)
+    return status
+
+
+def _select(mask, new, old):
+    """``new`` where ``mask`` (a scalar) else ``old``, leaf by leaf."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(mask, n, o), new, old)
+
+
+def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args) -> tuple[LoopState, LogRow]:
+    """One trial step of one problem: propose, evaluate r and J once, accept or reject, adapt the control,
+    test the tolerances. The first call evaluates x0 instead. A problem that has stopped is left as it is."""
+    space = problem.space
+    started = state.started
+    running = started & (state.status == Status.RUNNING)
+    proposed, proposed_control = solver.propose(state.lin, state.scale, state.control)
+    # the step actually taken: what survives rounding in x ⊕ δ (all of it is lost at a large |x|)
+    trial, taken = space.retract_step(state.x, jnp.where(running, proposed, 0.0))
+    trial_lin, trial_cost, finite, trial_diagonal = _linearize(solver, problem, trial, args)
+
+    predicted = -(jnp.sum(state.lin.gradient * taken) + 0.5 * state.lin.curvature(taken))
+    # Near the minimum the cost difference drowns in the rounding noise of the residuals
+    # (eps·|model| per residual, far above eps·|r| on small-residual fits), while the Gauss-Newton
+    # model is still accurate. For steps the model says gain less than √eps·cost, the decrease is
+    # measured by the trapezoidal rule on the gradient, -½(g + g_trial)·δ, which is exact for a
+    # quadratic cost and resolves changes far below the cost's noise; a cost that rises by more than
+    # that margin still rejects the step.
+    difference = state.cost - trial_cost
+    margin = jnp.sqrt(jnp.finfo(state.cost.dtype).eps) * state.cost
+    small = predicted <= margin
+    trapezoid = -0.5 * jnp.sum((state.lin.gradient + trial_lin.gradient) * taken)
+    actual = jnp.where(small, trapezoid, difference)
+    consistent = finite & (~small | (difference >= -margin))
+    ratio = jnp.where(consistent & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
+    accepted = running & consistent & solver.accepts(ratio)
+    updated_control = solver.update_control(proposed_control, accepted, ratio, taken, state.scale)
+
+    take = accepted | ~started
+    x = jnp.where(take, trial, state.x)
+    lin = _select(take, trial_lin, state.lin)
+    cost = jnp.where(take, trial_cost, state.cost)
+    diagonal = jnp.where(take, trial_diagonal, state.lin.diagonal())
+    scale = solver.update_scale(state.scale, trial_diagonal, accepted, started)
+    control = _select(
+        started, _select(running, updated_control, state.control), solver.init_control(lin, scale, space.magnitude_one(x))
+    )
+
+    # A tolerance on the step or the cost change is a claim about the model's minimiser, but the step
+    # tested was shortened by the damping / radius / backtracking: a heavily damped step is tiny and
+    # gains nothing at a point with a large gradient. So both tests also ask the returned point to be
+    # stationary in the tolerance's own units, along every coordinate j (cheap lower bounds on what the
+    # undamped model still offers, from g = Jᵀr and diag(JᵀJ) alone):
+    #   function:  the best gain along j, g_j²/(2(JᵀJ)_jj) = cos²∠(J_j, r)·cost, is <= ftol·cost;
+    #   parameter: the Newton step along j, |g_j|/(JᵀJ)_jj, is within rtol·|x_j| + atol.
+    # (written without squaring g: a column whose squared norm underflows to 0 beside a non-zero g_j, a
+    # plateau where exp() underflows, is not stationary)
+    ftol = solver.function_tolerance
+    x_magnitude = jnp.abs(space.magnitude_one(x))
+    gradient = jnp.abs(lin.gradient)
+    function_stationary = jnp.all(gradient <= jnp.sqrt(2.0 * ftol * cost * diagonal))
+    parameter_stationary = jnp.all(gradient <= (solver.rtol * x_magnitude + solver.atol) * diagonal)
+    eps = jnp.finfo(cost.dtype).eps
+    unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
+    small_step = jnp.all(jnp.abs(taken) <= solver.rtol * jnp.abs(space.magnitude_one(state.x)) + solver.atol)
+    # an accepted step that gained <= ftol·cost, or a rejected one that changed the cost by no more while
+    # the model, too, promised no more (MINPACK's actred/prered test)
+    function_converged = (
+        finite
+        & (jnp.abs(actual) <= ftol * state.cost)
+        & (ratio <= 2.0)
+        & (accepted | (predicted <= ftol * state.cost))
+        & function_stationary
+    )
+    parameter_converged = parameter_stationary & (
+        (small_step & (accepted | unchanged))
+        | (finite & solver.steps_within_tolerance(control, space.magnitude_one(x), scale))
+    )
+    # MINPACK's gradient test: cos∠(J_j, r) <= gtol for every column j, or r = 0
+    gradient_converged = (cost == 0) | jnp.all(gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost))
+    stalled = solver.stalled(control, space.magnitude_one(x), scale)
+    num_steps = state.num_steps + running
+    outcome = _first_true(
+        [(gradient_converged, Status.CONVERGED_GRADIENT), (function_converged, Status.CONVERGED_FUNCTION),
+         (parameter_converged, Status.CONVERGED_PARAMETER), (stalled & ~finite, Status.NONFINITE_RESIDUAL),
+         (stalled, Status.STALLED), (num_steps >= max_steps, Status.MAX_STEPS)],
+    )
+    first_outcome = _first_true(
+        [(~finite, Status.NONFINITE_START), (gradient_converged, Status.CONVERGED_GRADIENT),
+         (num_steps >= max_steps, Status.MAX_STEPS)],
+    )
+    status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
+    new_state = LoopState(
+        x, lin, cost, jnp.where(started, state.initial_cost, cost), scale, control, status, num_steps,
+        state.num_accepted + accepted, jnp.ones_like(started),
+    )
+    log = LogRow(num_steps, running | ~started, cost, jnp.where(accepted, actual, 0.0), jnp.max(gradient),
+                 jnp.max(jnp.abs(taken)), solver.control_value(control), accepted | ~started)
+    return new_state, log
+
+
+def active(state: LoopState) -> Bool[Array, " batch"]:
+    """Problems still to be iterated: not yet evaluated at their start, or running."""
+    return ~state.started | (state.status == Status.RUNNING)
+
+
+def count(mask: Bool[Array, " batch"]) -> Int[Array, ""]:
+    # an integer sum: XLA:CPU compiles a boolean reduction over the batch ~3x slower
+    return jnp.sum(mask.astype(jnp.int32))
+
+
+def take(args, axes, index):
+    """The batched array leaves of ``args`` at ``index`` (shared leaves and None placeholders as they are)."""
+    return jax.tree_util.tree_map(
+        lambda axis, leaf: leaf if axis is None or leaf is None else leaf[index], axes, args,
+        is_leaf=lambda a: a is None,
+    )
+
+
+class _Packing:
+    """The batch's loop state as two arrays: every floating leaf side by side in one ``(batch, W)`` array
+    of the working dtype, every integer/boolean leaf in one ``(batch, K)`` int32 array.
+
+    The loops carry this form, so an iteration writes two arrays instead of a dozen (every array a
+    loop writes is a separately compiled kernel) and moving problems in and out of the working set
+    is two gathers and two scatters (XLA:CPU expands every scatter into a loop of its own).
+    """
+
+    def __init__(self, template: LoopState):
+        leaves, self.treedef = jax.tree_util.tree_flatten(template)
+        self.dtype = template.x.dtype
+        self.layout = [(leaf.shape[1:], leaf.dtype, jnp.issubdtype(leaf.dtype, jnp.floating)) for leaf in leaves]
+
+    def pack(self, state: LoopState):
+        rows = [jnp.reshape(leaf, (leaf.shape[0], -1)) for leaf in jax.tree_util.tree_leaves(state)]
+        floats = [row.astype(self.dtype) for row, (_, _, is_float) in zip(rows, self.layout) if is_float]
+        ints = [row.astype(jnp.int32) for row, (_, _, is_float) in zip(rows, self.layout) if not is_float]
+        return jnp.concatenate(floats, axis=1), jnp.concatenate(ints, axis=1)
+
+    def unpack(self, packed) -> LoopState:
+        floats, ints = packed
+        offsets = {True: 0, False: 0}
+        leaves = []
+        for shape, dtype, is_float in self.layout:
+            width = int(np.prod(shape))
+            start = offsets[is_float]
+            offsets[is_float] += width
+            piece = (floats if is_float else ints)[:, start:start + width]
+            leaves.append(jnp.reshape(piece, (piece.shape[0],) + shape).astype(dtype))
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def _working_set_loop(iterate, is_active, packed, args, axes, slots: int):
+    """Advance at most ``slots`` unfinished problems at a time and refill finished slots.
+
+    A batched loop costs the whole batch's work every iteration until its slowest problem stops. Here
+    each round gathers the first ``slots`` unfinished problems (and their batched args), iterates them
+    until enough slots are free to be worth a refill (half of them, or as many as are waiting), and
+    writes them back; the problems' own iterations are exactly those of the plain loop.
+    """
+
+    def one_round(packed):
+        unfinished = is_active(packed)
+        # the first `slots` unfinished problems, padded with finished ones (which never change)
+        order = jnp.argsort(jnp.where(unfinished, 0, 1), stable=True)
+        index = order[:slots]
+        waiting = jnp.maximum(count(unfinished) - slots, 0)
+        part = jax.tree_util.tree_map(lambda buffer: buffer[index], packed)
+        part_args = take(args, axes, index)
+
+        refill_at = jnp.minimum(waiting, max(slots // 2, 1))  # free slots worth a refill
+
+        def keep_going(part):
+            running = count(is_active(part))
+            return (running > 0) & ((waiting == 0) | (slots - running < refill_at))
+
+        part = jax.lax.while_loop(keep_going, lambda p: iterate(p, part_args), part)
+        return jax.tree_util.tree_map(lambda buffer, new: buffer.at[index].set(new, unique_indices=True), packed, part)
+
+    return jax.lax.while_loop(lambda p: count(is_active(p)) > 0, one_round, packed)
+
+
+def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: int, *, verbose: bool,
+        working_set: int | None, unroll: bool, checkpoint: bool) -> LoopState:
+    """Iterate every problem of the batch ``state`` until it stops: the batch layer around :func:`step`.
+
+    ``unroll``: a bounded loop JAX can differentiate (exactly ``max_steps`` iterations after evaluating
+    x0; each rematerialised in the backward pass with ``checkpoint``); otherwise a ``while_loop`` over
+    the whole batch (``working_set=None``) or over a working set of that many unfinished problems.
+    """
+    packing = _Packing(state)
+    one_step = jax.vmap(lambda s, a: step(solver, problem, max_steps, s, a), in_axes=(0, axes))
+
+    def iterate(packed, a):
+        new_state, log = one_step(packing.unpack(packed), a)
+        if verbose:
+            jax.debug.callback(_print_row, *jax.tree_util.tree_leaves(log), ordered=True)
+        return packing.pack(new_state)
+
+    def is_active(packed):
+        return active(packing.unpack(packed))
+
+    if verbose:
+        jax.debug.callback(_print_header, type(solver).control_label, state.x.shape[0], working_set, ordered=True)
+    if unroll:
+        body = lambda p, _: (iterate(p, args), None)  # noqa: E731
+        body = jax.checkpoint(body) if checkpoint else body
+        packed = jax.lax.scan(body, packing.pack(state), None, length=max_steps + 1)[0]
+    elif working_set is None:
+        packed = jax.lax.while_loop(lambda p: count(is_active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))
+    else:
+        packed = _working_set_loop(iterate, is_active, packing.pack(state), args, axes, working_set)
+    return packing.unpack(packed)
+
+
+def _print_header(label, batch_size, working_set):
+    if int(batch_size) == 1:
+        print(f"{'iter':>5} {'cost':>14} {'cost_change':>12} {'|gradient|':>11} {'|step|':>11} "
+              f"{label:>11} {'accepted':>8}", flush=True)
+    else:
+        if working_set is not None:
+            print(f"(a line per iteration of the working set of {int(working_set)} problems; 'iter' is the most "
+                  "steps any of them has taken)", flush=True)
+        print(f"{'iter':>5} {'running':>8} {'total_cost':>14} {'cost_change':>12} {'max|grad|':>11} "
+              f"{'max|step|':>11} {'med ' + label:>12} {'accepted':>8}", flush=True)
+
+
+def _print_row(num_steps, running, cost, change, gradient, step, control, accepted):
+    running = np.asarray(running)
+    if not running.any():
+        return
+    if running.size == 1:
+        print(f"{int(num_steps[0]):>5} {float(cost[0]):>14.6e} {float(change[0]):>12.3e} {float(gradient[0]):>11.3e} "
+              f"{float(step[0]):>11.3e} {float(control[0]):>11.3e} {'yes' if accepted[0] else 'no':>8}", flush=True)
+        return
+    live = running
+    finite = np.isfinite(cost)
+
+    def largest(values):
+        values = values[live & np.isfinite(values)]
+        return float(np.max(values)) if values.size else float("nan")
+
+    controls = control[live & np.isfinite(control)]
+    print(f"{int(np.max(num_steps[live])):>5} {int(live.sum()):>8} {float(np.sum(cost[finite])):>14.6e} "
+          f"{float(np.sum(change[np.isfinite(change)])):>12.3e} {largest(gradient):>11.3e} {largest(step):>11.3e} "
+          f"{float(np.median(controls)) if controls.size else float('nan'):>12.3e} {int(np.sum(accepted)):>8}",
+          flush=True)
