@@ -193,6 +193,11 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args) -
     )
     # MINPACK's gradient test: cos∠(J_j, r) <= gtol for every column j, or r = 0
     gradient_converged = (cost == 0) | jnp.all(gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost))
+    # where the whole Jacobian is zero (every exp() underflowed: a plateau far from any minimum) every test
+    # above holds trivially, yet nothing is known: no claim of convergence there
+    flat = (cost > 0) & jnp.all(diagonal == 0)
+    gradient_converged, function_converged, parameter_converged = (
+        test & ~flat for test in (gradient_converged, function_converged, parameter_converged))
     stalled = solver.stalled(control, space.magnitude_one(x), scale)
     num_steps = state.num_steps + running
     outcome = _first_true(

@@ -321,7 +321,7 @@ def solve_group(solver_name: str, n: int) -> dict[str, Outcome]:
     cases = GROUPS[n]
     residual, x0, index = _group_problem(cases)
     sol = jaxnls.solve(residual, x0, jnp.asarray(index), solver=SOLVERS[solver_name], max_steps=MAX_STEPS,
-                       batched=True)
+                       batched=True, args_axes=0)
     outcomes = {}
     for i, case in enumerate(cases):
         x = np.asarray(sol.params[i])

@@ -152,19 +152,23 @@ def _implicit_solution_jvp(rule: _Rule, primals, tangents):
     # only floating leaves have tangents; integer ones are data (their float0 tangents are dropped)
     floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(a.dtype, jnp.inexact), args)
     args_dot = jax.tree_util.tree_map(lambda f, d: d if f else None, floating, args_dot)
-    x_dot, cost_dot = jax.vmap(
-        functools.partial(_tangent, rule, floating), in_axes=(0, rule.axes, rule.axes)
-    )(x, args, args_dot)
     usable = jnp.all(jnp.isfinite(x), axis=-1) & (status != Status.NONFINITE_START)
+    x_dot, cost_dot = jax.vmap(
+        functools.partial(_tangent, rule, floating), in_axes=(0, 0, rule.axes, rule.axes)
+    )(usable, x, args, args_dot)
     x_dot = jnp.where(usable[:, None], x_dot, 0.0)
     cost_dot = jnp.where(usable, cost_dot, 0.0)
     return (x, cost), (x_dot, cost_dot)
 
 
-def _tangent(rule: _Rule, floating, x, args, args_dot):
+def _tangent(rule: _Rule, floating, usable, x, args, args_dot):
     """ẋ and ċ of one problem (the rule above, per batch element)."""
     # a non-finite solution gets a zero tangent (masked by the caller); keep its algebra finite
     x = jnp.where(jnp.isfinite(x), x, 0.0)
+    # ... and θ̇ is masked on the way in too: at a finite x whose residual is not (a start where exp()
+    # overflows) H and ∂_θ g hold infinities, and the caller's mask alone, transposed for reverse mode,
+    # sends a zero cotangent through them: 0·∞ = NaN in θ̄, which shared args sum over the batch
+    args_dot = jax.tree_util.tree_map(lambda d: jnp.where(usable, d, 0.0), args_dot)
 
     def with_floats(floats):
         return jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,

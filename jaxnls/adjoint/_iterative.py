@@ -3,6 +3,7 @@ Gauss-Newton refinement steps taken from the solution (:class:`Truncated`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import jax
@@ -49,14 +50,63 @@ class Truncated(AbstractAdjoint):
             raise ValueError(f"Truncated(num_steps=...) must be a positive int, got {self.num_steps!r}")
 
     def attach(self, problem, x, cost, status, args, axes):
+        step, cost_at = finite_derivatives(problem.gauss_newton_step), finite_derivatives(problem.cost)
+
         def refine(x, args):
             usable = jnp.all(jnp.isfinite(x))
-            x = jax.lax.fori_loop(0, self.num_steps, lambda _, x: problem.gauss_newton_step(x, args),
-                                  jnp.where(usable, x, 0.0))
-            return jnp.where(usable, x, 0.0), jnp.where(usable, problem.cost(x, args), 0.0)
+
+            # Steps are taken while they stay where the residual is finite: from a point whose step
+            # overflows (x* + δ with exp(·) = inf) the refinement stops, so its derivative is that of the
+            # steps it could take (zero if none, e.g. at a start whose residual is not finite)
+            def one_step(_, carry):
+                x, going = carry
+                new = step(x, args)
+                going = going & jnp.all(jnp.isfinite(new)) & jnp.isfinite(jax.lax.stop_gradient(problem.cost(new, args)))
+                return jnp.where(going, new, x), going
+
+            x, _ = jax.lax.fori_loop(0, self.num_steps, one_step, (jnp.where(usable, x, 0.0), usable))
+            return jnp.where(usable, x, 0.0), jnp.where(usable, cost_at(x, args), 0.0)
 
         refined_x, refined_cost = jax.vmap(refine, in_axes=(0, axes))(jax.lax.stop_gradient(x), args)
-        # the solve's values (the bracket is exactly zero), the refinement's derivatives
-        return (x + (refined_x - jax.lax.stop_gradient(refined_x)),
-                cost + (refined_cost - jax.lax.stop_gradient(refined_cost)))
+        # the solve's values (the bracket is exactly zero; a non-finite refinement, which has no derivative,
+        # must not turn it into inf - inf = NaN), the refinement's derivatives
+        return x + _difference(refined_x), cost + _difference(refined_cost)
 
+
+def _difference(refined):
+    """``refined - stop_gradient(refined)``: zero, with the derivative of ``refined`` (none where it is not finite)."""
+    return jnp.where(jnp.isfinite(refined), refined - jax.lax.stop_gradient(refined), 0.0)
+
+
+def finite_derivatives(fn: Callable) -> Callable:
+    """``fn(x, args)`` of one problem, with zero derivatives (w.r.t. ``x`` and ``args``) wherever its value is
+    not finite.
+
+    Evaluated where the residual overflows (a long trial step on ``exp``), ``fn``'s derivative has
+    infinite partials; the value is discarded, but a reverse pass still pulls a zero cotangent back
+    through it and ``0 · ∞ = NaN`` reaches ``args``, summed into the arguments every problem shares. A
+    ``where`` on the value cannot stop that; masking the input tangents can: transposed, the mask comes
+    after the pull-back and discards its NaN."""
+
+    @jax.custom_jvp
+    def guarded(x, args):
+        return fn(x, args)
+
+    @guarded.defjvp
+    def guarded_jvp(primals, tangents):
+        x, args = primals
+        x_dot, args_dot = tangents
+        # only floating leaves of args have tangents (integer ones have float0 placeholders)
+        floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(jnp.result_type(a), jnp.inexact), args)
+        floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
+
+        def of_floats(x, floats):
+            return fn(x, jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,
+                                                is_leaf=lambda a: a is None))
+
+        out, linear = jax.linearize(of_floats, x, floats)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(out)]))
+        floats_dot = jax.tree_util.tree_map(lambda f, d: jnp.where(finite, d, 0.0) if f else None, floating, args_dot)
+        return out, linear(jnp.where(finite, x_dot, 0.0), floats_dot)
+
+    return guarded

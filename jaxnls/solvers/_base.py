@@ -36,6 +36,11 @@ def radius_exhausted(radius, x, scale):
     return radius <= jnp.finfo(radius.dtype).eps * norm(jnp.sqrt(scale) * x) + jnp.finfo(radius.dtype).tiny
 
 
+#: √ε of float64: a relative cost change of ε resolves parameter errors of about √ε (in units of their
+#: uncertainty), so no function test can certify parameters more accurately than that.
+_SQRT_EPS = float(np.sqrt(np.finfo(np.float64).eps))
+
+
 def check_option(owner, name: str, value, *, lower: float | None = None, upper: float | None = None,
                  strict: bool = False):
     """Raise a ValueError / TypeError naming ``owner``'s option ``name`` unless ``value`` is a real, finite
@@ -67,11 +72,13 @@ class AbstractLeastSquaresSolver(eqx.Module):
     ``atol``    ``1e-8``        accepted step, a rejected one that left the cost unchanged to rounding, or a
                                 trust radius too small for any step to fail it) AND the Newton step along every
                                 coordinate, ``|g_j| / (JᵀJ)_jj``, is within the same bound
-    ``ftol``    ``rtol²``       FUNCTION: the step changed the cost by ``<= ftol·cost`` (an accepted one, or a
-                                rejected one whose model promised no more) AND no coordinate direction offers
-                                more, ``cos∠(J_j, r) <= √ftol`` for every j. The cost excess grows with the
-                                square of the parameter error, so ``rtol²`` stops with the parameters accurate
-                                to about ``rtol`` in units of their uncertainty; ``ftol=0`` switches it off
+    ``ftol``    ``rtol`` down   FUNCTION: the step changed the cost by ``<= ftol·cost`` (an accepted one, or a
+                to √ε, then     rejected one whose model promised no more) AND no coordinate direction offers
+                ``rtol²/√ε``    more, ``cos∠(J_j, r) <= √ftol`` for every j. The cost excess grows with the
+                                square of the parameter error, so a cost change of ε·cost resolves parameter
+                                errors of √ε (units of their uncertainty) and no finer: below √ε ≈ 1.5e-8 the
+                                default shrinks quadratically and the parameter test decides. ``ftol=0``
+                                switches it off
     ``gtol``    ``rtol``        GRADIENT: ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` for every j (MINPACK's scale-free
                                 test), or ``r = 0``
     ==========  ==============  ================================================================================
@@ -99,8 +106,12 @@ class AbstractLeastSquaresSolver(eqx.Module):
 
     @property
     def function_tolerance(self) -> float:
-        """``ftol``, or ``rtol²`` where it was not given."""
-        return self.rtol**2 if self.ftol is None else self.ftol
+        """``ftol``, or where it was not given ``rtol·min(1, rtol/√ε)`` (ε of float64): ``rtol`` itself down
+        to √ε ≈ 1.5e-8, the finest parameter accuracy a cost change can resolve, and quadratically smaller
+        below it, so that a tight ``rtol`` is decided by the parameter test."""
+        if self.ftol is not None:
+            return self.ftol
+        return self.rtol * min(1.0, self.rtol / _SQRT_EPS)
 
     @property
     def gradient_tolerance(self) -> float:
