@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from ._numerics import finite_derivatives
 from ._status import Status
 from .linear import AbstractLinearization
 from .manifolds import EUCLIDEAN
@@ -98,14 +99,19 @@ def _linearize(solver, problem: LoopProblem, x, args):
     # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
     # 0·NaN into NaN cotangents for the arguments every problem shares.
     x_finite = jnp.all(jnp.isfinite(x))
-    residual, jacobian, cost = problem.evaluate(jnp.where(x_finite, x, 0.0), args)
-    cost = jnp.where(x_finite, cost, jnp.nan)
+    residual, jacobian, cost = finite_derivatives(problem.evaluate)(jnp.where(x_finite, x, 0.0), args)
     lin = solver.linear_solver.linearize(residual, jacobian)
-    lin = jax.tree_util.tree_map(lambda leaf: jnp.where(x_finite, leaf, jnp.nan), lin)
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
     # which are n + 1 numbers instead of m·n
     diagonal = lin.diagonal()
-    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal))
+    finite = x_finite & jnp.isfinite(cost) & jnp.all(jnp.isfinite(diagonal))
+    # A non-finite trial is never taken, but its values still meet the finite ones in arithmetic that
+    # an unrolled backward pass differentiates (0·∞ = NaN in the cotangents of arguments every problem
+    # shares): it gets finite placeholders without derivatives, and a NaN cost that says what it is.
+    # (evaluate's own derivatives vanish where its value is not finite: finite_derivatives)
+    lin = jax.tree_util.tree_map(lambda leaf: jnp.where(finite, leaf, 0.0), lin)
+    diagonal = jnp.where(finite, diagonal, 0.0)
+    cost = jnp.where(finite, cost, jax.lax.stop_gradient(jnp.where(x_finite, cost, jnp.nan)))
     return lin, cost, finite, diagonal
 
 
@@ -147,7 +153,9 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args) -
     trapezoid = -0.5 * jnp.sum((state.lin.gradient + trial_lin.gradient) * taken)
     actual = jnp.where(small, trapezoid, difference)
     consistent = finite & (~small | (difference >= -margin))
-    ratio = jnp.where(consistent & (predicted > 0), actual / jnp.where(predicted > 0, predicted, 1.0), -jnp.inf)
+    # (both operands guarded: ∂(a/p)/∂p = -a/p² would be 0·∞ = NaN at an inconsistent trial's a = -inf)
+    usable = consistent & (predicted > 0)
+    ratio = jnp.where(usable, jnp.where(usable, actual, 0.0) / jnp.where(usable, predicted, 1.0), -jnp.inf)
     accepted = running & consistent & solver.accepts(ratio)
     updated_control = solver.update_control(proposed_control, accepted, ratio, taken, state.scale)
 

@@ -3,12 +3,12 @@ Gauss-Newton refinement steps taken from the solution (:class:`Truncated`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from .._numerics import finite_derivatives
 from ._implicit import AbstractAdjoint
 
 
@@ -76,37 +76,3 @@ class Truncated(AbstractAdjoint):
 def _difference(refined):
     """``refined - stop_gradient(refined)``: zero, with the derivative of ``refined`` (none where it is not finite)."""
     return jnp.where(jnp.isfinite(refined), refined - jax.lax.stop_gradient(refined), 0.0)
-
-
-def finite_derivatives(fn: Callable) -> Callable:
-    """``fn(x, args)`` of one problem, with zero derivatives (w.r.t. ``x`` and ``args``) wherever its value is
-    not finite.
-
-    Evaluated where the residual overflows (a long trial step on ``exp``), ``fn``'s derivative has
-    infinite partials; the value is discarded, but a reverse pass still pulls a zero cotangent back
-    through it and ``0 · ∞ = NaN`` reaches ``args``, summed into the arguments every problem shares. A
-    ``where`` on the value cannot stop that; masking the input tangents can: transposed, the mask comes
-    after the pull-back and discards its NaN."""
-
-    @jax.custom_jvp
-    def guarded(x, args):
-        return fn(x, args)
-
-    @guarded.defjvp
-    def guarded_jvp(primals, tangents):
-        x, args = primals
-        x_dot, args_dot = tangents
-        # only floating leaves of args have tangents (integer ones have float0 placeholders)
-        floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(jnp.result_type(a), jnp.inexact), args)
-        floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
-
-        def of_floats(x, floats):
-            return fn(x, jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,
-                                                is_leaf=lambda a: a is None))
-
-        out, linear = jax.linearize(of_floats, x, floats)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(out)]))
-        floats_dot = jax.tree_util.tree_map(lambda f, d: jnp.where(finite, d, 0.0) if f else None, floating, args_dot)
-        return out, linear(jnp.where(finite, x_dot, 0.0), floats_dot)
-
-    return guarded
