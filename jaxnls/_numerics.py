@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -31,8 +32,8 @@ def split_by_sizes(vector, sizes):
 
 
 def finite_derivatives(fn: Callable) -> Callable:
-    """``fn(x, args)`` of one problem, with zero derivatives (w.r.t. ``x`` and ``args``) wherever its value is
-    not finite.
+    """``fn(x, args)`` of one problem, with zero derivatives (w.r.t. ``x``, ``args`` and whatever ``fn`` closes
+    over) wherever its value is not finite.
 
     Evaluated where the residual overflows (a long trial step on ``exp``), ``fn``'s derivative has
     infinite partials; the value is discarded, but a reverse pass still pulls a zero cotangent back
@@ -40,25 +41,32 @@ def finite_derivatives(fn: Callable) -> Callable:
     ``where`` on the value cannot stop that; masking the input tangents can: transposed, the mask comes
     after the pull-back and discards its NaN."""
 
-    @jax.custom_jvp
     def guarded(x, args):
-        return fn(x, args)
-
-    @guarded.defjvp
-    def guarded_jvp(primals, tangents):
-        x, args = primals
-        x_dot, args_dot = tangents
-        # only floating leaves of args have tangents (integer ones have float0 placeholders)
-        floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(jnp.result_type(a), jnp.inexact), args)
-        floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
-
-        def of_floats(x, floats):
-            return fn(x, jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,
-                                                is_leaf=lambda a: a is None))
-
-        out, linear = jax.linearize(of_floats, x, floats)
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(out)]))
-        floats_dot = jax.tree_util.tree_map(lambda f, d: jnp.where(finite, d, 0.0) if f else None, floating, args_dot)
-        return out, linear(jnp.where(finite, x_dot, 0.0), floats_dot)
+        # closed-over arrays (tracers of an enclosing jit / grad) become explicit inputs of the rule
+        converted, constants = jax.closure_convert(fn, x, args)
+        return _finite_call(converted, x, args, tuple(constants))
 
     return guarded
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _finite_call(fn, x, args, constants):
+    return fn(x, args, *constants)
+
+
+@_finite_call.defjvp
+def _finite_call_jvp(fn, primals, tangents):
+    inputs = primals
+    # only floating leaves have tangents (integer ones have float0 placeholders)
+    floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(jnp.result_type(a), jnp.inexact), inputs)
+    floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, inputs)
+
+    def of_floats(floats):
+        x, args, constants = jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, inputs, floats,
+                                                    is_leaf=lambda a: a is None)
+        return fn(x, args, *constants)
+
+    out, linear = jax.linearize(of_floats, floats)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(out)]))
+    floats_dot = jax.tree_util.tree_map(lambda f, d: jnp.where(finite, d, 0.0) if f else None, floating, tangents)
+    return out, linear(floats_dot)

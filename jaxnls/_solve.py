@@ -241,7 +241,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     def evaluate(x, a):
         residual, jacobian = residual_and_jacobian_at(x, a)
         if loss is None:
-            return residual, jacobian, 0.5 * sum_rows(residual**2)
+            return residual, jacobian, 0.5 * jnp.sum(residual**2)
         # the loss applies to every scalar residual: blocks of one
         corrected, corrected_jacobian, costs = jax.vmap(linearize_block, in_axes=(None, 0, 0))(
             a[1], residual[:, None], jacobian[:, None, :])

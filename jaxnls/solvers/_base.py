@@ -111,7 +111,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
         below it, so that a tight ``rtol`` is decided by the parameter test."""
         if self.ftol is not None:
             return self.ftol
-        return self.rtol * min(1.0, self.rtol / _SQRT_EPS)
+        if isinstance(self.rtol, (int, float)):
+            return self.rtol * min(1.0, self.rtol / _SQRT_EPS)
+        return self.rtol * jnp.minimum(1.0, self.rtol / _SQRT_EPS)  # an array (a traced solver field)
 
     @property
     def gradient_tolerance(self) -> float:
