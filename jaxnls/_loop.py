@@ -94,12 +94,14 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"]) -> 
     return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool))
 
 
-def _linearize(solver, problem: LoopProblem, x, args):
+def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool):
     # A non-finite point (a NaN start) is evaluated at 0 instead and reported as NaN: evaluating it
     # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
     # 0·NaN into NaN cotangents for the arguments every problem shares.
     x_finite = jnp.all(jnp.isfinite(x))
-    residual, jacobian, cost = finite_derivatives(problem.evaluate)(jnp.where(x_finite, x, 0.0), args)
+    # (differentiated iterations: evaluate's derivatives vanish where its value is not finite)
+    evaluate = finite_derivatives(problem.evaluate) if differentiated else problem.evaluate
+    residual, jacobian, cost = evaluate(jnp.where(x_finite, x, 0.0), args)
     lin = solver.linear_solver.linearize(residual, jacobian)
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
     # which are n + 1 numbers instead of m·n
@@ -108,7 +110,6 @@ def _linearize(solver, problem: LoopProblem, x, args):
     # A non-finite trial is never taken, but its values still meet the finite ones in arithmetic that
     # an unrolled backward pass differentiates (0·∞ = NaN in the cotangents of arguments every problem
     # shares): it gets finite placeholders without derivatives, and a NaN cost that says what it is.
-    # (evaluate's own derivatives vanish where its value is not finite: finite_derivatives)
     lin = jax.tree_util.tree_map(lambda leaf: jnp.where(finite, leaf, 0.0), lin)
     diagonal = jnp.where(finite, diagonal, 0.0)
     cost = jnp.where(finite, cost, jax.lax.stop_gradient(jnp.where(x_finite, cost, jnp.nan)))
@@ -129,16 +130,18 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(mask, n, o), new, old)
 
 
-def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args) -> tuple[LoopState, LogRow]:
+def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, differentiated: bool = False
+         ) -> tuple[LoopState, LogRow]:
     """One trial step of one problem: propose, evaluate r and J once, accept or reject, adapt the control,
-    test the tolerances. The first call evaluates x0 instead. A problem that has stopped is left as it is."""
+    test the tolerances. The first call evaluates x0 instead. A problem that has stopped is left as it is.
+    ``differentiated``: the iterations are differentiated (an unrolled adjoint)."""
     space = problem.space
     started = state.started
     running = started & (state.status == Status.RUNNING)
     proposed, proposed_control = solver.propose(state.lin, state.scale, state.control)
     # the step actually taken: what survives rounding in x ⊕ δ (all of it is lost at a large |x|)
     trial, taken = space.retract_step(state.x, jnp.where(running, proposed, 0.0))
-    trial_lin, trial_cost, finite, trial_diagonal = _linearize(solver, problem, trial, args)
+    trial_lin, trial_cost, finite, trial_diagonal = _linearize(solver, problem, trial, args, differentiated)
 
     predicted = -(jnp.sum(state.lin.gradient * taken) + 0.5 * state.lin.curvature(taken))
     # Near the minimum the cost difference drowns in the rounding noise of the residuals
@@ -317,7 +320,7 @@ def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: i
     the whole batch (``working_set=None``) or over a working set of that many unfinished problems.
     """
     packing = _Packing(state)
-    one_step = jax.vmap(lambda s, a: step(solver, problem, max_steps, s, a), in_axes=(0, axes))
+    one_step = jax.vmap(lambda s, a: step(solver, problem, max_steps, s, a, unroll), in_axes=(0, axes))
 
     def iterate(packed, a):
         new_state, log = one_step(packing.unpack(packed), a)

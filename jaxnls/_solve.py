@@ -19,7 +19,6 @@ from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
-from .linear import sum_rows
 from .losses import AbstractRobustLoss, linearize_block
 from .manifolds import EUCLIDEAN, ProductSpace, has_groups
 from .solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -245,7 +244,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         # the loss applies to every scalar residual: blocks of one
         corrected, corrected_jacobian, costs = jax.vmap(linearize_block, in_axes=(None, 0, 0))(
             a[1], residual[:, None], jacobian[:, None, :])
-        return corrected[:, 0], corrected_jacobian[:, 0, :], sum_rows(costs)
+        return corrected[:, 0], corrected_jacobian[:, 0, :], jnp.sum(costs)
 
     # the residual whose ½‖·‖² the adjoints differentiate (√ρ-whitened under a loss)
     def adjoint_fn(x, a):

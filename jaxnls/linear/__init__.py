@@ -1,5 +1,5 @@
 """Step solvers for the (damped) Gauss-Newton system ``(JᵀJ + diag(d)) δ = -Jᵀr``."""
 
-from ._dense import QR, AbstractLinearization, AbstractLinearSolver, Cholesky, Linearization, pivot_floor, sum_rows
+from ._dense import QR, AbstractLinearization, AbstractLinearSolver, Cholesky, Linearization, pivot_floor
 
-__all__ = ["AbstractLinearSolver", "AbstractLinearization", "Cholesky", "Linearization", "QR", "pivot_floor", "sum_rows"]
+__all__ = ["AbstractLinearSolver", "AbstractLinearization", "Cholesky", "Linearization", "QR", "pivot_floor"]

@@ -87,7 +87,7 @@ class Linearization(AbstractLinearization):
         # XLA:CPU compiles several times faster than a small dot
         if self.gram is not None:
             return jnp.sum(v[:, None] * self.gram * v[None, :])
-        return jnp.sum(sum_rows(jnp.sum(self.jacobian * v[None, :], axis=1)[:, None] ** 2))
+        return sum_rows(jnp.einsum("mi,i->m", self.jacobian, v) ** 2)
 
 
 class AbstractLinearSolver(eqx.Module):
@@ -103,19 +103,21 @@ class AbstractLinearSolver(eqx.Module):
 
 
 def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]) -> Float[Array, " n"]:
-    """Jᵀr, summed in a fixed order (see :func:`sum_rows`)."""
-    return sum_rows(jacobian * residual[:, None])
+    """Jᵀr as a dot_general on the residual axis, rounded alike for any batch (see :func:`sum_rows`)."""
+    return jnp.einsum("mi,m->i", jacobian, residual)
 
 
 def sum_rows(terms: Float[Array, "m ..."]) -> Float[Array, "..."]:
     """``Σ_i terms[i]`` over the leading (residual) axis by pairwise elementwise additions in a fixed order.
 
     A problem must give the same bits alone as in a batch of any size (a working set moves problems
-    between batches of different sizes). XLA:CPU does not promise that for a reduce or a dot: how it
-    splits, vectorises and orders a sum over the m residuals depends on the shape of the whole batched
-    array (measured: ``jnp.sum(J * r[:, None], 0)`` with m = 100 rounds differently for 16 or more
-    problems than for one, ``JᵀJ`` as a dot for any batch of two or more). Elementwise additions round
-    each entry the same way whatever the batch, so the sum is taken as ⌈log₂ m⌉ of them.
+    between batches of different sizes). XLA:CPU does not promise that for a reduce: how it splits,
+    vectorises and orders a sum over the m residuals depends on the shape of the whole batched array
+    (measured: ``jnp.sum(J**2, 0)`` with m = 100 rounds differently for 16 or more problems than for one,
+    ``JᵀJ`` as ``J.T @ J`` for any batch of two or more). Elementwise additions round each entry the same
+    way whatever the batch, so the sum is taken as ⌈log₂ m⌉ of them. (A ``dot_general`` that contracts
+    the residual axis of both operands in place, ``jnp.einsum("mi,mj->ij", J, J)``, was measured batch-
+    invariant too, at a dot's cost: the step solvers use it for JᵀJ and Jᵀr.)
     """
     while terms.shape[0] > 1:
         half = terms.shape[0] // 2
@@ -177,7 +179,10 @@ class Cholesky(AbstractLinearSolver):
         # one product [J r]ᵀ[J r] gives both JᵀJ and Jᵀr
         n = jacobian.shape[1]
         augmented = jnp.concatenate([jacobian, residual[:, None]], axis=1)
-        product = sum_rows(augmented[:, :, None] * augmented[:, None, :])
+        # a dot_general contracting the residual axis of both operands directly (no transpose): XLA:CPU
+        # rounds it alike for one problem and for any batch, which `augmented.T @ augmented` does not
+        # (measured; see sum_rows), and it costs what a plain dot does
+        product = jnp.einsum("mi,mj->ij", augmented, augmented)
         return Linearization(gradient=product[:n, n], gram=product[:n, :n], jacobian=None, residual=None)
 
     def solve(self, lin, damping):
