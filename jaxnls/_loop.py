@@ -25,7 +25,6 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from ._numerics import finite_derivatives
 from ._status import Status
 from .linear import AbstractLinearization
-from .manifolds import EUCLIDEAN
 
 
 class LoopProblem(eqx.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -102,10 +101,14 @@ def solve(
     # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
     # a caller's grad / jvp at least one of params0 and args is
     nested = is_traced((params0, args, loss))
-    entries = None if nested else _jacobian_entries(residual_fn, params0, args, batched, args_axes)
+    # the residual's size, read from shapes (and checked) once per compilation key: it chooses the
+    # compiler options and the jit-compiled solve takes it as a static argument (no second trace)
+    num_residuals = None if nested else _residual_size(residual_fn, params0, args, batched, args_axes)
+    entries = None if nested else _batch_size_or_one(params0, batched) * num_residuals * _problem_size(params0, batched)
     working_set = _working_set_size(working_set, params0, batched, nested)
     return compiled(_solve_jit, nested=nested, jacobian_entries=entries)(
-        residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set, adjoint, loss)
+        residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set, adjoint, loss,
+        num_residuals)
 
 
 def _check_sizes(params0, batched: bool):
@@ -118,48 +121,43 @@ def _check_sizes(params0, batched: bool):
         raise ValueError("params0 has no parameters (its arrays have size 0): there is nothing to solve for")
 
 
-def _jacobian_entries(residual_fn, params0, args, batched: bool, args_axes) -> int | None:
-    """B·m·n, the entries of the batch's Jacobian, read from shapes alone (the choice of compiler options);
-    None when they cannot be read here (bad input is then reported, with its reason, by the solve itself).
-    Remembered per compilation key (function, structure, shapes, static leaves), so a repeated call traces
-    nothing."""
+def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
+    """m, the residuals of one problem (validated by :func:`_check_residual`), remembered per compilation key
+    (function, structure, shapes, static leaves) so that a repeated call traces nothing."""
     dynamic, static = eqx.partition((params0, args), eqx.is_array)
     key = (residual_fn, jax.tree_util.tree_structure(dynamic), static, batched,
            jax.tree_util.tree_structure(args_axes, is_leaf=lambda a: a is None),
            tuple(jax.tree_util.tree_leaves(args_axes, is_leaf=lambda a: a is None)),
            tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(dynamic)))
+
+    def read():
+        single_args = take(args, _broadcast_axes(args_axes, args, _batch_size(params0)), 0) if batched else args
+        return _check_residual(residual_fn, _first_problem(params0, batched), single_args)
+
     try:
         hash(key)
     except TypeError:  # something unhashable: work it out every time
-        return _read_jacobian_entries(residual_fn, params0, args, batched, args_axes)
-    return _entries_memo(key, lambda: _read_jacobian_entries(residual_fn, params0, args, batched, args_axes))
+        return read()
+    if key not in _RESIDUAL_SIZES:
+        if len(_RESIDUAL_SIZES) >= 1024:
+            _RESIDUAL_SIZES.clear()
+        _RESIDUAL_SIZES[key] = read()
+    return _RESIDUAL_SIZES[key]
 
 
-_ENTRIES: dict = {}
+_RESIDUAL_SIZES: dict = {}
 
 
-def _entries_memo(key, compute):
-    if key not in _ENTRIES:
-        if len(_ENTRIES) >= 1024:
-            _ENTRIES.clear()
-        _ENTRIES[key] = compute()
-    return _ENTRIES[key]
+def _first_problem(params0, batched: bool):
+    return jax.tree_util.tree_map(lambda leaf: leaf[0], params0) if batched else params0
 
 
-def _read_jacobian_entries(residual_fn, params0, args, batched: bool, args_axes) -> int | None:
-    try:
-        if batched:
-            batch_size = _batch_size(params0)
-            single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
-            single_args = take(args, _broadcast_axes(args_axes, args, batch_size), 0)
-        else:
-            batch_size, single_params, single_args = 1, params0, args
-        residuals = eqx.filter_eval_shape(residual_fn, single_params, single_args)
-        num_residuals = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(residuals))
-        num_params = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(single_params))
-        return batch_size * num_residuals * num_params
-    except Exception:  # noqa: BLE001 - any failure here is reported with its reason by the solve itself
-        return None
+def _batch_size_or_one(params0, batched: bool) -> int:
+    return _batch_size(params0) if batched else 1
+
+
+def _problem_size(params0, batched: bool) -> int:
+    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(_first_problem(params0, batched)))
 
 
 def _working_set_size(working_set, params0, batched: bool, nested: bool) -> int | None:
@@ -209,7 +207,7 @@ def _as_float_array(path, leaf):
 
 
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
-               adjoint, loss):
+               adjoint, loss, num_residuals):
     if batched:
         axes = _broadcast_axes(args_axes, args, _batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
@@ -225,7 +223,8 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     args, static_args = eqx.partition(args, eqx.is_array)
     args, axes = (args, loss), (axes, None)
     fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a[0], static_args)), unravel, x0.dtype)
-    num_residuals = _check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
+    if num_residuals is None:  # (inside a caller's transformation)
+        num_residuals = _check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
     # Lie-group leaves (jaxnls.manifolds): x stays the ravelled ambient parameters, steps live in the
     # tangent space and the Jacobian is taken w.r.t. the tangent perturbation δ at 0, r(x ⊕ δ)
     space = ProductSpace(single_params) if has_groups(single_params) else EUCLIDEAN

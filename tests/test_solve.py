@@ -454,14 +454,12 @@ def test_small_solves_compile_without_llvm_optimisation_and_agree_with_the_defau
     """A solve whose batch Jacobian has < 2**16 entries is compiled at LLVM level 0 (compile-dominated);
     inside a caller's jit the defaults apply. Both give the same answer."""
     from jaxnls._driver import SMALL_JACOBIAN as _SMALL_JACOBIAN
-    from jaxnls._solve import _jacobian_entries
+    from jaxnls._solve import _residual_size
 
     ys = noisy_data(41, size=3)
     p0 = jnp.tile(jnp.asarray([1.5, 0.4, 0.4, 1.4]), (3, 1))
-    entries = _jacobian_entries(curve_residual, p0, (T, ys), True, (None, 0))
-    assert entries == 3 * T.size * 4 < _SMALL_JACOBIAN
-    assert _jacobian_entries(curve_residual, jnp.ones((300, 4)), (T, jnp.ones((300, T.size))), True, (None, 0)) \
-        >= _SMALL_JACOBIAN
+    assert _residual_size(curve_residual, p0, (T, ys), True, (None, 0)) == T.size
+    assert 3 * T.size * 4 < _SMALL_JACOBIAN <= 300 * T.size * 4
     kwargs = dict(batched=True, args_axes=(None, 0), solver=jaxnls.LevenbergMarquardt(**TIGHT))
     direct = jaxnls.solve(curve_residual, p0, (T, ys), **kwargs)
     nested = jax.jit(lambda p: jaxnls.solve(curve_residual, p, (T, ys), **kwargs).params)(p0)

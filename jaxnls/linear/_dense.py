@@ -73,7 +73,7 @@ class Linearization(AbstractLinearization):
         """Squared column norms of J, i.e. diag(JᵀJ)."""
         if self.gram is not None:
             return jnp.diagonal(self.gram)
-        return sum_rows(self.jacobian**2)
+        return jnp.sum(self.jacobian**2, axis=0)
 
     def normal_matrix(self) -> Float[Array, "n n"]:
         """JᵀJ."""
@@ -87,7 +87,7 @@ class Linearization(AbstractLinearization):
         # XLA:CPU compiles several times faster than a small dot
         if self.gram is not None:
             return jnp.sum(v[:, None] * self.gram * v[None, :])
-        return sum_rows(jnp.einsum("mi,i->m", self.jacobian, v) ** 2)
+        return jnp.sum(jnp.sum(self.jacobian * v[None, :], axis=1) ** 2)
 
 
 class AbstractLinearSolver(eqx.Module):
@@ -103,27 +103,8 @@ class AbstractLinearSolver(eqx.Module):
 
 
 def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]) -> Float[Array, " n"]:
-    """Jᵀr as a dot_general on the residual axis, rounded alike for any batch (see :func:`sum_rows`)."""
-    return jnp.einsum("mi,m->i", jacobian, residual)
-
-
-def sum_rows(terms: Float[Array, "m ..."]) -> Float[Array, "..."]:
-    """``Σ_i terms[i]`` over the leading (residual) axis by pairwise elementwise additions in a fixed order.
-
-    A problem must give the same bits alone as in a batch of any size (a working set moves problems
-    between batches of different sizes). XLA:CPU does not promise that for a reduce: how it splits,
-    vectorises and orders a sum over the m residuals depends on the shape of the whole batched array
-    (measured: ``jnp.sum(J**2, 0)`` with m = 100 rounds differently for 16 or more problems than for one,
-    ``JᵀJ`` as ``J.T @ J`` for any batch of two or more). Elementwise additions round each entry the same
-    way whatever the batch, so the sum is taken as ⌈log₂ m⌉ of them. (A ``dot_general`` that contracts
-    the residual axis of both operands in place, ``jnp.einsum("mi,mj->ij", J, J)``, was measured batch-
-    invariant too, at a dot's cost: the step solvers use it for JᵀJ and Jᵀr.)
-    """
-    while terms.shape[0] > 1:
-        half = terms.shape[0] // 2
-        pairs = terms[:half] + terms[half:2 * half]
-        terms = jnp.concatenate([pairs, terms[2 * half:]]) if terms.shape[0] % 2 else pairs
-    return terms[0]
+    """Jᵀr as a multiply-and-sum (see :meth:`Linearization.curvature`)."""
+    return jnp.sum(jacobian * residual[:, None], axis=0)
 
 
 def pivot_floor(n: int, dtype) -> float:
@@ -179,9 +160,12 @@ class Cholesky(AbstractLinearSolver):
         # one product [J r]ᵀ[J r] gives both JᵀJ and Jᵀr
         n = jacobian.shape[1]
         augmented = jnp.concatenate([jacobian, residual[:, None]], axis=1)
-        # a dot_general contracting the residual axis of both operands directly (no transpose): XLA:CPU
-        # rounds it alike for one problem and for any batch, which `augmented.T @ augmented` does not
-        # (measured; see sum_rows), and it costs what a plain dot does
+        # A problem must give the same bits alone as in a batch of any size (a working set moves problems
+        # between batches of different sizes), and XLA:CPU rounds a reduction over the m residuals by a
+        # plan that depends on the whole batched shape: `jnp.sum(J**2, 0)` with m = 100 rounds differently
+        # for 16 or more problems than for one, `J.T @ J` for any batch of two or more (measured). A
+        # dot_general contracting the residual axis of both operands in place was measured to round alike
+        # for one problem and any batch, at a dot's cost.
         product = jnp.einsum("mi,mj->ij", augmented, augmented)
         return Linearization(gradient=product[:n, n], gram=product[:n, :n], jacobian=None, residual=None)
 
@@ -210,7 +194,7 @@ class QR(AbstractLinearSolver):
     def solve(self, lin, damping):
         jac = lin.jacobian
         n = jac.shape[1]
-        scale = _column_scale(sum_rows(jac**2) + damping)
+        scale = _column_scale(jnp.sum(jac**2, axis=0) + damping)
         stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(safe_sqrt(damping) * scale)], axis=0)
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
         # R of the matrix augmented with the right-hand side holds Qᵀ·rhs in its last column, so Q
