@@ -3,7 +3,9 @@ regression ``.dat`` file, a g2o or TORO pose graph, or a BAL bundle-adjustment p
 recognised from the file's records).
 
 Exit status: 0 on success, 1 when the solver did not converge (``solve``), 2 for a bad command line, a
-missing file or a malformed file (the message, with the line number, goes to stderr).
+missing file, a malformed file (the message, with the line number, goes to stderr) or an output that cannot
+be written (checked before solving: never the input file, never a non-regular file, an existing writable
+folder). ``--output`` is written atomically and only for a converged solve unless ``--write-unconverged``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ def _describe(problem) -> str:
 def _solve_command(args) -> int:
     from .io import FileFormatError, detect_format
 
+    if args.output:
+        problem = _output_problem(args.file, args.output)
+        if problem:
+            print(f"jaxnls: cannot write {args.output}: {problem}", file=sys.stderr)
+            return 2
     try:
         kind = detect_format(args.file)
         if kind == "nist":
@@ -107,6 +114,25 @@ def _solve_nist(args) -> int:
     print()
     print(comparison_table(problem, sol.params, args.start))
     return 0 if bool(sol.converged) else 1
+
+
+def _output_problem(input_path: str, output_path: str) -> str | None:
+    """Why ``output_path`` cannot take the result (checked before solving), or None: the input itself
+    (compared as files, so another path to it counts), something that is not a regular file, or a folder
+    that does not exist or cannot be written."""
+    import os
+
+    if os.path.exists(output_path):
+        if os.path.exists(input_path) and os.path.samefile(input_path, output_path):
+            return f"it is the input file {input_path}; refusing to overwrite it (choose another --output)"
+        if not os.path.isfile(output_path):
+            return "it exists and is not a regular file; refusing to replace it"
+    folder = os.path.dirname(os.path.abspath(output_path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
 
 
 #: iteration limit of graph solves from the command line
@@ -154,12 +180,22 @@ def _solve_graph(args, kind: str) -> int:
         sol = run()
         seconds = time.perf_counter() - start
     status = jaxnls.Status(int(sol.status))
-    if args.output:
-        if kind == "bal":
-            write_bal(args.output, updated_bal(problem, sol.params))
-        else:
-            write = write_toro if kind == "toro" else write_g2o
-            write(args.output, updated_pose_graph(problem, sol.params))
+    if args.output and not status.converged and not args.write_unconverged:
+        print(f"jaxnls: the solve did not converge ({status.name}); {args.output} was not written "
+              "(--write-unconverged writes it anyway)", file=sys.stderr)
+    elif args.output:
+        try:  # atomically: a failed write leaves whatever was at the output path untouched
+            if kind == "bal":
+                write_bal(args.output, updated_bal(problem, sol.params))
+            else:
+                write = write_toro if kind == "toro" else write_g2o
+                write(args.output, updated_pose_graph(problem, sol.params))
+        except OSError as err:
+            print(f"jaxnls: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+            return 2
+        if not status.converged:
+            print(f"jaxnls: the solve did not converge ({status.name}); {args.output} holds where it stopped",
+                  file=sys.stderr)
     if args.json:
         print(json.dumps({"file": args.file, "format": kind, "initial_cost": float(sol.initial_cost),
                           "final_cost": float(sol.cost), "iterations": int(sol.num_steps), "seconds": seconds,
@@ -258,7 +294,12 @@ def main(argv=None) -> int:
     solve.add_argument("--json", action="store_true",
                        help="graphs: print one JSON object (initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
                             "seconds without compilation, status)")
-    solve.add_argument("--output", metavar="FILE", help="graphs: write the optimised problem, in the input's format")
+    solve.add_argument("--output", metavar="FILE",
+                       help="graphs: write the optimised problem, in the input's format, atomically (a temporary "
+                            "file renamed over FILE when complete); never the input file itself; only when the "
+                            "solve converged unless --write-unconverged")
+    solve.add_argument("--write-unconverged", action="store_true",
+                       help="with --output: write the result even when the solve did not converge (exit status 1)")
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
     args = parser.parse_args(argv)
     if getattr(args, "batch", 1) < 1:

@@ -1,6 +1,7 @@
 """Readers for reference problem files: NIST StRD regression problems, g2o / TORO pose graphs and
 BAL bundle-adjustment problems."""
 
+from ._atomic import write_atomically
 from ._errors import FileFormatError
 from .graph_files import (
     QUATERNION_TOLERANCE,
@@ -48,4 +49,5 @@ __all__ = [
     "write_bal",
     "write_g2o",
     "write_toro",
+    "write_atomically",
 ]

@@ -62,6 +62,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._atomic import write_atomically
 from ._errors import FileFormatError, ascii_lines
 
 __all__ = [
@@ -751,8 +752,7 @@ def _xyzw(q_wxyz) -> str:
 
 
 def _write(path: str | os.PathLike, lines: list[str]):
-    with open(os.fspath(path), "w", encoding="ascii", newline="\n") as fh:
-        fh.write("\n".join(lines) + ("\n" if lines else ""))
+    write_atomically(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 def write_g2o(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> None:

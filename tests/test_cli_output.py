@@ -1,0 +1,100 @@
+"""``jaxnls solve FILE --output OUT`` never loses a user's file: the input is never overwritten (also through
+another path to it), a destination that cannot take the result is refused before solving, a failed write
+(here a file-size limit) leaves the old output untouched and no temporary file behind, and an unconverged
+solve writes nothing unless asked. Each case runs the command line as a user would, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxnls.io import write_atomically
+
+ROOT = Path(__file__).parent.parent
+GRAPH = Path(__file__).parent / "data" / "graphs" / "w100.graph"
+
+
+def _cli(*args, preexec_fn=None):
+    return subprocess.run([sys.executable, "-m", "jaxnls", "solve", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, preexec_fn=preexec_fn)
+
+
+@pytest.fixture
+def graph_copy(tmp_path):
+    copy = tmp_path / "w100.graph"
+    shutil.copyfile(GRAPH, copy)
+    return copy
+
+
+def test_the_input_is_never_the_output_whatever_the_path(graph_copy, tmp_path):
+    before = graph_copy.read_bytes()
+    (tmp_path / "sub").mkdir()
+    other_path = tmp_path / "sub" / ".." / "w100.graph"
+    for output in (graph_copy, other_path):
+        result = _cli(graph_copy, "--output", output)
+        assert result.returncode == 2, result.stderr
+        assert f"cannot write {output}" in result.stderr and "it is the input file" in result.stderr
+    assert graph_copy.read_bytes() == before
+
+
+def test_a_destination_that_cannot_take_the_result_is_refused_before_solving(graph_copy, tmp_path):
+    missing = tmp_path / "no" / "such" / "folder" / "out.graph"
+    result = _cli(graph_copy, "--output", missing)
+    assert result.returncode == 2
+    assert f"cannot write {missing}" in result.stderr and "does not exist" in result.stderr
+    assert "Iterations" not in result.stdout  # nothing was solved
+    result = _cli(graph_copy, "--output", "/dev/full")
+    assert result.returncode == 2
+    assert "cannot write /dev/full" in result.stderr and "not a regular file" in result.stderr
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # still the device
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    result = _cli(graph_copy, "--output", folder)
+    assert result.returncode == 2 and "not a regular file" in result.stderr
+
+
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_failed_write_leaves_the_old_output_and_no_temporary_file(graph_copy, tmp_path):
+    """With a 4 kB file-size limit the solved w100 graph (~20 kB) cannot be written: the command says so,
+    naming the output, and the file that was there keeps every byte."""
+    output = tmp_path / "solved.graph"
+    output.write_text("precious results from yesterday\n")
+    result = _cli(graph_copy, "--output", output, preexec_fn=_limit_file_size)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot write {output}" in result.stderr
+    assert output.read_text() == "precious results from yesterday\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["solved.graph", "w100.graph"]
+
+
+def test_unconverged_results_are_written_only_when_asked(graph_copy, tmp_path):
+    output = tmp_path / "solved.graph"
+    result = _cli(graph_copy, "--max-steps", "1", "--output", output)
+    assert result.returncode == 1
+    assert "did not converge" in result.stderr and "was not written" in result.stderr
+    assert not output.exists()
+    result = _cli(graph_copy, "--max-steps", "1", "--output", output, "--write-unconverged")
+    assert result.returncode == 1
+    assert "holds where it stopped" in result.stderr
+    assert output.read_text().startswith("VERTEX2")
+
+
+def test_write_atomically_keeps_the_mode_and_refuses_what_is_not_a_regular_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    os.chmod(target, 0o640)
+    write_atomically(target, "new\n")
+    assert target.read_text() == "new\n" and stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    with pytest.raises(OSError, match="not a regular file"):
+        write_atomically(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
