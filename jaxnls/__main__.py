@@ -25,6 +25,15 @@ MAX_STEPS = 3000
 DEMO_PROBLEM = "Eckerle4.dat"
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxnls")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "(not installed)"
+
+
 def _enable_x64():
     import jax
 
@@ -152,11 +161,22 @@ def _solve_graph(args, kind: str) -> int:
 
     if kind == "bal":
         problem = read_bal(args.file)
+        counts = {"cameras": problem.cameras.shape[0], "points": problem.points.shape[0],
+                  "observations": problem.observations.shape[0]}
+        empty = [what for what, count in counts.items() if count == 0]
+        if empty:
+            print(f"jaxnls: {args.file}: nothing to optimise: the problem has no {' and no '.join(empty)}",
+                  file=sys.stderr)
+            return 2
         factor_graph = bal_graph_problem(problem)
         description = (f"{args.file}: BAL bundle adjustment, {problem.cameras.shape[0]} cameras, "
                        f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations")
     else:
         problem = read_pose_graph(args.file)
+        if problem.num_edges == 0:
+            print(f"jaxnls: {args.file}: nothing to optimise: the pose graph has {problem.num_poses} pose(s) and "
+                  "no edges", file=sys.stderr)
+            return 2
         factor_graph = pose_graph_problem(problem)
         description = (f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges")
     # dogleg by default: on large pose graphs (w10000) the Nielsen LM damping crawls (see jaxnls.graph.solve)
@@ -278,6 +298,7 @@ def _demo_command(args) -> int:
 def main(argv=None) -> int:
     """Entry point of the ``jaxnls`` console script and ``python -m jaxnls``."""
     parser = argparse.ArgumentParser(prog="jaxnls", description="Batched nonlinear least squares in JAX.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit a NIST problem shipped with jaxnls, then a batch of 1,024 fits")
     demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch (default 1024)")

@@ -112,7 +112,7 @@ class FactorGraph(eqx.Module):
         variables: a mapping kind → stacked variables: a jaxlie group holding N elements (e.g.
             ``jaxlie.SE2`` with ``unit_complex_xy`` of shape ``(N, 4)``) or an ``(N, d)`` array. These
             are the starting values. With ``solve(..., batched=True)`` every leaf leads with the batch axis.
-        costs: the :class:`CostGroup` s.
+        costs: the :class:`CostGroup` s (groups without terms are skipped).
         fixed: optional mapping kind → indices of variables held at their starting values (their
             Jacobian columns are zeroed; an alternative to a strong prior for removing the gauge freedom).
 
@@ -131,6 +131,10 @@ class FactorGraph(eqx.Module):
         costs = (costs,) if isinstance(costs, CostGroup) else tuple(costs)
         if not costs or not all(isinstance(c, CostGroup) for c in costs):
             raise TypeError("FactorGraph: costs must be a non-empty sequence of CostGroup")
+        # a group without terms (a file's landmarks that no edge observes) contributes nothing: skipped
+        costs = tuple(c for c in costs if c.num_terms > 0)
+        if not costs:
+            raise ValueError("FactorGraph: every cost group is empty: there is no cost term to minimise")
         self.costs = costs
         fixed = dict(fixed or {})
         for kind in fixed:

@@ -703,8 +703,8 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
     if first is None:
         raise GraphFormatError(path, 1, "the file is empty")
     number, tokens = first
-    if len(tokens) >= 3 and all(re.fullmatch(r"\d+", t) for t in tokens[:3]):
-        return "bal"
+    if len(tokens) >= 3 and all(re.fullmatch(r"[+-]?\d+", t) for t in tokens[:3]):
+        return "bal"  # (a negative count is then reported by the BAL reader, naming it)
     g2o_line = toro_line = None
     for n, line in enumerate(lines, start=1):
         tokens = line.split()

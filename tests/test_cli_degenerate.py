@@ -1,0 +1,74 @@
+"""Degenerate problem files get a clean message naming the file and exit status 2 (they used to end in a
+traceback), and a cost group without terms is valid in the library (skipped)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnls import graph
+
+ROOT = Path(__file__).parent.parent
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "jaxnls", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("no_edges.g2o", "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n", "the pose graph has 2 pose(s) and no edges"),
+    ("one_vertex.g2o", "VERTEX_SE2 0 0 0 0\n", "the pose graph has 1 pose(s) and no edges"),
+    ("empty.bal", "0 0 0\n", "the problem has no cameras and no points and no observations"),
+    ("negative.bal", "-3 2 1\n", "line 1: negative the number of cameras -3"),
+])
+def test_degenerate_files_exit_2_naming_the_file(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    result = _cli("solve", path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(path) in result.stderr or name in result.stderr
+    assert message in result.stderr
+
+
+def test_a_landmark_no_edge_observes_is_left_alone(tmp_path):
+    """A 2-D g2o file whose XY landmark no edge observes (an empty cost group inside) solves the poses."""
+    path = tmp_path / "unobserved.g2o"
+    path.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1.2 0.1 0\nVERTEX_XY 2 3 3\n"
+                    "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\nFIX 0\n")
+    result = _cli("solve", path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"status": "CONVERGED' in result.stdout
+
+
+def test_empty_cost_groups_are_skipped_and_change_nothing():
+    def offset(a, b, d):
+        return b - a - d
+
+    def prior(a, d):
+        return a - d
+
+    used = graph.CostGroup(offset, ("x", "x"), np.array([[0, 1], [1, 2]]), data=jnp.ones((2, 1)))
+    anchor = graph.CostGroup(prior, "x", np.array([0]), data=jnp.zeros((1, 1)))
+    empty = graph.CostGroup(offset, ("x", "x"), np.zeros((0, 2), np.int64), data=jnp.zeros((0, 1)))
+    variables = {"x": jnp.array([[0.3], [0.1], [5.0]])}
+    with_empty = graph.solve(graph.FactorGraph(variables, [used, empty, anchor]))
+    without = graph.solve(graph.FactorGraph(variables, [used, anchor]))
+    np.testing.assert_array_equal(with_empty.params["x"], without.params["x"])
+    np.testing.assert_allclose(with_empty.params["x"][:, 0], [0.0, 1.0, 2.0], atol=1e-9)  # the closed form
+    with pytest.raises(ValueError, match="every cost group is empty"):
+        graph.FactorGraph(variables, [empty])
+
+
+def test_version_is_the_installed_distribution_s():
+    from importlib.metadata import version
+
+    result = _cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"jaxnls {version('jaxnls')}"
