@@ -144,6 +144,22 @@ def _output_problem(input_path: str, output_path: str) -> str | None:
     return None
 
 
+SOLVE_EPILOG = f"""\
+formats (recognised from the file's records):
+  NIST StRD .dat        nonlinear regression with certified values (report: LRE per parameter)
+  g2o                   VERTEX_SE2/XY, EDGE_SE2/SE2_XY, VERTEX_SE3:QUAT, EDGE_SE3:QUAT, FIX
+  TORO                  VERTEX2/EDGE2, VERTEX3/EDGE3, EQUIV
+  BAL                   bundle adjustment in the large (num_cameras num_points num_observations ...)
+
+solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR with rtol = {TOLERANCES['rtol']:g}
+(every step below that, relative) and ftol = gtol = 0; graphs use dogleg with the library's default
+tolerances (rtol = atol = 1e-8, ftol derived from rtol, gtol = rtol; see jaxnls.AbstractLeastSquaresSolver).
+
+exit status: 0 converged; 1 not converged (the result is reported; --output is written only with
+--write-unconverged); 2 bad command line, unreadable or malformed file (with its line), nothing to optimise,
+or an output that cannot be written (checked before solving)."""
+
+
 #: iteration limit of graph solves from the command line
 GRAPH_MAX_STEPS = 100
 
@@ -302,7 +318,8 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit a NIST problem shipped with jaxnls, then a batch of 1,024 fits")
     demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch (default 1024)")
-    solve = commands.add_parser("solve", help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file")
+    solve = commands.add_parser("solve", help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SOLVE_EPILOG)
     solve.add_argument("file", help="path to the problem file (format recognised from its records)")
     solve.add_argument("--start", type=int, choices=(1, 2), default=1, help="NIST starting point (default 1)")
     solve.add_argument("--solver", choices=("lm", "gn", "dogleg"), default=None,

@@ -72,3 +72,11 @@ def test_version_is_the_installed_distribution_s():
     result = _cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"jaxnls {version('jaxnls')}"
+
+
+def test_solve_help_lists_formats_solvers_and_exit_codes():
+    result = _cli("solve", "--help")
+    assert result.returncode == 0
+    for expected in ("NIST StRD", "g2o", "TORO", "BAL", "--linear-solver", "--write-unconverged", "rtol = 1e-10",
+                     "exit status: 0 converged; 1 not converged"):
+        assert expected in result.stdout, expected
