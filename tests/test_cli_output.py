@@ -7,7 +7,6 @@ solve writes nothing unless asked. Each case runs the command line as a user wou
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import stat
 import subprocess
@@ -22,9 +21,11 @@ ROOT = Path(__file__).parent.parent
 GRAPH = Path(__file__).parent / "data" / "graphs" / "w100.graph"
 
 
-def _cli(*args, preexec_fn=None):
-    return subprocess.run([sys.executable, "-m", "jaxnls", "solve", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, preexec_fn=preexec_fn)
+def _cli(*args, file_size_limit_kib: int | None = None):
+    command = [sys.executable, "-m", "jaxnls", "solve", *map(str, args)]
+    if file_size_limit_kib is not None:  # (a shell's ulimit, not preexec_fn: no fork of this JAX process)
+        command = ["bash", "-c", f'ulimit -f {file_size_limit_kib} && exec "$@"', "bash", *command]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
 @pytest.fixture
@@ -61,16 +62,12 @@ def test_a_destination_that_cannot_take_the_result_is_refused_before_solving(gra
     assert result.returncode == 2 and "not a regular file" in result.stderr
 
 
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-
-
 def test_a_failed_write_leaves_the_old_output_and_no_temporary_file(graph_copy, tmp_path):
     """With a 4 kB file-size limit the solved w100 graph (~20 kB) cannot be written: the command says so,
     naming the output, and the file that was there keeps every byte."""
     output = tmp_path / "solved.graph"
     output.write_text("precious results from yesterday\n")
-    result = _cli(graph_copy, "--output", output, preexec_fn=_limit_file_size)
+    result = _cli(graph_copy, "--output", output, file_size_limit_kib=4)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"cannot write {output}" in result.stderr
     assert output.read_text() == "precious results from yesterday\n"
