@@ -80,3 +80,48 @@ def test_solve_help_lists_formats_solvers_and_exit_codes():
     for expected in ("NIST StRD", "g2o", "TORO", "BAL", "--linear-solver", "--write-unconverged", "rtol = 1e-10",
                      "exit status: 0 converged; 1 not converged"):
         assert expected in result.stdout, expected
+
+
+GRAPHS = Path(__file__).parent / "data" / "graphs"
+POSE_GRAPHS = ["Klaus3.g2o", "noisyToyGraph.txt", "pose2example.txt", "pose3example.txt", "toyExample.g2o",
+               "w100.graph", "w100_30.g2o"]
+BAL_FILES = ["dubrovnik-1-1-pre.txt", "dubrovnik-3-7-pre.txt"]
+EDGE_TAGS = ("EDGE", "EQUIV")
+
+
+def _structural_edits(name: str, text: str):
+    """(edit, new text) pairs that leave nothing to optimise, or a header that lies."""
+    lines = text.splitlines()
+    if name in BAL_FILES:
+        header = lines[0].split()
+        rest = "\n".join(lines[1:]) + "\n"
+        yield "zero counts", "0 0 0\n" + rest
+        yield "no observations", f"{header[0]} {header[1]} 0\n" + rest
+        yield "negative cameras", f"-{header[0]} {header[1]} {header[2]}\n" + rest
+        yield "negative observations", f"{header[0]} {header[1]} -{header[2]}\n" + rest
+        yield "header only", " ".join(header) + "\n"
+        return
+    vertices = [line for line in lines if not line.split() or not line.split()[0].startswith(EDGE_TAGS)]
+    yield "every edge dropped", "\n".join(vertices) + "\n"
+    first_vertex = next(line for line in lines if line.split() and line.split()[0].startswith("VERTEX"))
+    yield "one vertex", first_vertex + "\n"
+
+
+@pytest.mark.parametrize("name", POSE_GRAPHS + BAL_FILES)
+def test_structural_edits_give_clean_errors_and_leave_the_file_alone(tmp_path, name, capsys):
+    """The shipped problem files with structural edits (every edge dropped, a single vertex, zero or negative
+    BAL counts, a header without its data): the command line (in process, so that any exception would
+    surface here) exits 2 with a message naming the file, and the edited file keeps every byte."""
+    from jaxnls.__main__ import main
+
+    text = (GRAPHS / name).read_text()
+    for edit, edited in _structural_edits(name, text):
+        path = tmp_path / f"edited_{name}"
+        path.write_text(edited)
+        before = path.read_bytes()
+        code = main(["solve", str(path), "--output", str(tmp_path / f"out_{name}")])
+        err = capsys.readouterr().err
+        assert code == 2, f"{name}, {edit}: exit {code}; {err}"
+        assert path.name in err, f"{name}, {edit}: {err}"
+        assert path.read_bytes() == before
+        assert not (tmp_path / f"out_{name}").exists()
