@@ -223,3 +223,17 @@ def _tiny_graph():
                                data=jnp.ones((1, 1)))],
         fixed={"x": jnp.asarray([0])},
     )
+
+
+def test_verbose_log_of_an_all_nan_batch_prints_no_nan_totals_and_no_warning(capfd):
+    """Every start NaN: the log's row reports the batch without NumPy's all-NaN warnings or NaN totals."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sol = jaxnls.solve(lambda p, a: p - 1.0, jnp.full((3, 2), jnp.nan), batched=True, verbose=True)
+        jax.block_until_ready(sol)
+    out = capfd.readouterr().out
+    assert np.all(np.asarray(sol.status) == jaxnls.Status.NONFINITE_START)
+    rows = [line for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert rows and "nan" not in rows[0].split()[2]  # the total cost column
