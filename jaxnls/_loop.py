@@ -167,9 +167,8 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     cost = jnp.where(take, trial_cost, state.cost)
     diagonal = jnp.where(take, trial_diagonal, state.lin.diagonal())
     scale = solver.update_scale(state.scale, trial_diagonal, accepted, started)
-    control = _select(
-        started, _select(running, updated_control, state.control), solver.init_control(lin, scale, space.magnitude_one(x))
-    )
+    magnitude = space.magnitude_one(x)  # the parameter sizes of the scale-aware tests at the returned point
+    control = _select(started, _select(running, updated_control, state.control), solver.init_control(lin, scale, magnitude))
 
     # A tolerance on the step or the cost change is a claim about the model's minimiser, but the step
     # tested was shortened by the damping / radius / backtracking: a heavily damped step is tiny and
@@ -181,10 +180,9 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     # (written without squaring g: a column whose squared norm underflows to 0 beside a non-zero g_j, a
     # plateau where exp() underflows, is not stationary)
     ftol = solver.function_tolerance
-    x_magnitude = jnp.abs(space.magnitude_one(x))
     gradient = jnp.abs(lin.gradient)
     function_stationary = jnp.all(gradient <= jnp.sqrt(2.0 * ftol * cost * diagonal))
-    parameter_stationary = jnp.all(gradient <= (solver.rtol * x_magnitude + solver.atol) * diagonal)
+    parameter_stationary = jnp.all(gradient <= (solver.rtol * jnp.abs(magnitude) + solver.atol) * diagonal)
     eps = jnp.finfo(cost.dtype).eps
     unchanged = finite & (jnp.abs(actual) <= 2 * eps * state.cost)
     small_step = jnp.all(jnp.abs(taken) <= solver.rtol * jnp.abs(space.magnitude_one(state.x)) + solver.atol)
@@ -199,7 +197,7 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     )
     parameter_converged = parameter_stationary & (
         (small_step & (accepted | unchanged))
-        | (finite & solver.steps_within_tolerance(control, space.magnitude_one(x), scale))
+        | (finite & solver.steps_within_tolerance(control, magnitude, scale))
     )
     # MINPACK's gradient test: cos∠(J_j, r) <= gtol for every column j, or r = 0
     gradient_converged = (cost == 0) | jnp.all(gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost))
@@ -208,7 +206,7 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     flat = (cost > 0) & jnp.all(diagonal == 0)
     gradient_converged, function_converged, parameter_converged = (
         test & ~flat for test in (gradient_converged, function_converged, parameter_converged))
-    stalled = solver.stalled(control, space.magnitude_one(x), scale)
+    stalled = solver.stalled(control, magnitude, scale)
     num_steps = state.num_steps + running
     outcome = _first_true(
         [(gradient_converged, Status.CONVERGED_GRADIENT), (function_converged, Status.CONVERGED_FUNCTION),

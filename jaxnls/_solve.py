@@ -95,8 +95,7 @@ def solve(
         raise ValueError("params0 has no array leaves: there is nothing to solve for")
     args_axes = resolve_args_axes(args_axes, args, batched)
     if batched:
-        batch_size = _batch_size(params0)
-        _broadcast_axes(args_axes, args, batch_size)
+        _batch_size(params0)  # (scalar leaves, disagreeing batch sizes: before _check_sizes reads shape[0])
     _check_sizes(params0, batched)
     # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
     # a caller's grad / jvp at least one of params0 and args is

@@ -458,8 +458,14 @@ def test_small_solves_compile_without_llvm_optimisation_and_agree_with_the_defau
 
     ys = noisy_data(41, size=3)
     p0 = jnp.tile(jnp.asarray([1.5, 0.4, 0.4, 1.4]), (3, 1))
+    from jaxnls._driver import compiled
+    from jaxnls._solve import _solve_jit
+
     assert _residual_size(curve_residual, p0, (T, ys), True, (None, 0)) == T.size
-    assert 3 * T.size * 4 < _SMALL_JACOBIAN <= 300 * T.size * 4
+    # 3 problems × 100 residuals × 4 parameters get the small-solve compile; 300 problems the default one
+    small, large = (compiled(_solve_jit, nested=False, jacobian_entries=b * T.size * 4) for b in (3, 300))
+    assert small is compiled(_solve_jit, nested=False, jacobian_entries=_SMALL_JACOBIAN - 1)
+    assert large is compiled(_solve_jit, nested=False, jacobian_entries=_SMALL_JACOBIAN) and small is not large
     kwargs = dict(batched=True, args_axes=(None, 0), solver=jaxnls.LevenbergMarquardt(**TIGHT))
     direct = jaxnls.solve(curve_residual, p0, (T, ys), **kwargs)
     nested = jax.jit(lambda p: jaxnls.solve(curve_residual, p, (T, ys), **kwargs).params)(p0)

@@ -2,7 +2,6 @@ r"""``jaxnls.graph.solve``: the loop of :func:`jaxnls.solve` on a block-sparse l
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
