@@ -195,13 +195,16 @@ def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, a
 # -- batch equals solo, bit for bit ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", [jaxnls.LevenbergMarquardt(), jaxnls.IndirectLevenbergMarquardt(),
-                                    jaxnls.Dogleg(), jaxnls.GaussNewton()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("solver", [strategy(linear_solver=linear_solver)
+                                    for strategy in (jaxnls.LevenbergMarquardt, jaxnls.IndirectLevenbergMarquardt,
+                                                     jaxnls.Dogleg, jaxnls.GaussNewton)
+                                    for linear_solver in (jaxnls.Cholesky(), jaxnls.QR())],
+                         ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
 def test_batch_results_are_bit_identical_to_solo_solves_for_every_working_set(solver):
     """A problem's answer may not depend on its neighbours: in batches of 33 (reductions over the 100
     residuals used to round differently with the batch's shape, changing healthy neighbours by 1 ulp,
-    first seen with Dogleg and a working set) and through working sets of every size, every element
-    equals its solo solve exactly."""
+    first seen with Dogleg and a working set, and with QR on 5 of 33 fits) and through working sets of
+    every size, every element equals its solo solve exactly, with either step solver."""
     p0, y = curve_data(5, 33)
     t = jnp.asarray(T)
     solos = [jaxnls.solve(curve_residual, p0[i], (t, y[i]), solver=solver) for i in (0, 1, 16, 32)]

@@ -61,33 +61,31 @@ class Linearization(AbstractLinearization):
     """What a step solver keeps of one linearisation ``r + J δ``.
 
     ``jacobian``/``residual`` are kept only by solvers that need them (QR); the normal-equation
-    solver keeps ``JᵀJ`` alone, which is what keeps the batched loop's memory at O(n²) per problem.
+    solver keeps ``Jᵀr`` and ``JᵀJ`` alone, which is what keeps the batched loop's memory at O(n²) per
+    problem.
     """
 
     gradient: Float[Array, " n"]  # Jᵀ r
-    gram: Float[Array, "n n"] | None  # Jᵀ J
+    gram: Float[Array, "n n"]  # Jᵀ J
     jacobian: Float[Array, "m n"] | None
     residual: Float[Array, " m"] | None
 
     def diagonal(self) -> Float[Array, " n"]:
         """Squared column norms of J, i.e. diag(JᵀJ)."""
-        if self.gram is not None:
-            return jnp.diagonal(self.gram)
-        return jnp.sum(self.jacobian**2, axis=0)
+        return jnp.diagonal(self.gram)
 
     def normal_matrix(self) -> Float[Array, "n n"]:
         """JᵀJ."""
-        if self.gram is not None:
-            return self.gram
-        return self.jacobian.T @ self.jacobian
+        return self.gram
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
         # products with tiny vectors as multiply-and-sum, not dot: one fused reduction each, which
         # XLA:CPU compiles several times faster than a small dot
-        if self.gram is not None:
-            return jnp.sum(v[:, None] * self.gram * v[None, :])
-        return jnp.sum(jnp.sum(self.jacobian * v[None, :], axis=1) ** 2)
+        if self.jacobian is not None:  # from J itself where it is kept (QR: cond(J), not cond(J)²)
+            along = _contract(self.jacobian, v, 1, 0)
+            return _contract(along, along, 0, 0)
+        return jnp.sum(v[:, None] * self.gram * v[None, :])
 
 
 class AbstractLinearSolver(eqx.Module):
@@ -102,9 +100,27 @@ class AbstractLinearSolver(eqx.Module):
         """Return δ solving ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
 
 
-def _transpose_times(jacobian: Float[Array, "m n"], residual: Float[Array, " m"]) -> Float[Array, " n"]:
-    """Jᵀr as a multiply-and-sum (see :meth:`Linearization.curvature`)."""
-    return jnp.sum(jacobian * residual[:, None], axis=0)
+def _normal_products(residual: Float[Array, " m"], jacobian: Float[Array, "m n"]
+                     ) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+    """Jᵀr and JᵀJ from one product ``[J r]ᵀ[J r]``.
+
+    A problem must give the same bits alone as in a batch of any size (a working set moves problems
+    between batches of different sizes), and XLA:CPU rounds a reduction over the m residuals by a plan
+    that depends on the whole batched shape: ``jnp.sum(J**2, 0)`` or ``einsum("mi,mi->i")`` with m = 100
+    rounds differently for 16 or more problems than for one, ``J.T @ J`` for any batch of two or more
+    (measured). A dot_general contracting the residual axis of both operands in place was measured to
+    round alike for one problem and any batch, at a dot's cost.
+    """
+    n = jacobian.shape[1]
+    augmented = jnp.concatenate([jacobian, residual[:, None]], axis=1)
+    product = _contract(augmented, augmented, 0, 0)
+    return product[:n, n], product[:n, :n]
+
+
+def _contract(a: Array, b: Array, axis_a: int, axis_b: int) -> Array:
+    """``a`` and ``b`` summed over one axis each, as one dot_general (what ``jnp.einsum`` emits, without its
+    contraction-path search, which costs tracing time in a loop traced for every solve)."""
+    return jax.lax.dot_general(a, b, (((axis_a,), (axis_b,)), ((), ())))
 
 
 def pivot_floor(n: int, dtype) -> float:
@@ -157,17 +173,8 @@ class Cholesky(AbstractLinearSolver):
     """
 
     def linearize(self, residual, jacobian):
-        # one product [J r]ᵀ[J r] gives both JᵀJ and Jᵀr
-        n = jacobian.shape[1]
-        augmented = jnp.concatenate([jacobian, residual[:, None]], axis=1)
-        # A problem must give the same bits alone as in a batch of any size (a working set moves problems
-        # between batches of different sizes), and XLA:CPU rounds a reduction over the m residuals by a
-        # plan that depends on the whole batched shape: `jnp.sum(J**2, 0)` with m = 100 rounds differently
-        # for 16 or more problems than for one, `J.T @ J` for any batch of two or more (measured). A
-        # dot_general contracting the residual axis of both operands in place was measured to round alike
-        # for one problem and any batch, at a dot's cost.
-        product = jnp.einsum("mi,mj->ij", augmented, augmented)
-        return Linearization(gradient=product[:n, n], gram=product[:n, :n], jacobian=None, residual=None)
+        gradient, gram = _normal_products(residual, jacobian)
+        return Linearization(gradient=gradient, gram=gram, jacobian=None, residual=None)
 
     def solve(self, lin, damping):
         gram = lin.gram
@@ -185,19 +192,19 @@ class QR(AbstractLinearSolver):
 
     Works with ``J`` itself, so its accuracy is governed by cond(J), not cond(J)²: the choice for
     ill-conditioned problems (NIST's Lanczos, MGH10, Bennett5). Keeps the m×n Jacobian per problem.
-    Unlike :class:`Cholesky`, a batch solved with QR is not bit-identical to its problems solved one by
-    one: batches of every working-set size agree with each other, but on 5 of 33 curve fits a problem
-    alone ended a few ulps away (measured; the kernel responsible was not pinned down).
+    As with :class:`Cholesky`, a batch gives every problem the bits it gets alone.
     """
 
     def linearize(self, residual, jacobian):
-        return Linearization(gradient=_transpose_times(jacobian, residual), gram=None, jacobian=jacobian,
-                             residual=residual)
+        # JᵀJ only for its diagonal and the trust-region search: the step and the model's curvature
+        # use J itself
+        gradient, gram = _normal_products(residual, jacobian)
+        return Linearization(gradient=gradient, gram=gram, jacobian=jacobian, residual=residual)
 
     def solve(self, lin, damping):
         jac = lin.jacobian
         n = jac.shape[1]
-        scale = _column_scale(jnp.sum(jac**2, axis=0) + damping)
+        scale = _column_scale(lin.diagonal() + damping)
         stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(safe_sqrt(damping) * scale)], axis=0)
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
         # R of the matrix augmented with the right-hand side holds Qᵀ·rhs in its last column, so Q
