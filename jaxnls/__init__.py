@@ -1,6 +1,8 @@
 """jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
 
 from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncated, Unroll
+from ._callback import IterationInfo
+from ._progress import ProgressLine
 from ._solution import Solution
 from ._solve import solve
 from ._status import Status
@@ -18,7 +20,9 @@ __all__ = [
     "GaussNewton",
     "Implicit",
     "IndirectLevenbergMarquardt",
+    "IterationInfo",
     "LevenbergMarquardt",
+    "ProgressLine",
     "Solution",
     "Status",
     "Truncated",

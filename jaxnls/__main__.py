@@ -113,11 +113,14 @@ def _solve_nist(args) -> int:
     print(_describe(problem))
     print()
     solver = make_solver(args.solver or "lm")
+    progress = _progress_line(args)
     start = time.perf_counter()
     sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[args.start - 1]), problem.args,
-                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose)
+                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose, callback=progress)
     sol.params.block_until_ready()
     elapsed = time.perf_counter() - start
+    if progress is not None:
+        progress.close()
     print(sol.summary())
     print(f"Time (including compilation)  {elapsed:.2f} s")
     print()
@@ -155,6 +158,9 @@ solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR
 (every step below that, relative) and ftol = gtol = 0; graphs use dogleg with the library's default
 tolerances (rtol = atol = 1e-8, ftol derived from rtol, gtol = rtol; see jaxnls.AbstractLeastSquaresSolver).
 
+progress: on a terminal, a solve running longer than half a second redraws one line on stderr (iteration,
+cost, relative decrease, seconds); nothing with --json or --verbose, or when stderr is not a terminal.
+
 exit status: 0 converged; 1 not converged (the result is reported; --output is written only with
 --write-unconverged); 2 bad command line, unreadable or malformed file (with its line), nothing to optimise,
 or an output that cannot be written (checked before solving)."""
@@ -162,6 +168,16 @@ or an output that cannot be written (checked before solving)."""
 
 #: iteration limit of graph solves from the command line
 GRAPH_MAX_STEPS = 100
+
+
+def _progress_line(args):
+    """A live progress line on stderr for solves that take more than a moment, when stderr is a terminal
+    and the output is not --json or the --verbose log (None otherwise: the solve compiles without it)."""
+    import jaxnls
+
+    if args.json or args.verbose or not sys.stderr.isatty():
+        return None
+    return jaxnls.ProgressLine(sys.stderr, delay=0.5, label=f"{args.file}: ")
 
 
 def _solve_graph(args, kind: str) -> int:
@@ -203,9 +219,14 @@ def _solve_graph(args, kind: str) -> int:
     max_steps = args.max_steps or GRAPH_MAX_STEPS
     verbose = args.verbose and not args.json
 
+    progress = _progress_line(args)
+
     def run():
-        solution = graph.solve(factor_graph, solver=solver, max_steps=max_steps, verbose=verbose)
-        return jax.block_until_ready(solution)
+        solution = graph.solve(factor_graph, solver=solver, max_steps=max_steps, verbose=verbose, callback=progress)
+        solution = jax.block_until_ready(solution)
+        if progress is not None:
+            progress.close()
+        return solution
 
     start = time.perf_counter()
     sol = run()

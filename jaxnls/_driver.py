@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _loop
+from ._callback import check_callback
 from ._solution import Solution
 from ._status import MESSAGES
 from .adjoint import AbstractAdjoint
@@ -34,9 +35,10 @@ SMALL_JACOBIAN = 2**16
 _SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
 
 
-def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool) -> int:
+def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None) -> int:
     """Validate the options every solve takes; returns ``max_steps`` as an int. ``dense``: whether the
     solve's linearisation is a dense Euclidean one (the only kind IndirectLevenbergMarquardt handles)."""
+    check_callback(callback, caller)
     if not isinstance(solver, AbstractLeastSquaresSolver):
         raise TypeError(f"{caller}: solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg(), "
                         f"IndirectLevenbergMarquardt()), got {solver!r}")
@@ -116,12 +118,25 @@ def compiled(fn, *, nested: bool, jacobian_entries: int | None):
     return _top_level(fn, jacobian_entries is not None and jacobian_entries < SMALL_JACOBIAN)
 
 
-def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set, adjoint):
+def call_compiled(fn, *args, callback, caller: str):
+    """``fn(*args)``, where a ``callback`` that JAX cannot run (an io_callback inside a loop whose
+    continuation a caller's ``jax.vmap`` batched) gets an error saying what to do instead."""
+    try:
+        return fn(*args)
+    except Exception as err:
+        if callback is not None and "IO effects not supported" in str(err):
+            raise ValueError(f"{caller}: callback= cannot be used inside jax.vmap (JAX cannot call the host from a "
+                             "loop whose stopping condition vmap batched); solve the batch with batched=True "
+                             "instead, where the callback sees every problem") from err
+        raise
+
+
+def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set, adjoint, callback):
     """The loop over the batch starting at ``x0`` (batch, n), as the adjoint requires it: differentiated
     iteration by iteration, or not at all (its rule applies at the solution)."""
     state = _loop.initial_state(solver, problem, x0)
     return _loop.run(solver, problem, args, axes, state, max_steps, verbose=verbose, working_set=working_set,
-                     unroll=adjoint.differentiates_iterations, checkpoint=adjoint.checkpoint)
+                     unroll=adjoint.differentiates_iterations, checkpoint=adjoint.checkpoint, callback=callback)
 
 
 def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):

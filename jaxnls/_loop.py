@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from . import _callback
 from ._numerics import finite_derivatives
 from ._status import Status
 from .linear import AbstractLinearization
@@ -61,6 +62,7 @@ class LoopState(eqx.Module):
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
     started: Bool[Array, ""]
+    index: Int[Array, ""]  # the problem's place in the batch (what a callback reports)
 
 
 class LogRow(eqx.Module):
@@ -90,7 +92,8 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"]) -> 
     zero_cost = jnp.zeros(batch, x0.dtype)
     counts = jnp.zeros(batch, jnp.int32)
     status = jnp.full(batch, Status.RUNNING, jnp.int32)
-    return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool))
+    return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool),
+                     jnp.arange(batch, dtype=jnp.int32))
 
 
 def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool):
@@ -220,7 +223,7 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
     new_state = LoopState(
         x, lin, cost, jnp.where(started, state.initial_cost, cost), scale, control, status, num_steps,
-        state.num_accepted + accepted, jnp.ones_like(started),
+        state.num_accepted + accepted, jnp.ones_like(started), state.index,
     )
     log = LogRow(num_steps, running | ~started, cost, jnp.where(accepted, actual, 0.0), jnp.max(gradient),
                  jnp.max(jnp.abs(taken)), solver.control_value(control), accepted | ~started)
@@ -309,21 +312,35 @@ def _working_set_loop(iterate, is_active, packed, args, axes, slots: int):
 
 
 def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: int, *, verbose: bool,
-        working_set: int | None, unroll: bool, checkpoint: bool) -> LoopState:
+        working_set: int | None, unroll: bool, checkpoint: bool, callback: Callable | None = None) -> LoopState:
     """Iterate every problem of the batch ``state`` until it stops: the batch layer around :func:`step`.
 
     ``unroll``: a bounded loop JAX can differentiate (exactly ``max_steps`` iterations after evaluating
     x0; each rematerialised in the backward pass with ``checkpoint``); otherwise a ``while_loop`` over
     the whole batch (``working_set=None``) or over a working set of that many unfinished problems.
+    ``callback``: called on the host after every iteration (:mod:`jaxnls._callback`); the problems it
+    asks to stop end ``Status.STOPPED``.
     """
     packing = _Packing(state)
     one_step = jax.vmap(lambda s, a: step(solver, problem, max_steps, s, a, unroll), in_axes=(0, axes))
 
-    def iterate(packed, a):
+    def advance(packed, a):
         new_state, log = one_step(packing.unpack(packed), a)
         if verbose:
             jax.debug.callback(_print_row, *jax.tree_util.tree_leaves(log), ordered=True)
-        return packing.pack(new_state)
+        return packing.pack(new_state), log
+
+    def report(packed, log):
+        # (outside any checkpointed body: JAX cannot rematerialise an io_callback)
+        if callback is None:
+            return packed
+        state = packing.unpack(packed)
+        stop = _callback.ask(callback, type(solver).control_label, state.index, log, state.status)
+        return packing.pack(eqx.tree_at(lambda s: s.status, state,
+                                        jnp.where(stop, Status.STOPPED, state.status).astype(jnp.int32)))
+
+    def iterate(packed, a):
+        return report(*advance(packed, a))
 
     def is_active(packed):
         return active(packing.unpack(packed))
@@ -331,8 +348,8 @@ def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: i
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, state.x.shape[0], working_set, ordered=True)
     if unroll:
-        body = lambda p, _: (iterate(p, args), None)  # noqa: E731
-        body = jax.checkpoint(body) if checkpoint else body
+        differentiated = jax.checkpoint(advance) if checkpoint else advance
+        body = lambda p, _: (report(*differentiated(p, args)), None)  # noqa: E731
         packed = jax.lax.scan(body, packing.pack(state), None, length=max_steps + 1)[0]
     elif working_set is None:
         packed = jax.lax.while_loop(lambda p: count(is_active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))

@@ -12,10 +12,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
-from ._driver import (UNSET, attach_in_chart, check_options, compiled, is_traced, make_solution, resolve_args_axes,
-                      run_loop)
+from ._driver import (UNSET, attach_in_chart, call_compiled, check_options, compiled, is_traced, make_solution,
+                      resolve_args_axes, run_loop)
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
+from ._callback import IterationInfo
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
 from .losses import AbstractRobustLoss, linearize_block
@@ -37,6 +38,7 @@ def solve(
     working_set: int | str | None = "auto",
     adjoint: AbstractAdjoint = Implicit(),
     loss: AbstractRobustLoss | None = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
 ) -> Solution:
     r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
 
@@ -80,6 +82,14 @@ def solve(
             :math:`\tfrac12\sum_i ρ(r_i^2)` and the step model uses Triggs' corrected residual and
             Jacobian (as Ceres). Its ``scale`` is differentiated like an entry of ``args`` (every
             adjoint). For losses on residual *blocks* use :class:`jaxnls.graph.CostGroup`.
+        callback: ``callback(info)``, called on the host after every iteration with a
+            :class:`jaxnls.IterationInfo` of the problems that iteration advanced (iteration, cost, cost
+            change, gradient and step norms, damping / radius, accepted, status; per problem, with its index
+            in the batch). It may return ``None`` to go on, or a bool (or one per problem in ``info``): True
+            stops those problems, which end ``Status.STOPPED``. It runs inside the compiled loop (an
+            ``io_callback``; the loop waits for it) and is part of the compilation key. With
+            :class:`Unroll` every one of the ``max_steps`` iterations still runs; a stop request freezes the
+            problem where it is.
 
     Returns:
         A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
@@ -87,7 +97,8 @@ def solve(
     Static configuration (``residual_fn``, solver, ``max_steps``, flags, Python scalars in ``args``) is
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
-    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0))
+    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0),
+                              callback=callback)
     if loss is not None and not isinstance(loss, AbstractRobustLoss):
         raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
     params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
@@ -105,9 +116,10 @@ def solve(
     num_residuals = None if nested else _residual_size(residual_fn, params0, args, batched, args_axes)
     entries = None if nested else _batch_size_or_one(params0, batched) * num_residuals * _problem_size(params0, batched)
     working_set = _working_set_size(working_set, params0, batched, nested)
-    return compiled(_solve_jit, nested=nested, jacobian_entries=entries)(
-        residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set, adjoint, loss,
-        num_residuals)
+    return call_compiled(
+        compiled(_solve_jit, nested=nested, jacobian_entries=entries), residual_fn, params0, args, solver, max_steps,
+        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, callback=callback,
+        caller="jaxnls.solve")
 
 
 def _check_sizes(params0, batched: bool):
@@ -206,7 +218,7 @@ def _as_float_array(path, leaf):
 
 
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
-               adjoint, loss, num_residuals):
+               adjoint, loss, num_residuals, callback):
     if batched:
         axes = _broadcast_axes(args_axes, args, _batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
@@ -255,7 +267,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     problem = LoopProblem(evaluate=evaluate, space=space, num_residuals=num_residuals, tangent_size=tangent_size,
                           jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype))
     state = run_loop(solver, problem, x0, args, axes, max_steps, verbose=verbose, working_set=working_set,
-                     adjoint=adjoint)
+                     adjoint=adjoint, callback=callback)
 
     if space is EUCLIDEAN:
         x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)

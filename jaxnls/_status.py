@@ -19,6 +19,7 @@ class Status(enum.IntEnum):
     NONFINITE_START = 5
     NONFINITE_RESIDUAL = 6
     STALLED = 7
+    STOPPED = 8
 
     @property
     def message(self) -> str:
@@ -41,6 +42,7 @@ _MESSAGES = {
     Status.NONFINITE_RESIDUAL: "every nearby trial point gave a non-finite residual or Jacobian",
     Status.STALLED: "no step decreases the cost any more (damping/radius/step length at its limit) "
     "before a tolerance was met",
+    Status.STOPPED: "stopped at the callback's request before a tolerance was met",
 }
 
 MESSAGES: tuple[str, ...] = tuple(_MESSAGES[s] for s in Status)

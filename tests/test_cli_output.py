@@ -95,3 +95,39 @@ def test_write_atomically_keeps_the_mode_and_refuses_what_is_not_a_regular_file(
     with pytest.raises(OSError, match="not a regular file"):
         write_atomically(tmp_path, "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+# -- the live progress line ------------------------------------------------------------------------
+
+
+def test_no_progress_line_when_stderr_is_not_a_terminal(graph_copy):
+    """Piped (as here, and in CI logs) the command writes no carriage-return redraws."""
+    result = _cli(graph_copy)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+
+
+def test_the_progress_line_is_drawn_on_a_terminal_only_without_json_or_verbose(monkeypatch):
+    import argparse
+
+    import jaxnls
+    from jaxnls.__main__ import _progress_line
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            pass
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    plain = argparse.Namespace(file="f.g2o", json=False, verbose=False)
+    line = _progress_line(plain)
+    assert isinstance(line, jaxnls.ProgressLine) and line.live and line.stream is sys.stderr
+    assert _progress_line(argparse.Namespace(file="f.g2o", json=True, verbose=False)) is None
+    assert _progress_line(argparse.Namespace(file="f.g2o", json=False, verbose=True)) is None
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    assert _progress_line(plain) is None

@@ -2,13 +2,17 @@ r"""``jaxnls.graph.solve``: the loop of :func:`jaxnls.solve` on a block-sparse l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from .._driver import attach_in_chart, check_options, compiled, is_traced, make_solution, run_loop
+from .._callback import IterationInfo
+from .._driver import attach_in_chart, call_compiled, check_options, compiled, is_traced, make_solution, run_loop
 from .._loop import LoopProblem
 from .._solution import Solution
 from ..adjoint import AbstractAdjoint, Implicit
@@ -28,6 +32,7 @@ def solve(
     verbose: bool = False,
     throw: bool = False,
     adjoint: AbstractAdjoint = Implicit(),
+    callback: Callable[[IterationInfo], Any] | None = None,
 ) -> Solution:
     r"""Minimise :math:`c(X) = \tfrac12\sum_{\text{terms}} \|L\,r\|^2` over the variables of ``graph``.
 
@@ -57,7 +62,7 @@ def solve(
             every array of the cost groups' ``data`` / ``sqrt_information`` leads with the batch axis;
             indices are shared. Each graph has its own damping and termination; a diverging one never
             changes its neighbours.
-        verbose, throw: as in :func:`jaxnls.solve`.
+        verbose, throw, callback: as in :func:`jaxnls.solve`.
         adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
             graph's floating arrays — the cost groups' ``data`` (measurements, stacked groups too),
             ``sqrt_information``, the losses' ``scale`` and the values of ``fixed`` variables — as in
@@ -83,7 +88,7 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
-    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False)
+    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback)
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
                         "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
@@ -96,8 +101,9 @@ def solve(
     entries = sum(c.num_terms * k * sum(g["dims"]) for c, k, g in
                   zip(graph.costs, residual_size(graph, batched), structure.groups))
     batch = _batch(graph) if batched else 1
-    return compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries)(
-        graph, solver, max_steps, batched, verbose, throw, adjoint)
+    return call_compiled(compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries),
+                         graph, solver, max_steps, batched, verbose, throw, adjoint, callback, callback=callback,
+                         caller="jaxnls.graph.solve")
 
 
 def _batch(graph) -> int:
@@ -116,7 +122,7 @@ def _check_finite(graph: FactorGraph):
             raise ValueError(f"graph.variables[{kind!r}] has a non-finite starting value at index {where}")
 
 
-def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint):
+def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback):
     structure = validate(graph, batched)
     values = graph.variables
     if batched:
@@ -158,7 +164,7 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
     problem = LoopProblem(evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n,
                           jacobian=jacobian)
     state = run_loop(solver, problem, x0, cost_args, axes, max_steps, verbose=verbose, working_set=None,
-                     adjoint=adjoint)
+                     adjoint=adjoint, callback=callback)
 
     # the adjoint works in the chart δ ↦ X ⊕ δ around the solution. Fixed variables never move (X* = X0
     # there), so the anchor carries their starting values' derivatives; the free ones get theirs from the
