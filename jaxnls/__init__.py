@@ -2,6 +2,7 @@
 
 from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncated, Unroll
 from ._callback import IterationInfo
+from ._covariance import Covariance, covariance
 from ._progress import ProgressLine
 from ._solution import Solution
 from ._solve import solve
@@ -15,6 +16,7 @@ __all__ = [
     "AbstractLeastSquaresSolver",
     "AbstractLinearSolver",
     "Cholesky",
+    "Covariance",
     "DirectLossMinimization",
     "Dogleg",
     "GaussNewton",
@@ -27,6 +29,7 @@ __all__ = [
     "Status",
     "Truncated",
     "Unroll",
+    "covariance",
     "solve",
 ]
 

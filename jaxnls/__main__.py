@@ -50,8 +50,9 @@ def make_solver(name: str = "lm"):
     return cls(**TOLERANCES, linear_solver=jaxnls.QR())
 
 
-def comparison_table(problem, params, start: int) -> str:
-    """Our parameters and residual sum of squares beside NIST's certified values, with the LRE."""
+def comparison_table(problem, params, start: int, standard_errors=None) -> str:
+    """Our parameters and residual sum of squares beside NIST's certified values, with the LRE; with
+    ``standard_errors`` (from :func:`jaxnls.covariance`) also ours beside NIST's certified deviations."""
     import numpy as np
 
     from .io import log_relative_error
@@ -60,15 +61,28 @@ def comparison_table(problem, params, start: int) -> str:
     lre = log_relative_error(params, problem.certified_values)
     rss = float(problem.rss(params))
     rss_lre = float(log_relative_error(rss, problem.certified_rss))
-    head = f"{'':<6}{'start ' + str(start):>14}{'jaxnls':>22}{'certified':>22}{'cert. std dev':>18}{'LRE':>7}"
+    errors = None if standard_errors is None else np.asarray(standard_errors, dtype=np.float64)
+    head = f"{'':<6}{'start ' + str(start):>14}{'jaxnls':>22}{'certified':>22}{'LRE':>7}"
+    if errors is not None:
+        head += f"{'jaxnls std err':>18}{'cert. std dev':>18}{'LRE':>7}"
+        sd_lre = log_relative_error(errors, problem.certified_std_devs)
+    else:
+        head += f"{'cert. std dev':>18}"
     lines = [head, "-" * len(head)]
     for i, name in enumerate(problem.parameter_names):
-        lines.append(f"{name:<6}{problem.starts[start - 1, i]:>14.6g}{params[i]:>22.10E}"
-                     f"{problem.certified_values[i]:>22.10E}{problem.certified_std_devs[i]:>18.6E}{lre[i]:>7.1f}")
-    lines.append(f"{'RSS':<6}{'':>14}{rss:>22.10E}{problem.certified_rss:>22.10E}{'':>18}{rss_lre:>7.1f}")
+        line = (f"{name:<6}{problem.starts[start - 1, i]:>14.6g}{params[i]:>22.10E}"
+                f"{problem.certified_values[i]:>22.10E}{lre[i]:>7.1f}")
+        if errors is not None:
+            line += f"{errors[i]:>18.6E}{problem.certified_std_devs[i]:>18.6E}{sd_lre[i]:>7.1f}"
+        else:
+            line += f"{problem.certified_std_devs[i]:>18.6E}"
+        lines.append(line)
+    lines.append(f"{'RSS':<6}{'':>14}{rss:>22.10E}{problem.certified_rss:>22.10E}{rss_lre:>7.1f}")
     lines.append("-" * len(head))
     lines.append(f"LRE = -log10(|jaxnls - certified| / |certified|), capped at 15; NIST certifies 11 significant "
                  f"digits.\nMinimum LRE over the parameters: {lre.min():.1f}")
+    if errors is not None:
+        lines.append("Standard errors: jaxnls.covariance, s²·(JᵀJ)⁻¹ with s² = RSS/(n - p), at the answer above.")
     return "\n".join(lines)
 
 
@@ -100,32 +114,48 @@ def _solve_command(args) -> int:
 
 
 def _solve_nist(args) -> int:
-    from .io import read_nist
+    import json
 
-    problem = read_nist(args.file)
     import jax.numpy as jnp
 
     import jaxnls
 
-    if args.json or args.output:
-        print("jaxnls: --json and --output apply to pose-graph and BAL files", file=sys.stderr)
+    from .io import read_nist
+
+    if args.output:
+        print("jaxnls: --output applies to pose-graph and BAL files", file=sys.stderr)
         return 2
-    print(_describe(problem))
-    print()
+    problem = read_nist(args.file)
     solver = make_solver(args.solver or "lm")
     progress = _progress_line(args)
     start = time.perf_counter()
     sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[args.start - 1]), problem.args,
-                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose, callback=progress)
+                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose and not args.json,
+                       callback=progress)
     sol.params.block_until_ready()
     elapsed = time.perf_counter() - start
     if progress is not None:
         progress.close()
-    print(sol.summary())
+    uncertainty = jaxnls.covariance(problem.residual_fn, sol.params, problem.args)
+    status = jaxnls.Status(int(sol.status))
+    if args.json:
+        print(json.dumps({"file": args.file, "format": "nist", "problem": problem.name, "start": args.start,
+                          "parameter_names": list(problem.parameter_names),
+                          "params": [float(v) for v in sol.params],
+                          "stderr": [float(v) for v in uncertainty.standard_errors],
+                          "rank": int(uncertainty.rank), "initial_cost": float(sol.initial_cost),
+                          "final_cost": float(sol.cost), "iterations": int(sol.num_steps),
+                          "seconds_with_compilation": elapsed, "status": status.name,
+                          "converged": bool(status.converged), "solver": type(solver).__name__,
+                          "linear_solver": type(solver.linear_solver).__name__}))
+        return 0 if status.converged else 1
+    print(_describe(problem))
+    print()
+    print(sol.summary(covariance=uncertainty, names=problem.parameter_names))
     print(f"Time (including compilation)  {elapsed:.2f} s")
     print()
-    print(comparison_table(problem, sol.params, args.start))
-    return 0 if bool(sol.converged) else 1
+    print(comparison_table(problem, sol.params, args.start, uncertainty.standard_errors))
+    return 0 if status.converged else 1
 
 
 def _output_problem(input_path: str, output_path: str) -> str | None:
@@ -351,8 +381,9 @@ def main(argv=None) -> int:
     solve.add_argument("--max-steps", type=int, default=None,
                        help=f"iteration limit (default {MAX_STEPS} for NIST files, {GRAPH_MAX_STEPS} for graphs)")
     solve.add_argument("--json", action="store_true",
-                       help="graphs: print one JSON object (initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
-                            "seconds without compilation, status)")
+                       help="print one JSON object: for graphs initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
+                            "seconds without compilation, status; for NIST files also params and stderr (standard "
+                            "errors, in the file's parameter order)")
     solve.add_argument("--output", metavar="FILE",
                        help="graphs: write the optimised problem, in the input's format, atomically (a temporary "
                             "file renamed over FILE when complete); never the input file itself; only when the "

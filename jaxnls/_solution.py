@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
@@ -39,8 +40,52 @@ class Solution(eqx.Module):
         """True where the solve stopped on a function, parameter or gradient tolerance."""
         return jnp.isin(self.status, jnp.asarray([int(s) for s in CONVERGED]))
 
-    def summary(self) -> str:
-        """A Ceres-style report (a batch gets ranges and a count per termination reason)."""
+    def summary(self, covariance=None, names=None, min_correlation: float = 0.5) -> str:
+        """A Ceres-style report (a batch gets ranges and a count per termination reason).
+
+        Args:
+            covariance: a :class:`jaxnls.Covariance` of this (unbatched) solution: adds lmfit's parameter
+                table (value, standard error, relative error) and the correlations above ``min_correlation``.
+            names: the parameters' names in ravelled order (default from the params pytree: ``[0]``,
+                ``['a'][1]``, ...).
+        """
+        if covariance is None:
+            return self._run_summary()
+        return self._run_summary() + "\n\n" + self._parameter_table(covariance, names, min_correlation)
+
+    def _parameter_table(self, covariance, names, min_correlation: float) -> str:
+        errors = np.asarray(covariance.standard_errors, dtype=np.float64)
+        if errors.ndim != 1:
+            raise ValueError("Solution.summary(covariance=...) takes the covariance of one problem; index the batch "
+                             "(e.g. jax.tree_util.tree_map(lambda a: a[i], cov)) first")
+        values = np.concatenate([np.ravel(np.asarray(leaf, dtype=np.float64)) for leaf in
+                                 jax.tree_util.tree_leaves(self.params)])
+        n = errors.size
+        if names is None:
+            names = _leaf_names(self.params) if values.size == n else [f"δ[{i}]" for i in range(n)]
+        names = [str(name) for name in names]
+        if len(names) != n:
+            raise ValueError(f"Solution.summary: {len(names)} names for {n} parameters")
+        rank = int(covariance.rank)
+        lines = [f"Parameters (standard errors from s²·(JᵀJ)⁻¹, s² = {float(covariance.residual_variance):.6e}; "
+                 f"rank {rank}/{n}{'' if rank == n else ': some combinations are not determined by the data'}):"]
+        width = max(8, *(len(name) for name in names))
+        lines.append(f"  {'name':<{width}} {'value':>18} {'std. error':>14} {'rel. error':>11}")
+        for i, name in enumerate(names):
+            value = values[i] if values.size == n else float("nan")
+            relative = abs(errors[i] / value) if values.size == n and value != 0 else float("nan")
+            shown = f"{value:>18.10e}" if values.size == n else f"{'(tangent)':>18}"
+            lines.append(f"  {name:<{width}} {shown} {errors[i]:>14.6e} {relative:>10.3%}")
+        correlation = np.asarray(covariance.correlation, dtype=np.float64)
+        pairs = [(abs(correlation[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
+                 if abs(correlation[i, j]) > min_correlation]
+        if pairs:
+            lines.append(f"Correlations above {min_correlation:g} in magnitude:")
+            for _, i, j in sorted(pairs, reverse=True):
+                lines.append(f"  ({names[i]}, {names[j]}) {correlation[i, j]:+.4f}")
+        return "\n".join(lines)
+
+    def _run_summary(self) -> str:
         status = np.atleast_1d(np.asarray(self.status))
         cost = np.atleast_1d(np.asarray(self.cost))
         initial = np.atleast_1d(np.asarray(self.initial_cost))
@@ -89,6 +134,19 @@ class Solution(eqx.Module):
         codes, counts = np.unique(status, return_counts=True)
         lines += [f"  {count:>8}  {_verdict(code)}" for code, count in zip(codes, counts)]
         return "\n".join(lines)
+
+
+def _leaf_names(params) -> list[str]:
+    """``path[index]`` for every entry of every leaf, in ravel_pytree's order."""
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        prefix = jax.tree_util.keystr(path) or "p"
+        shape = np.shape(leaf)
+        if not shape:
+            names.append(prefix)
+            continue
+        names += [f"{prefix}[{', '.join(map(str, index))}]" for index in np.ndindex(*shape)]
+    return names
 
 
 def _verdict(code) -> str:

@@ -16,6 +16,7 @@ from ._driver import (UNSET, attach_in_chart, call_compiled, check_options, comp
                       resolve_args_axes, run_loop)
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
+from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
 from ._callback import IterationInfo
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
@@ -101,13 +102,13 @@ def solve(
                               callback=callback)
     if loss is not None and not isinstance(loss, AbstractRobustLoss):
         raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
-    params0 = jax.tree_util.tree_map_with_path(_as_float_array, params0)
+    params0 = jax.tree_util.tree_map_with_path(as_float_array, params0)
     if not jax.tree_util.tree_leaves(params0):
         raise ValueError("params0 has no array leaves: there is nothing to solve for")
     args_axes = resolve_args_axes(args_axes, args, batched)
     if batched:
-        _batch_size(params0)  # (scalar leaves, disagreeing batch sizes: before _check_sizes reads shape[0])
-    _check_sizes(params0, batched)
+        batch_size(params0)  # (scalar leaves, disagreeing batch sizes: before _check_sizes reads shape[0])
+    check_sizes(params0, batched)
     # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
     # a caller's grad / jvp at least one of params0 and args is
     nested = is_traced((params0, args, loss))
@@ -122,16 +123,6 @@ def solve(
         caller="jaxnls.solve")
 
 
-def _check_sizes(params0, batched: bool):
-    """Empty batches and empty parameter vectors get a clear error here instead of one from deep inside."""
-    leaves = jax.tree_util.tree_leaves(params0)
-    if batched and leaves[0].shape[0] == 0:
-        raise ValueError("batched=True but the batch is empty (params0's leaves have leading size 0)")
-    per_problem = sum(int(np.prod(leaf.shape[1:] if batched else leaf.shape)) for leaf in leaves)
-    if per_problem == 0:
-        raise ValueError("params0 has no parameters (its arrays have size 0): there is nothing to solve for")
-
-
 def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
     """m, the residuals of one problem (validated by :func:`_check_residual`), remembered per compilation key
     (function, structure, shapes, static leaves) so that a repeated call traces nothing."""
@@ -142,8 +133,8 @@ def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
            tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(dynamic)))
 
     def read():
-        single_args = take(args, _broadcast_axes(args_axes, args, _batch_size(params0)), 0) if batched else args
-        return _check_residual(residual_fn, _first_problem(params0, batched), single_args)
+        single_args = take(args, broadcast_args_axes(args_axes, args, batch_size(params0)), 0) if batched else args
+        return check_residual(residual_fn, _first_problem(params0, batched), single_args)
 
     try:
         hash(key)
@@ -164,7 +155,7 @@ def _first_problem(params0, batched: bool):
 
 
 def _batch_size_or_one(params0, batched: bool) -> int:
-    return _batch_size(params0) if batched else 1
+    return batch_size(params0) if batched else 1
 
 
 def _problem_size(params0, batched: bool) -> int:
@@ -203,24 +194,10 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
-def _as_float_array(path, leaf):
-    if isinstance(leaf, (bool, np.bool_)) or not (
-        isinstance(leaf, (int, float)) or hasattr(leaf, "dtype")
-    ):
-        raise TypeError(f"params0{jax.tree_util.keystr(path)} is a {type(leaf).__name__}; every leaf of params0 "
-                        "must be a floating-point array")
-    leaf = jnp.asarray(leaf) if not isinstance(leaf, int) else leaf
-    if isinstance(leaf, int) or not jnp.issubdtype(leaf.dtype, jnp.floating):
-        dtype = "int" if isinstance(leaf, int) else leaf.dtype
-        raise TypeError(f"params0{jax.tree_util.keystr(path)} has dtype {dtype}; nonlinear least squares needs "
-                        "floating-point parameters (convert it, e.g. jnp.asarray(x, dtype=float))")
-    return leaf
-
-
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
                adjoint, loss, num_residuals, callback):
     if batched:
-        axes = _broadcast_axes(args_axes, args, _batch_size(params0))
+        axes = broadcast_args_axes(args_axes, args, batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
         x0 = jax.vmap(lambda p: ravel_pytree(p)[0])(params0)
     else:
@@ -235,7 +212,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     args, axes = (args, loss), (axes, None)
     fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a[0], static_args)), unravel, x0.dtype)
     if num_residuals is None:  # (inside a caller's transformation)
-        num_residuals = _check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
+        num_residuals = check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
     # Lie-group leaves (jaxnls.manifolds): x stays the ravelled ambient parameters, steps live in the
     # tangent space and the Jacobian is taken w.r.t. the tangent perturbation δ at 0, r(x ⊕ δ)
     space = ProductSpace(single_params) if has_groups(single_params) else EUCLIDEAN
@@ -279,56 +256,3 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
         x, cost = attach_in_chart(adjoint, DenseProblem(chart), space, anchor, state, differentiable_args, axes)
     return make_solution(solver, jax.vmap(unravel)(x), cost, state, batched=batched, throw=throw,
                          num_residuals=num_residuals, num_params=tangent_size, caller="jaxnls.solve")
-
-
-def _batch_size(params0) -> int:
-    sizes = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params0)[0]:
-        if leaf.ndim == 0:
-            raise ValueError(f"batched=True but params0{jax.tree_util.keystr(path)} is a scalar; every leaf "
-                             "needs a leading batch axis")
-        sizes[jax.tree_util.keystr(path)] = leaf.shape[0]
-    if len(set(sizes.values())) > 1:
-        listing = ", ".join(f"params0{k}: {v}" for k, v in sizes.items())
-        raise ValueError(f"batched=True but the leaves of params0 disagree on the batch size ({listing})")
-    return next(iter(sizes.values()))
-
-
-def _broadcast_axes(args_axes, args, batch_size: int):
-    try:
-        axes = jax.tree.broadcast(args_axes, args, is_leaf=lambda a: a is None)
-    except ValueError as err:
-        raise ValueError(f"args_axes must be a prefix of the structure of args: {err}") from None
-    paths_axes = jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda a: a is None)[0]
-    arg_leaves = jax.tree_util.tree_leaves(args, is_leaf=lambda a: a is None)
-    for (path, axis), leaf in zip(paths_axes, arg_leaves):
-        where = f"args{jax.tree_util.keystr(path)}"
-        if axis is None:
-            continue
-        if axis != 0:
-            raise ValueError(f"args_axes for {where} is {axis!r}; use 0 (batched on the leading axis) or None")
-        if callable(leaf) or isinstance(leaf, str):
-            continue  # static: shared by every problem whatever args_axes says
-        shape = np.shape(leaf)
-        if not hasattr(leaf, "shape") or len(shape) == 0:
-            raise ValueError(f"{where} is marked batched (axis 0) but is not an array with a batch axis; "
-                             "mark it None in args_axes to share it across the batch")
-        if shape[0] != batch_size:
-            raise ValueError(f"{where} has leading size {shape[0]} but params0 has batch size {batch_size}; "
-                             "mark it None in args_axes if it is shared by every problem")
-    return axes
-
-
-def _check_residual(residual_fn, single_params, single_args) -> int:
-    out = eqx.filter_eval_shape(residual_fn, single_params, single_args)
-    leaves = jax.tree_util.tree_flatten_with_path(out)[0]
-    if not leaves:
-        raise ValueError("residual_fn returned no arrays; it must return the residual vector (or a pytree of them)")
-    for path, leaf in leaves:
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(f"residual_fn output{jax.tree_util.keystr(path)} has dtype {leaf.dtype}; residuals "
-                            "must be real floating-point arrays")
-    num_residuals = sum(int(np.prod(leaf.shape)) for _, leaf in leaves)
-    if num_residuals == 0:
-        raise ValueError("residual_fn returned zero residuals")
-    return num_residuals

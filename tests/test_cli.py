@@ -20,10 +20,21 @@ def _run(*args, timeout=120):
                           timeout=timeout)
 
 
+def _table_rows(stdout: str) -> list[list[str]]:
+    """The rows of the comparison table (values in E format; the demo's batch table has plain numbers)."""
+    return [line.split() for line in stdout.splitlines()
+            if re.match(r"^(b\d+\s+\S+|RSS)\s+\d\.\d{10}E[+-]\d\d\s", line)]
+
+
 def _lre_column(stdout: str) -> dict[str, float]:
-    """Parameter/RSS name -> LRE from the comparison table (last column)."""
-    rows = re.findall(r"^(b\d+|RSS)\s.*?(\d+\.\d)$", stdout, re.MULTILINE)
-    return {name: float(lre) for name, lre in rows}
+    """Parameter/RSS name -> LRE of the value from the comparison table (name, start, ours, certified, LRE, ...;
+    RSS: name, ours, certified, LRE)."""
+    return {row[0]: float(row[3] if row[0] == "RSS" else row[4]) for row in _table_rows(stdout)}
+
+
+def _standard_deviation_lre(stdout: str) -> dict[str, float]:
+    """Parameter name -> LRE of our standard error against NIST's certified standard deviation (last column)."""
+    return {row[0]: float(row[-1]) for row in _table_rows(stdout) if row[0] != "RSS"}
 
 
 def test_demo():
@@ -53,6 +64,25 @@ def test_solve_misra1a_start2():
     lre = _lre_column(out)
     assert set(lre) == {"b1", "b2", "RSS"} and min(lre.values()) >= 8
     assert "Minimum LRE over the parameters" in out
+    # NIST's certified standard deviations, and ours beside them
+    assert "2.707008E+00" in out and "jaxnls std err" in out  # b1's certified standard deviation
+    assert min(_standard_deviation_lre(out).values()) >= 6
+    assert "Parameters (standard errors" in out
+
+
+def test_solve_json_reports_params_and_standard_errors_of_a_nist_file():
+    import json
+
+    from jaxnls.io import log_relative_error, read_nist
+
+    result = _run("solve", str(NIST_DIR / "Thurber.dat"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    problem = read_nist(NIST_DIR / "Thurber.dat")
+    assert report["parameter_names"] == list(problem.parameter_names) and report["converged"] is True
+    assert log_relative_error(report["params"], problem.certified_values).min() >= 8
+    assert log_relative_error(report["stderr"], problem.certified_std_devs).min() >= 6
+    assert report["rank"] == len(problem.certified_values)
 
 
 def test_solve_other_solver_verbose():
