@@ -22,6 +22,7 @@ from ._factors import between, from_gtsam_pose3, prior
 from ._files import (bal_graph_problem, bal_reprojection, point_in_frame, pose_graph_problem, updated_bal,
                      updated_pose_graph)
 from ._graph import CostGroup, FactorGraph
+from ._marginals import marginal_covariance
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
 from ._schur import SchurPCG
 from ._solve import solve
@@ -39,6 +40,7 @@ __all__ = [
     "bal_reprojection",
     "between",
     "from_gtsam_pose3",
+    "marginal_covariance",
     "point_in_frame",
     "pose_graph_problem",
     "prior",

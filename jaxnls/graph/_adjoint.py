@@ -66,7 +66,7 @@ class GraphProblem(AbstractAdjointProblem):
         return sum(jnp.sum(jax.vmap(self._term_cost(term, loss), in_axes=axes)(*inputs))
                    for term, inputs, axes, loss in self._groups(delta, args))
 
-    def _jacobians(self, delta, args):
+    def whitened_jacobians(self, delta, args):
         r"""Whitened residuals ``(E, k)`` (:math:`\|w_e\|^2 = ρ(\|u_e\|^2)`) and their Jacobians ``(E, k, D)``
         per group: the Gauss-Newton model of the cost."""
         pieces, jacobians = [], []
@@ -90,13 +90,13 @@ class GraphProblem(AbstractAdjointProblem):
                              for term, inputs, axes, loss in self._groups(delta, args))
             operator = NormalOperator(structure=self.structure, jacobians=None, products=products, damping=zero)
         else:
-            _, jacobians = self._jacobians(delta, args)
+            _, jacobians = self.whitened_jacobians(delta, args)
             operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None,
                                       damping=zero)
         return self.linear_solver.solve_operator(operator, rhs)
 
     def gauss_newton_step(self, delta, args):
-        pieces, jacobians = self._jacobians(delta, args)
+        pieces, jacobians = self.whitened_jacobians(delta, args)
         gradient = self.structure.transpose_times(jacobians, pieces)
         operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None,
                                   damping=jnp.zeros_like(gradient))

@@ -223,7 +223,7 @@ class SparseDirect(AbstractGraphLinearSolver):
         dtype = diagonal.dtype
 
         def host_solve(contributions, rhs):
-            qdldl, sparse = _qdldl_and_sparse()
+            qdldl, sparse = sparse_modules()
             data = np.bincount(position, weights=np.asarray(contributions, np.float64), minlength=nnz)
             rhs = np.asarray(rhs, np.float64)
             diagonal = data[diagonal_at]
@@ -249,7 +249,7 @@ class SparseDirect(AbstractGraphLinearSolver):
                                  vmap_method="sequential")
 
 
-def _qdldl_and_sparse():
+def sparse_modules():
     try:
         import qdldl
         import scipy.sparse as sparse
