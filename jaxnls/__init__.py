@@ -4,7 +4,7 @@ from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncate
 from ._callback import IterationInfo
 from ._covariance import Covariance, covariance
 from ._progress import ProgressLine
-from ._solution import Solution
+from ._solution import History, Solution
 from ._solve import solve
 from ._status import Status
 from .linear import QR, AbstractLinearSolver, Cholesky
@@ -20,6 +20,7 @@ __all__ = [
     "DirectLossMinimization",
     "Dogleg",
     "GaussNewton",
+    "History",
     "Implicit",
     "IndirectLevenbergMarquardt",
     "IterationInfo",

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _loop
 from ._callback import check_callback
-from ._solution import Solution
+from ._solution import History, Solution
 from ._status import MESSAGES
 from .adjoint import AbstractAdjoint
 from .solvers import AbstractLeastSquaresSolver, IndirectLevenbergMarquardt
@@ -35,10 +35,12 @@ SMALL_JACOBIAN = 2**16
 _SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
 
 
-def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None) -> int:
+def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None, history=0) -> int:
     """Validate the options every solve takes; returns ``max_steps`` as an int. ``dense``: whether the
     solve's linearisation is a dense Euclidean one (the only kind IndirectLevenbergMarquardt handles)."""
     check_callback(callback, caller)
+    if isinstance(history, (bool, np.bool_)) or not isinstance(history, (int, np.integer)) or history < 0:
+        raise ValueError(f"{caller}: history must be an int >= 0 (how many iterations to keep), got {history!r}")
     if not isinstance(solver, AbstractLeastSquaresSolver):
         raise TypeError(f"{caller}: solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg(), "
                         f"IndirectLevenbergMarquardt()), got {solver!r}")
@@ -131,10 +133,11 @@ def call_compiled(fn, *args, callback, caller: str):
         raise
 
 
-def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set, adjoint, callback):
+def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set, adjoint, callback, history=0):
     """The loop over the batch starting at ``x0`` (batch, n), as the adjoint requires it: differentiated
-    iteration by iteration, or not at all (its rule applies at the solution)."""
-    state = _loop.initial_state(solver, problem, x0)
+    iteration by iteration, or not at all (its rule applies at the solution); keeping the last ``history``
+    iterations' figures."""
+    state = _loop.initial_state(solver, problem, x0, history)
     return _loop.run(solver, problem, args, axes, state, max_steps, verbose=verbose, working_set=working_set,
                      unroll=adjoint.differentiates_iterations, checkpoint=adjoint.checkpoint, callback=callback)
 
@@ -161,9 +164,12 @@ def make_solution(solver, params, cost, state, *, batched, throw, num_residuals,
         num_accepted=state.num_accepted,
         status=state.status,
     )
+    if state.history.shape[1]:
+        rows = jax.vmap(_loop.ordered_history)(state.history, state.num_steps)
+        fields["history"] = History(**{name: rows[..., i] for i, name in enumerate(_loop.HISTORY_FIELDS)})
     if not batched:
         params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
-        fields = {k: v[0] for k, v in fields.items()}
+        fields = jax.tree_util.tree_map(lambda v: v[0], fields)
     solution = Solution(
         params=params,
         **fields,

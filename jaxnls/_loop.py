@@ -63,6 +63,7 @@ class LoopState(eqx.Module):
     num_accepted: Int[Array, ""]
     started: Bool[Array, ""]
     index: Int[Array, ""]  # the problem's place in the batch (what a callback reports)
+    history: Float[Array, "K 7"]  # the last K iterations' figures (HISTORY_FIELDS), a ring indexed by step % K
 
 
 class LogRow(eqx.Module):
@@ -78,9 +79,13 @@ class LogRow(eqx.Module):
     accepted: Bool[Array, ""]
 
 
-def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"]) -> LoopState:
+#: The figures a history row holds, in order (see :class:`jaxnls.History`).
+HISTORY_FIELDS = ("iteration", "cost", "cost_change", "gradient_norm", "step_norm", "control", "accepted")
+
+
+def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"], history: int = 0) -> LoopState:
     """Placeholder state for a batch: the first iteration evaluates x0, so the residual and Jacobian are
-    compiled once (in the loop body), not twice."""
+    compiled once (in the loop body), not twice. ``history``: how many iterations' figures to keep."""
     batch = x0.shape[0]
     n = problem.tangent_size
     residual = jax.ShapeDtypeStruct((problem.num_residuals,), x0.dtype)
@@ -92,8 +97,9 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"]) -> 
     zero_cost = jnp.zeros(batch, x0.dtype)
     counts = jnp.zeros(batch, jnp.int32)
     status = jnp.full(batch, Status.RUNNING, jnp.int32)
+    rows = jnp.full((batch, history, len(HISTORY_FIELDS)), jnp.nan, x0.dtype)
     return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool),
-                     jnp.arange(batch, dtype=jnp.int32))
+                     jnp.arange(batch, dtype=jnp.int32), rows)
 
 
 def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool):
@@ -223,11 +229,30 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
     new_state = LoopState(
         x, lin, cost, jnp.where(started, state.initial_cost, cost), scale, control, status, num_steps,
-        state.num_accepted + accepted, jnp.ones_like(started), state.index,
+        state.num_accepted + accepted, jnp.ones_like(started), state.index, state.history,
     )
     log = LogRow(num_steps, running | ~started, cost, jnp.where(accepted, actual, 0.0), jnp.max(gradient),
                  jnp.max(jnp.abs(taken)), solver.control_value(control), accepted | ~started)
+    if state.history.shape[0]:
+        new_state = eqx.tree_at(lambda s: s.history, new_state, _record(state.history, log))
     return new_state, log
+
+
+def _record(history, log: LogRow):
+    """The ring of the last K iterations with this one's row written at ``num_steps % K`` (if it ran)."""
+    row = jax.lax.stop_gradient(jnp.stack([jnp.asarray(value, history.dtype) for value in (
+        log.num_steps, log.cost, log.change, log.gradient, log.step, log.control, log.accepted)]))
+    slot = jnp.mod(log.num_steps, history.shape[0])
+    return jnp.where(log.active, history.at[slot].set(row), history)
+
+
+def ordered_history(history, num_steps) -> Float[Array, "K 7"]:
+    """One problem's ring as rows oldest first: the last min(num_steps + 1, K) iterations, then NaN rows."""
+    size = history.shape[0]
+    recorded = jnp.minimum(num_steps + 1, size)
+    position = jnp.arange(size)
+    slots = jnp.mod(num_steps + 1 - recorded + position, size)
+    return jnp.where((position < recorded)[:, None], history[slots], jnp.nan)
 
 
 def active(state: LoopState) -> Bool[Array, " batch"]:

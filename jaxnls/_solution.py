@@ -11,6 +11,29 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from ._status import CONVERGED, Status
 
 
+class History(eqx.Module):
+    """The last K iterations of a solve (``history=K``), oldest first; rows past the iterations run are NaN.
+    Each field has shape ``(*batch, K)``. Row 0 of a solve of at most K - 1 steps is its start (iteration 0).
+
+    Attributes:
+        iteration: the step count of the row.
+        cost: ½‖r‖² at the current point after that iteration.
+        cost_change: the decrease that step achieved (0 where rejected).
+        gradient_norm: ``max|Jᵀr|`` at the current point.
+        step_norm: ``max|δ|`` of the step tried.
+        control: damping (LM), radius (Dogleg, IndirectLM) or step length (Gauss-Newton).
+        accepted: 1.0 where the trial was taken (the start counts as taken).
+    """
+
+    iteration: Float[Array, "*batch K"]
+    cost: Float[Array, "*batch K"]
+    cost_change: Float[Array, "*batch K"]
+    gradient_norm: Float[Array, "*batch K"]
+    step_norm: Float[Array, "*batch K"]
+    control: Float[Array, "*batch K"]
+    accepted: Float[Array, "*batch K"]
+
+
 class Solution(eqx.Module):
     """Outcome of :func:`jaxnls.solve`. With ``batched=True`` every field has a leading batch axis.
 
@@ -22,6 +45,7 @@ class Solution(eqx.Module):
         num_steps: iterations taken (each one trial step, accepted or not).
         num_accepted: accepted steps among them.
         status: a :class:`jaxnls.Status` code per problem.
+        history: with ``history=K``, the last K iterations' figures (:class:`History`), else None.
     """
 
     params: PyTree
@@ -34,6 +58,7 @@ class Solution(eqx.Module):
     num_residuals: int = eqx.field(static=True)
     num_params: int = eqx.field(static=True)
     method: str = eqx.field(static=True)
+    history: History | None = None
 
     @property
     def converged(self) -> Bool[Array, "*batch"]:

@@ -40,6 +40,7 @@ def solve(
     adjoint: AbstractAdjoint = Implicit(),
     loss: AbstractRobustLoss | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    history: int = 0,
 ) -> Solution:
     r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
 
@@ -91,6 +92,9 @@ def solve(
             ``io_callback``; the loop waits for it) and is part of the compilation key. With
             :class:`Unroll` every one of the ``max_steps`` iterations still runs; a stop request freezes the
             problem where it is.
+        history: keep the last ``history`` iterations' figures (cost, cost change, gradient and step norms,
+            damping / radius, accepted) as fixed-size arrays in ``Solution.history`` (a :class:`History`),
+            e.g. to plot a convergence curve of a jit-compiled solve. 0 (default): none.
 
     Returns:
         A :class:`Solution`; its fields carry the batch axis when ``batched=True``.
@@ -99,7 +103,7 @@ def solve(
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
     max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0),
-                              callback=callback)
+                              callback=callback, history=history)
     if loss is not None and not isinstance(loss, AbstractRobustLoss):
         raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
     params0 = jax.tree_util.tree_map_with_path(as_float_array, params0)
@@ -119,8 +123,8 @@ def solve(
     working_set = _working_set_size(working_set, params0, batched, nested)
     return call_compiled(
         compiled(_solve_jit, nested=nested, jacobian_entries=entries), residual_fn, params0, args, solver, max_steps,
-        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, callback=callback,
-        caller="jaxnls.solve")
+        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, int(history),
+        callback=callback, caller="jaxnls.solve")
 
 
 def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
@@ -195,7 +199,7 @@ def _is_positive_int(value) -> bool:
 
 
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
-               adjoint, loss, num_residuals, callback):
+               adjoint, loss, num_residuals, callback, history):
     if batched:
         axes = broadcast_args_axes(args_axes, args, batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
@@ -244,7 +248,7 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     problem = LoopProblem(evaluate=evaluate, space=space, num_residuals=num_residuals, tangent_size=tangent_size,
                           jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype))
     state = run_loop(solver, problem, x0, args, axes, max_steps, verbose=verbose, working_set=working_set,
-                     adjoint=adjoint, callback=callback)
+                     adjoint=adjoint, callback=callback, history=history)
 
     if space is EUCLIDEAN:
         x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)

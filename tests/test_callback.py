@@ -169,3 +169,70 @@ def test_progress_line_of_a_batch_counts_running_problems():
 def test_progress_line_rejects_bad_options(option):
     with pytest.raises(ValueError, match="ProgressLine"):
         jaxnls.ProgressLine(**option)
+
+
+# -- history=K ------------------------------------------------------------------------------------
+
+
+def test_history_holds_the_last_iterations_as_solves_cut_at_max_steps_see_them():
+    """Row for iteration k: the cost of the same solve stopped by max_steps=k (an independent solve), the start's
+    cost from the residual evaluated here; K smaller than the run keeps the last K, larger pads with NaN."""
+    x0 = STARTS[2]
+    full = jaxnls.solve(residual, x0, (T, Y), history=64)
+    steps = int(full.num_steps)
+    h = full.history
+    assert h.cost.shape == (64,)
+    np.testing.assert_array_equal(h.iteration[:steps + 1], np.arange(steps + 1))
+    assert np.all(np.isnan(np.asarray(h.cost[steps + 1:])))
+    start_cost = 0.5 * float(np.sum(np.asarray(residual(x0, (T, Y))) ** 2))
+    assert float(h.cost[0]) == pytest.approx(start_cost, rel=1e-14) and float(h.accepted[0]) == 1.0
+    for k in (1, 3, steps):
+        cut = jaxnls.solve(residual, x0, (T, Y), max_steps=k)
+        assert float(h.cost[k]) == float(cut.cost)
+        assert float(h.gradient_norm[k]) == pytest.approx(float(cut.gradient_norm), rel=1e-12)
+    assert float(h.cost[steps]) == float(full.cost)
+    assert int(np.sum(np.asarray(h.accepted[1:steps + 1]))) == int(full.num_accepted)
+    last = jaxnls.solve(residual, x0, (T, Y), history=3).history
+    np.testing.assert_array_equal(last.iteration, [steps - 2, steps - 1, steps])
+    np.testing.assert_array_equal(last.cost, h.cost[steps - 2:steps + 1])
+    assert jaxnls.solve(residual, x0, (T, Y)).history is None
+
+
+def test_history_of_a_batch_equals_solo_histories_and_works_under_jit():
+    """Bit for bit through a working set (the batch invariant); inside a caller's jit (compiled without the
+    top-level compiler options, so rounded differently in the last bits) the same figures."""
+    batch = jaxnls.solve(residual, STARTS, (T, Y), batched=True, args_axes=(None, None), history=12,
+                         working_set=2).history
+    assert batch.cost.shape == (STARTS.shape[0], 12)
+    for i in range(STARTS.shape[0]):
+        alone = jaxnls.solve(residual, STARTS[i], (T, Y), history=12).history
+        np.testing.assert_array_equal(batch.cost[i], alone.cost)
+        np.testing.assert_array_equal(batch.iteration[i], alone.iteration)
+
+    @jax.jit
+    def batch_history(y):
+        return jaxnls.solve(residual, STARTS, (T, y), batched=True, args_axes=(None, None), history=12).history
+
+    jitted = batch_history(Y)
+    np.testing.assert_array_equal(jitted.iteration, batch.iteration)
+    np.testing.assert_allclose(jitted.cost, batch.cost, rtol=1e-12, atol=1e-300)
+
+
+def test_graph_solve_keeps_a_history():
+    graph = jaxnls.graph
+    problem = graph.FactorGraph(
+        variables={"x": jnp.zeros((3, 1))},
+        costs=[graph.CostGroup(lambda a, b, d: b - a - d, kinds=("x", "x"), indices=jnp.asarray([[0, 1], [1, 2]]),
+                               data=jnp.asarray([[1.0], [2.0]])),
+               graph.CostGroup(lambda a, d: jnp.sin(a) - d, kinds=("x",), indices=jnp.asarray([[2]]),
+                               data=jnp.asarray([[0.5]]))],
+        fixed={"x": jnp.asarray([0])})
+    sol = graph.solve(problem, solver=jaxnls.LevenbergMarquardt(linear_solver=graph.SparseDirect()), history=50)
+    steps = int(sol.num_steps)
+    assert float(sol.history.cost[steps]) == float(sol.cost) and float(sol.history.cost[0]) == float(sol.initial_cost)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "8"])
+def test_history_must_be_a_non_negative_int(bad):
+    with pytest.raises(ValueError, match="history must be an int >= 0"):
+        jaxnls.solve(residual, STARTS[0], (T, Y), history=bad)

@@ -33,6 +33,7 @@ def solve(
     throw: bool = False,
     adjoint: AbstractAdjoint = Implicit(),
     callback: Callable[[IterationInfo], Any] | None = None,
+    history: int = 0,
 ) -> Solution:
     r"""Minimise :math:`c(X) = \tfrac12\sum_{\text{terms}} \|L\,r\|^2` over the variables of ``graph``.
 
@@ -62,7 +63,7 @@ def solve(
             every array of the cost groups' ``data`` / ``sqrt_information`` leads with the batch axis;
             indices are shared. Each graph has its own damping and termination; a diverging one never
             changes its neighbours.
-        verbose, throw, callback: as in :func:`jaxnls.solve`.
+        verbose, throw, callback, history: as in :func:`jaxnls.solve`.
         adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
             graph's floating arrays — the cost groups' ``data`` (measurements, stacked groups too),
             ``sqrt_information``, the losses' ``scale`` and the values of ``fixed`` variables — as in
@@ -88,7 +89,8 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
-    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback)
+    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback,
+                              history=history)
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
                         "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
@@ -102,7 +104,8 @@ def solve(
                   zip(graph.costs, residual_size(graph, batched), structure.groups))
     batch = _batch(graph) if batched else 1
     return call_compiled(compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries),
-                         graph, solver, max_steps, batched, verbose, throw, adjoint, callback, callback=callback,
+                         graph, solver, max_steps, batched, verbose, throw, adjoint, callback, int(history),
+                         callback=callback,
                          caller="jaxnls.graph.solve")
 
 
@@ -122,7 +125,7 @@ def _check_finite(graph: FactorGraph):
             raise ValueError(f"graph.variables[{kind!r}] has a non-finite starting value at index {where}")
 
 
-def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback):
+def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback, history):
     structure = validate(graph, batched)
     values = graph.variables
     if batched:
@@ -164,7 +167,7 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
     problem = LoopProblem(evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n,
                           jacobian=jacobian)
     state = run_loop(solver, problem, x0, cost_args, axes, max_steps, verbose=verbose, working_set=None,
-                     adjoint=adjoint, callback=callback)
+                     adjoint=adjoint, callback=callback, history=history)
 
     # the adjoint works in the chart δ ↦ X ⊕ δ around the solution. Fixed variables never move (X* = X0
     # there), so the anchor carries their starting values' derivatives; the free ones get theirs from the
