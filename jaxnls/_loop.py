@@ -23,6 +23,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from . import _callback
+from ._bounds import pin_to_box
 from ._numerics import finite_derivatives
 from ._status import Status
 from .linear import AbstractLinearization
@@ -40,6 +41,11 @@ class LoopProblem(eqx.Module):
         num_residuals: m.
         tangent_size: the length of δ.
         jacobian: the shapes ``evaluate`` returns for ``J`` (for the loop's placeholder state).
+        box: ``args -> (lower, upper)``, the bounds of the (Euclidean) parameters, or None. A bounded
+            problem's trial points are projected onto the box, and its model is restricted to the free
+            coordinates: those not held at a bound by a gradient pointing out of the box (see
+            :func:`free_coordinates`), so that steps, tests and statuses are those of the bound-constrained
+            problem (a CONVERGED_* status means the KKT conditions hold to the tolerances).
     """
 
     evaluate: Callable = eqx.field(static=True)
@@ -47,6 +53,14 @@ class LoopProblem(eqx.Module):
     num_residuals: int = eqx.field(static=True)
     tangent_size: int = eqx.field(static=True)
     jacobian: PyTree = eqx.field(static=True)
+    box: Callable | None = eqx.field(static=True, default=None)
+
+
+def free_coordinates(x, gradient, lower, upper) -> Bool[Array, " n"]:
+    """The coordinates a descent step may move: all but those at a bound whose gradient ``g = Jᵀr`` points
+    out of the box (−g would leave it), and those with ``lower == upper`` (frozen)."""
+    held = ((x <= lower) & (gradient > 0)) | ((x >= upper) & (gradient < 0)) | (lower == upper)
+    return ~held
 
 
 class LoopState(eqx.Module):
@@ -102,7 +116,7 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"], his
                      jnp.arange(batch, dtype=jnp.int32), rows)
 
 
-def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool):
+def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool, box=None):
     # A non-finite point (a NaN start) is evaluated at 0 instead and reported as NaN: evaluating it
     # would put NaN into the residual's intermediates, and a differentiated loop (Unroll) would turn
     # 0·NaN into NaN cotangents for the arguments every problem shares.
@@ -121,6 +135,10 @@ def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool):
     lin = jax.tree_util.tree_map(lambda leaf: jnp.where(finite, leaf, 0.0), lin)
     diagonal = jnp.where(finite, diagonal, 0.0)
     cost = jnp.where(finite, cost, jax.lax.stop_gradient(jnp.where(x_finite, cost, jnp.nan)))
+    if box is not None:  # the model of the coordinates not held by a bound
+        free = free_coordinates(x, lin.gradient, *box)
+        lin = lin.restricted(free)
+        diagonal = jnp.where(free, diagonal, 0.0)
     return lin, cost, finite, diagonal
 
 
@@ -149,7 +167,11 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     proposed, proposed_control = solver.propose(state.lin, state.scale, state.control)
     # the step actually taken: what survives rounding in x ⊕ δ (all of it is lost at a large |x|)
     trial, taken = space.retract_step(state.x, jnp.where(running, proposed, 0.0))
-    trial_lin, trial_cost, finite, trial_diagonal = _linearize(solver, problem, trial, args, differentiated)
+    box = None if problem.box is None else problem.box(args)
+    if box is not None:  # projected onto the box (the predicted decrease below is the projected step's)
+        trial = pin_to_box(trial, *box)
+        taken = trial - state.x
+    trial_lin, trial_cost, finite, trial_diagonal = _linearize(solver, problem, trial, args, differentiated, box)
 
     predicted = -(jnp.sum(state.lin.gradient * taken) + 0.5 * state.lin.curvature(taken))
     # Near the minimum the cost difference drowns in the rounding noise of the residuals
@@ -212,7 +234,10 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     gradient_converged = (cost == 0) | jnp.all(gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost))
     # where the whole Jacobian is zero (every exp() underflowed: a plateau far from any minimum) every test
     # above holds trivially, yet nothing is known: no claim of convergence there
+    # (with bounds: unless every coordinate is at a bound, where a zero restricted model is a KKT corner)
     flat = (cost > 0) & jnp.all(diagonal == 0)
+    if box is not None:
+        flat = flat & ~jnp.all((x <= box[0]) | (x >= box[1]))
     gradient_converged, function_converged, parameter_converged = (
         test & ~flat for test in (gradient_converged, function_converged, parameter_converged))
     stalled = solver.stalled(control, magnitude, scale)

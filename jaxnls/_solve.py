@@ -17,6 +17,7 @@ from ._driver import (UNSET, attach_in_chart, call_compiled, check_options, comp
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
+from ._bounds import box, pin_to_box
 from ._callback import IterationInfo
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
@@ -41,6 +42,8 @@ def solve(
     loss: AbstractRobustLoss | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
     history: int = 0,
+    bounds: tuple[PyTree, PyTree] | None = None,
+    fixed: PyTree | None = None,
 ) -> Solution:
     r"""Minimise :math:`c(x) = \tfrac12\sum r(x, \text{args})^2` for one problem or a batch of them.
 
@@ -92,6 +95,19 @@ def solve(
             ``io_callback``; the loop waits for it) and is part of the compilation key. With
             :class:`Unroll` every one of the ``max_steps`` iterations still runs; a stop request freezes the
             problem where it is.
+        bounds: ``(lower, upper)``, each None, a number, or a pytree like ``params0`` (leaves shaped like one
+            problem's parameter, or with the batch axis in front for per-problem bounds; ``-inf`` / ``inf``
+            for no bound). The solve is then bound-constrained: trial points are projected onto the box
+            and each step is taken in the coordinates not held at a bound by a gradient pointing out of
+            it (an active-set projected method on the solver's own step), so a ``CONVERGED_*`` status means
+            the KKT conditions hold: zero gradient along the free coordinates, an outward-pointing one at
+            the active bounds. A start outside the box is projected onto it (with a warning where the
+            values are concrete). Euclidean parameters only. The adjoints see the solution through its
+            active bounds: those coordinates get the bounds' derivatives (zero with respect to ``args``),
+            the others the implicit rule of the problem reduced to them.
+        fixed: a boolean pytree like ``params0`` (or True/False for all): True freezes that coordinate at
+            its starting value without rewriting ``residual_fn`` (a box of width 0). Frozen coordinates
+            carry ``params0``'s derivatives.
         history: keep the last ``history`` iterations' figures (cost, cost change, gradient and step norms,
             damping / radius, accepted) as fixed-size arrays in ``Solution.history`` (a :class:`History`),
             e.g. to plot a convergence curve of a jit-compiled solve. 0 (default): none.
@@ -104,6 +120,9 @@ def solve(
     """
     max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0),
                               callback=callback, history=history)
+    if (bounds is not None or fixed is not None) and has_groups(params0):
+        raise NotImplementedError("jaxnls.solve: bounds= and fixed= apply to Euclidean parameters; params0 holds "
+                                  "Lie-group leaves (freeze whole variables with jaxnls.graph.FactorGraph(fixed=...))")
     if loss is not None and not isinstance(loss, AbstractRobustLoss):
         raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
     params0 = jax.tree_util.tree_map_with_path(as_float_array, params0)
@@ -121,10 +140,14 @@ def solve(
     num_residuals = None if nested else _residual_size(residual_fn, params0, args, batched, args_axes)
     entries = None if nested else _batch_size_or_one(params0, batched) * num_residuals * _problem_size(params0, batched)
     working_set = _working_set_size(working_set, params0, batched, nested)
+    if (bounds is not None or fixed is not None) and not nested:
+        # checked (and a start outside the box reported) here, where the values are concrete
+        flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params0) if batched else ravel_pytree(params0)[0][None]
+        box(bounds, fixed, params0, flat, batched)
     return call_compiled(
         compiled(_solve_jit, nested=nested, jacobian_entries=entries), residual_fn, params0, args, solver, max_steps,
-        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, int(history),
-        callback=callback, caller="jaxnls.solve")
+        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, int(history), bounds,
+        fixed, callback=callback, caller="jaxnls.solve")
 
 
 def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
@@ -199,7 +222,7 @@ def _is_positive_int(value) -> bool:
 
 
 def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
-               adjoint, loss, num_residuals, callback, history):
+               adjoint, loss, num_residuals, callback, history, bounds, fixed):
     if batched:
         axes = broadcast_args_axes(args_axes, args, batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
@@ -213,7 +236,12 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     # strings in Equinox modules) is static and closed over. The loss travels beside args (its scale is
     # differentiated like any argument, shared by every problem).
     args, static_args = eqx.partition(args, eqx.is_array)
-    args, axes = (args, loss), (axes, None)
+    bounded = bounds is not None or fixed is not None
+    if bounded:  # the box travels per problem beside args (its values are differentiated like args)
+        lower, upper, x0 = box(bounds, fixed, params0, x0, batched)
+        args, axes = (args, loss, (lower, upper)), (axes, None, (0, 0))
+    else:
+        args, axes = (args, loss), (axes, None)
     fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a[0], static_args)), unravel, x0.dtype)
     if num_residuals is None:  # (inside a caller's transformation)
         num_residuals = check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
@@ -237,8 +265,11 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
             a[1], residual[:, None], jacobian[:, None, :])
         return corrected[:, 0], corrected_jacobian[:, 0, :], jnp.sum(costs)
 
-    # the residual whose ½‖·‖² the adjoints differentiate (√ρ-whitened under a loss)
+    # the residual whose ½‖·‖² the adjoints differentiate (√ρ-whitened under a loss), seen through the active
+    # bounds of a bounded problem (there it depends on the bound, not on x)
     def adjoint_fn(x, a):
+        if bounded:
+            x = pin_to_box(x, *a[2])
         residual = fn(x, a)
         return residual if loss is None else jax.vmap(a[1].whiten)(residual[:, None])[:, 0]
 
@@ -246,12 +277,15 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
         x0, args = jax.lax.stop_gradient((x0, args))
     problem = LoopProblem(evaluate=evaluate, space=space, num_residuals=num_residuals, tangent_size=tangent_size,
-                          jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype))
+                          jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype),
+                          box=(lambda a: a[2]) if bounded else None)
     state = run_loop(solver, problem, x0, args, axes, max_steps, verbose=verbose, working_set=working_set,
                      adjoint=adjoint, callback=callback, history=history)
 
     if space is EUCLIDEAN:
         x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)
+        if bounded:  # the coordinates at a bound are the bound (with its derivatives)
+            x = pin_to_box(x, *differentiable_args[2])
     else:
         # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇

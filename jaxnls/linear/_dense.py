@@ -20,7 +20,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from .._numerics import safe_sqrt
 
@@ -77,6 +77,15 @@ class Linearization(AbstractLinearization):
     def normal_matrix(self) -> Float[Array, "n n"]:
         """JᵀJ."""
         return self.gram
+
+    def restricted(self, free: Bool[Array, " n"]) -> Linearization:
+        """The model of the free coordinates alone: the other columns of J (and their entries of Jᵀr and
+        JᵀJ) zeroed, so that every step solver leaves them where they are."""
+        both = free[:, None] & free[None, :]
+        return Linearization(
+            gradient=jnp.where(free, self.gradient, 0.0), gram=jnp.where(both, self.gram, 0.0),
+            jacobian=None if self.jacobian is None else jnp.where(free[None, :], self.jacobian, 0.0),
+            residual=self.residual)
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
@@ -204,6 +213,10 @@ class QR(AbstractLinearSolver):
     def solve(self, lin, damping):
         jac = lin.jacobian
         n = jac.shape[1]
+        # a zero column without damping (a coordinate held by a bound, or one r does not depend on) leaves
+        # its coordinate undetermined; a unit damping row there gives it the minimum-norm value 0 (a
+        # Householder reflection of a zero column would otherwise pass rounding noise to the floored pivot)
+        damping = jnp.where((lin.diagonal() == 0) & (damping == 0), 1.0, damping)
         scale = _column_scale(lin.diagonal() + damping)
         stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(safe_sqrt(damping) * scale)], axis=0)
         rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
