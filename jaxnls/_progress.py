@@ -19,7 +19,8 @@ class ProgressLine:
     (a batch adds how many problems are still running and sums their costs; the relative decrease is the
     cost's since the last redraw; the seconds count from the first iteration, after compilation). The line
     is redrawn at most every ``interval`` seconds, not before ``delay`` seconds (a quick solve draws
-    nothing), and only when ``stream`` is a terminal: in a log file, a pipe or CI output it writes nothing.
+    nothing), and only when ``stream`` is a terminal or a notebook's output (Jupyter honours the carriage
+    return): in a log file, a pipe or CI output it writes nothing.
     Call :meth:`close` after the solve to end the line. It never asks the solve to stop.
 
     Args:
@@ -44,9 +45,10 @@ class ProgressLine:
 
     @property
     def live(self) -> bool:
-        """Whether the stream is a terminal (otherwise nothing is drawn)."""
+        """Whether the stream is a terminal or a Jupyter output stream (which redraws on a carriage return);
+        otherwise nothing is drawn."""
         isatty = getattr(self.stream, "isatty", None)
-        return bool(isatty and isatty())
+        return bool(isatty and isatty()) or type(self.stream).__module__.startswith("ipykernel")
 
     def __call__(self, info: IterationInfo) -> None:
         now = time.perf_counter()

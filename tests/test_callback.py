@@ -236,3 +236,14 @@ def test_graph_solve_keeps_a_history():
 def test_history_must_be_a_non_negative_int(bad):
     with pytest.raises(ValueError, match="history must be an int >= 0"):
         jaxnls.solve(residual, STARTS[0], (T, Y), history=bad)
+
+
+def test_progress_line_draws_in_a_jupyter_output_stream():
+    """ipykernel's OutStream is not a terminal but redraws on a carriage return: the line is live there."""
+    stream_type = type("OutStream", (io.StringIO,), {"__module__": "ipykernel.iostream"})
+    stream = stream_type()
+    line = jaxnls.ProgressLine(stream, interval=0.0)
+    assert line.live
+    jaxnls.solve(residual, STARTS[2], (T, Y), callback=line)
+    line.close()
+    assert stream.getvalue().startswith("\riter 0   cost ")
