@@ -120,6 +120,7 @@ def solve(
     """
     max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0),
                               callback=callback, history=history)
+    solver = solver.for_problem_kind("dense")
     if (bounds is not None or fixed is not None) and has_groups(params0):
         raise NotImplementedError("jaxnls.solve: bounds= and fixed= apply to Euclidean parameters; params0 holds "
                                   "Lie-group leaves (freeze whole variables with jaxnls.graph.FactorGraph(fixed=...))")
