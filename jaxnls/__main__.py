@@ -11,6 +11,7 @@ folder). ``--output`` is written atomically and only for a converged solve unles
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -38,6 +39,31 @@ def _enable_x64():
     import jax
 
     jax.config.update("jax_enable_x64", True)
+
+
+def _cache_folder() -> str:
+    """Where the command line keeps JAX's persistent compilation cache: ``$JAXNLS_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/jaxnls/xla`` (``~/.cache/jaxnls/xla``)."""
+    if "JAXNLS_CACHE_DIR" in os.environ:
+        return os.environ["JAXNLS_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxnls", "xla")
+
+
+def _use_compilation_cache():
+    """Turn on JAX's persistent compilation cache for this process (every compiled program that took more
+    than 0.1 s), unless the folder is empty-named or cannot be created: then the run compiles as usual."""
+    import jax
+
+    folder = _cache_folder()
+    if not folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def make_solver(name: str = "lm"):
@@ -391,12 +417,19 @@ def main(argv=None) -> int:
     solve.add_argument("--write-unconverged", action="store_true",
                        help="with --output: write the result even when the solve did not converge (exit status 1)")
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
+    for command in (demo, solve):
+        command.add_argument("--no-cache", action="store_true",
+                             help="do not use the persistent compilation cache (default: JAX's cache in "
+                                  f"{_cache_folder()}, so a second run of the same kind of problem skips most "
+                                  "compilation; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)")
     args = parser.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be at least 1")
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
         parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
     _enable_x64()
+    if not args.no_cache:
+        _use_compilation_cache()
     if args.command == "demo":
         return _demo_command(args)
     return _solve_command(args)

@@ -1,6 +1,7 @@
 """Shared test set-up: float64 on, strict rank promotion, and central-difference helpers."""
 
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -10,6 +11,9 @@ from hypothesis import settings
 settings.register_profile("derandomized", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
+
+# the command line's persistent compilation cache goes to a temporary folder, not the user's ~/.cache
+os.environ.setdefault("JAXNLS_CACHE_DIR", tempfile.mkdtemp(prefix="jaxnls-test-cache-"))
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -132,3 +132,30 @@ def test_main_in_process_malformed(tmp_path, capsys):
     assert main(["solve", str(bad)]) == 2
     err = capsys.readouterr().err
     assert re.search(r"line 27: expected a whole number", err)
+
+
+def _run_with_cache(cache, *args):
+    import os
+
+    env = dict(os.environ, JAXNLS_CACHE_DIR=str(cache))
+    return subprocess.run([sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, env=env)
+
+
+def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off(tmp_path):
+    """A NIST solve leaves compiled programs in the cache folder, a second run gives the same answer, and
+    --no-cache or an empty JAXNLS_CACHE_DIR writes nothing (an uncreatable folder is no error)."""
+    cache = tmp_path / "cache"
+    first = _run_with_cache(cache, "solve", str(NIST_DIR / "Misra1a.dat"), "--json")
+    assert first.returncode == 0, first.stderr
+    assert cache.is_dir() and any(cache.iterdir())
+    second = _run_with_cache(cache, "solve", str(NIST_DIR / "Misra1a.dat"), "--json")
+    assert second.returncode == 0 and second.stdout.split('"seconds_with_compilation"')[0] == \
+        first.stdout.split('"seconds_with_compilation"')[0]
+    off = tmp_path / "off"
+    assert _run_with_cache(off, "solve", str(NIST_DIR / "Misra1a.dat"), "--no-cache").returncode == 0
+    assert not off.exists()
+    assert _run_with_cache("", "solve", str(NIST_DIR / "Misra1a.dat")).returncode == 0
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert _run_with_cache(blocked / "cache", "solve", str(NIST_DIR / "Misra1a.dat")).returncode == 0
