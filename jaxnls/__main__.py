@@ -208,6 +208,7 @@ formats (recognised from the file's records):
   NIST StRD .dat        nonlinear regression with certified values (report: LRE per parameter)
   g2o                   VERTEX_SE2/XY, EDGE_SE2/SE2_XY, VERTEX_SE3:QUAT, EDGE_SE3:QUAT, FIX
   TORO                  VERTEX2/EDGE2, VERTEX3/EDGE3, EQUIV
+                        (a g2o or TORO file of edges only starts from the chained odometry, said on stderr)
   BAL                   bundle adjustment in the large (num_cameras num_points num_observations ...)
 
 solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR with rtol = {TOLERANCES['rtol']:g}
@@ -265,6 +266,9 @@ def _solve_graph(args, kind: str) -> int:
             print(f"jaxnls: {args.file}: nothing to optimise: the pose graph has {problem.num_poses} pose(s) and "
                   "no edges", file=sys.stderr)
             return 2
+        if problem.initialized_from_odometry:
+            print(f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "
+                  f"({problem.num_poses} poses composed from the edges, the lowest id at the identity)", file=sys.stderr)
         factor_graph = pose_graph_problem(problem)
         description = (f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges")
     # dogleg by default: the fewest iterations on the large pose graphs (w10000: 9, LM 13; see jaxnls.graph.solve)

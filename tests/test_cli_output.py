@@ -131,3 +131,39 @@ def test_the_progress_line_is_drawn_on_a_terminal_only_without_json_or_verbose(m
     assert _progress_line(argparse.Namespace(file="f.g2o", json=False, verbose=True)) is None
     monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
     assert _progress_line(plain) is None
+
+
+def test_an_edges_only_g2o_file_is_solved_from_the_chained_odometry_and_says_so(tmp_path):
+    """GTSAM's LM from the same chained start (its own Pose2 compositions, pose 0 held by a tight prior, as
+    our first pose is held) reaches the cost the command line reports."""
+    import json
+
+    gtsam = pytest.importorskip("gtsam")
+    source = Path(__file__).parent / "data" / "graphs" / "w100_30.g2o"
+    edges_only = tmp_path / "edges.g2o"
+    edges_only.write_text("\n".join(l for l in source.read_text().splitlines() if not l.startswith("VERTEX")))
+    result = _cli(edges_only, "--json")
+    assert result.returncode == 0, result.stderr
+    assert "no vertex records: starting from the chained odometry (30 poses" in result.stderr
+    report = json.loads(result.stdout)
+    factors, _ = gtsam.readG2o(str(source), False)
+    initial, chained, queue = gtsam.Values(), {0: gtsam.Pose2()}, [0]
+    neighbours = {}
+    for i in range(factors.size()):  # breadth first from the lowest id, edges in file order
+        a, b = factors.at(i).keys()
+        neighbours.setdefault(a, []).append((b, factors.at(i).measured()))
+        neighbours.setdefault(b, []).append((a, factors.at(i).measured().inverse()))
+    for current in queue:
+        for other, z in neighbours[current]:
+            if other not in chained:
+                chained[other] = chained[current].compose(z)
+                queue.append(other)
+    for key, pose in chained.items():
+        initial.insert(key, pose)
+    factors.add(gtsam.PriorFactorPose2(0, gtsam.Pose2(), gtsam.noiseModel.Isotropic.Sigma(3, 1e-8)))
+    params = gtsam.LevenbergMarquardtParams()
+    params.setRelativeErrorTol(1e-14)
+    params.setAbsoluteErrorTol(1e-14)
+    optimum = gtsam.LevenbergMarquardtOptimizer(factors, initial, params).optimize()
+    assert report["initial_cost"] == pytest.approx(factors.error(initial), rel=1e-9)
+    assert report["final_cost"] == pytest.approx(factors.error(optimum), rel=1e-6)

@@ -290,6 +290,9 @@ def _assert_same(a, b):
         if field == "path":
             continue
         x, y = getattr(a, field), getattr(b, field)
+        if not isinstance(x, np.ndarray):  # (initialized_from_odometry)
+            assert x == y, field
+            continue
         assert x.dtype == y.dtype and x.shape == y.shape, field
         np.testing.assert_array_equal(x, y, err_msg=field, strict=True)
 
@@ -556,3 +559,61 @@ def test_fuzz_mutations(case):
         assert 1 <= int(match.group(1)) <= n_lines + 1, (str(err), n_lines)
         return
     _check_valid(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files of edges only start from the chained odometry
+
+
+def _edges_only(name):
+    return "\n".join(line for line in (DATA / name).read_text().splitlines() if not line.startswith("VERTEX"))
+
+
+def _gtsam_chain(gtsam, ours, is3d):
+    """GTSAM's own composition along the same spanning tree (breadth first from the lowest id, file order)."""
+    pose = gtsam.Pose3 if is3d else gtsam.Pose2
+    measured = []
+    for k in range(ours.num_edges):
+        if is3d:
+            w, x, y, z = ours.measurement_quaternions[k]
+            measured.append(gtsam.Pose3(gtsam.Rot3.Quaternion(w, x, y, z), ours.measurement_translations[k]))
+        else:
+            measured.append(gtsam.Pose2(*ours.measurements[k]))
+    neighbours = {}
+    for (i, j), z in zip(ours.edges, measured):
+        neighbours.setdefault(int(i), []).append((int(j), z))
+        neighbours.setdefault(int(j), []).append((int(i), z.inverse()))
+    poses, queue = {0: pose()}, [0]
+    for current in queue:
+        for other, z in neighbours[current]:
+            if other not in poses:
+                poses[other] = poses[current].compose(z)
+                queue.append(other)
+    return [poses[i] for i in range(ours.num_poses)]
+
+
+@pytest.mark.parametrize("name,fmt", [("w100_30.g2o", "g2o"), ("pose3example.txt", "g2o"), ("w100.graph", "toro")])
+def test_a_file_of_edges_only_starts_from_the_chained_odometry(name, fmt):
+    """The starting poses equal GTSAM's composition of the same measurements (Pose2/Pose3.compose); the
+    measurements and information are the full file's."""
+    gtsam = pytest.importorskip("gtsam")
+    full = read_pose_graph(DATA / name)
+    ours = (parse_g2o if fmt == "g2o" else parse_toro)(_edges_only(name), name)
+    assert ours.initialized_from_odometry and not full.initialized_from_odometry
+    np.testing.assert_array_equal(ours.pose_ids, np.sort(full.pose_ids))
+    np.testing.assert_array_equal(ours.information, full.information)
+    is3d = isinstance(ours, PoseGraph3D)
+    chained = _gtsam_chain(gtsam, ours, is3d)
+    for k, expected in enumerate(chained):
+        if is3d:
+            np.testing.assert_allclose(ours.translations[k], expected.translation(), atol=1e-9)
+            np.testing.assert_allclose(_quat_matrix(ours.quaternions[k]), expected.rotation().matrix(), atol=1e-12)
+        else:
+            np.testing.assert_allclose(ours.poses[k, :2], [expected.x(), expected.y()], atol=1e-9)
+            assert abs(_wrap(ours.poses[k, 2] - expected.theta())) < 1e-12
+
+
+def test_an_edges_only_file_with_a_disconnected_vertex_names_the_line():
+    text = "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\nEDGE_SE2 1 2 1 0 0 1 0 0 1 0 1\nEDGE_SE2 5 6 1 0 0 1 0 0 1 0 1\n"
+    with pytest.raises(GraphFormatError, match=r"line 3: .*vertex 5 is not connected to vertex 0"):
+        parse_g2o(text, "edges.g2o")

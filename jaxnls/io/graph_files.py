@@ -146,6 +146,8 @@ class PoseGraph2D(_PoseGraph):
         fixed_ids: ``(F,)`` int64 file ids from g2o ``FIX`` lines, in file order (poses or landmarks).
         equivalences: ``(Q, 2)`` int64 dense pose-index pairs from TORO ``EQUIV`` lines.
         path: the file it was read from, if any.
+        initialized_from_odometry: the file had edges but no vertex records, and :attr:`poses` were made by
+            chaining the measurements from the lowest id (see :func:`read_g2o`).
     """
 
     pose_ids: np.ndarray
@@ -161,6 +163,7 @@ class PoseGraph2D(_PoseGraph):
     fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
     equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
+    initialized_from_odometry: bool = False
 
     @property
     def landmark_sqrt_information(self) -> np.ndarray:
@@ -183,6 +186,7 @@ class PoseGraph3D(_PoseGraph):
         fixed_ids: ``(F,)`` int64 file ids from g2o ``FIX`` lines.
         equivalences: ``(Q, 2)`` int64 dense pose-index pairs from TORO ``EQUIV`` lines.
         path: the file it was read from, if any.
+        initialized_from_odometry: as for :class:`PoseGraph2D`.
     """
 
     pose_ids: np.ndarray
@@ -195,6 +199,7 @@ class PoseGraph3D(_PoseGraph):
     fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
     equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
+    initialized_from_odometry: bool = False
 
     @property
     def poses_wxyz_xyz(self) -> np.ndarray:
@@ -355,6 +360,41 @@ def _unit_quaternion(xyzw: Sequence[float], path: str, line: int, what: str) -> 
     if abs(norm - 1.0) > 1e-14:
         q = q / norm
     return q
+
+
+def _se2_compose(a, b) -> np.ndarray:
+    """``a ∘ b`` for 2-D poses ``[x, y, theta]`` (theta wrapped to [-pi, pi))."""
+    c, s_ = math.cos(a[2]), math.sin(a[2])
+    theta = (a[2] + b[2] + math.pi) % (2 * math.pi) - math.pi
+    return np.array([a[0] + c * b[0] - s_ * b[1], a[1] + s_ * b[0] + c * b[1], theta])
+
+
+def _se2_inverse(a) -> np.ndarray:
+    c, s_ = math.cos(a[2]), math.sin(a[2])
+    return np.array([-c * a[0] - s_ * a[1], s_ * a[0] - c * a[1], -a[2]])
+
+
+def _quaternion_product(p, q) -> np.ndarray:
+    """Hamilton product of ``[w, x, y, z]`` quaternions."""
+    pw, px, py, pz = p
+    qw, qx, qy, qz = q
+    return np.array([pw * qw - px * qx - py * qy - pz * qz, pw * qx + px * qw + py * qz - pz * qy,
+                     pw * qy - px * qz + py * qw + pz * qx, pw * qz + px * qy - py * qx + pz * qw])
+
+
+def _rotate(q, v) -> np.ndarray:
+    return _quaternion_product(_quaternion_product(q, np.concatenate([[0.0], v])), q * [1, -1, -1, -1])[1:]
+
+
+def _se3_compose(t_a, q_a, t_b, q_b):
+    """``(t, q)`` of :math:`T_a T_b` (quaternions ``[w, x, y, z]``, renormalised)."""
+    q = _quaternion_product(q_a, q_b)
+    return t_a + _rotate(q_a, np.asarray(t_b, np.float64)), q / np.linalg.norm(q)
+
+
+def _se3_inverse(t, q):
+    conjugate = np.asarray(q, np.float64) * [1, -1, -1, -1]
+    return -_rotate(conjugate, np.asarray(t, np.float64)), conjugate
 
 
 def _rpy_to_wxyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
@@ -558,6 +598,41 @@ class _GraphParser:
             except ValueError:
                 raise self.error(number, f"the information matrix of this {tag} is not positive definite") from None
 
+    def _chain_odometry(self):
+        """Vertices for a file of edges only, as GTSAM's examples start such files: the lowest id at the
+        identity, every other pose composed along a breadth-first spanning tree of the edges
+        (:math:`X_j = X_i Z_{ij}`, or :math:`X_i = X_j Z_{ij}^{-1}` against an edge's direction); the tree
+        follows the file's edge order, so consecutive odometry edges chain as written."""
+        neighbours: dict[int, list] = {}
+        for a, b, number, translation, quaternion, _, _ in self.edges:
+            neighbours.setdefault(a, []).append((b, translation, quaternion, False))
+            neighbours.setdefault(b, []).append((a, translation, quaternion, True))
+        ids = sorted(neighbours)
+        three_d = self.dimension == 3
+        poses = {ids[0]: (np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])) if three_d else (np.zeros(3), None)}
+        queue = [ids[0]]
+        for current in queue:
+            for other, translation, quaternion, backwards in neighbours[current]:
+                if other in poses:
+                    continue
+                step = _se3_inverse(translation, quaternion) if three_d and backwards else \
+                    (np.asarray(translation, np.float64), quaternion) if three_d else \
+                    (_se2_inverse(translation) if backwards else np.asarray(translation, np.float64), None)
+                poses[other] = _se3_compose(*poses[current], *step) if three_d else \
+                    (_se2_compose(poses[current][0], step[0]), None)
+                queue.append(other)
+        unreachable = [vid for vid in ids if vid not in poses]
+        if unreachable:
+            first = next(n for a, b, n, *_ in self.edges if unreachable[0] in (a, b))
+            raise self.error(first, f"the file has no vertex records, and vertex {unreachable[0]} is not connected "
+                             f"to vertex {ids[0]} by edges, so its start cannot be chained from the odometry")
+        for vid in ids:
+            self.vertices[vid] = ("pose", len(self.pose_ids), 0)
+            self.pose_ids.append(vid)
+            self.poses.append(list(poses[vid][0]))
+            if three_d:
+                self.quats.append(poses[vid][1])
+
     def _resolve(self, vid: int, number: int, want: str) -> int:
         entry = self.vertices.get(vid)
         if entry is None:
@@ -569,6 +644,9 @@ class _GraphParser:
 
     def _build(self) -> PoseGraph2D | PoseGraph3D:
         self._check_information()
+        chained = not self.vertices and bool(self.edges) and not self.landmark_edges
+        if chained:
+            self._chain_odometry()
         edges = np.array([(self._resolve(a, n, "pose"), self._resolve(b, n, "pose"))
                           for a, b, n, *_ in self.edges], dtype=np.int64).reshape(-1, 2)
         fixed = []
@@ -584,6 +662,7 @@ class _GraphParser:
             fixed_ids=_readonly(fixed, np.int64),
             equivalences=_readonly(equivalences, np.int64),
             path=self.path,
+            initialized_from_odometry=chained,
         )
         n = self.dimension
         info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
@@ -636,7 +715,10 @@ def read_g2o(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
 
     ``VERTEX2``/``EDGE2`` are accepted as aliases of ``VERTEX_SE2``/``EDGE_SE2`` with g2o's
     information order, as GTSAM's ``readG2o`` does. Records may come in any order (an edge may precede
-    its vertices). Other tags are rejected.
+    its vertices). Other tags are rejected. A file of pose edges only (no vertex records at all, e.g.
+    ``manhattan.g2o``) starts from the chained odometry: the lowest id at the identity, the others composed
+    along a breadth-first spanning tree of the edges in file order (``initialized_from_odometry`` is then
+    True); otherwise every vertex an edge uses must be defined.
 
     Raises:
         GraphFormatError: the file does not follow the format (the message names the line).
@@ -657,8 +739,9 @@ def read_toro(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
         EDGE3 i j x y z roll pitch yaw I11 I12 ... I66     (21 entries, upper triangle, x y z r p y)
         EQUIV i j
 
-    Every vertex an edge uses must be defined (files of edges only, which GTSAM initialises by
-    chaining the odometry, are rejected).
+    A file of edges only (no vertex records at all) starts from the chained odometry, as GTSAM's
+    examples start such files (``initialized_from_odometry`` says so); otherwise every vertex an edge uses
+    must be defined.
 
     Raises:
         GraphFormatError: the file does not follow the format (the message names the line).
