@@ -261,7 +261,11 @@ def _solve_graph(args, kind: str) -> int:
         description = (f"{args.file}: BAL bundle adjustment, {problem.cameras.shape[0]} cameras, "
                        f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations")
     else:
-        problem = read_pose_graph(args.file)
+        problem = read_pose_graph(args.file, repair_information=args.repair_information)
+        if problem.repaired_information:
+            print(f"jaxnls: {args.file}: {problem.repaired_information} information matrices were not positive "
+                  "definite and were replaced by the nearest positive-definite ones (--repair-information)",
+                  file=sys.stderr)
         if problem.num_edges == 0:
             print(f"jaxnls: {args.file}: nothing to optimise: the pose graph has {problem.num_poses} pose(s) and "
                   "no edges", file=sys.stderr)
@@ -315,6 +319,7 @@ def _solve_graph(args, kind: str) -> int:
                   file=sys.stderr)
     if args.json:
         print(json.dumps({"file": args.file, "format": kind, "initial_cost": float(sol.initial_cost),
+                          "repaired_information": getattr(problem, "repaired_information", 0),
                           "final_cost": float(sol.cost), "iterations": int(sol.num_steps), "seconds": seconds,
                           "compile_seconds": first - seconds, "status": status.name,
                           "converged": bool(status.converged), "solver": type(solver).__name__,
@@ -421,6 +426,9 @@ def main(argv=None) -> int:
     solve.add_argument("--write-unconverged", action="store_true",
                        help="with --output: write the result even when the solve did not converge (exit status 1)")
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
+    solve.add_argument("--repair-information", action="store_true",
+                       help="pose graphs: replace information matrices that are not positive definite by the "
+                            "nearest positive-definite ones (counted on stderr) instead of refusing the file")
     for command in (demo, solve):
         command.add_argument("--no-cache", action="store_true",
                              help="do not use the persistent compilation cache (default: JAX's cache in "

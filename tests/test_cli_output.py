@@ -167,3 +167,17 @@ def test_an_edges_only_g2o_file_is_solved_from_the_chained_odometry_and_says_so(
     optimum = gtsam.LevenbergMarquardtOptimizer(factors, initial, params).optimize()
     assert report["initial_cost"] == pytest.approx(factors.error(initial), rel=1e-9)
     assert report["final_cost"] == pytest.approx(factors.error(optimum), rel=1e-6)
+
+
+def test_the_command_line_refuses_an_indefinite_information_matrix_unless_asked_to_repair_it(tmp_path):
+    import json
+
+    bad = tmp_path / "indefinite.g2o"
+    bad.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+                   "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\nFIX 0\n")
+    refused = _cli(bad)
+    assert refused.returncode == 2 and "line 5" in refused.stderr and "smallest eigenvalue -1" in refused.stderr
+    repaired = _cli(bad, "--repair-information", "--json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "1 information matrices were not positive definite" in repaired.stderr
+    assert json.loads(repaired.stdout)["repaired_information"] == 1

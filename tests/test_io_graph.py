@@ -617,3 +617,33 @@ def test_an_edges_only_file_with_a_disconnected_vertex_names_the_line():
     text = "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\nEDGE_SE2 1 2 1 0 0 1 0 0 1 0 1\nEDGE_SE2 5 6 1 0 0 1 0 0 1 0 1\n"
     with pytest.raises(GraphFormatError, match=r"line 3: .*vertex 5 is not connected to vertex 0"):
         parse_g2o(text, "edges.g2o")
+
+
+# --------------------------------------------------------------------------------------------------
+# Information matrices that are not positive definite
+
+
+INDEFINITE = ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\n"
+              "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+              "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\n")  # I12 = 2 > 1: eigenvalues -1, 1, 3
+
+
+def test_an_indefinite_information_matrix_is_refused_with_its_line_and_eigenvalue():
+    with pytest.raises(GraphFormatError, match=r"line 5: .*not positive definite \(smallest eigenvalue -1\)"):
+        parse_g2o(INDEFINITE, "cubicle.g2o")
+
+
+def test_repair_replaces_it_by_the_nearest_positive_definite_matrix_and_counts_it():
+    """The repaired matrix against the closed form (Higham: the eigenvalues of the symmetric part clipped)
+    computed here; the healthy matrix is left bit for bit."""
+    graph = parse_g2o(INDEFINITE, "cubicle.g2o", repair_information=True)
+    assert graph.repaired_information == 1
+    np.testing.assert_array_equal(graph.information[0], np.eye(3))
+    given = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    values, vectors = np.linalg.eigh(given)
+    expected = vectors @ np.diag(np.maximum(values, 1e-9 * 3.0)) @ vectors.T
+    np.testing.assert_allclose(graph.information[1], expected, atol=1e-12)
+    assert np.all(np.linalg.eigvalsh(graph.information[1]) > 0)
+    sqrt_information(graph.information)  # whitens
+    healthy = parse_g2o(INDEFINITE.replace("1 2 0 1 0 1\n", "1 0 0 1 0 1\n"), "ok.g2o", repair_information=True)
+    assert healthy.repaired_information == 0

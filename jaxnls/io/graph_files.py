@@ -148,6 +148,8 @@ class PoseGraph2D(_PoseGraph):
         path: the file it was read from, if any.
         initialized_from_odometry: the file had edges but no vertex records, and :attr:`poses` were made by
             chaining the measurements from the lowest id (see :func:`read_g2o`).
+        repaired_information: how many information matrices were not positive definite and were replaced by
+            the nearest positive-definite one (``repair_information=True`` only; else such a file is refused).
     """
 
     pose_ids: np.ndarray
@@ -164,6 +166,7 @@ class PoseGraph2D(_PoseGraph):
     equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
     initialized_from_odometry: bool = False
+    repaired_information: int = 0
 
     @property
     def landmark_sqrt_information(self) -> np.ndarray:
@@ -187,6 +190,8 @@ class PoseGraph3D(_PoseGraph):
         equivalences: ``(Q, 2)`` int64 dense pose-index pairs from TORO ``EQUIV`` lines.
         path: the file it was read from, if any.
         initialized_from_odometry: as for :class:`PoseGraph2D`.
+        repaired_information: how many information matrices were not positive definite and were replaced by
+            the nearest positive-definite one (``repair_information=True`` only; else such a file is refused).
     """
 
     pose_ids: np.ndarray
@@ -200,6 +205,7 @@ class PoseGraph3D(_PoseGraph):
     equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
     initialized_from_odometry: bool = False
+    repaired_information: int = 0
 
     @property
     def poses_wxyz_xyz(self) -> np.ndarray:
@@ -277,6 +283,19 @@ def sqrt_information(information) -> np.ndarray:
     if not np.all(np.isfinite(lower)):
         raise ValueError("information matrix is not positive definite")
     return np.swapaxes(lower, -1, -2).copy()
+
+
+def nearest_positive_definite(information, relative_floor: float = 1e-9) -> np.ndarray:
+    r"""The symmetric matrix nearest to ``information`` in the Frobenius norm among those with every
+    eigenvalue at least ``relative_floor`` times the largest magnitude (Higham 1988: the symmetric part with
+    its eigenvalues clipped); the floor keeps it invertible, so that its square root whitens."""
+    info = np.asarray(information, dtype=np.float64)
+    symmetric = 0.5 * (info + np.swapaxes(info, -1, -2))
+    values, vectors = np.linalg.eigh(symmetric)
+    floor = relative_floor * np.max(np.abs(values), axis=-1, keepdims=True)
+    floor = np.where(floor > 0, floor, 1.0)
+    clipped = np.maximum(values, floor)
+    return (vectors * clipped[..., None, :]) @ np.swapaxes(vectors, -1, -2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,7 +497,7 @@ def _toro_info2(v: Sequence[float]) -> np.ndarray:
 
 
 class _GraphParser:
-    def __init__(self, path: str, lines: list[str], fmt: Literal["g2o", "toro"]):
+    def __init__(self, path: str, lines: list[str], fmt: Literal["g2o", "toro"], repair: bool = False):
         self.path = path
         self.lines = lines
         self.fmt = fmt
@@ -497,6 +516,8 @@ class _GraphParser:
         self.landmark_edges: list = []
         self.fixed: list[tuple[int, int]] = []
         self.equivalences: list[tuple[int, int, int]] = []
+        self.repair = repair
+        self.repaired = 0
 
     def error(self, line: int, message: str) -> GraphFormatError:
         return GraphFormatError(self.path, line, message)
@@ -584,7 +605,9 @@ class _GraphParser:
             self.edges.append((id1, id2, number, nums[:3], _rpy_to_wxyz(*nums[3:6]), info, tag))
 
     def _check_information(self):
-        """Every information matrix positive definite; else an error for the first bad one in the file."""
+        """Every information matrix positive definite; else, for the first bad one in the file, an error with
+        its line and smallest eigenvalue, or (``repair``) every bad one replaced by its nearest
+        positive-definite matrix."""
         records = [r for r in (self.edges, self.landmark_edges) if r]
         try:
             for group in records:
@@ -592,11 +615,25 @@ class _GraphParser:
             return
         except ValueError:
             pass
-        for _, _, number, _, _, info, tag in sorted(self.edges + self.landmark_edges, key=lambda r: r[2]):
-            try:
-                sqrt_information(info)
-            except ValueError:
-                raise self.error(number, f"the information matrix of this {tag} is not positive definite") from None
+        bad = []  # (line, group, position) of every matrix that is not positive definite
+        for group in records:
+            for k, record in enumerate(group):
+                try:
+                    sqrt_information(record[5])
+                except ValueError:
+                    bad.append((record[2], group, k))
+        if not self.repair:
+            number, group, k = min(bad, key=lambda entry: entry[0])
+            info, tag = group[k][5], group[k][6]
+            smallest = float(np.linalg.eigvalsh(0.5 * (info + info.T))[0])
+            raise self.error(number, f"the information matrix of this {tag} is not positive definite (smallest "
+                                     f"eigenvalue {smallest:.6g}); GTSAM and Ceres would take it silently, jaxnls "
+                                     "refuses it (repair_information=True, or the command line's "
+                                     "--repair-information, replaces it by the nearest positive-definite matrix)")
+        for _, group, k in bad:
+            a, b, number, translation, quaternion, info, tag = group[k]
+            group[k] = (a, b, number, translation, quaternion, nearest_positive_definite(info), tag)
+        self.repaired = len(bad)
 
     def _chain_odometry(self):
         """Vertices for a file of edges only, as GTSAM's examples start such files: the lowest id at the
@@ -663,6 +700,7 @@ class _GraphParser:
             equivalences=_readonly(equivalences, np.int64),
             path=self.path,
             initialized_from_odometry=chained,
+            repaired_information=self.repaired,
         )
         n = self.dimension
         info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
@@ -690,17 +728,19 @@ class _GraphParser:
         )
 
 
-def parse_g2o(content: bytes | str, path: str = "<string>") -> PoseGraph2D | PoseGraph3D:
+def parse_g2o(content: bytes | str, path: str = "<string>", *, repair_information: bool = False
+              ) -> PoseGraph2D | PoseGraph3D:
     """:func:`read_g2o` on a file's contents (``path`` is only used in error messages)."""
-    return _GraphParser(path, _lines(content, path), "g2o").parse()
+    return _GraphParser(path, _lines(content, path), "g2o", repair_information).parse()
 
 
-def parse_toro(content: bytes | str, path: str = "<string>") -> PoseGraph2D | PoseGraph3D:
+def parse_toro(content: bytes | str, path: str = "<string>", *, repair_information: bool = False
+               ) -> PoseGraph2D | PoseGraph3D:
     """:func:`read_toro` on a file's contents (``path`` is only used in error messages)."""
-    return _GraphParser(path, _lines(content, path), "toro").parse()
+    return _GraphParser(path, _lines(content, path), "toro", repair_information).parse()
 
 
-def read_g2o(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
+def read_g2o(path: str | os.PathLike, *, repair_information: bool = False) -> PoseGraph2D | PoseGraph3D:
     """Read a g2o pose graph: a :class:`PoseGraph2D` or, for ``*_SE3:QUAT`` records, a :class:`PoseGraph3D`.
 
     Records (one per line; blank lines and lines starting with ``#`` are skipped)::
@@ -725,10 +765,10 @@ def read_g2o(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
         OSError: the file cannot be read.
     """
     content, path = _read(path)
-    return parse_g2o(content, path)
+    return parse_g2o(content, path, repair_information=repair_information)
 
 
-def read_toro(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
+def read_toro(path: str | os.PathLike, *, repair_information: bool = False) -> PoseGraph2D | PoseGraph3D:
     """Read a TORO pose graph (``.graph``): a :class:`PoseGraph2D` or :class:`PoseGraph3D`.
 
     Records::
@@ -748,16 +788,18 @@ def read_toro(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
         OSError: the file cannot be read.
     """
     content, path = _read(path)
-    return parse_toro(content, path)
+    return parse_toro(content, path, repair_information=repair_information)
 
 
-def read_pose_graph(path: str | os.PathLike) -> PoseGraph2D | PoseGraph3D:
-    """Read a g2o or TORO file, whichever :func:`detect_format` says it is."""
+def read_pose_graph(path: str | os.PathLike, *, repair_information: bool = False) -> PoseGraph2D | PoseGraph3D:
+    """Read a g2o or TORO file, whichever :func:`detect_format` says it is. ``repair_information``: replace
+    information matrices that are not positive definite by the nearest positive-definite ones (counted in
+    ``repaired_information``) instead of refusing the file."""
     fmt = detect_format(path)
     if fmt == "g2o":
-        return read_g2o(path)
+        return read_g2o(path, repair_information=repair_information)
     if fmt == "toro":
-        return read_toro(path)
+        return read_toro(path, repair_information=repair_information)
     raise GraphFormatError(os.fspath(path), 1, f"this is a {fmt} file, not a pose graph")
 
 
