@@ -102,6 +102,8 @@ def main():
             "gtsam LM (default params)": lambda: run_gtsam(path, args.repeats),
             "jaxnls Dogleg + SchurPCG": lambda: run_jaxnls(problem, jaxnls.Dogleg(linear_solver=jg.SchurPCG()),
                                                            args.repeats, args.max_steps),
+            "jaxnls Dogleg + SchurDirect": lambda: run_jaxnls(problem, jaxnls.Dogleg(linear_solver=jg.SchurDirect()),
+                                                              args.repeats, args.max_steps),
             "jaxnls Dogleg + SparseDirect": lambda: run_jaxnls(problem, jaxnls.Dogleg(linear_solver=jg.SparseDirect()),
                                                                args.repeats, args.max_steps),
         }

@@ -85,3 +85,52 @@ def test_misuse_is_rejected():
                              [jg.CostGroup(jg.between, ("point", "point"), [[0, 1], [1, 2]], jnp.ones((2, 3)))])
     with pytest.raises(ValueError, match="second variable kind|connects two"):
         jg.solve(between, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG()))
+
+
+# -- SchurDirect: the reduced camera system by dense Cholesky --------------------------------------
+
+
+def test_schur_direct_step_equals_the_dense_damped_solve():
+    graph = _problem()
+    dense, residual = _dense(graph)
+    solver, lin, structure = _linearization(graph, jg.SchurDirect, chunk=7)  # several chunks, a padded last one
+    damping = 1e-3 * jnp.diag(dense.T @ dense) + 1e-6
+    expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
+    step = eqx.filter_jit(lambda lin, d: solver.solve(lin, d))(lin, damping)
+    np.testing.assert_allclose(step, expected, rtol=1e-8, atol=1e-10 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_schur_direct_reduced_matrix_equals_the_dense_schur_complement():
+    """S = A_cc - A_cp A_pp⁻¹ A_pc from the dense Jacobian (numpy, in the test)."""
+    from jaxnls.graph._linear import NormalOperator
+    from jaxnls.graph._schur import _Elimination, _reduced_camera_matrix
+
+    graph = _problem(num_cameras=3, num_points=11)
+    dense, _ = _dense(graph)
+    solver, lin, structure = _linearization(graph, jg.SchurDirect)
+    damping = jnp.full((structure.n,), 0.5)
+    operator = NormalOperator(structure=structure, jacobians=lin.blocks, products=None, damping=damping)
+    reduced = np.asarray(_reduced_camera_matrix(operator, _Elimination(operator, "point", "test"), chunk=5))
+    a = np.asarray(dense.T @ dense) + 0.5 * np.eye(structure.n)
+    c = structure.count["camera"] * structure.dim["camera"]
+    expected = a[:c, :c] - a[:c, c:] @ np.linalg.solve(a[c:, c:], a[c:, :c])
+    np.testing.assert_allclose(reduced, expected, rtol=1e-9, atol=1e-9 * np.abs(expected).max())
+
+
+def test_solve_with_schur_direct_matches_sparse_direct_and_differentiates():
+    graph = _problem()
+    direct = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SparseDirect()), max_steps=200)
+    schur = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurDirect()), max_steps=200)
+    assert bool(direct.converged) and bool(schur.converged)
+    np.testing.assert_allclose(float(schur.cost), float(direct.cost), rtol=1e-9)
+
+    def cost(observations):
+        changed = eqx.tree_at(lambda g: g.costs[0].data, graph, observations)
+        return jg.solve(changed, solver=LevenbergMarquardt(linear_solver=jg.SchurDirect()), max_steps=200).cost
+
+    observations = graph.costs[0].data
+    direction = jnp.asarray(np.random.default_rng(0).standard_normal(observations.shape))
+    derivative = jax.jvp(cost, (observations,), (direction,))[1]
+    h = 1e-6
+    central = (cost(observations + h * direction) - cost(observations - h * direction)) / (2 * h)
+    np.testing.assert_allclose(float(derivative), float(central), rtol=1e-6)

@@ -24,11 +24,12 @@ from ._files import (bal_graph_problem, bal_reprojection, point_in_frame, pose_g
 from ._graph import CostGroup, FactorGraph
 from ._marginals import marginal_covariance
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
-from ._schur import SchurPCG
+from ._schur import SchurDirect, SchurPCG
 from ._solve import solve
 
 __all__ = [
     "PCG",
+    "SchurDirect",
     "SchurPCG",
     "AbstractGraphLinearSolver",
     "BlockSparseLinearization",
