@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import io_callback
 from jaxtyping import Array, Bool
 
 from ._status import Status
@@ -63,7 +64,7 @@ def ask(callback: Callable, control_name: str, index, log, status) -> Bool[Array
     values = jax.lax.stop_gradient((index, log.num_steps, log.active, log.cost, log.change, log.gradient,
                                     log.step, log.control, log.accepted, status))
     shape = jax.ShapeDtypeStruct(status.shape, jnp.bool_)
-    stop = jax.experimental.io_callback(lambda *v: _on_host(callback, control_name, *v), shape, *values)
+    stop = io_callback(lambda *v: _on_host(callback, control_name, *v), shape, *values)
     return stop & (status == Status.RUNNING)
 
 

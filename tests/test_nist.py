@@ -57,7 +57,12 @@ def test_x64_enabled():
 
 
 # One test per problem (both starts), so that under pytest-xdist each problem is compiled once.
-@pytest.mark.parametrize("name", LOWER + AVERAGE + HIGHER)
+def _same_worker(names):
+    """One xdist group per problem: its tests share the cached batched solve (``fit``) on one worker."""
+    return [pytest.param(name, marks=pytest.mark.xdist_group(f"nist-{name}")) for name in names]
+
+
+@pytest.mark.parametrize("name", _same_worker(LOWER + AVERAGE + HIGHER))
 def test_certified_values(name):
     problem, params, status, steps = fit(name)
     failures, notes = [], []
@@ -95,7 +100,7 @@ def test_certified_values(name):
 SD_LRE_TARGET = 6.0
 
 
-@pytest.mark.parametrize("name", [n for n in LOWER + AVERAGE + HIGHER if n != "Lanczos1"])
+@pytest.mark.parametrize("name", _same_worker([n for n in LOWER + AVERAGE + HIGHER if n != "Lanczos1"]))
 def test_certified_standard_deviations(name):
     """jaxnls.covariance's standard errors against NIST's certified standard deviations: at the certified
     values, and at our own solve's answer from each start (both batched in one call)."""
