@@ -51,6 +51,15 @@ def _side(side, params0, batched: bool, batch: int, fill: float, what: str):
     return flat if what == "fixed" else flat.astype(dtype)
 
 
+def frozen_mask(fixed, params, batched: bool, batch: int):
+    """``fixed`` (True / False, or a boolean pytree like ``params``, per problem or shared) as a ``(batch, n)``
+    mask in ``ravel_pytree``'s order."""
+    frozen = _side(fixed, params, batched, batch, False, "fixed")
+    if frozen.dtype != jnp.bool_:
+        raise TypeError(f"fixed must be booleans (True: frozen at its start), got dtype {frozen.dtype}")
+    return frozen
+
+
 def box(bounds, fixed, params0, x0, batched: bool):
     """``(lower, upper)`` of shape ``(batch, n)`` for the flat starts ``x0`` (batch, n), and ``x0`` projected
     into the box. A frozen coordinate gets ``lower = upper = x0``. Errors name the offending leaf."""
@@ -64,9 +73,7 @@ def box(bounds, fixed, params0, x0, batched: bool):
         lower = _side(bounds[0], params0, batched, batch, -np.inf, "bounds[0] (lower)")
         upper = _side(bounds[1], params0, batched, batch, np.inf, "bounds[1] (upper)")
     if fixed is not None:
-        frozen = _side(fixed, params0, batched, batch, False, "fixed")
-        if frozen.dtype != jnp.bool_:
-            raise TypeError(f"fixed must be booleans (True: frozen at its start), got dtype {frozen.dtype}")
+        frozen = frozen_mask(fixed, params0, batched, batch)
         lower = jnp.where(frozen, x0, lower)
         upper = jnp.where(frozen, x0, upper)
     _check(lower, upper, x0)

@@ -24,6 +24,7 @@ from jaxtyping import Array, Float, Int, PyTree
 from ._driver import UNSET, resolve_args_axes
 from ._jacobian import flat_residual_fn
 from ._loop import take
+from ._bounds import frozen_mask
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
 from .manifolds import EUCLIDEAN, ProductSpace, has_groups
 
@@ -46,6 +47,7 @@ class Covariance(eqx.Module):
             determined by the data: ``covariance`` is then a pseudo-inverse (finite, never NaN), whose
             variances along those combinations are not estimates; check ``full_rank``.
         residual_variance: :math:`s^2` (1 with ``absolute_sigma``; inf where m <= n, as ``curve_fit``).
+        num_free: the coordinates not ``fixed`` (n without ``fixed=``).
         num_residuals, num_params: m and n of one problem.
     """
 
@@ -54,13 +56,14 @@ class Covariance(eqx.Module):
     correlation: Float[Array, "*batch n n"]
     rank: Int[Array, "*batch"]
     residual_variance: Float[Array, "*batch"]
+    num_free: Int[Array, "*batch"]
     num_residuals: int = eqx.field(static=True)
     num_params: int = eqx.field(static=True)
 
     @property
     def full_rank(self):
-        """True where J has full column rank (every parameter determined by the data)."""
-        return self.rank == self.num_params
+        """True where J has full column rank over the free coordinates (every one determined by the data)."""
+        return self.rank == self.num_free
 
 
 def covariance(
@@ -72,6 +75,7 @@ def covariance(
     args_axes: PyTree = UNSET,
     absolute_sigma: bool = False,
     rcond: float | None = None,
+    fixed: PyTree | None = None,
 ) -> Covariance:
     r"""The covariance of the estimate ``params`` (a minimum of ``½‖residual_fn(params, args)‖²``), per problem.
 
@@ -96,6 +100,12 @@ def covariance(
             ``absolute_sigma=True``): no rescaling by the residual variance.
         rcond: relative cut-off for the singular values of the scaled J, as a multiple of ``max(m, n)``;
             default the machine epsilon of the working dtype (NumPy's ``matrix_rank`` rule).
+        fixed: as in :func:`jaxnls.solve`, a boolean pytree like ``params`` (per problem or shared): those
+            coordinates are known exactly (zero rows and columns) and the covariance is that of the others,
+            with ``s² = ‖r‖²/(m - n_free)``. For a bound-constrained fit pass the coordinates at their
+            bounds, e.g. ``fixed=(sol.params <= lower) | (sol.params >= upper)``: its covariance is that of the
+            fit of the free coordinates with the active ones held (the Laplace approximation of the
+            constrained estimate ignores the probability mass the bound cuts off).
 
     Returns:
         A :class:`Covariance`.
@@ -122,15 +132,22 @@ def covariance(
     elif isinstance(rcond, (bool, np.bool_)) or not isinstance(rcond, (int, float)) or not 0 <= rcond < 1:
         raise ValueError(f"jaxnls.covariance: rcond must be a number in [0, 1), got {rcond!r}")
 
-    def one(p, a):
-        return _one_problem(residual_fn, p, a, num_residuals, absolute_sigma, float(rcond))
+    batch = batch_size(params, name="params") if batched else 1
+    if fixed is not None and has_groups(single_params):
+        raise NotImplementedError("jaxnls.covariance: fixed= applies to Euclidean parameters")
+    frozen = (jnp.zeros((batch, ravel_pytree(single_params)[0].shape[0]), bool) if fixed is None
+              else frozen_mask(fixed, params, batched, batch))
+
+    def one(p, a, f):
+        return _one_problem(residual_fn, p, a, f, num_residuals, absolute_sigma, float(rcond))
 
     if batched:
-        return jax.vmap(one, in_axes=(0, axes))(params, args)
-    return one(params, args)
+        return jax.vmap(one, in_axes=(0, axes, 0))(params, args, frozen)
+    return one(params, args, frozen[0])
 
 
-def _one_problem(residual_fn, params, args, num_residuals: int, absolute_sigma: bool, rcond: float) -> Covariance:
+def _one_problem(residual_fn, params, args, frozen, num_residuals: int, absolute_sigma: bool, rcond: float
+                 ) -> Covariance:
     x, unravel = ravel_pytree(params)
     fn = flat_residual_fn(residual_fn, unravel, x.dtype)
     if has_groups(params):
@@ -142,13 +159,17 @@ def _one_problem(residual_fn, params, args, num_residuals: int, absolute_sigma: 
         space, n = EUCLIDEAN, x.shape[0]
         residual, jacobian = fn(x, args), jax.jacfwd(lambda z: fn(z, args))(x)
     m = num_residuals
+    if not has_groups(params):  # (a frozen coordinate's column is zero: its direction is known exactly)
+        jacobian = jnp.where(frozen[None, :], 0.0, jacobian)
+    num_free = jnp.asarray(n, jnp.int32) - (0 if has_groups(params) else jnp.sum(frozen).astype(jnp.int32))
     column_norms = jnp.sqrt(jnp.sum(jacobian**2, axis=0))
     scale = jnp.where(column_norms > 0, column_norms, 1.0)
     inverse, kept = _normal_pseudo_inverse(jacobian / scale[None, :], rcond * max(m, n))
     if absolute_sigma:
         variance = jnp.ones((), x.dtype)
     else:
-        variance = jnp.sum(residual**2) / (m - n) if m > n else jnp.full((), jnp.inf, x.dtype)
+        dof = m - num_free
+        variance = jnp.where(dof > 0, jnp.sum(residual**2) / jnp.where(dof > 0, dof, 1), jnp.inf).astype(x.dtype)
     cov = variance * inverse / (scale[:, None] * scale[None, :])
     diagonal = jnp.diagonal(cov)
     errors = jnp.sqrt(jnp.where(diagonal > 0, diagonal, 0.0))
@@ -159,7 +180,8 @@ def _one_problem(residual_fn, params, args, num_residuals: int, absolute_sigma: 
     correlation = jnp.where(positive[:, None] & positive[None, :], cov / (safe[:, None] * safe[None, :]), 0.0)
     correlation = jnp.where(jnp.eye(n, dtype=bool), positive.astype(x.dtype), correlation)
     return Covariance(covariance=cov, standard_errors=errors, correlation=correlation,
-                      rank=jnp.sum(kept).astype(jnp.int32), residual_variance=variance, num_residuals=m, num_params=n)
+                      rank=jnp.sum(kept).astype(jnp.int32), residual_variance=variance, num_free=num_free,
+                      num_residuals=m, num_params=n)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))

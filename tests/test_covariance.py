@@ -217,3 +217,32 @@ def test_summary_shows_the_parameter_table_and_high_correlations():
     assert "rank 3/3" in text
     with pytest.raises(ValueError, match="2 names for 3 parameters"):
         sol.summary(covariance=cov, names=["a", "b"])
+
+
+def test_fixed_coordinates_are_known_exactly_and_the_rest_is_the_reduced_fit():
+    """fixed=[False, True, False]: the covariance of (a, b) equals curve_fit's for the model with the rate written
+    in (degrees of freedom m - 2), the rate's rows and columns are zero; a batch with per-problem masks agrees."""
+    optimize = pytest.importorskip("scipy.optimize")
+    rate = 0.8
+
+    def reduced_model(t, a, c):
+        return a * np.exp(-rate * t) + c
+
+    def reduced_jacobian(t, a, c):
+        return np.stack([np.exp(-rate * t), np.ones_like(t)], axis=1)
+
+    popt, pcov = optimize.curve_fit(reduced_model, T, Y, p0=[1.0, 0.0], sigma=SIGMA, jac=reduced_jacobian,
+                                    xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    params = jnp.asarray([popt[0], rate, popt[1]])
+    mask = jnp.asarray([False, True, False])
+    cov = jaxnls.covariance(weighted_residual, params, ARGS, fixed=mask)
+    assert int(cov.num_free) == 2 and int(cov.rank) == 2 and bool(cov.full_rank)
+    np.testing.assert_allclose(np.asarray(cov.covariance)[np.ix_([0, 2], [0, 2])], pcov, rtol=1e-8)
+    np.testing.assert_array_equal(np.asarray(cov.covariance)[1], 0.0)
+    np.testing.assert_array_equal(np.asarray(cov.covariance)[:, 1], 0.0)
+    assert float(cov.standard_errors[1]) == 0.0
+    batch = jaxnls.covariance(weighted_residual, jnp.stack([params, params]), ARGS, batched=True, args_axes=None,
+                              fixed=jnp.stack([mask, jnp.zeros(3, bool)]))
+    np.testing.assert_allclose(batch.covariance[0], cov.covariance, rtol=1e-12)
+    free = jaxnls.covariance(weighted_residual, params, ARGS)
+    np.testing.assert_allclose(batch.covariance[1], free.covariance, rtol=1e-12)
