@@ -53,3 +53,55 @@ def test_sharded_batch_solves_data_parallel():
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "SHARDED-OK" in result.stdout
+
+
+ONE_GRAPH = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, equinox as eqx
+    jax.config.update("jax_enable_x64", True)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jaxnls
+    from jaxnls import graph as jg
+    from jaxnls.io import read_pose_graph
+    from jaxnls.graph import pose_graph_problem
+
+    assert len(jax.devices()) == 4, jax.devices()
+    graph = pose_graph_problem(read_pose_graph(PATH))
+    cost = graph.costs[0]
+    assert cost.num_terms % 4 == 0
+    mesh = Mesh(np.array(jax.devices()), ("terms",))
+    terms = NamedSharding(mesh, P("terms"))
+    # one graph across the devices: its cost terms (measurements, information) split along the term axis
+    sharded = eqx.tree_at(lambda g: (g.costs[0].data, g.costs[0].sqrt_information), graph,
+                          (jax.tree_util.tree_map(lambda a: jax.device_put(a, terms), cost.data),
+                           jax.device_put(cost.sqrt_information, terms)))
+    assert {s.data.shape[0] for s in sharded.costs[0].sqrt_information.addressable_shards} == {cost.num_terms // 4}
+    # (tight tolerances, so that both answers are the minimum to far better than the comparison below)
+    solver = jaxnls.LevenbergMarquardt(rtol=1e-10, atol=1e-10, linear_solver=jg.PCG(rtol=1e-13))
+    solve = jax.jit(lambda g: jg.solve(g, solver=solver))
+    hlo = solve.lower(sharded).compile().as_text()
+    distributed = solve(sharded)
+    alone = jg.solve(graph, solver=solver)
+    # the matrix-free products J v and Jᵀu run where the terms are and are summed across the devices
+    assert "all-reduce" in hlo, "no cross-device reduction in the compiled solve"
+    assert bool(distributed.converged) and bool(alone.converged)
+    np.testing.assert_allclose(float(distributed.cost), float(alone.cost), rtol=1e-8)
+    a = np.asarray(distributed.params["pose"].parameters())
+    b = np.asarray(alone.params["pose"].parameters())
+    np.testing.assert_allclose(a, b, atol=1e-7)
+    print("ONE-GRAPH-OK")
+    """
+)
+
+
+def test_one_graph_sharded_across_devices_equals_the_single_device_solve():
+    """w100's 300 cost terms split over 4 (virtual CPU) devices, matrix-free PCG: the same answer as on one device,
+    with the products reduced across devices (an all-reduce in the compiled program)."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "graphs" / "w100.graph"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    script = ONE_GRAPH.replace("PATH", repr(str(path)))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "ONE-GRAPH-OK" in result.stdout
