@@ -124,7 +124,7 @@ def covariance(
         single_args = take(args, axes, 0)
     else:
         check_sizes(params, False, name="params")
-        axes, single_params, single_args = None, params, args
+        batch, axes, single_params, single_args = 1, None, params, args
     num_residuals = check_residual(residual_fn, single_params, single_args)
     dtype = ravel_pytree(single_params)[0].dtype
     if rcond is None:
@@ -132,7 +132,6 @@ def covariance(
     elif isinstance(rcond, (bool, np.bool_)) or not isinstance(rcond, (int, float)) or not 0 <= rcond < 1:
         raise ValueError(f"jaxnls.covariance: rcond must be a number in [0, 1), got {rcond!r}")
 
-    batch = batch_size(params, name="params") if batched else 1
     if fixed is not None and has_groups(single_params):
         raise NotImplementedError("jaxnls.covariance: fixed= applies to Euclidean parameters")
     frozen = (jnp.zeros((batch, ravel_pytree(single_params)[0].shape[0]), bool) if fixed is None
