@@ -22,11 +22,11 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
 from ._driver import UNSET, resolve_args_axes
-from ._jacobian import flat_residual_fn
+from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import take
 from ._bounds import frozen_mask
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
-from .manifolds import EUCLIDEAN, ProductSpace, has_groups
+from .manifolds import ProductSpace, has_groups
 
 
 class Covariance(eqx.Module):
@@ -149,15 +149,15 @@ def _one_problem(residual_fn, params, args, frozen, num_residuals: int, absolute
                  ) -> Covariance:
     x, unravel = ravel_pytree(params)
     fn = flat_residual_fn(residual_fn, unravel, x.dtype)
-    if has_groups(params):
+    m = num_residuals
+    if has_groups(params):  # J with respect to the tangent perturbation δ of x ⊕ δ, at δ = 0
         space = ProductSpace(params)
         n = space.tangent_size
-        residual = fn(x, args)
-        jacobian = jax.jacfwd(lambda d: fn(space.retract_one(x, d), args))(jnp.zeros((n,), x.dtype))
+        residual, jacobian = residual_and_jacobian(lambda d, a: fn(space.retract_one(x, d), a),
+                                                   jnp.zeros((n,), x.dtype), args, m)
     else:
-        space, n = EUCLIDEAN, x.shape[0]
-        residual, jacobian = fn(x, args), jax.jacfwd(lambda z: fn(z, args))(x)
-    m = num_residuals
+        n = x.shape[0]
+        residual, jacobian = residual_and_jacobian(fn, x, args, m)
     if not has_groups(params):  # (a frozen coordinate's column is zero: its direction is known exactly)
         jacobian = jnp.where(frozen[None, :], 0.0, jacobian)
     num_free = jnp.asarray(n, jnp.int32) - (0 if has_groups(params) else jnp.sum(frozen).astype(jnp.int32))
@@ -171,9 +171,8 @@ def _one_problem(residual_fn, params, args, frozen, num_residuals: int, absolute
         variance = jnp.where(dof > 0, jnp.sum(residual**2) / jnp.where(dof > 0, dof, 1), jnp.inf).astype(x.dtype)
     cov = variance * inverse / (scale[:, None] * scale[None, :])
     diagonal = jnp.diagonal(cov)
-    errors = jnp.sqrt(jnp.where(diagonal > 0, diagonal, 0.0))
-    # (derivatives of sqrt guarded at 0: an undetermined direction has no error to differentiate)
-    errors = jnp.where(diagonal > 0, errors, 0.0)
+    # (sqrt's derivative guarded at 0: an undetermined direction has no error to differentiate)
+    errors = jnp.where(diagonal > 0, jnp.sqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 0.0)
     positive = errors > 0
     safe = jnp.where(positive, errors, 1.0)
     correlation = jnp.where(positive[:, None] & positive[None, :], cov / (safe[:, None] * safe[None, :]), 0.0)

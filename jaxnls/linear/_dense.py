@@ -89,11 +89,12 @@ class Linearization(AbstractLinearization):
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
-        # products with tiny vectors as multiply-and-sum, not dot: one fused reduction each, which
-        # XLA:CPU compiles several times faster than a small dot
         if self.jacobian is not None:  # from J itself where it is kept (QR: cond(J), not cond(J)²)
+            # (dots over the residual axis: they round alike for a problem alone and in any batch)
             along = _contract(self.jacobian, v, 1, 0)
             return _contract(along, along, 0, 0)
+        # n×n with tiny vectors as multiply-and-sum, not dot: one fused reduction, which XLA:CPU compiles
+        # several times faster than a small dot
         return jnp.sum(v[:, None] * self.gram * v[None, :])
 
 
