@@ -212,25 +212,17 @@ class SparseDirect(AbstractGraphLinearSolver):
     def solve_system(self, operator, rhs):
         structure = operator.structure
         diagonal = operator.diagonal()
-        _, indices, rows, position, diagonal_at = structure.pattern()
-        upper_indptr, upper = structure.upper_pattern()
         # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host: np.bincount
         # over the static positions takes ~15 ms on w10000 (2.3M contributions), XLA:CPU's scatter-add ~120 ms
         contributions = jnp.concatenate([product.ravel() for product in operator.term_products()] + [diagonal])
-        nnz = indices.shape[0]
         n = structure.n
         floor = pivot_floor(n, diagonal.dtype)
         dtype = diagonal.dtype
 
         def host_solve(contributions, rhs):
-            qdldl, sparse = sparse_modules()
-            data = np.bincount(position, weights=np.asarray(contributions, np.float64), minlength=nnz)
+            qdldl, _ = sparse_modules()
+            matrix, scale, _ = jacobi_scaled_upper(structure, np.asarray(contributions, np.float64), floor)
             rhs = np.asarray(rhs, np.float64)
-            diagonal = data[diagonal_at]
-            scale = np.where(diagonal > 0, 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
-            scaled = data * scale[rows] * scale[indices]
-            scaled[diagonal_at] += floor
-            matrix = sparse.csc_matrix((scaled[upper], indices[upper], upper_indptr), shape=(n, n))
             try:
                 factor = structure.host_cache.get("ldl")
                 if factor is None:  # AMD ordering + symbolic factorisation, once per structure
@@ -247,6 +239,24 @@ class SparseDirect(AbstractGraphLinearSolver):
 
         return jax.pure_callback(host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs,
                                  vmap_method="sequential")
+
+
+def jacobi_scaled_upper(structure, contributions: np.ndarray, shift: float = 0.0):
+    r"""Host side: the matrix :math:`A` whose entries are the sums of ``contributions`` (``[vec(J_eᵀJ_e) for every
+    term e of every group, d]``) over the structure's pattern, Jacobi-scaled to a unit diagonal
+    (:math:`D^{-1/2} A D^{-1/2}`, a zero diagonal entry left unscaled) plus ``shift·I``, as the upper triangle in
+    CSC (what QDLDL factors). Returns ``(matrix, scale, diagonal)`` with ``scale = D^{-1/2}`` and ``diagonal``
+    that of :math:`A`."""
+    _, sparse = sparse_modules()
+    _, indices, rows, position, diagonal_at = structure.pattern()
+    upper_indptr, upper = structure.upper_pattern()
+    data = np.bincount(position, weights=contributions, minlength=indices.shape[0])
+    diagonal = data[diagonal_at]
+    scale = np.where(diagonal > 0, 1.0 / np.sqrt(np.where(diagonal > 0, diagonal, 1.0)), 1.0)
+    scaled = data * scale[rows] * scale[indices]
+    scaled[diagonal_at] += shift
+    matrix = sparse.csc_matrix((scaled[upper], indices[upper], upper_indptr), shape=(structure.n, structure.n))
+    return matrix, scale, diagonal
 
 
 def sparse_modules():

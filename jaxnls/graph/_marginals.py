@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from ..manifolds import ProductSpace
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, validate
-from ._linear import SparseDirect, sparse_modules
+from ._linear import SparseDirect, jacobi_scaled_upper, sparse_modules
 
 
 def marginal_covariance(graph: FactorGraph, variables: Sequence[tuple[str, int]],
@@ -91,24 +91,18 @@ def _term_products(graph: FactorGraph, structure) -> list[np.ndarray]:
 
 
 def _covariance_columns(structure, products, columns: np.ndarray) -> np.ndarray:
-    qdldl, sparse = sparse_modules()
+    qdldl, _ = sparse_modules()
     n = structure.n
     fixed = structure.fixed_diagonal > 0
-    indptr, indices, rows, position, diagonal_at = structure.pattern()
-    upper_indptr, upper = structure.upper_pattern()
-    # fixed coordinates get an identity (their Jacobian columns are zero), which keeps the matrix nonsingular
+    # fixed coordinates get an identity (their Jacobian columns are zero), which keeps the matrix nonsingular;
+    # Jacobi scaling to a unit diagonal (undone afterwards) makes the factorisation's accuracy depend on the
+    # conditioning of the correlations, not on the units of the variables
     contributions = np.concatenate([p.ravel() for p in products] + [structure.fixed_diagonal])
-    data = np.bincount(position, weights=contributions, minlength=indices.shape[0])
-    diagonal = data[diagonal_at]
+    matrix, scale, diagonal = jacobi_scaled_upper(structure, contributions)
     if np.any(diagonal <= 0):
         empty = int(np.flatnonzero(diagonal <= 0)[0])
         raise ValueError(f"marginal_covariance: tangent coordinate {empty} appears in no cost term: the information "
                          "matrix is singular")
-    # Jacobi scaling to a unit diagonal (the inverse is unscaled afterwards): the factorisation's accuracy
-    # then depends on the conditioning of the correlations, not on the units of the variables
-    scale = 1.0 / np.sqrt(diagonal)
-    scaled = data * scale[rows] * scale[indices]
-    matrix = sparse.csc_matrix((scaled[upper], indices[upper], upper_indptr), shape=(n, n))
     try:
         factor = qdldl.Solver(matrix)
     except (ValueError, RuntimeError) as err:
