@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
 # --------------------------------------------------------------------------------------------------
 # Timing
 
@@ -37,8 +36,12 @@ class Timing:
         return self.first - self.median
 
     def as_dict(self) -> dict:
-        return {"first_call_s": self.first, "steady_median_s": self.median, "overhead_s": self.overhead,
-                "steady_times_s": self.times}
+        return {
+            "first_call_s": self.first,
+            "steady_median_s": self.median,
+            "overhead_s": self.overhead,
+            "steady_times_s": self.times,
+        }
 
 
 def time_calls(call: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
@@ -142,10 +145,16 @@ def _version(dist: str) -> str:
 def _git_revision() -> str:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return rev + (" (+ uncommitted changes)" if dirty else "") if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -209,13 +218,19 @@ def print_header(info: dict) -> None:
     print(f"date        {info['date']}")
     print(f"CPU         {info['cpu_model']}  ({info['cpu_count']} cores, {info['cpus_usable']} usable)")
     la = info["load_average_1_5_15"]
-    print(f"load avg    {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min) at start  "
-          f"{'<- machine busy: timings unreliable' if la[0] > 0.5 * info['cpus_usable'] else ''}")
-    print(f"python      {info['python']}   jax {info['jax']} (jaxlib {info['jaxlib']})   "
-          f"backend {info['backend']}: {', '.join(info['devices'])}   x64={info['x64']}")
+    print(
+        f"load avg    {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} (1/5/15 min) at start  "
+        f"{'<- machine busy: timings unreliable' if la[0] > 0.5 * info['cpus_usable'] else ''}"
+    )
+    print(
+        f"python      {info['python']}   jax {info['jax']} (jaxlib {info['jaxlib']})   "
+        f"backend {info['backend']}: {', '.join(info['devices'])}   x64={info['x64']}"
+    )
     print(f"jaxnls      {info['jaxnls']}")
-    print(f"peers       optimistix {info['optimistix']} (lineax {info['lineax']}, equinox {info['equinox']}), "
-          f"jaxopt {info['jaxopt']}, scipy {info['scipy']}, numpy {info['numpy']}")
+    print(
+        f"peers       optimistix {info['optimistix']} (lineax {info['lineax']}, equinox {info['equinox']}), "
+        f"jaxopt {info['jaxopt']}, scipy {info['scipy']}, numpy {info['numpy']}"
+    )
     if info["XLA_FLAGS"]:
         print(f"XLA_FLAGS   {info['XLA_FLAGS']}")
     print()

@@ -32,12 +32,20 @@ def main():
     y = jnp.asarray(clean + 0.02 * rng.standard_normal((BATCH, T.size)))
     p0 = jnp.asarray(P_TRUE * (1 + 0.1 * rng.standard_normal((BATCH, 4))))
     baseline = None
-    for name, callback, history in (("no callback", None, 0), ("no-op callback", lambda info: None, 0),
-                                    ("ProgressLine, not a terminal", jaxnls.ProgressLine(), 0),
-                                    ("history=32", None, 32)):
+    for name, callback, history in (
+        ("no callback", None, 0),
+        ("no-op callback", lambda info: None, 0),
+        ("ProgressLine, not a terminal", jaxnls.ProgressLine(), 0),
+        ("history=32", None, 32),
+    ):
+
         def run():
-            return jax.block_until_ready(jaxnls.solve(residual, p0, (T, y), batched=True, args_axes=(None, 0),
-                                                      callback=callback, history=history))
+            return jax.block_until_ready(
+                jaxnls.solve(
+                    residual, p0, (T, y), batched=True, args_axes=(None, 0), callback=callback, history=history
+                )
+            )
+
         run()
         times = []
         for _ in range(7):
@@ -48,8 +56,10 @@ def main():
         baseline = baseline or median
         iterations = int(np.max(sol.num_steps)) + 1
         extra = (median - baseline) / iterations * 1e3
-        print(f"{name:30s} {median * 1e3:7.1f} ms   {iterations} loop iterations   "
-              f"{extra:+.2f} ms per iteration vs neither")
+        print(
+            f"{name:30s} {median * 1e3:7.1f} ms   {iterations} loop iterations   "
+            f"{extra:+.2f} ms per iteration vs neither"
+        )
 
 
 if __name__ == "__main__":

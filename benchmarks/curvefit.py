@@ -7,15 +7,12 @@ returned parameters with one common formula, so "cost" means the same thing in e
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import Timing, aot_compile_time, fmt_s, format_table, time_calls
 
 import jaxnls
-
-from _common import Timing, aot_compile_time, fmt_s, format_table, time_calls
 
 NUM_POINTS = 100
 T = np.linspace(0.0, 10.0, NUM_POINTS)
@@ -78,8 +75,16 @@ def np_costs(params: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def make_jaxnls(solver, res=residual, working_set="auto"):
     def run(p0, t, y):
-        return jaxnls.solve(res, p0, (t, y), solver=solver, max_steps=MAX_STEPS, batched=True, args_axes=(None, 0),
-                            working_set=working_set)
+        return jaxnls.solve(
+            res,
+            p0,
+            (t, y),
+            solver=solver,
+            max_steps=MAX_STEPS,
+            batched=True,
+            args_axes=(None, 0),
+            working_set=working_set,
+        )
 
     return run
 
@@ -143,8 +148,17 @@ def run_scipy(p0: np.ndarray, y: np.ndarray):
     converged = np.empty(p0.shape[0], bool)
     nfev = np.empty(p0.shape[0], int)
     for i in range(p0.shape[0]):
-        r = least_squares(_scipy_fun, p0[i], jac=_scipy_jac, args=(T, y[i]), method="lm",
-                          ftol=RTOL, xtol=RTOL, gtol=RTOL, max_nfev=MAX_STEPS)
+        r = least_squares(
+            _scipy_fun,
+            p0[i],
+            jac=_scipy_jac,
+            args=(T, y[i]),
+            method="lm",
+            ftol=RTOL,
+            xtol=RTOL,
+            gtol=RTOL,
+            max_nfev=MAX_STEPS,
+        )
         params[i], converged[i], nfev[i] = r.x, r.status > 0, r.nfev
     return params, converged, nfev
 
@@ -193,8 +207,10 @@ def run_size(batch: int, repeats: int, log=print) -> dict:
             "status": status,
             **(extra or {}),
         }
-        log(f"    {name:<28} steady {fmt_s(timing.median * scale):>8} s   first call {fmt_s(timing.first):>8} s   "
-            f"max iters {int(np.max(iters))}")
+        log(
+            f"    {name:<28} steady {fmt_s(timing.median * scale):>8} s   first call {fmt_s(timing.first):>8} s   "
+            f"max iters {int(np.max(iters))}"
+        )
 
     # jaxnls: the user-facing call (jaxnls.solve has its own filter_jit), four strategies with the default
     # working set, and LM advancing the whole batch every iteration (working_set=None)
@@ -211,23 +227,34 @@ def run_size(batch: int, repeats: int, log=print) -> dict:
         status = np.asarray(sol.status)
         codes, counts = np.unique(status, return_counts=True)
         status_text = " ".join(f"{_STATUS_ABBREV[jaxnls.Status(int(c))]}:{n}" for c, n in zip(codes, counts))
-        record(label, timing, aot, np.asarray(sol.params), np.asarray(sol.converged), np.asarray(sol.num_steps),
-               status_text, extra={"reported_cost_max_abs_diff": float(np.max(np.abs(
-                   np.asarray(sol.cost) - np_costs(np.asarray(sol.params), y_np))))})
+        record(
+            label,
+            timing,
+            aot,
+            np.asarray(sol.params),
+            np.asarray(sol.converged),
+            np.asarray(sol.num_steps),
+            status_text,
+            extra={
+                "reported_cost_max_abs_diff": float(
+                    np.max(np.abs(np.asarray(sol.cost) - np_costs(np.asarray(sol.params), y_np)))
+                )
+            },
+        )
 
     # optimistix LM under jax.vmap inside jax.jit
     run = jax.jit(make_optimistix())
     timing, (params, ok, steps) = time_calls(lambda: run(p0, t, y), repeats)
     aot = aot_compile_time(make_optimistix(res=lambda p, a: residual(p, a)), p0, t, y)
-    record("optimistix LM (vmap)", timing, aot, np.asarray(params), np.asarray(ok), np.asarray(steps),
-           "result==successful")
+    record(
+        "optimistix LM (vmap)", timing, aot, np.asarray(params), np.asarray(ok), np.asarray(steps), "result==successful"
+    )
 
     # jaxopt LM under jax.vmap inside jax.jit
     run = jax.jit(make_jaxopt())
     timing, (params, ok, steps) = time_calls(lambda: run(p0, t, y), repeats)
     aot = aot_compile_time(make_jaxopt(res=lambda p, a: residual(p, a)), p0, t, y)
-    record("jaxopt LM (vmap)", timing, aot, np.asarray(params), np.asarray(ok), np.asarray(steps),
-           "||J^T r||_2<=1e-8")
+    record("jaxopt LM (vmap)", timing, aot, np.asarray(params), np.asarray(ok), np.asarray(steps), "||J^T r||_2<=1e-8")
 
     # scipy MINPACK lm in a Python loop (subset above SCIPY_SUBSET problems, time scaled linearly)
     if batch > SCIPY_SUBSET:
@@ -252,8 +279,21 @@ def summarize(result: dict) -> tuple[str, dict]:
     rows = result["rows"]
     ref_name = "jaxnls LevenbergMarquardt"
     ref = rows[ref_name]
-    headers = ["solver", "steady s", "spread %", "1st-call ovh s", "lower+compile s", "x LM time", "mean cost", "max cost",
-               "worse/better", "conv %", "max it", "med it", "status"]
+    headers = [
+        "solver",
+        "steady s",
+        "spread %",
+        "1st-call ovh s",
+        "lower+compile s",
+        "x LM time",
+        "mean cost",
+        "max cost",
+        "worse/better",
+        "conv %",
+        "max it",
+        "med it",
+        "status",
+    ]
     table, out = [], {}
     for name, r in rows.items():
         idx = r["subset"] if r["subset"] is not None else np.arange(batch)
@@ -266,37 +306,69 @@ def summarize(result: dict) -> tuple[str, dict]:
         steady = r["timing"]["steady_times_s"]
         spread = 100 * (max(steady) - min(steady)) / r["timing"]["steady_median_s"]
         conv = "-" if r["converged_frac"] is None else f"{100 * r['converged_frac']:.1f}"
-        table.append([
-            name, fmt_s(r["steady_s"]), f"{spread:.0f}", fmt_s(r["overhead_s"]), fmt_s(aot), f"{ratio:.2f}",
-            f"{np.mean(r['costs']):.4e}", f"{np.max(r['costs']):.4e}",
-            "-" if name == ref_name else f"{worse}/{better}", conv, str(r["max_iters"]), f"{r['median_iters']:g}",
-            r["status"] or "",
-        ])
+        table.append(
+            [
+                name,
+                fmt_s(r["steady_s"]),
+                f"{spread:.0f}",
+                fmt_s(r["overhead_s"]),
+                fmt_s(aot),
+                f"{ratio:.2f}",
+                f"{np.mean(r['costs']):.4e}",
+                f"{np.max(r['costs']):.4e}",
+                "-" if name == ref_name else f"{worse}/{better}",
+                conv,
+                str(r["max_iters"]),
+                f"{r['median_iters']:g}",
+                r["status"] or "",
+            ]
+        )
         out[name] = {k: v for k, v in r.items() if k not in ("costs", "subset")}
-        out[name].update(mean_cost=float(np.mean(r["costs"])), max_cost=float(np.max(r["costs"])),
-                         worse_than_lm=worse, better_than_lm=better, time_ratio_vs_lm=ratio,
-                         subset_size=None if r["subset"] is None else int(len(r["subset"])))
-    text = [f"(a) batched curve fit  y = a*exp(-b t) + c*sin(d t),  B = {batch:,},  {NUM_POINTS} points, 4 params, "
-            f"rtol=atol={RTOL:g}, max 256 steps",
-            format_table(headers, table, "l" + "r" * 11 + "l")]
+        out[name].update(
+            mean_cost=float(np.mean(r["costs"])),
+            max_cost=float(np.max(r["costs"])),
+            worse_than_lm=worse,
+            better_than_lm=better,
+            time_ratio_vs_lm=ratio,
+            subset_size=None if r["subset"] is None else len(r["subset"]),
+        )
+    text = [
+        f"(a) batched curve fit  y = a*exp(-b t) + c*sin(d t),  B = {batch:,},  {NUM_POINTS} points, 4 params, "
+        f"rtol=atol={RTOL:g}, max 256 steps",
+        format_table(headers, table, "l" + "r" * 11 + "l"),
+    ]
     text.append("")
-    text.append(f"  one batched residual+Jacobian evaluation (jit(vmap(jacfwd(has_aux)))): "
-                f"{result['rj_eval_s'] * 1e3:.3f} ms")
+    text.append(
+        f"  one batched residual+Jacobian evaluation (jit(vmap(jacfwd(has_aux)))): {result['rj_eval_s'] * 1e3:.3f} ms"
+    )
     per_iter = {}
-    for name in ("jaxnls LevenbergMarquardt", "jaxnls GaussNewton", "jaxnls Dogleg", "jaxnls IndirectLM", WHOLE_BATCH_ROW):
+    for name in (
+        "jaxnls LevenbergMarquardt",
+        "jaxnls GaussNewton",
+        "jaxnls Dogleg",
+        "jaxnls IndirectLM",
+        WHOLE_BATCH_ROW,
+    ):
         r = rows[name]
         useful = r["total_iters"] / batch  # problem-iterations, in units of one whole-batch iteration
         per_useful = r["steady_s"] / max(useful, 1e-12)
-        per_iter[name] = {"time_per_useful_iteration_s": per_useful, "useful_ratio_to_rj_eval": per_useful / result["rj_eval_s"]}
-        text.append(f"  {name:<27} steady / (sum num_steps / B) = {per_useful * 1e3:8.3f} ms = "
-                    f"{per_useful / result['rj_eval_s']:5.2f} x one r+J evaluation (cost per iteration of useful work)")
+        per_iter[name] = {
+            "time_per_useful_iteration_s": per_useful,
+            "useful_ratio_to_rj_eval": per_useful / result["rj_eval_s"],
+        }
+        text.append(
+            f"  {name:<27} steady / (sum num_steps / B) = {per_useful * 1e3:8.3f} ms = "
+            f"{per_useful / result['rj_eval_s']:5.2f} x one r+J evaluation (cost per iteration of useful work)"
+        )
     r = rows[WHOLE_BATCH_ROW]
     it = r["steady_s"] / max(r["max_iters"], 1)
     ratio = it / result["rj_eval_s"]
     per_iter[WHOLE_BATCH_ROW].update(time_per_iteration_s=it, ratio_to_rj_eval=ratio)
     flag = "ok (<= 1.5x)" if ratio <= 1.5 else "ABOVE TARGET 1.5x"
-    text.append(f"  {WHOLE_BATCH_ROW:<27} time/iteration = steady / max num_steps = {it * 1e3:8.3f} ms = "
-                f"{ratio:5.2f} x one r+J evaluation   {flag}")
+    text.append(
+        f"  {WHOLE_BATCH_ROW:<27} time/iteration = steady / max num_steps = {it * 1e3:8.3f} ms = "
+        f"{ratio:5.2f} x one r+J evaluation   {flag}"
+    )
     out["_per_iteration"] = per_iter
     out["_rj_eval_s"] = result["rj_eval_s"]
     return "\n".join(text), out

@@ -14,10 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import fmt_s, format_table, time_calls
 
 from jaxnls.linalg import logm_spd
-
-from _common import fmt_s, format_table, time_calls
 
 GAPS = (1e-1, 1e-3, 1e-6, 1e-9, 1e-12, 0.0)
 SPEED_SHAPES = ((256, 8), (256, 32), (64, 128))
@@ -30,6 +29,7 @@ def _naive_logm(a):
 
 def _richardson_difference(loss, a, direction):
     """Central difference with one Richardson step (error O(h⁴)): the truth for the error table."""
+
     def central(h):
         return (float(loss(jnp.asarray(a + h * direction))) - float(loss(jnp.asarray(a - h * direction)))) / (2 * h)
 
@@ -62,8 +62,9 @@ def _gradient_errors():
     for name, fn in (("jax eigh composition", _naive_logm), ("jaxnls.linalg.logm_spd", logm_spd)):
         loss = lambda f, fn=fn: jnp.sum(w6 * fn(f.T @ f / 3 + 1e-3 * jnp.eye(6)))
         if name == "jax eigh composition":
-            truth = _richardson_difference(lambda f: jnp.sum(w6 * logm_spd(f.T @ f / 3 + 1e-3 * jnp.eye(6))),
-                                           features, direction_f)
+            truth = _richardson_difference(
+                lambda f: jnp.sum(w6 * logm_spd(f.T @ f / 3 + 1e-3 * jnp.eye(6))), features, direction_f
+            )
         value = float(np.sum(np.asarray(jax.grad(loss)(jnp.asarray(features))) * direction_f))
         row[name] = abs(value - truth) / abs(truth) if np.isfinite(value) else float("nan")
     rows.append(row)
@@ -78,6 +79,7 @@ def _speed(repeats):
         weights = jax.random.normal(jax.random.PRNGKey(1), (n, n))
         row = {"batch": batch, "n": n}
         for name, fn in (("naive", _naive_logm), ("ours", logm_spd)):
+
             def loss(f, fn=fn):
                 c = jnp.swapaxes(f, -1, -2) @ f / f.shape[-2] + 1e-3 * jnp.eye(n)
                 return jnp.sum(weights * fn(c))
@@ -98,17 +100,33 @@ def summarize(result: dict) -> str:
     def rel(x):
         return "nan" if not np.isfinite(x) else f"{x:.1e}"
 
-    error_table = [[r["matrix"], f"{r['gap']:g}", rel(r["jax eigh composition"]), rel(r["jaxnls.linalg.logm_spd"])]
-                   for r in result["errors"]]
-    speed_table = [[f"{r['batch']}", f"{r['n']}", fmt_s(r["naive_s"]), fmt_s(r["ours_s"]),
-                    f"{r['ours_s'] / r['naive_s']:.2f}", "yes" if r["naive_finite"] else "NO",
-                    "yes" if r["ours_finite"] else "NO"] for r in result["speed"]]
-    return "\n".join([
-        "(e) logm gradient: relative error of a directional derivative vs central differences (Richardson), "
-        "A = diag(1, 1+gap, 2) or Q diag(1, 1+gap, 2) Qᵀ",
-        format_table(["A", "gap", "jax eigh composition", "jaxnls.linalg.logm_spd"], error_table, "lrrr"),
-        "",
-        "    jax.jit(jax.grad) of Σ W∘logm(FᵀF/N + 1e-3 I), N = n/2 (rank-deficient), float64",
-        format_table(["batch", "n", "naive s", "ours s", "ours / naive", "naive finite", "ours finite"], speed_table,
-                     "rrrrrrr"),
-    ])
+    error_table = [
+        [r["matrix"], f"{r['gap']:g}", rel(r["jax eigh composition"]), rel(r["jaxnls.linalg.logm_spd"])]
+        for r in result["errors"]
+    ]
+    speed_table = [
+        [
+            f"{r['batch']}",
+            f"{r['n']}",
+            fmt_s(r["naive_s"]),
+            fmt_s(r["ours_s"]),
+            f"{r['ours_s'] / r['naive_s']:.2f}",
+            "yes" if r["naive_finite"] else "NO",
+            "yes" if r["ours_finite"] else "NO",
+        ]
+        for r in result["speed"]
+    ]
+    return "\n".join(
+        [
+            "(e) logm gradient: relative error of a directional derivative vs central differences (Richardson), "
+            "A = diag(1, 1+gap, 2) or Q diag(1, 1+gap, 2) Qᵀ",
+            format_table(["A", "gap", "jax eigh composition", "jaxnls.linalg.logm_spd"], error_table, "lrrr"),
+            "",
+            "    jax.jit(jax.grad) of Σ W∘logm(FᵀF/N + 1e-3 I), N = n/2 (rank-deficient), float64",
+            format_table(
+                ["batch", "n", "naive s", "ours s", "ours / naive", "naive finite", "ours finite"],
+                speed_table,
+                "rrrrrrr",
+            ),
+        ]
+    )

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import fmt_s, format_table, time_calls
 
 from jaxnls.meta import unroll
-
-from _common import fmt_s, format_table, time_calls
 
 SIZES = (64, 256, 256, 1)
 BATCHES = (256, 1024, 4096)
@@ -46,8 +45,11 @@ def _problem(batch: int, steps: int, dtype):
     target = lambda x: jnp.sin(x[..., 0]) + x[..., 1] * x[..., 2]
     xs = jax.random.normal(keys[1], (steps, batch, SIZES[0]), dtype)
     xv = jax.random.normal(keys[2], (256, SIZES[0]), dtype)
-    eta = {"log_lr": jnp.asarray(np.log(0.01), dtype), "log_wd": jnp.asarray(np.log(1e-4), dtype),
-           "weights": jnp.zeros((batch,), dtype)}
+    eta = {
+        "log_lr": jnp.asarray(np.log(0.01), dtype),
+        "log_wd": jnp.asarray(np.log(1e-4), dtype),
+        "weights": jnp.zeros((batch,), dtype),
+    }
     return theta0, (xs, target(xs)), (xv, target(xv)), eta
 
 
@@ -55,8 +57,11 @@ def run(quick: bool, repeats: int) -> dict:
     batches, steps_list = ((256, 1024), (2, 4)) if quick else (BATCHES, STEPS)
     rows = []
     for name, make_inner_optimizer in OPTIMIZERS.items():
+
         def make_optimizer(eta, make_inner_optimizer=make_inner_optimizer):
-            return optax.chain(optax.add_decayed_weights(jnp.exp(eta["log_wd"])), make_inner_optimizer(jnp.exp(eta["log_lr"])))
+            return optax.chain(
+                optax.add_decayed_weights(jnp.exp(eta["log_wd"])), make_inner_optimizer(jnp.exp(eta["log_lr"]))
+            )
 
         for batch in batches:
             for steps in steps_list:
@@ -74,25 +79,54 @@ def run(quick: bool, repeats: int) -> dict:
                     timing, grads[mode] = time_calls(lambda: compiled(eta), repeats)
                     row[f"{mode}_temp_mib"] = None if memory is None else memory.temp_size_in_bytes / 2**20
                     row[f"{mode}_s"] = timing.median
-                diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
-                         for a, b in zip(jax.tree_util.tree_leaves(grads["mixed"]), jax.tree_util.tree_leaves(grads["reverse"]))]
+                diffs = [
+                    float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / (np.max(np.abs(np.asarray(b))) + 1e-30))
+                    for a, b in zip(
+                        jax.tree_util.tree_leaves(grads["mixed"]), jax.tree_util.tree_leaves(grads["reverse"])
+                    )
+                ]
                 row["max_rel_diff"] = max(diffs)
                 rows.append(row)
-                print(f"    {name:<5} B {batch:>5} T {steps}  reverse {row['reverse_temp_mib']:8.1f} MiB "
-                      f"{fmt_s(row['reverse_s']):>8} s   mixed {row['mixed_temp_mib']:8.1f} MiB {fmt_s(row['mixed_s']):>8} s",
-                      flush=True)
+                print(
+                    f"    {name:<5} B {batch:>5} T {steps}  reverse {row['reverse_temp_mib']:8.1f} MiB "
+                    f"{fmt_s(row['reverse_s']):>8} s   mixed {row['mixed_temp_mib']:8.1f} MiB {fmt_s(row['mixed_s']):>8} s",
+                    flush=True,
+                )
     return {"rows": rows}
 
 
 def summarize(result: dict) -> str:
-    headers = ["optimizer", "batch", "T", "reverse temp MiB", "mixed temp MiB", "memory ratio", "reverse grad s",
-               "mixed grad s", "time ratio", "max rel diff"]
-    table = [[r["optimizer"], f"{r['batch']:,}", str(r["steps"]), f"{r['reverse_temp_mib']:.1f}",
-              f"{r['mixed_temp_mib']:.1f}", f"{r['reverse_temp_mib'] / r['mixed_temp_mib']:.1f}x",
-              fmt_s(r["reverse_s"]), fmt_s(r["mixed_s"]), f"{r['mixed_s'] / r['reverse_s']:.2f}",
-              f"{r['max_rel_diff']:.1e}"] for r in result["rows"]]
-    return "\n".join([
-        "(d) meta-gradients: MLP 64-256-256-1, float32, jax.jit(jax.grad(outer)) through T inner steps; "
-        "memory ratio = reverse / mixed temp; time ratio = mixed / reverse",
-        format_table(headers, table, "l" + "r" * 9),
-    ])
+    headers = [
+        "optimizer",
+        "batch",
+        "T",
+        "reverse temp MiB",
+        "mixed temp MiB",
+        "memory ratio",
+        "reverse grad s",
+        "mixed grad s",
+        "time ratio",
+        "max rel diff",
+    ]
+    table = [
+        [
+            r["optimizer"],
+            f"{r['batch']:,}",
+            str(r["steps"]),
+            f"{r['reverse_temp_mib']:.1f}",
+            f"{r['mixed_temp_mib']:.1f}",
+            f"{r['reverse_temp_mib'] / r['mixed_temp_mib']:.1f}x",
+            fmt_s(r["reverse_s"]),
+            fmt_s(r["mixed_s"]),
+            f"{r['mixed_s'] / r['reverse_s']:.2f}",
+            f"{r['max_rel_diff']:.1e}",
+        ]
+        for r in result["rows"]
+    ]
+    return "\n".join(
+        [
+            "(d) meta-gradients: MLP 64-256-256-1, float32, jax.jit(jax.grad(outer)) through T inner steps; "
+            "memory ratio = reverse / mixed temp; time ratio = mixed / reverse",
+            format_table(headers, table, "l" + "r" * 9),
+        ]
+    )

@@ -20,11 +20,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import compile_meter, fmt_s, format_table
 
 import jaxnls
 from jaxnls.io import log_relative_error, read_nist
-
-from _common import compile_meter, fmt_s, format_table
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "nist")
 DIFFICULTIES = ("Lower", "Average", "Higher")
@@ -65,8 +64,9 @@ _JAXNLS_SOLVER = _jaxnls_solver()
 
 
 def fit_jaxnls(problem, start):
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(start), problem.args, solver=_JAXNLS_SOLVER,
-                       max_steps=MAX_STEPS)
+    sol = jaxnls.solve(
+        problem.residual_fn, jnp.asarray(start), problem.args, solver=_JAXNLS_SOLVER, max_steps=MAX_STEPS
+    )
     sol = jax.block_until_ready(sol)
     status = jaxnls.Status(int(sol.status))  # read on the host: no extra eager JAX ops (and compiles) in the timing
     return np.asarray(sol.params), status.converged, int(sol.num_steps), status.name
@@ -103,9 +103,16 @@ def fit_scipy(problem, start):
     x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = least_squares(lambda p: np.asarray(_jax_residual(fn, p, x, y)), np.asarray(start, dtype=np.float64),
-                          jac=lambda p: np.asarray(_jax_jacobian(fn, p, x, y)), method="lm",
-                          ftol=TOL, xtol=TOL, gtol=TOL, max_nfev=MAX_STEPS)
+        r = least_squares(
+            lambda p: np.asarray(_jax_residual(fn, p, x, y)),
+            np.asarray(start, dtype=np.float64),
+            jac=lambda p: np.asarray(_jax_jacobian(fn, p, x, y)),
+            method="lm",
+            ftol=TOL,
+            xtol=TOL,
+            gtol=TOL,
+            max_nfev=MAX_STEPS,
+        )
     return r.x, bool(r.status > 0), int(r.nfev), f"status {r.status}"
 
 
@@ -121,8 +128,10 @@ def run(quick: bool = False, log=print) -> dict:
     meter = compile_meter()
     # Interleaved by problem (every solver fits problem k before any fits problem k+1), so that a shared
     # machine's drifting speed weighs on every solver alike.
-    results = {name: {"fits": [], "total_wall_s": 0.0, "xla_compile_s": 0.0, "xla_compiles": 0, "trace_s": 0.0,
-                      "lower_s": 0.0} for name in CONTESTANTS}
+    results = {
+        name: {"fits": [], "total_wall_s": 0.0, "xla_compile_s": 0.0, "xla_compiles": 0, "trace_s": 0.0, "lower_s": 0.0}
+        for name in CONTESTANTS
+    }
     for problem in problems:
         for name, fit in CONTESTANTS.items():
             totals = results[name]
@@ -140,26 +149,37 @@ def run(quick: bool = False, log=print) -> dict:
                 totals["trace_s"] += meter.seconds["trace"]
                 totals["lower_s"] += meter.seconds["lower"]
                 rss = float(problem.rss(params)) if np.all(np.isfinite(params)) else float("nan")
-                totals["fits"].append({
-                    "problem": problem.name, "difficulty": problem.difficulty, "start": s + 1,
-                    "min_lre": min_lre(params, problem.certified_values),
-                    "rss_lre": float(log_relative_error(rss, problem.certified_rss, cap=LRE_CAP)),
-                    "converged": converged, "iterations": iters, "status": status, "time_s": elapsed,
-                    "params": [float(v) for v in params],
-                })
+                totals["fits"].append(
+                    {
+                        "problem": problem.name,
+                        "difficulty": problem.difficulty,
+                        "start": s + 1,
+                        "min_lre": min_lre(params, problem.certified_values),
+                        "rss_lre": float(log_relative_error(rss, problem.certified_rss, cap=LRE_CAP)),
+                        "converged": converged,
+                        "iterations": iters,
+                        "status": status,
+                        "time_s": elapsed,
+                        "params": [float(v) for v in params],
+                    }
+                )
     for name, totals in results.items():
         good = sum(f["min_lre"] >= GOOD_LRE for f in totals["fits"])
-        log(f"    {name:<20} {len(totals['fits'])} fits in {totals['total_wall_s']:6.1f} s (XLA compile "
-            f"{totals['xla_compile_s']:5.1f} s, {totals['xla_compiles']} compiles)   LRE>=8: {good}/{len(totals['fits'])}")
+        log(
+            f"    {name:<20} {len(totals['fits'])} fits in {totals['total_wall_s']:6.1f} s (XLA compile "
+            f"{totals['xla_compile_s']:5.1f} s, {totals['xla_compiles']} compiles)   LRE>=8: {good}/{len(totals['fits'])}"
+        )
     return {"problems": [p.name for p in problems], "results": results, "quick": quick}
 
 
 def summarize(result: dict) -> str:
     names = list(result["results"])
-    lines = [f"(b) NIST StRD nonlinear regression: {len(result['problems'])} problems x 2 starts; "
-             f"jaxnls = `jaxnls solve` settings (LM+QR, rtol=1e-10, atol=ftol=gtol=0), optimistix rtol=atol={TOL:g}, scipy ftol=xtol=gtol={TOL:g}; "
-             f"max {MAX_STEPS} steps (scipy: max_nfev); LRE = min over parameters of -log10(|est-cert|/|cert|), "
-             f"capped at {LRE_CAP:g}, 0 below 1 digit"]
+    lines = [
+        f"(b) NIST StRD nonlinear regression: {len(result['problems'])} problems x 2 starts; "
+        f"jaxnls = `jaxnls solve` settings (LM+QR, rtol=1e-10, atol=ftol=gtol=0), optimistix rtol=atol={TOL:g}, scipy ftol=xtol=gtol={TOL:g}; "
+        f"max {MAX_STEPS} steps (scipy: max_nfev); LRE = min over parameters of -log10(|est-cert|/|cert|), "
+        f"capped at {LRE_CAP:g}, 0 below 1 digit"
+    ]
     # per problem: LRE start1/start2 for each contestant
     by = {n: {(f["problem"], f["start"]): f for f in result["results"][n]["fits"]} for n in names}
     headers = ["problem", "level"] + [f"{n} LRE s1/s2" for n in names]
@@ -198,17 +218,35 @@ def summarize(result: dict) -> str:
             rows.append(row[:1] + [str(count)] + row[1:])
     lines.append(format_table(headers, rows))
     lines.append("")
-    headers = ["solver", "total wall s (all fits, incl. compile)", "XLA compile s", "#compiles", "trace s",
-               "solver-reported converged", "LRE>=8", "max iters"]
+    headers = [
+        "solver",
+        "total wall s (all fits, incl. compile)",
+        "XLA compile s",
+        "#compiles",
+        "trace s",
+        "solver-reported converged",
+        "LRE>=8",
+        "max iters",
+    ]
     rows = []
     for n in names:
         r = result["results"][n]
         fits = r["fits"]
-        rows.append([n, fmt_s(r["total_wall_s"]), fmt_s(r["xla_compile_s"]), str(r["xla_compiles"]),
-                     fmt_s(r["trace_s"]), f"{sum(f['converged'] for f in fits)}/{len(fits)}",
-                     f"{sum(f['min_lre'] >= GOOD_LRE for f in fits)}/{len(fits)}",
-                     str(max(f["iterations"] for f in fits))])
+        rows.append(
+            [
+                n,
+                fmt_s(r["total_wall_s"]),
+                fmt_s(r["xla_compile_s"]),
+                str(r["xla_compiles"]),
+                fmt_s(r["trace_s"]),
+                f"{sum(f['converged'] for f in fits)}/{len(fits)}",
+                f"{sum(f['min_lre'] >= GOOD_LRE for f in fits)}/{len(fits)}",
+                str(max(f["iterations"] for f in fits)),
+            ]
+        )
     lines.append(format_table(headers, rows))
-    lines.append("  XLA compile s / trace s: sums of JAX's own compile-duration events during that solver's fits "
-                 "(jax.monitoring); scipy's are the jitted residual and jacfwd Jacobian it calls.")
+    lines.append(
+        "  XLA compile s / trace s: sums of JAX's own compile-duration events during that solver's fits "
+        "(jax.monitoring); scipy's are the jitted residual and jacfwd Jacobian it calls."
+    )
     return "\n".join(lines)

@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import format_table
 
 from jaxnls import optim
-
-from _common import format_table
 
 BUDGET = 600
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -37,7 +36,9 @@ def _problem(seed):
     y = jnp.sin(3 * x) + 0.3 * x
     keys = jax.random.split(jax.random.PRNGKey(seed), 3)
     sizes = (1, 32, 32, 1)
-    params = [(jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros((1, b))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    params = [
+        (jax.random.normal(k, (a, b)) / np.sqrt(a), jnp.zeros((1, b))) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
+    ]
 
     def loss(params):
         h = x[:, None]
@@ -57,8 +58,11 @@ def _train(make, evaluations_per_step, lr, seed):
 
     def body(carry, _):
         params, state = carry
-        updates, state = opt.update(grad_fn(params), state, params, grad_fn=grad_fn) \
-            if isinstance(opt, optax.GradientTransformationExtraArgs) else opt.update(grad_fn(params), state, params)
+        updates, state = (
+            opt.update(grad_fn(params), state, params, grad_fn=grad_fn)
+            if isinstance(opt, optax.GradientTransformationExtraArgs)
+            else opt.update(grad_fn(params), state, params)
+        )
         return (optax.apply_updates(params, updates), state), None
 
     (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
@@ -75,17 +79,34 @@ def run() -> dict:
             median = float(np.median(losses))
             if best is None or median < best[1]:
                 best = (lr, median)
-        rows.append({"method": name, "evaluations_per_step": per_step, "steps": BUDGET // per_step,
-                     "best_learning_rate": best[0], "final_loss": best[1]})
+        rows.append(
+            {
+                "method": name,
+                "evaluations_per_step": per_step,
+                "steps": BUDGET // per_step,
+                "best_learning_rate": best[0],
+                "final_loss": best[1],
+            }
+        )
         print(f"    {name:<26} lr {rows[-1]['best_learning_rate']:<6g} final loss {best[1]:.3e}", flush=True)
     return {"rows": rows}
 
 
 def summarize(result: dict) -> str:
-    table = [[r["method"], str(r["evaluations_per_step"]), str(r["steps"]), f"{r['best_learning_rate']:g}",
-              f"{r['final_loss']:.3e}"] for r in result["rows"]]
-    return "\n".join([
-        f"(f) gradient-flow integrators: MLP 1-32-32-1 regression, {BUDGET} gradient evaluations each, best "
-        f"learning rate of {GRID} (adam: x0.1), median final MSE over 3 seeds",
-        format_table(["method", "grads/step", "steps", "best lr", "final loss"], table, "lrrrr"),
-    ])
+    table = [
+        [
+            r["method"],
+            str(r["evaluations_per_step"]),
+            str(r["steps"]),
+            f"{r['best_learning_rate']:g}",
+            f"{r['final_loss']:.3e}",
+        ]
+        for r in result["rows"]
+    ]
+    return "\n".join(
+        [
+            f"(f) gradient-flow integrators: MLP 1-32-32-1 regression, {BUDGET} gradient evaluations each, best "
+            f"learning rate of {GRID} (adam: x0.1), median final MSE over 3 seeds",
+            format_table(["method", "grads/step", "steps", "best lr", "final loss"], table, "lrrrr"),
+        ]
+    )

@@ -17,10 +17,10 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-import jaxnls  # noqa: E402
-
 from _common import time_calls  # noqa: E402
 from curvefit import ATOL, RTOL, T, make_jaxnls, make_problems  # noqa: E402
+
+import jaxnls  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -36,7 +36,9 @@ def main(argv=None) -> int:
         run = make_jaxnls(getattr(jaxnls, name)(rtol=RTOL, atol=ATOL), working_set=None)
         timing, sol = time_calls(lambda: run(p0, t, y), args.repeats)
         steps = np.asarray(sol.num_steps)
-        print(f"{name:<28} {timing.median:>9.3f} {steps.max():>7} {steps.sum():>8} {timing.median / steps.max() * 1e3:>15.3f}")
+        print(
+            f"{name:<28} {timing.median:>9.3f} {steps.max():>7} {steps.sum():>8} {timing.median / steps.max() * 1e3:>15.3f}"
+        )
     return 0
 
 

@@ -31,9 +31,9 @@ import gtsam  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jaxlie  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import time_calls  # noqa: E402
 
 import jaxnls  # noqa: E402
-from _common import time_calls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
 
 PRIOR_SIGMA = 1e-6
@@ -58,12 +58,16 @@ def load(name: str, first_poses: int | None = None):
                 values.insert(key, initial.atPose3(key) if is3d else initial.atPose2(key))
         factors, initial = kept, values
     if is3d:
+
         def row(p):
             return np.asarray(jaxlie.SE3.from_matrix(jnp.asarray(p.matrix())).wxyz_xyz)
+
         group, at, d = jaxlie.SE3, initial.atPose3, 6
     else:
+
         def row(p):
             return [np.cos(p.theta()), np.sin(p.theta()), p.x(), p.y()]
+
         group, at, d = jaxlie.SE2, initial.atPose2, 3
     edges, measured, sqrt_info = [], [], []
     for i in range(factors.size()):
@@ -79,11 +83,21 @@ def load(name: str, first_poses: int | None = None):
     factors = gtsam.NonlinearFactorGraph(factors)
     prior = gtsam.PriorFactorPose3 if is3d else gtsam.PriorFactorPose2
     factors.add(prior(0, at(0), gtsam.noiseModel.Diagonal.Sigmas(np.full(d, PRIOR_SIGMA))))
-    graph = jg.FactorGraph({"pose": poses}, [
-        jg.CostGroup(jg.between, ("pose", "pose"), np.array(edges), group(jnp.asarray(np.array(measured))), sqrt_info),
-        jg.CostGroup(jg.prior, ("pose",), [[0]], jax.tree_util.tree_map(lambda leaf: leaf[:1], poses),
-                     jnp.eye(d)[None] / PRIOR_SIGMA),
-    ])
+    graph = jg.FactorGraph(
+        {"pose": poses},
+        [
+            jg.CostGroup(
+                jg.between, ("pose", "pose"), np.array(edges), group(jnp.asarray(np.array(measured))), sqrt_info
+            ),
+            jg.CostGroup(
+                jg.prior,
+                ("pose",),
+                [[0]],
+                jax.tree_util.tree_map(lambda leaf: leaf[:1], poses),
+                jnp.eye(d)[None] / PRIOR_SIGMA,
+            ),
+        ],
+    )
     return factors, initial, graph
 
 
@@ -113,18 +127,33 @@ def gtsam_values(poses):
 def batch_of(graph, starts):
     """The graph with a leading batch axis on its variables and cost data (shared indices)."""
     batch = starts.parameters().shape[0]
-    tile = lambda leaf: jnp.broadcast_to(leaf, (batch,) + leaf.shape)  # noqa: E731
-    costs = [jg.CostGroup(c.residual_fn, c.kinds, c.indices.array, jax.tree_util.tree_map(tile, c.data),
-                          None if c.sqrt_information is None else tile(c.sqrt_information), c.loss)
-             for c in graph.costs]
+    tile = lambda leaf: jnp.broadcast_to(leaf, (batch,) + leaf.shape)
+    costs = [
+        jg.CostGroup(
+            c.residual_fn,
+            c.kinds,
+            c.indices.array,
+            jax.tree_util.tree_map(tile, c.data),
+            None if c.sqrt_information is None else tile(c.sqrt_information),
+            c.loss,
+        )
+        for c in graph.costs
+    ]
     return jg.FactorGraph({"pose": starts}, costs)
 
 
 def run_gtsam_batch(factors, starts, repeats: int):
-    initials = [gtsam_values(jax.tree_util.tree_map(lambda leaf, b=b: leaf[b], starts))
-                for b in range(starts.parameters().shape[0])]
-    timing, results = time_calls(lambda: [gtsam.LevenbergMarquardtOptimizer(
-        factors, initial, gtsam.LevenbergMarquardtParams()).optimize() for initial in initials], repeats)
+    initials = [
+        gtsam_values(jax.tree_util.tree_map(lambda leaf, b=b: leaf[b], starts))
+        for b in range(starts.parameters().shape[0])
+    ]
+    timing, results = time_calls(
+        lambda: [
+            gtsam.LevenbergMarquardtOptimizer(factors, initial, gtsam.LevenbergMarquardtParams()).optimize()
+            for initial in initials
+        ],
+        repeats,
+    )
     return np.array([factors.error(r) for r in results]), timing.median
 
 
@@ -136,10 +165,14 @@ def run_jaxnls_batch(graph, solver, max_steps: int, repeats: int):
 def main_batch(args, factors, graph):
     starts = perturbed_starts(graph, args.batch)
     batched = batch_of(graph, starts)
-    print(f"batch of {args.batch} graphs ({args.file}, {len(graph.variables['pose'].parameters())} poses, "
-          f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}")
-    print(f"{'method':<36}{'max final cost':>16}{'max iters':>10}{'compile s':>11}{'total s':>10}"
-          f"{'max |cost - GTSAM| / GTSAM':>28}")
+    print(
+        f"batch of {args.batch} graphs ({args.file}, {len(graph.variables['pose'].parameters())} poses, "
+        f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}"
+    )
+    print(
+        f"{'method':<36}{'max final cost':>16}{'max iters':>10}{'compile s':>11}{'total s':>10}"
+        f"{'max |cost - GTSAM| / GTSAM':>28}"
+    )
     reference, gtsam_time = run_gtsam_batch(factors, starts, args.repeats)
     print(f"{'gtsam LM (default, one by one)':<36}{reference.max():>16.6f}{'':>10}{'':>11}{gtsam_time:>10.3f}")
     rows = {
@@ -153,8 +186,10 @@ def main_batch(args, factors, graph):
             continue
         costs, steps, compile_time, solve_time = run_jaxnls_batch(batched, solver, args.max_steps, args.repeats)
         gap = np.max(np.abs(costs - reference) / reference)
-        print(f"{name:<36}{costs.max():>16.6f}{steps.max():>10}{compile_time:>11.2f}{solve_time:>10.3f}{gap:>28.2e}",
-              flush=True)
+        print(
+            f"{name:<36}{costs.max():>16.6f}{steps.max():>10}{compile_time:>11.2f}{solve_time:>10.3f}{gap:>28.2e}",
+            flush=True,
+        )
 
 
 def chained_odometry(factors, is3d: bool):
@@ -205,24 +240,38 @@ def main(argv=None):
     parser.add_argument("--file", default="w10000.graph", help="a GTSAM example file (TORO .graph / g2o .txt)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
-    parser.add_argument("--only", default=None, help="comma-separated row names to run (PCG rows on w10000 take "
-                        "minutes: block-Jacobi CG needs its 500-iteration cap per step there)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated row names to run (PCG rows on w10000 take "
+        "minutes: block-Jacobi CG needs its 500-iteration cap per step there)",
+    )
     parser.add_argument("--batch", type=int, default=0, help="solve this many perturbed copies as one batch")
-    parser.add_argument("--first-poses", type=int, default=None, help="keep only the poses with keys below this "
-                        "and the edges among them")
+    parser.add_argument(
+        "--first-poses",
+        type=int,
+        default=None,
+        help="keep only the poses with keys below this and the edges among them",
+    )
     args = parser.parse_args(argv)
 
     factors, initial, graph = load(args.file, args.first_poses)
     if args.batch:
         return main_batch(args, factors, graph)
-    print(f"{args.file}: {len(graph.variables['pose'].parameters())} poses, {graph.costs[0].num_terms} edges, "
-          f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}")
+    print(
+        f"{args.file}: {len(graph.variables['pose'].parameters())} poses, {graph.costs[0].num_terms} edges, "
+        f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}"
+    )
     rows = {
         "gtsam LM (default params)": lambda: run_gtsam(factors, initial, False, args.repeats),
         "gtsam LM (tight tolerances)": lambda: run_gtsam(factors, initial, True, 1),
-        **{f"jaxnls {strategy} + {linear}": lambda s=STRATEGIES[strategy], l=LINEAR_SOLVERS[linear]: run_jaxnls(
-            graph, s(linear_solver=l()), args.max_steps, args.repeats)
-           for strategy in STRATEGIES for linear in LINEAR_SOLVERS},
+        **{
+            f"jaxnls {strategy} + {linear}": lambda s=STRATEGIES[strategy], l=LINEAR_SOLVERS[linear]: run_jaxnls(
+                graph, s(linear_solver=l()), args.max_steps, args.repeats
+            )
+            for strategy in STRATEGIES
+            for linear in LINEAR_SOLVERS
+        },
     }
     only = None if args.only is None else {name.strip() for name in args.only.split(",")}
     print(f"{'method':<36}{'final cost':>16}{'iters':>7}{'compile s':>11}{'solve s':>10}  status")
@@ -231,8 +280,10 @@ def main(argv=None):
             continue
         cost, iterations, compile_time, solve_time, *status = run()
         compile_text = "" if compile_time is None else f"{compile_time:.2f}"
-        print(f"{name:<36}{cost:>16.6f}{iterations:>7}{compile_text:>11}{solve_time:>10.3f}  {status[0] if status else ''}",
-              flush=True)
+        print(
+            f"{name:<36}{cost:>16.6f}{iterations:>7}{compile_text:>11}{solve_time:>10.3f}  {status[0] if status else ''}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

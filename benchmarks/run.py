@@ -26,19 +26,17 @@ jax.config.update("jax_enable_x64", True)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-from _common import machine_info, print_header, warm_up_jax  # noqa: E402
-
 # Import everything up front: the jaxnls sources this process runs are fixed from here on (the header
 # records their digest), even if the working tree changes while the benchmark runs.
 import adjoints  # noqa: E402
 import curvefit  # noqa: E402
 import linalg  # noqa: E402
 import meta  # noqa: E402
-import optim  # noqa: E402
 import nist  # noqa: E402
+import numpy as np  # noqa: E402
+import optim  # noqa: E402
 import swat  # noqa: E402
+from _common import machine_info, print_header, warm_up_jax  # noqa: E402
 
 
 def _jsonable(obj):
@@ -60,8 +58,17 @@ def _jsonable(obj):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: B=128 and 1 NIST problem (< 60 s)")
-    parser.add_argument("--sizes", default=None, help="comma-separated batch sizes (default 1024; quick: 128); 1024,16384 for both sizes of the README")
-    parser.add_argument("--only", choices=("curvefit", "nist", "adjoints", "meta", "linalg", "optim", "swat"), default=None, help="run one part only")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated batch sizes (default 1024; quick: 128); 1024,16384 for both sizes of the README",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("curvefit", "nist", "adjoints", "meta", "linalg", "optim", "swat"),
+        default=None,
+        help="run one part only",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up call (default 5)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also save every number as JSON")
     args = parser.parse_args(argv)
@@ -86,15 +93,31 @@ def main(argv=None) -> int:
             printed.append(text)
     # the other parts: (name, progress line, how to run it, its summary)
     parts = [
-        ("adjoints", "B = 1,024 (quick: 128)", lambda: adjoints.run(128 if args.quick else 1024, args.repeats),
-         adjoints.summarize),
-        ("meta", "MLP 64-256-256-1, mixed vs reverse mode", lambda: meta.run(quick=args.quick, repeats=args.repeats),
-         meta.summarize),
-        ("linalg", "matrix-function gradients vs the eigh composition", lambda: linalg.run(repeats=args.repeats),
-         linalg.summarize),
+        (
+            "adjoints",
+            "B = 1,024 (quick: 128)",
+            lambda: adjoints.run(128 if args.quick else 1024, args.repeats),
+            adjoints.summarize,
+        ),
+        (
+            "meta",
+            "MLP 64-256-256-1, mixed vs reverse mode",
+            lambda: meta.run(quick=args.quick, repeats=args.repeats),
+            meta.summarize,
+        ),
+        (
+            "linalg",
+            "matrix-function gradients vs the eigh composition",
+            lambda: linalg.run(repeats=args.repeats),
+            linalg.summarize,
+        ),
         ("optim", "gradient-flow integrators at an equal gradient budget", optim.run, optim.summarize),
-        ("swat", "SWAT-NN latent search on the 10-task suite", lambda: swat.run(tasks=["matyas"] if args.quick else None),
-         swat.summarize),
+        (
+            "swat",
+            "SWAT-NN latent search on the 10-task suite",
+            lambda: swat.run(tasks=["matyas"] if args.quick else None),
+            swat.summarize,
+        ),
         ("nist", "fitting", lambda: nist.run(quick=args.quick), nist.summarize),
     ]
     for name, what, run_part, summarize in parts:
@@ -121,9 +144,11 @@ def main(argv=None) -> int:
     if args.only in (None, "curvefit"):
         print(curvefit.NOTES)
         print()
-    print(f"total benchmark wall time {elapsed:.0f} s; load average at start "
-          f"{' '.join(map(str, info['load_average_1_5_15']))}, at end {' '.join(map(str, load_end or []))} "
-          f"on {info['cpus_usable']} usable cores")
+    print(
+        f"total benchmark wall time {elapsed:.0f} s; load average at start "
+        f"{' '.join(map(str, info['load_average_1_5_15']))}, at end {' '.join(map(str, load_end or []))} "
+        f"on {info['cpus_usable']} usable cores"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(_jsonable(out), f, indent=1)

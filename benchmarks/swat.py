@@ -18,18 +18,18 @@ import time
 
 import jax
 import numpy as np
+from _common import format_table
 
 from jaxnls import swat
-
-from _common import format_table
 
 CONFIG = swat.SearchConfig(steps=1000, starts=4)
 
 
 def train(steps: int, save: str | None):
     start = time.perf_counter()
-    model, losses = swat.train_autoencoder(jax.random.PRNGKey(0), steps=steps, batch_size=64,
-                                           log_every=max(steps // 20, 1), **swat.PRETRAINED_OPTIONS)
+    model, losses = swat.train_autoencoder(
+        jax.random.PRNGKey(0), steps=steps, batch_size=64, log_every=max(steps // 20, 1), **swat.PRETRAINED_OPTIONS
+    )
     seconds = time.perf_counter() - start
     if save:
         swat.save_autoencoder(save, model)
@@ -51,32 +51,64 @@ def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None):
 
         def describe(net):
             size = swat.network_size(net)
-            return {"test_mse": float(swat.mse(net, xt, yt)), "nonzeros": int(size["nonzeros"]),
-                    "active_neurons": int(size["active_neurons"])}
+            return {
+                "test_mse": float(swat.mse(net, xt, yt)),
+                "nonzeros": int(size["nonzeros"]),
+                "active_neurons": int(size["active_neurons"]),
+            }
 
-        rows[name] = {"variance": float(np.var(yt)), "depth": int(refined.network.depth), "seconds": seconds,
-                      "latent": describe(found.network), "refined": describe(refined.network),
-                      "dense": describe(dense)}
+        rows[name] = {
+            "variance": float(np.var(yt)),
+            "depth": int(refined.network.depth),
+            "seconds": seconds,
+            "latent": describe(found.network),
+            "refined": describe(refined.network),
+            "dense": describe(dense),
+        }
     return {"reconstruction": figures, "tasks": rows}
 
 
 def summarize(result) -> str:
     rec = result["reconstruction"]
-    head = (f"(g) SWAT-NN — held-out functional reconstruction MSE {rec['reconstruction']:.4f} vs trivial baseline "
-            f"(each network's mean output) {rec['baseline']:.4f}\n")
+    head = (
+        f"(g) SWAT-NN — held-out functional reconstruction MSE {rec['reconstruction']:.4f} vs trivial baseline "
+        f"(each network's mean output) {rec['baseline']:.4f}\n"
+    )
     rows = []
     for name, r in result["tasks"].items():
-        rows.append([name, f"{r['variance']:.3f}", r["depth"],
-                     f"{r['latent']['test_mse']:.4f}", f"{r['refined']['test_mse']:.5f}",
-                     f"{r['refined']['nonzeros']}/{r['refined']['active_neurons']}",
-                     f"{r['dense']['test_mse']:.5f}", f"{r['dense']['nonzeros']}/{r['dense']['active_neurons']}",
-                     f"{r['seconds']:.1f}"])
-    table = format_table(["task", "test var", "depth", "latent MSE", "SWAT MSE", "SWAT nz/neurons", "dense MSE",
-                          "dense nz/neurons", "s"], rows)
+        rows.append(
+            [
+                name,
+                f"{r['variance']:.3f}",
+                r["depth"],
+                f"{r['latent']['test_mse']:.4f}",
+                f"{r['refined']['test_mse']:.5f}",
+                f"{r['refined']['nonzeros']}/{r['refined']['active_neurons']}",
+                f"{r['dense']['test_mse']:.5f}",
+                f"{r['dense']['nonzeros']}/{r['dense']['active_neurons']}",
+                f"{r['seconds']:.1f}",
+            ]
+        )
+    table = format_table(
+        [
+            "task",
+            "test var",
+            "depth",
+            "latent MSE",
+            "SWAT MSE",
+            "SWAT nz/neurons",
+            "dense MSE",
+            "dense nz/neurons",
+            "s",
+        ],
+        rows,
+    )
     ratios = [r["refined"]["test_mse"] / r["dense"]["test_mse"] for r in result["tasks"].values()]
     sparsity = [r["refined"]["nonzeros"] / r["dense"]["nonzeros"] for r in result["tasks"].values()]
-    return (head + table + f"\nmedian SWAT/dense test MSE {np.median(ratios):.2f}, median SWAT/dense non-zeros "
-            f"{np.median(sparsity):.2f}")
+    return (
+        head + table + f"\nmedian SWAT/dense test MSE {np.median(ratios):.2f}, median SWAT/dense non-zeros "
+        f"{np.median(sparsity):.2f}"
+    )
 
 
 def main():
@@ -88,7 +120,9 @@ def main():
     model = None
     if args.train:
         model, losses, seconds = train(args.train, args.save)
-        print(f"trained {args.train} steps in {seconds:.0f} s; final loss (mean of last 100) {losses[-100:].mean():.4f}")
+        print(
+            f"trained {args.train} steps in {seconds:.0f} s; final loss (mean of last 100) {losses[-100:].mean():.4f}"
+        )
     result = run(model, tasks=args.tasks.split(",") if args.tasks else None)
     print(summarize(result))
 

@@ -1,12 +1,12 @@
 """jaxnls: batched, jit-compiled, differentiable nonlinear least squares in JAX."""
 
-from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncated, Unroll
 from ._callback import IterationInfo
 from ._covariance import Covariance, covariance
 from ._progress import ProgressLine
 from ._solution import History, Solution
 from ._solve import solve
 from ._status import Status
+from .adjoint import AbstractAdjoint, DirectLossMinimization, Implicit, Truncated, Unroll
 from .linear import QR, AbstractLinearSolver, Cholesky
 from .solvers import AbstractLeastSquaresSolver, Dogleg, GaussNewton, IndirectLevenbergMarquardt, LevenbergMarquardt
 
@@ -34,6 +34,6 @@ __all__ = [
     "solve",
 ]
 
-from . import graph, linalg, manifolds, meta, nn, optim  # noqa: E402  (after the names they build on)
+from . import graph, linalg, manifolds, meta, nn, optim
 
 __version__ = "0.1.0"

@@ -96,8 +96,10 @@ def comparison_table(problem, params, start: int, standard_errors=None) -> str:
         head += f"{'cert. std dev':>18}"
     lines = [head, "-" * len(head)]
     for i, name in enumerate(problem.parameter_names):
-        line = (f"{name:<6}{problem.starts[start - 1, i]:>14.6g}{params[i]:>22.10E}"
-                f"{problem.certified_values[i]:>22.10E}{lre[i]:>7.1f}")
+        line = (
+            f"{name:<6}{problem.starts[start - 1, i]:>14.6g}{params[i]:>22.10E}"
+            f"{problem.certified_values[i]:>22.10E}{lre[i]:>7.1f}"
+        )
         if errors is not None:
             line += f"{errors[i]:>18.6E}{problem.certified_std_devs[i]:>18.6E}{sd_lre[i]:>7.1f}"
         else:
@@ -105,17 +107,21 @@ def comparison_table(problem, params, start: int, standard_errors=None) -> str:
         lines.append(line)
     lines.append(f"{'RSS':<6}{'':>14}{rss:>22.10E}{problem.certified_rss:>22.10E}{rss_lre:>7.1f}")
     lines.append("-" * len(head))
-    lines.append(f"LRE = -log10(|jaxnls - certified| / |certified|), capped at 15; NIST certifies 11 significant "
-                 f"digits.\nMinimum LRE over the parameters: {lre.min():.1f}")
+    lines.append(
+        f"LRE = -log10(|jaxnls - certified| / |certified|), capped at 15; NIST certifies 11 significant "
+        f"digits.\nMinimum LRE over the parameters: {lre.min():.1f}"
+    )
     if errors is not None:
         lines.append("Standard errors: jaxnls.covariance, s²·(JᵀJ)⁻¹ with s² = RSS/(n - p), at the answer above.")
     return "\n".join(lines)
 
 
 def _describe(problem) -> str:
-    return (f"{problem.name}: NIST StRD nonlinear regression, {problem.difficulty} level of difficulty, "
-            f"{problem.num_observations} observations, {problem.num_params} parameters\n"
-            f"Model: {problem.model}  + e")
+    return (
+        f"{problem.name}: NIST StRD nonlinear regression, {problem.difficulty} level of difficulty, "
+        f"{problem.num_observations} observations, {problem.num_params} parameters\n"
+        f"Model: {problem.model}  + e"
+    )
 
 
 def _solve_command(args) -> int:
@@ -155,9 +161,15 @@ def _solve_nist(args) -> int:
     solver = make_solver(args.solver or "lm")
     progress = _progress_line(args)
     start = time.perf_counter()
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[args.start - 1]), problem.args,
-                       solver=solver, max_steps=args.max_steps or MAX_STEPS, verbose=args.verbose and not args.json,
-                       callback=progress)
+    sol = jaxnls.solve(
+        problem.residual_fn,
+        jnp.asarray(problem.starts[args.start - 1]),
+        problem.args,
+        solver=solver,
+        max_steps=args.max_steps or MAX_STEPS,
+        verbose=args.verbose and not args.json,
+        callback=progress,
+    )
     sol.params.block_until_ready()
     elapsed = time.perf_counter() - start
     if progress is not None:
@@ -165,15 +177,28 @@ def _solve_nist(args) -> int:
     uncertainty = jaxnls.covariance(problem.residual_fn, sol.params, problem.args)
     status = jaxnls.Status(int(sol.status))
     if args.json:
-        print(json.dumps({"file": args.file, "format": "nist", "problem": problem.name, "start": args.start,
-                          "parameter_names": list(problem.parameter_names),
-                          "params": [float(v) for v in sol.params],
-                          "stderr": [float(v) for v in uncertainty.standard_errors],
-                          "rank": int(uncertainty.rank), "initial_cost": float(sol.initial_cost),
-                          "final_cost": float(sol.cost), "iterations": int(sol.num_steps),
-                          "seconds_with_compilation": elapsed, "status": status.name,
-                          "converged": bool(status.converged), "solver": type(solver).__name__,
-                          "linear_solver": type(solver.linear_solver).__name__}))
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "format": "nist",
+                    "problem": problem.name,
+                    "start": args.start,
+                    "parameter_names": list(problem.parameter_names),
+                    "params": [float(v) for v in sol.params],
+                    "stderr": [float(v) for v in uncertainty.standard_errors],
+                    "rank": int(uncertainty.rank),
+                    "initial_cost": float(sol.initial_cost),
+                    "final_cost": float(sol.cost),
+                    "iterations": int(sol.num_steps),
+                    "seconds_with_compilation": elapsed,
+                    "status": status.name,
+                    "converged": bool(status.converged),
+                    "solver": type(solver).__name__,
+                    "linear_solver": type(solver.linear_solver).__name__,
+                }
+            )
+        )
         return 0 if status.converged else 1
     print(_describe(problem))
     print()
@@ -211,7 +236,7 @@ formats (recognised from the file's records):
                         (a g2o or TORO file of edges only starts from the chained odometry, said on stderr)
   BAL                   bundle adjustment in the large (num_cameras num_points num_observations ...)
 
-solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR with rtol = {TOLERANCES['rtol']:g}
+solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR with rtol = {TOLERANCES["rtol"]:g}
 (every step below that, relative) and ftol = gtol = 0; graphs use dogleg with the library's default
 tolerances (rtol = atol = 1e-8, ftol derived from rtol, gtol = rtol; see jaxnls.AbstractLeastSquaresSolver).
 
@@ -250,34 +275,50 @@ def _solve_graph(args, kind: str) -> int:
 
     if kind == "bal":
         problem = read_bal(args.file)
-        counts = {"cameras": problem.cameras.shape[0], "points": problem.points.shape[0],
-                  "observations": problem.observations.shape[0]}
+        counts = {
+            "cameras": problem.cameras.shape[0],
+            "points": problem.points.shape[0],
+            "observations": problem.observations.shape[0],
+        }
         empty = [what for what, count in counts.items() if count == 0]
         if empty:
-            print(f"jaxnls: {args.file}: nothing to optimise: the problem has no {' and no '.join(empty)}",
-                  file=sys.stderr)
+            print(
+                f"jaxnls: {args.file}: nothing to optimise: the problem has no {' and no '.join(empty)}",
+                file=sys.stderr,
+            )
             return 2
         factor_graph = bal_graph_problem(problem)
-        description = (f"{args.file}: BAL bundle adjustment, {problem.cameras.shape[0]} cameras, "
-                       f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations")
+        description = (
+            f"{args.file}: BAL bundle adjustment, {problem.cameras.shape[0]} cameras, "
+            f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations"
+        )
     else:
         problem = read_pose_graph(args.file, repair_information=args.repair_information)
         if problem.repaired_information:
-            print(f"jaxnls: {args.file}: {problem.repaired_information} information matrices were not positive "
-                  "definite and were replaced by the nearest positive-definite ones (--repair-information)",
-                  file=sys.stderr)
+            print(
+                f"jaxnls: {args.file}: {problem.repaired_information} information matrices were not positive "
+                "definite and were replaced by the nearest positive-definite ones (--repair-information)",
+                file=sys.stderr,
+            )
         if problem.num_edges == 0:
-            print(f"jaxnls: {args.file}: nothing to optimise: the pose graph has {problem.num_poses} pose(s) and "
-                  "no edges", file=sys.stderr)
+            print(
+                f"jaxnls: {args.file}: nothing to optimise: the pose graph has {problem.num_poses} pose(s) and "
+                "no edges",
+                file=sys.stderr,
+            )
             return 2
         if problem.initialized_from_odometry:
-            print(f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "
-                  f"({problem.num_poses} poses composed from the edges, the lowest id at the identity)", file=sys.stderr)
+            print(
+                f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "
+                f"({problem.num_poses} poses composed from the edges, the lowest id at the identity)",
+                file=sys.stderr,
+            )
         factor_graph = pose_graph_problem(problem)
-        description = (f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges")
+        description = f"{args.file}: {kind} pose graph, {problem.num_poses} poses, {problem.num_edges} edges"
     # dogleg by default: the fewest iterations on the large pose graphs (w10000: 9, LM 13; see jaxnls.graph.solve)
-    strategy = {"lm": jaxnls.LevenbergMarquardt, "gn": jaxnls.GaussNewton,
-                "dogleg": jaxnls.Dogleg}[args.solver or "dogleg"]
+    strategy = {"lm": jaxnls.LevenbergMarquardt, "gn": jaxnls.GaussNewton, "dogleg": jaxnls.Dogleg}[
+        args.solver or "dogleg"
+    ]
     linear = graph.PCG() if args.linear_solver == "pcg" else graph.SparseDirect()
     solver = strategy(linear_solver=linear)
     max_steps = args.max_steps or GRAPH_MAX_STEPS
@@ -302,8 +343,11 @@ def _solve_graph(args, kind: str) -> int:
         seconds = time.perf_counter() - start
     status = jaxnls.Status(int(sol.status))
     if args.output and not status.converged and not args.write_unconverged:
-        print(f"jaxnls: the solve did not converge ({status.name}); {args.output} was not written "
-              "(--write-unconverged writes it anyway)", file=sys.stderr)
+        print(
+            f"jaxnls: the solve did not converge ({status.name}); {args.output} was not written "
+            "(--write-unconverged writes it anyway)",
+            file=sys.stderr,
+        )
     elif args.output:
         try:  # atomically: a failed write leaves whatever was at the output path untouched
             if kind == "bal":
@@ -315,15 +359,29 @@ def _solve_graph(args, kind: str) -> int:
             print(f"jaxnls: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
             return 2
         if not status.converged:
-            print(f"jaxnls: the solve did not converge ({status.name}); {args.output} holds where it stopped",
-                  file=sys.stderr)
+            print(
+                f"jaxnls: the solve did not converge ({status.name}); {args.output} holds where it stopped",
+                file=sys.stderr,
+            )
     if args.json:
-        print(json.dumps({"file": args.file, "format": kind, "initial_cost": float(sol.initial_cost),
-                          "repaired_information": getattr(problem, "repaired_information", 0),
-                          "final_cost": float(sol.cost), "iterations": int(sol.num_steps), "seconds": seconds,
-                          "compile_seconds": first - seconds, "status": status.name,
-                          "converged": bool(status.converged), "solver": type(solver).__name__,
-                          "linear_solver": type(linear).__name__}))
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "format": kind,
+                    "initial_cost": float(sol.initial_cost),
+                    "repaired_information": getattr(problem, "repaired_information", 0),
+                    "final_cost": float(sol.cost),
+                    "iterations": int(sol.num_steps),
+                    "seconds": seconds,
+                    "compile_seconds": first - seconds,
+                    "status": status.name,
+                    "converged": bool(status.converged),
+                    "solver": type(solver).__name__,
+                    "linear_solver": type(linear).__name__,
+                }
+            )
+        )
     else:
         print(description)
         print()
@@ -354,8 +412,9 @@ def _demo_command(args) -> int:
     print(_describe(problem))
     print()
     t0 = time.perf_counter()
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[0]), problem.args,
-                       solver=solver, max_steps=MAX_STEPS)
+    sol = jaxnls.solve(
+        problem.residual_fn, jnp.asarray(problem.starts[0]), problem.args, solver=solver, max_steps=MAX_STEPS
+    )
     sol.params.block_until_ready()
     t1 = time.perf_counter()
     print(sol.summary())
@@ -367,32 +426,52 @@ def _demo_command(args) -> int:
     print("=" * 78)
     print(f"2. A batch: {args.batch} synthetic replicas of {problem.name} in one compiled call")
     print("=" * 78)
-    print(f"Each replica is the certified curve plus fresh Gaussian noise with NIST's residual standard\n"
-          f"deviation ({problem.certified_residual_sd:.4g}); every replica is fitted from NIST's start 2 with "
-          "its own\ndamping and stopping. The spread of the fitted parameters over the batch should match "
-          "NIST's\ncertified standard deviations (which come from the linearised covariance).\n")
+    print(
+        f"Each replica is the certified curve plus fresh Gaussian noise with NIST's residual standard\n"
+        f"deviation ({problem.certified_residual_sd:.4g}); every replica is fitted from NIST's start 2 with "
+        "its own\ndamping and stopping. The spread of the fitted parameters over the batch should match "
+        "NIST's\ncertified standard deviations (which come from the linearised covariance).\n"
+    )
     rng = np.random.default_rng(0)
     clean = problem.residual_fn.predict(problem.certified_values, problem.x, xp=np)
     y = clean[None, :] + problem.certified_residual_sd * rng.standard_normal((args.batch, problem.num_observations))
     params0 = np.broadcast_to(problem.starts[1], (args.batch, problem.num_params)).copy()
     t0 = time.perf_counter()
-    batch = jaxnls.solve(problem.residual_fn, jnp.asarray(params0), (problem.x, jnp.asarray(y)), solver=solver,
-                         max_steps=MAX_STEPS, batched=True, args_axes=(None, 0))
+    batch = jaxnls.solve(
+        problem.residual_fn,
+        jnp.asarray(params0),
+        (problem.x, jnp.asarray(y)),
+        solver=solver,
+        max_steps=MAX_STEPS,
+        batched=True,
+        args_axes=(None, 0),
+    )
     batch.params.block_until_ready()
     t1 = time.perf_counter()
-    again = jaxnls.solve(problem.residual_fn, jnp.asarray(params0), (problem.x, jnp.asarray(y)), solver=solver,
-                         max_steps=MAX_STEPS, batched=True, args_axes=(None, 0))
+    again = jaxnls.solve(
+        problem.residual_fn,
+        jnp.asarray(params0),
+        (problem.x, jnp.asarray(y)),
+        solver=solver,
+        max_steps=MAX_STEPS,
+        batched=True,
+        args_axes=(None, 0),
+    )
     again.params.block_until_ready()
     t2 = time.perf_counter()
     print(batch.summary())
-    print(f"Time: {t1 - t0:.2f} s with compilation, {t2 - t1:.3f} s for a second call "
-          f"({1e6 * (t2 - t1) / args.batch:.0f} µs per fit) on {jax.devices()[0].platform.upper()}")
+    print(
+        f"Time: {t1 - t0:.2f} s with compilation, {t2 - t1:.3f} s for a second call "
+        f"({1e6 * (t2 - t1) / args.batch:.0f} µs per fit) on {jax.devices()[0].platform.upper()}"
+    )
     fitted = np.asarray(batch.params)[np.asarray(batch.converged)]
     print()
     print(f"{'':<6}{'batch mean':>18}{'certified':>18}{'batch std dev':>16}{'cert. std dev':>16}")
     for i, name in enumerate(problem.parameter_names):
-        print(f"{name:<6}{fitted[:, i].mean():>18.8g}{problem.certified_values[i]:>18.8g}"
-              f"{fitted[:, i].std(ddof=1):>16.4g}{problem.certified_std_devs[i]:>16.4g}")
+        print(
+            f"{name:<6}{fitted[:, i].mean():>18.8g}{problem.certified_values[i]:>18.8g}"
+            f"{fitted[:, i].std(ddof=1):>16.4g}{problem.certified_std_devs[i]:>16.4g}"
+        )
     print(f"({fitted.shape[0]} converged fits of {args.batch})")
     return 0
 
@@ -404,36 +483,67 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit a NIST problem shipped with jaxnls, then a batch of 1,024 fits")
     demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch (default 1024)")
-    solve = commands.add_parser("solve", help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SOLVE_EPILOG)
+    solve = commands.add_parser(
+        "solve",
+        help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SOLVE_EPILOG,
+    )
     solve.add_argument("file", help="path to the problem file (format recognised from its records)")
     solve.add_argument("--start", type=int, choices=(1, 2), default=1, help="NIST starting point (default 1)")
-    solve.add_argument("--solver", choices=("lm", "gn", "dogleg"), default=None,
-                       help="Levenberg-Marquardt, Gauss-Newton or dogleg (default: lm for NIST files, all on QR, lm in "
-                            "MINPACK's trust-region form; dogleg for graphs)")
-    solve.add_argument("--linear-solver", choices=("direct", "pcg"), default="direct",
-                       help="graphs: sparse direct (LDLᵀ) or block-Jacobi preconditioned CG (default direct)")
-    solve.add_argument("--max-steps", type=int, default=None,
-                       help=f"iteration limit (default {MAX_STEPS} for NIST files, {GRAPH_MAX_STEPS} for graphs)")
-    solve.add_argument("--json", action="store_true",
-                       help="print one JSON object: for graphs initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
-                            "seconds without compilation, status; for NIST files also params and stderr (standard "
-                            "errors, in the file's parameter order)")
-    solve.add_argument("--output", metavar="FILE",
-                       help="graphs: write the optimised problem, in the input's format, atomically (a temporary "
-                            "file renamed over FILE when complete); never the input file itself; only when the "
-                            "solve converged unless --write-unconverged")
-    solve.add_argument("--write-unconverged", action="store_true",
-                       help="with --output: write the result even when the solve did not converge (exit status 1)")
+    solve.add_argument(
+        "--solver",
+        choices=("lm", "gn", "dogleg"),
+        default=None,
+        help="Levenberg-Marquardt, Gauss-Newton or dogleg (default: lm for NIST files, all on QR, lm in "
+        "MINPACK's trust-region form; dogleg for graphs)",
+    )
+    solve.add_argument(
+        "--linear-solver",
+        choices=("direct", "pcg"),
+        default="direct",
+        help="graphs: sparse direct (LDLᵀ) or block-Jacobi preconditioned CG (default direct)",
+    )
+    solve.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help=f"iteration limit (default {MAX_STEPS} for NIST files, {GRAPH_MAX_STEPS} for graphs)",
+    )
+    solve.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: for graphs initial_cost, final_cost = ½Σ‖r‖²_Σ, iterations, "
+        "seconds without compilation, status; for NIST files also params and stderr (standard "
+        "errors, in the file's parameter order)",
+    )
+    solve.add_argument(
+        "--output",
+        metavar="FILE",
+        help="graphs: write the optimised problem, in the input's format, atomically (a temporary "
+        "file renamed over FILE when complete); never the input file itself; only when the "
+        "solve converged unless --write-unconverged",
+    )
+    solve.add_argument(
+        "--write-unconverged",
+        action="store_true",
+        help="with --output: write the result even when the solve did not converge (exit status 1)",
+    )
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
-    solve.add_argument("--repair-information", action="store_true",
-                       help="pose graphs: replace information matrices that are not positive definite by the "
-                            "nearest positive-definite ones (counted on stderr) instead of refusing the file")
+    solve.add_argument(
+        "--repair-information",
+        action="store_true",
+        help="pose graphs: replace information matrices that are not positive definite by the "
+        "nearest positive-definite ones (counted on stderr) instead of refusing the file",
+    )
     for command in (demo, solve):
-        command.add_argument("--no-cache", action="store_true",
-                             help="do not use the persistent compilation cache (default: JAX's cache in "
-                                  f"{_cache_folder()}, so a second run of the same kind of problem skips most "
-                                  "compilation; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)")
+        command.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not use the persistent compilation cache (default: JAX's cache in "
+            f"{_cache_folder()}, so a second run of the same kind of problem skips most "
+            "compilation; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)",
+        )
     args = parser.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be at least 1")

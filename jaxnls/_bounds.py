@@ -33,9 +33,10 @@ def _side(side, params0, batched: bool, batch: int, fill: float, what: str):
         raise ValueError(f"{what} must be None, a number, or a pytree with the structure of params0: {err}") from None
     rows = []
     for path, (bound, leaf) in jax.tree_util.tree_flatten_with_path(
-            pairs, is_leaf=lambda p: isinstance(p, tuple) and len(p) == 2)[0]:
+        pairs, is_leaf=lambda p: isinstance(p, tuple) and len(p) == 2
+    )[0]:
         bound = jnp.asarray(bound)
-        if what != "fixed" and not jnp.issubdtype(bound.dtype, jnp.number) or jnp.iscomplexobj(bound):
+        if (what != "fixed" and not jnp.issubdtype(bound.dtype, jnp.number)) or jnp.iscomplexobj(bound):
             raise TypeError(f"{what}{jax.tree_util.keystr(path)} must be real numbers, got dtype {bound.dtype}")
         shape = jnp.shape(leaf)
         if bound.shape in ((), shape):
@@ -44,8 +45,10 @@ def _side(side, params0, batched: bool, batch: int, fill: float, what: str):
             pass
         else:
             per_problem = f"{shape} or {(batch,) + shape}" if batched else f"{shape}"
-            raise ValueError(f"{what}{jax.tree_util.keystr(path)} has shape {bound.shape}; expected a scalar, "
-                             f"{per_problem} (the parameter's shape)")
+            raise ValueError(
+                f"{what}{jax.tree_util.keystr(path)} has shape {bound.shape}; expected a scalar, "
+                f"{per_problem} (the parameter's shape)"
+            )
         rows.append(jnp.reshape(bound, (batch, -1)))
     flat = jnp.concatenate(rows, axis=1)
     return flat if what == "fixed" else flat.astype(dtype)
@@ -90,17 +93,22 @@ def _check(lower, upper, x0):
     crossed = lower > upper
     if crossed.any():
         problem, coordinate = np.argwhere(crossed)[0]
-        raise ValueError(f"bounds: lower > upper at coordinate {coordinate} (ravelled params order) of problem "
-                         f"{problem}: {lower[problem, coordinate]:g} > {upper[problem, coordinate]:g}")
+        raise ValueError(
+            f"bounds: lower > upper at coordinate {coordinate} (ravelled params order) of problem "
+            f"{problem}: {lower[problem, coordinate]:g} > {upper[problem, coordinate]:g}"
+        )
     if np.isinf(lower[lower == upper]).any():
         raise ValueError("bounds: a coordinate has lower == upper == ±inf")
     outside = (x0 < lower) | (x0 > upper)
     if outside.any():
         problem, coordinate = np.argwhere(outside)[0]
-        warnings.warn(f"params0 is outside the bounds at {int(outside.sum())} coordinate(s) (first: coordinate "
-                      f"{coordinate} of problem {problem}, {x0[problem, coordinate]:g} not in "
-                      f"[{lower[problem, coordinate]:g}, {upper[problem, coordinate]:g}]); the solve starts from "
-                      "its projection onto the box", stacklevel=4)
+        warnings.warn(
+            f"params0 is outside the bounds at {int(outside.sum())} coordinate(s) (first: coordinate "
+            f"{coordinate} of problem {problem}, {x0[problem, coordinate]:g} not in "
+            f"[{lower[problem, coordinate]:g}, {upper[problem, coordinate]:g}]); the solve starts from "
+            "its projection onto the box",
+            stacklevel=4,
+        )
 
 
 def pin_to_box(x, lower, upper):

@@ -61,8 +61,20 @@ def check_callback(callback, caller: str):
 def ask(callback: Callable, control_name: str, index, log, status) -> Bool[Array, " batch"]:
     """Report an iteration (the batch's ``log`` rows, their problem ``index`` and ``status``) to
     ``callback`` on the host; True where it asked to stop a problem that is still running."""
-    values = jax.lax.stop_gradient((index, log.num_steps, log.active, log.cost, log.change, log.gradient,
-                                    log.step, log.control, log.accepted, status))
+    values = jax.lax.stop_gradient(
+        (
+            index,
+            log.num_steps,
+            log.active,
+            log.cost,
+            log.change,
+            log.gradient,
+            log.step,
+            log.control,
+            log.accepted,
+            status,
+        )
+    )
     shape = jax.ShapeDtypeStruct(status.shape, jnp.bool_)
     stop = io_callback(lambda *v: _on_host(callback, control_name, *v), shape, *values)
     return stop & (status == Status.RUNNING)
@@ -74,17 +86,25 @@ def _on_host(callback, control_name, index, steps, active, cost, change, gradien
     if not active.any():
         return stop
     info = IterationInfo(
-        problem=np.asarray(index)[active], iteration=np.asarray(steps)[active], cost=np.asarray(cost)[active],
-        cost_change=np.asarray(change)[active], gradient_norm=np.asarray(gradient)[active],
-        step_norm=np.asarray(step)[active], control=np.asarray(control)[active],
-        accepted=np.asarray(accepted, bool)[active], status=np.asarray(status)[active], control_name=control_name,
+        problem=np.asarray(index)[active],
+        iteration=np.asarray(steps)[active],
+        cost=np.asarray(cost)[active],
+        cost_change=np.asarray(change)[active],
+        gradient_norm=np.asarray(gradient)[active],
+        step_norm=np.asarray(step)[active],
+        control=np.asarray(control)[active],
+        accepted=np.asarray(accepted, bool)[active],
+        status=np.asarray(status)[active],
+        control_name=control_name,
     )
     request = callback(info)
     if request is None:
         return stop
     request = np.asarray(request)
     if request.dtype != bool or request.shape not in ((), (info.problem.size,)):
-        raise ValueError(f"a jaxnls callback must return None, a bool, or a bool array of shape "
-                         f"({info.problem.size},) (one per problem in the IterationInfo); got {request!r}")
+        raise ValueError(
+            f"a jaxnls callback must return None, a bool, or a bool array of shape "
+            f"({info.problem.size},) (one per problem in the IterationInfo); got {request!r}"
+        )
     stop[active] = request
     return stop

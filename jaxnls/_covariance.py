@@ -21,10 +21,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PyTree
 
+from ._bounds import frozen_mask
 from ._driver import UNSET, resolve_args_axes
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import take
-from ._bounds import frozen_mask
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
 from .manifolds import ProductSpace, has_groups
 
@@ -134,8 +134,11 @@ def covariance(
 
     if fixed is not None and has_groups(single_params):
         raise NotImplementedError("jaxnls.covariance: fixed= applies to Euclidean parameters")
-    frozen = (jnp.zeros((batch, ravel_pytree(single_params)[0].shape[0]), bool) if fixed is None
-              else frozen_mask(fixed, params, batched, batch))
+    frozen = (
+        jnp.zeros((batch, ravel_pytree(single_params)[0].shape[0]), bool)
+        if fixed is None
+        else frozen_mask(fixed, params, batched, batch)
+    )
 
     def one(p, a, f):
         return _one_problem(residual_fn, p, a, f, num_residuals, absolute_sigma, float(rcond))
@@ -145,16 +148,18 @@ def covariance(
     return one(params, args, frozen[0])
 
 
-def _one_problem(residual_fn, params, args, frozen, num_residuals: int, absolute_sigma: bool, rcond: float
-                 ) -> Covariance:
+def _one_problem(
+    residual_fn, params, args, frozen, num_residuals: int, absolute_sigma: bool, rcond: float
+) -> Covariance:
     x, unravel = ravel_pytree(params)
     fn = flat_residual_fn(residual_fn, unravel, x.dtype)
     m = num_residuals
     if has_groups(params):  # J with respect to the tangent perturbation δ of x ⊕ δ, at δ = 0
         space = ProductSpace(params)
         n = space.tangent_size
-        residual, jacobian = residual_and_jacobian(lambda d, a: fn(space.retract_one(x, d), a),
-                                                   jnp.zeros((n,), x.dtype), args, m)
+        residual, jacobian = residual_and_jacobian(
+            lambda d, a: fn(space.retract_one(x, d), a), jnp.zeros((n,), x.dtype), args, m
+        )
     else:
         n = x.shape[0]
         residual, jacobian = residual_and_jacobian(fn, x, args, m)
@@ -177,9 +182,16 @@ def _one_problem(residual_fn, params, args, frozen, num_residuals: int, absolute
     safe = jnp.where(positive, errors, 1.0)
     correlation = jnp.where(positive[:, None] & positive[None, :], cov / (safe[:, None] * safe[None, :]), 0.0)
     correlation = jnp.where(jnp.eye(n, dtype=bool), positive.astype(x.dtype), correlation)
-    return Covariance(covariance=cov, standard_errors=errors, correlation=correlation,
-                      rank=jnp.sum(kept).astype(jnp.int32), residual_variance=variance, num_free=num_free,
-                      num_residuals=m, num_params=n)
+    return Covariance(
+        covariance=cov,
+        standard_errors=errors,
+        correlation=correlation,
+        rank=jnp.sum(kept).astype(jnp.int32),
+        residual_variance=variance,
+        num_free=num_free,
+        num_residuals=m,
+        num_params=n,
+    )
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -202,6 +214,7 @@ def _normal_pseudo_inverse_jvp(cutoff, primals, tangents):
     complement = jnp.eye(a.shape[1], dtype=a.dtype) - range_projector
     normal_dot = a_dot.T @ a + a.T @ a_dot
     squared = inverse @ inverse
-    inverse_dot = (-inverse @ normal_dot @ inverse + squared @ normal_dot @ complement
-                   + complement @ normal_dot @ squared)
+    inverse_dot = (
+        -inverse @ normal_dot @ inverse + squared @ normal_dot @ complement + complement @ normal_dot @ squared
+    )
     return (inverse, kept), (inverse_dot, np.zeros(kept.shape, jax.dtypes.float0))

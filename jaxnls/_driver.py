@@ -42,19 +42,25 @@ def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callb
     if isinstance(history, (bool, np.bool_)) or not isinstance(history, (int, np.integer)) or history < 0:
         raise ValueError(f"{caller}: history must be an int >= 0 (how many iterations to keep), got {history!r}")
     if not isinstance(solver, AbstractLeastSquaresSolver):
-        raise TypeError(f"{caller}: solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg(), "
-                        f"IndirectLevenbergMarquardt()), got {solver!r}")
+        raise TypeError(
+            f"{caller}: solver must be a jaxnls solver (LevenbergMarquardt(), GaussNewton(), Dogleg(), "
+            f"IndirectLevenbergMarquardt()), got {solver!r}"
+        )
     if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"{caller}: adjoint must be a jaxnls adjoint (jaxnls.Implicit(), Unroll(), ...), got {adjoint!r}")
+        raise TypeError(
+            f"{caller}: adjoint must be a jaxnls adjoint (jaxnls.Implicit(), Unroll(), ...), got {adjoint!r}"
+        )
     if isinstance(max_steps, (bool, np.bool_)) or not isinstance(max_steps, (int, np.integer)):
         raise TypeError(f"{caller}: max_steps must be an int, got {max_steps!r}")
     if not 0 <= max_steps <= MAX_STEPS_LIMIT:
-        raise ValueError(f"{caller}: max_steps must be between 0 and {MAX_STEPS_LIMIT} (the loop counts in int32), "
-                         f"got {max_steps}")
+        raise ValueError(
+            f"{caller}: max_steps must be between 0 and {MAX_STEPS_LIMIT} (the loop counts in int32), got {max_steps}"
+        )
     if not dense and isinstance(solver, IndirectLevenbergMarquardt):
         raise NotImplementedError(
             f"{caller}: IndirectLevenbergMarquardt sizes its damping from a dense eigendecomposition in the scaled "
-            "Euclidean variables; with Lie-group parameters or factor graphs use LevenbergMarquardt() or Dogleg()")
+            "Euclidean variables; with Lie-group parameters or factor graphs use LevenbergMarquardt() or Dogleg()"
+        )
     return int(max_steps)
 
 
@@ -79,7 +85,8 @@ def resolve_args_axes(args_axes, args, batched: bool):
             "batched=True with arrays in args: say which of them carry the batch axis with args_axes, in "
             "jax.vmap's in_axes style (0: one slice per problem, None: shared by every problem), e.g. "
             "args_axes=(None, 0) for shared sample points and per-problem data, args_axes=0 when every array "
-            "in args is per problem, args_axes=None when all are shared")
+            "in args is per problem, args_axes=None when all are shared"
+        )
     return 0
 
 
@@ -127,9 +134,11 @@ def call_compiled(fn, *args, callback, caller: str):
         return fn(*args)
     except Exception as err:
         if callback is not None and "IO effects not supported" in str(err):
-            raise ValueError(f"{caller}: callback= cannot be used inside jax.vmap (JAX cannot call the host from a "
-                             "loop whose stopping condition vmap batched); solve the batch with batched=True "
-                             "instead, where the callback sees every problem") from err
+            raise ValueError(
+                f"{caller}: callback= cannot be used inside jax.vmap (JAX cannot call the host from a "
+                "loop whose stopping condition vmap batched); solve the batch with batched=True "
+                "instead, where the callback sees every problem"
+            ) from err
         raise
 
 
@@ -138,8 +147,19 @@ def run_loop(solver, problem, x0, args, axes, max_steps, *, verbose, working_set
     iteration by iteration, or not at all (its rule applies at the solution); keeping the last ``history``
     iterations' figures."""
     state = _loop.initial_state(solver, problem, x0, history)
-    return _loop.run(solver, problem, args, axes, state, max_steps, verbose=verbose, working_set=working_set,
-                     unroll=adjoint.differentiates_iterations, checkpoint=adjoint.checkpoint, callback=callback)
+    return _loop.run(
+        solver,
+        problem,
+        args,
+        axes,
+        state,
+        max_steps,
+        verbose=verbose,
+        working_set=working_set,
+        unroll=adjoint.differentiates_iterations,
+        checkpoint=adjoint.checkpoint,
+        callback=callback,
+    )
 
 
 def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
@@ -149,8 +169,14 @@ def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
     not finite (a NaN start) is returned as it is, and the rule linearises it at the identity instead, so
     that no NaN partial derivative reaches the batch's gradients."""
     finite, safe_anchor = space.finite_or_identity(anchor)
-    delta, cost = adjoint.attach(problem, jnp.zeros((anchor.shape[0], space.tangent_size), anchor.dtype), state.cost,
-                                 state.status, (safe_anchor, args), (0, axes))
+    delta, cost = adjoint.attach(
+        problem,
+        jnp.zeros((anchor.shape[0], space.tangent_size), anchor.dtype),
+        state.cost,
+        state.status,
+        (safe_anchor, args),
+        (0, axes),
+    )
     return jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor), cost
 
 
@@ -181,6 +207,9 @@ def make_solution(solver, params, cost, state, *, batched, throw, num_residuals,
         failed = ~solution.converged
         first_failed = jnp.ravel(solution.status)[jnp.argmax(jnp.ravel(failed))]
         solution = eqx.branched_error_if(
-            solution, jnp.any(failed), first_failed, [f"{caller} did not converge: {message}" for message in MESSAGES],
+            solution,
+            jnp.any(failed),
+            first_failed,
+            [f"{caller} did not converge: {message}" for message in MESSAGES],
         )
     return solution

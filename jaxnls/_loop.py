@@ -112,8 +112,20 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"], his
     counts = jnp.zeros(batch, jnp.int32)
     status = jnp.full(batch, Status.RUNNING, jnp.int32)
     rows = jnp.full((batch, history, len(HISTORY_FIELDS)), jnp.nan, x0.dtype)
-    return LoopState(x0, lin, zero_cost, zero_cost, ones, control, status, counts, counts, jnp.zeros(batch, bool),
-                     jnp.arange(batch, dtype=jnp.int32), rows)
+    return LoopState(
+        x0,
+        lin,
+        zero_cost,
+        zero_cost,
+        ones,
+        control,
+        status,
+        counts,
+        counts,
+        jnp.zeros(batch, bool),
+        jnp.arange(batch, dtype=jnp.int32),
+        rows,
+    )
 
 
 def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool, box=None):
@@ -156,8 +168,9 @@ def _select(mask, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(mask, n, o), new, old)
 
 
-def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, differentiated: bool = False
-         ) -> tuple[LoopState, LogRow]:
+def step(
+    solver, problem: LoopProblem, max_steps: int, state: LoopState, args, differentiated: bool = False
+) -> tuple[LoopState, LogRow]:
     """One trial step of one problem: propose, evaluate r and J once, accept or reject, adapt the control,
     test the tolerances. The first call evaluates x0 instead. A problem that has stopped is left as it is.
     ``differentiated``: the iterations are differentiated (an unrolled adjoint)."""
@@ -199,7 +212,9 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     diagonal = jnp.where(take, trial_diagonal, state.lin.diagonal())
     scale = solver.update_scale(state.scale, trial_diagonal, accepted, started)
     magnitude = space.magnitude_one(x)  # the parameter sizes of the scale-aware tests at the returned point
-    control = _select(started, _select(running, updated_control, state.control), solver.init_control(lin, scale, magnitude))
+    control = _select(
+        started, _select(running, updated_control, state.control), solver.init_control(lin, scale, magnitude)
+    )
 
     # A tolerance on the step or the cost change is a claim about the model's minimiser, but the step
     # tested was shortened by the damping / radius / backtracking: a heavily damped step is tiny and
@@ -227,11 +242,12 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
         & function_stationary
     )
     parameter_converged = parameter_stationary & (
-        (small_step & (accepted | unchanged))
-        | (finite & solver.steps_within_tolerance(control, magnitude, scale))
+        (small_step & (accepted | unchanged)) | (finite & solver.steps_within_tolerance(control, magnitude, scale))
     )
     # MINPACK's gradient test: cos∠(J_j, r) <= gtol for every column j, or r = 0
-    gradient_converged = (cost == 0) | jnp.all(gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost))
+    gradient_converged = (cost == 0) | jnp.all(
+        gradient <= solver.gradient_tolerance * jnp.sqrt(diagonal) * jnp.sqrt(2.0 * cost)
+    )
     # where the whole Jacobian is zero (every exp() underflowed: a plateau far from any minimum) every test
     # above holds trivially, yet nothing is known: no claim of convergence there
     # (with bounds: unless every coordinate is at a bound, where a zero restricted model is a KKT corner)
@@ -239,25 +255,52 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
     if box is not None:
         flat = flat & ~jnp.all((x <= box[0]) | (x >= box[1]))
     gradient_converged, function_converged, parameter_converged = (
-        test & ~flat for test in (gradient_converged, function_converged, parameter_converged))
+        test & ~flat for test in (gradient_converged, function_converged, parameter_converged)
+    )
     stalled = solver.stalled(control, magnitude, scale)
     num_steps = state.num_steps + running
     outcome = _first_true(
-        [(gradient_converged, Status.CONVERGED_GRADIENT), (function_converged, Status.CONVERGED_FUNCTION),
-         (parameter_converged, Status.CONVERGED_PARAMETER), (stalled & ~finite, Status.NONFINITE_RESIDUAL),
-         (stalled, Status.STALLED), (num_steps >= max_steps, Status.MAX_STEPS)],
+        [
+            (gradient_converged, Status.CONVERGED_GRADIENT),
+            (function_converged, Status.CONVERGED_FUNCTION),
+            (parameter_converged, Status.CONVERGED_PARAMETER),
+            (stalled & ~finite, Status.NONFINITE_RESIDUAL),
+            (stalled, Status.STALLED),
+            (num_steps >= max_steps, Status.MAX_STEPS),
+        ],
     )
     first_outcome = _first_true(
-        [(~finite, Status.NONFINITE_START), (gradient_converged, Status.CONVERGED_GRADIENT),
-         (num_steps >= max_steps, Status.MAX_STEPS)],
+        [
+            (~finite, Status.NONFINITE_START),
+            (gradient_converged, Status.CONVERGED_GRADIENT),
+            (num_steps >= max_steps, Status.MAX_STEPS),
+        ],
     )
     status = jnp.where(running, outcome, jnp.where(started, state.status, first_outcome)).astype(jnp.int32)
     new_state = LoopState(
-        x, lin, cost, jnp.where(started, state.initial_cost, cost), scale, control, status, num_steps,
-        state.num_accepted + accepted, jnp.ones_like(started), state.index, state.history,
+        x,
+        lin,
+        cost,
+        jnp.where(started, state.initial_cost, cost),
+        scale,
+        control,
+        status,
+        num_steps,
+        state.num_accepted + accepted,
+        jnp.ones_like(started),
+        state.index,
+        state.history,
     )
-    log = LogRow(num_steps, running | ~started, cost, jnp.where(accepted, actual, 0.0), jnp.max(gradient),
-                 jnp.max(jnp.abs(taken)), solver.control_value(control), accepted | ~started)
+    log = LogRow(
+        num_steps,
+        running | ~started,
+        cost,
+        jnp.where(accepted, actual, 0.0),
+        jnp.max(gradient),
+        jnp.max(jnp.abs(taken)),
+        solver.control_value(control),
+        accepted | ~started,
+    )
     if state.history.shape[0]:
         new_state = eqx.tree_at(lambda s: s.history, new_state, _record(state.history, log))
     return new_state, log
@@ -265,8 +308,14 @@ def step(solver, problem: LoopProblem, max_steps: int, state: LoopState, args, d
 
 def _record(history, log: LogRow):
     """The ring of the last K iterations with this one's row written at ``num_steps % K`` (if it ran)."""
-    row = jax.lax.stop_gradient(jnp.stack([jnp.asarray(value, history.dtype) for value in (
-        log.num_steps, log.cost, log.change, log.gradient, log.step, log.control, log.accepted)]))
+    row = jax.lax.stop_gradient(
+        jnp.stack(
+            [
+                jnp.asarray(value, history.dtype)
+                for value in (log.num_steps, log.cost, log.change, log.gradient, log.step, log.control, log.accepted)
+            ]
+        )
+    )
     slot = jnp.mod(log.num_steps, history.shape[0])
     return jnp.where(log.active, history.at[slot].set(row), history)
 
@@ -293,7 +342,9 @@ def count(mask: Bool[Array, " batch"]) -> Int[Array, ""]:
 def take(args, axes, index):
     """The batched array leaves of ``args`` at ``index`` (shared leaves and None placeholders as they are)."""
     return jax.tree_util.tree_map(
-        lambda axis, leaf: leaf if axis is None or leaf is None else leaf[index], axes, args,
+        lambda axis, leaf: leaf if axis is None or leaf is None else leaf[index],
+        axes,
+        args,
         is_leaf=lambda a: a is None,
     )
 
@@ -326,7 +377,7 @@ class _Packing:
             width = int(np.prod(shape))
             start = offsets[is_float]
             offsets[is_float] += width
-            piece = (floats if is_float else ints)[:, start:start + width]
+            piece = (floats if is_float else ints)[:, start : start + width]
             leaves.append(jnp.reshape(piece, (piece.shape[0],) + shape).astype(dtype))
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
@@ -361,8 +412,20 @@ def _working_set_loop(iterate, is_active, packed, args, axes, slots: int):
     return jax.lax.while_loop(lambda p: count(is_active(p)) > 0, one_round, packed)
 
 
-def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: int, *, verbose: bool,
-        working_set: int | None, unroll: bool, checkpoint: bool, callback: Callable | None = None) -> LoopState:
+def run(
+    solver,
+    problem: LoopProblem,
+    args,
+    axes,
+    state: LoopState,
+    max_steps: int,
+    *,
+    verbose: bool,
+    working_set: int | None,
+    unroll: bool,
+    checkpoint: bool,
+    callback: Callable | None = None,
+) -> LoopState:
     """Iterate every problem of the batch ``state`` until it stops: the batch layer around :func:`step`.
 
     ``unroll``: a bounded loop JAX can differentiate (exactly ``max_steps`` iterations after evaluating
@@ -386,8 +449,9 @@ def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: i
             return packed
         state = packing.unpack(packed)
         stop = _callback.ask(callback, type(solver).control_label, state.index, log, state.status)
-        return packing.pack(eqx.tree_at(lambda s: s.status, state,
-                                        jnp.where(stop, Status.STOPPED, state.status).astype(jnp.int32)))
+        return packing.pack(
+            eqx.tree_at(lambda s: s.status, state, jnp.where(stop, Status.STOPPED, state.status).astype(jnp.int32))
+        )
 
     def iterate(packed, a):
         return report(*advance(packed, a))
@@ -399,7 +463,7 @@ def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: i
         jax.debug.callback(_print_header, type(solver).control_label, state.x.shape[0], working_set, ordered=True)
     if unroll:
         differentiated = jax.checkpoint(advance) if checkpoint else advance
-        body = lambda p, _: (report(*differentiated(p, args)), None)  # noqa: E731
+        body = lambda p, _: (report(*differentiated(p, args)), None)
         packed = jax.lax.scan(body, packing.pack(state), None, length=max_steps + 1)[0]
     elif working_set is None:
         packed = jax.lax.while_loop(lambda p: count(is_active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))
@@ -410,14 +474,23 @@ def run(solver, problem: LoopProblem, args, axes, state: LoopState, max_steps: i
 
 def _print_header(label, batch_size, working_set):
     if int(batch_size) == 1:
-        print(f"{'iter':>5} {'cost':>14} {'cost_change':>12} {'|gradient|':>11} {'|step|':>11} "
-              f"{label:>11} {'accepted':>8}", flush=True)
+        print(
+            f"{'iter':>5} {'cost':>14} {'cost_change':>12} {'|gradient|':>11} {'|step|':>11} "
+            f"{label:>11} {'accepted':>8}",
+            flush=True,
+        )
     else:
         if working_set is not None:
-            print(f"(a line per iteration of the working set of {int(working_set)} problems; 'iter' is the most "
-                  "steps any of them has taken)", flush=True)
-        print(f"{'iter':>5} {'running':>8} {'total_cost':>14} {'cost_change':>12} {'max|grad|':>11} "
-              f"{'max|step|':>11} {'med ' + label:>12} {'accepted':>8}", flush=True)
+            print(
+                f"(a line per iteration of the working set of {int(working_set)} problems; 'iter' is the most "
+                "steps any of them has taken)",
+                flush=True,
+            )
+        print(
+            f"{'iter':>5} {'running':>8} {'total_cost':>14} {'cost_change':>12} {'max|grad|':>11} "
+            f"{'max|step|':>11} {'med ' + label:>12} {'accepted':>8}",
+            flush=True,
+        )
 
 
 def _print_row(num_steps, running, cost, change, gradient, step, control, accepted):
@@ -425,8 +498,11 @@ def _print_row(num_steps, running, cost, change, gradient, step, control, accept
     if not running.any():
         return
     if running.size == 1:
-        print(f"{int(num_steps[0]):>5} {float(cost[0]):>14.6e} {float(change[0]):>12.3e} {float(gradient[0]):>11.3e} "
-              f"{float(step[0]):>11.3e} {float(control[0]):>11.3e} {'yes' if accepted[0] else 'no':>8}", flush=True)
+        print(
+            f"{int(num_steps[0]):>5} {float(cost[0]):>14.6e} {float(change[0]):>12.3e} {float(gradient[0]):>11.3e} "
+            f"{float(step[0]):>11.3e} {float(control[0]):>11.3e} {'yes' if accepted[0] else 'no':>8}",
+            flush=True,
+        )
         return
     live = running
     finite = np.isfinite(cost)
@@ -436,7 +512,9 @@ def _print_row(num_steps, running, cost, change, gradient, step, control, accept
         return float(np.max(values)) if values.size else float("nan")
 
     controls = control[live & np.isfinite(control)]
-    print(f"{int(np.max(num_steps[live])):>5} {int(live.sum()):>8} {float(np.sum(cost[finite])):>14.6e} "
-          f"{float(np.sum(change[np.isfinite(change)])):>12.3e} {largest(gradient):>11.3e} {largest(step):>11.3e} "
-          f"{float(np.median(controls)) if controls.size else float('nan'):>12.3e} {int(np.sum(accepted)):>8}",
-          flush=True)
+    print(
+        f"{int(np.max(num_steps[live])):>5} {int(live.sum()):>8} {float(np.sum(cost[finite])):>14.6e} "
+        f"{float(np.sum(change[np.isfinite(change)])):>12.3e} {largest(gradient):>11.3e} {largest(step):>11.3e} "
+        f"{float(np.median(controls)) if controls.size else float('nan'):>12.3e} {int(np.sum(accepted)):>8}",
+        flush=True,
+    )

@@ -26,7 +26,7 @@ def split_by_sizes(vector, sizes):
     """Consecutive pieces of ``vector`` of the given lengths."""
     pieces, start = [], 0
     for size in sizes:
-        pieces.append(vector[start:start + size])
+        pieces.append(vector[start : start + size])
         start += size
     return pieces
 
@@ -62,8 +62,9 @@ def _finite_call_jvp(fn, primals, tangents):
     floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, inputs)
 
     def of_floats(floats):
-        x, args, constants = jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, inputs, floats,
-                                                    is_leaf=lambda a: a is None)
+        x, args, constants = jax.tree_util.tree_map(
+            lambda f, a, b: b if f else a, floating, inputs, floats, is_leaf=lambda a: a is None
+        )
         return fn(x, args, *constants)
 
     out, linear = jax.linearize(of_floats, floats)

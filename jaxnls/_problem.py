@@ -12,16 +12,18 @@ import numpy as np
 
 def as_float_array(path, leaf, name: str = "params0"):
     """``leaf`` as a floating JAX array, or a TypeError naming ``name`` and ``path``."""
-    if isinstance(leaf, (bool, np.bool_)) or not (
-        isinstance(leaf, (int, float)) or hasattr(leaf, "dtype")
-    ):
-        raise TypeError(f"{name}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}; every leaf of {name} "
-                        "must be a floating-point array")
+    if isinstance(leaf, (bool, np.bool_)) or not (isinstance(leaf, (int, float)) or hasattr(leaf, "dtype")):
+        raise TypeError(
+            f"{name}{jax.tree_util.keystr(path)} is a {type(leaf).__name__}; every leaf of {name} "
+            "must be a floating-point array"
+        )
     leaf = jnp.asarray(leaf) if not isinstance(leaf, int) else leaf
     if isinstance(leaf, int) or not jnp.issubdtype(leaf.dtype, jnp.floating):
         dtype = "int" if isinstance(leaf, int) else leaf.dtype
-        raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {dtype}; nonlinear least squares needs "
-                        "floating-point parameters (convert it, e.g. jnp.asarray(x, dtype=float))")
+        raise TypeError(
+            f"{name}{jax.tree_util.keystr(path)} has dtype {dtype}; nonlinear least squares needs "
+            "floating-point parameters (convert it, e.g. jnp.asarray(x, dtype=float))"
+        )
     return leaf
 
 
@@ -40,8 +42,10 @@ def batch_size(params0, name: str = "params0") -> int:
     sizes = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params0)[0]:
         if leaf.ndim == 0:
-            raise ValueError(f"batched=True but {name}{jax.tree_util.keystr(path)} is a scalar; every leaf "
-                             "needs a leading batch axis")
+            raise ValueError(
+                f"batched=True but {name}{jax.tree_util.keystr(path)} is a scalar; every leaf "
+                "needs a leading batch axis"
+            )
         sizes[jax.tree_util.keystr(path)] = leaf.shape[0]
     if len(set(sizes.values())) > 1:
         listing = ", ".join(f"{name}{k}: {v}" for k, v in sizes.items())
@@ -67,11 +71,15 @@ def broadcast_args_axes(args_axes, args, batch_size: int, name: str = "params0")
             continue  # static: shared by every problem whatever args_axes says
         shape = np.shape(leaf)
         if not hasattr(leaf, "shape") or len(shape) == 0:
-            raise ValueError(f"{where} is marked batched (axis 0) but is not an array with a batch axis; "
-                             "mark it None in args_axes to share it across the batch")
+            raise ValueError(
+                f"{where} is marked batched (axis 0) but is not an array with a batch axis; "
+                "mark it None in args_axes to share it across the batch"
+            )
         if shape[0] != batch_size:
-            raise ValueError(f"{where} has leading size {shape[0]} but {name} has batch size {batch_size}; "
-                             "mark it None in args_axes if it is shared by every problem")
+            raise ValueError(
+                f"{where} has leading size {shape[0]} but {name} has batch size {batch_size}; "
+                "mark it None in args_axes if it is shared by every problem"
+            )
     return axes
 
 
@@ -83,8 +91,10 @@ def check_residual(residual_fn, single_params, single_args) -> int:
         raise ValueError("residual_fn returned no arrays; it must return the residual vector (or a pytree of them)")
     for path, leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            raise TypeError(f"residual_fn output{jax.tree_util.keystr(path)} has dtype {leaf.dtype}; residuals "
-                            "must be real floating-point arrays")
+            raise TypeError(
+                f"residual_fn output{jax.tree_util.keystr(path)} has dtype {leaf.dtype}; residuals "
+                "must be real floating-point arrays"
+            )
     num_residuals = sum(int(np.prod(leaf.shape)) for _, leaf in leaves)
     if num_residuals == 0:
         raise ValueError("residual_fn returned zero residuals")

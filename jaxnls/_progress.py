@@ -60,11 +60,16 @@ class ProgressLine:
         running = int(np.sum(info.status == 0))
         if now - self._start < self.delay or (now - self._drawn_at < self.interval and running > 0):
             return None
-        decrease = "" if self._previous_cost in (None, 0.0) else \
-            f"   rel. decrease {(self._previous_cost - cost) / self._previous_cost:.1e}"
+        decrease = (
+            ""
+            if self._previous_cost in (None, 0.0)
+            else f"   rel. decrease {(self._previous_cost - cost) / self._previous_cost:.1e}"
+        )
         batch = f"   running {running}/{info.problem.size}" if info.problem.size > 1 else ""
-        text = (f"{self.label}iter {int(np.max(info.iteration))}{batch}   cost {cost:.6e}{decrease}   "
-                f"{now - self._start:.1f} s")
+        text = (
+            f"{self.label}iter {int(np.max(info.iteration))}{batch}   cost {cost:.6e}{decrease}   "
+            f"{now - self._start:.1f} s"
+        )
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)

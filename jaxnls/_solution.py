@@ -81,10 +81,13 @@ class Solution(eqx.Module):
     def _parameter_table(self, covariance, names, min_correlation: float) -> str:
         errors = np.asarray(covariance.standard_errors, dtype=np.float64)
         if errors.ndim != 1:
-            raise ValueError("Solution.summary(covariance=...) takes the covariance of one problem; index the batch "
-                             "(e.g. jax.tree_util.tree_map(lambda a: a[i], cov)) first")
-        values = np.concatenate([np.ravel(np.asarray(leaf, dtype=np.float64)) for leaf in
-                                 jax.tree_util.tree_leaves(self.params)])
+            raise ValueError(
+                "Solution.summary(covariance=...) takes the covariance of one problem; index the batch "
+                "(e.g. jax.tree_util.tree_map(lambda a: a[i], cov)) first"
+            )
+        values = np.concatenate(
+            [np.ravel(np.asarray(leaf, dtype=np.float64)) for leaf in jax.tree_util.tree_leaves(self.params)]
+        )
         n = errors.size
         if names is None:
             names = _leaf_names(self.params) if values.size == n else [f"δ[{i}]" for i in range(n)]
@@ -92,8 +95,10 @@ class Solution(eqx.Module):
         if len(names) != n:
             raise ValueError(f"Solution.summary: {len(names)} names for {n} parameters")
         rank = int(covariance.rank)
-        lines = [f"Parameters (standard errors from s²·(JᵀJ)⁻¹, s² = {float(covariance.residual_variance):.6e}; "
-                 f"rank {rank}/{n}{'' if rank == n else ': some combinations are not determined by the data'}):"]
+        lines = [
+            f"Parameters (standard errors from s²·(JᵀJ)⁻¹, s² = {float(covariance.residual_variance):.6e}; "
+            f"rank {rank}/{n}{'' if rank == n else ': some combinations are not determined by the data'}):"
+        ]
         width = max(8, *(len(name) for name in names))
         lines.append(f"  {'name':<{width}} {'value':>18} {'std. error':>14} {'rel. error':>11}")
         for i, name in enumerate(names):
@@ -102,8 +107,12 @@ class Solution(eqx.Module):
             shown = f"{value:>18.10e}" if values.size == n else f"{'(tangent)':>18}"
             lines.append(f"  {name:<{width}} {shown} {errors[i]:>14.6e} {relative:>10.3%}")
         correlation = np.asarray(covariance.correlation, dtype=np.float64)
-        pairs = [(abs(correlation[i, j]), i, j) for i in range(n) for j in range(i + 1, n)
-                 if abs(correlation[i, j]) > min_correlation]
+        pairs = [
+            (abs(correlation[i, j]), i, j)
+            for i in range(n)
+            for j in range(i + 1, n)
+            if abs(correlation[i, j]) > min_correlation
+        ]
         if pairs:
             lines.append(f"Correlations above {min_correlation:g} in magnitude:")
             for _, i, j in sorted(pairs, reverse=True):
@@ -119,8 +128,12 @@ class Solution(eqx.Module):
         grad = np.atleast_1d(np.asarray(self.gradient_norm))
         lines = [f"jaxnls solver summary ({self.method})", ""]
         row = "{:<28}{:>22}".format
-        lines += [row("Problems", status.size), row("Parameters", self.num_params),
-                  row("Residuals", self.num_residuals), ""]
+        lines += [
+            row("Problems", status.size),
+            row("Parameters", self.num_params),
+            row("Residuals", self.num_residuals),
+            "",
+        ]
         if status.size == 1:
             lines += [
                 "Cost:",

@@ -12,13 +12,22 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import PyTree
 
-from ._driver import (UNSET, attach_in_chart, call_compiled, check_options, compiled, is_traced, make_solution,
-                      resolve_args_axes, run_loop)
+from ._bounds import box, pin_to_box
+from ._callback import IterationInfo
+from ._driver import (
+    UNSET,
+    attach_in_chart,
+    call_compiled,
+    check_options,
+    compiled,
+    is_traced,
+    make_solution,
+    resolve_args_axes,
+    run_loop,
+)
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
-from ._bounds import box, pin_to_box
-from ._callback import IterationInfo
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
 from .losses import AbstractRobustLoss, linearize_block
@@ -118,12 +127,21 @@ def solve(
     Static configuration (``residual_fn``, solver, ``max_steps``, flags, Python scalars in ``args``) is
     part of the compilation key: calling again with new arrays of the same shapes does not recompile.
     """
-    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.solve", dense=not has_groups(params0),
-                              callback=callback, history=history)
+    max_steps = check_options(
+        solver,
+        adjoint,
+        max_steps,
+        caller="jaxnls.solve",
+        dense=not has_groups(params0),
+        callback=callback,
+        history=history,
+    )
     solver = solver.for_problem_kind("dense")
     if (bounds is not None or fixed is not None) and has_groups(params0):
-        raise NotImplementedError("jaxnls.solve: bounds= and fixed= apply to Euclidean parameters; params0 holds "
-                                  "Lie-group leaves (freeze whole variables with jaxnls.graph.FactorGraph(fixed=...))")
+        raise NotImplementedError(
+            "jaxnls.solve: bounds= and fixed= apply to Euclidean parameters; params0 holds "
+            "Lie-group leaves (freeze whole variables with jaxnls.graph.FactorGraph(fixed=...))"
+        )
     if loss is not None and not isinstance(loss, AbstractRobustLoss):
         raise TypeError(f"loss must be a jaxnls.losses loss (Huber(), Cauchy(), ...) or None, got {loss!r}")
     params0 = jax.tree_util.tree_map_with_path(as_float_array, params0)
@@ -146,19 +164,42 @@ def solve(
         flat = jax.vmap(lambda p: ravel_pytree(p)[0])(params0) if batched else ravel_pytree(params0)[0][None]
         box(bounds, fixed, params0, flat, batched)
     return call_compiled(
-        compiled(_solve_jit, nested=nested, jacobian_entries=entries), residual_fn, params0, args, solver, max_steps,
-        batched, args_axes, verbose, throw, working_set, adjoint, loss, num_residuals, callback, int(history), bounds,
-        fixed, callback=callback, caller="jaxnls.solve")
+        compiled(_solve_jit, nested=nested, jacobian_entries=entries),
+        residual_fn,
+        params0,
+        args,
+        solver,
+        max_steps,
+        batched,
+        args_axes,
+        verbose,
+        throw,
+        working_set,
+        adjoint,
+        loss,
+        num_residuals,
+        callback,
+        int(history),
+        bounds,
+        fixed,
+        callback=callback,
+        caller="jaxnls.solve",
+    )
 
 
 def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
     """m, the residuals of one problem (validated by :func:`_check_residual`), remembered per compilation key
     (function, structure, shapes, static leaves) so that a repeated call traces nothing."""
     dynamic, static = eqx.partition((params0, args), eqx.is_array)
-    key = (residual_fn, jax.tree_util.tree_structure(dynamic), static, batched,
-           jax.tree_util.tree_structure(args_axes, is_leaf=lambda a: a is None),
-           tuple(jax.tree_util.tree_leaves(args_axes, is_leaf=lambda a: a is None)),
-           tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(dynamic)))
+    key = (
+        residual_fn,
+        jax.tree_util.tree_structure(dynamic),
+        static,
+        batched,
+        jax.tree_util.tree_structure(args_axes, is_leaf=lambda a: a is None),
+        tuple(jax.tree_util.tree_leaves(args_axes, is_leaf=lambda a: a is None)),
+        tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree_util.tree_leaves(dynamic)),
+    )
 
     def read():
         single_args = take(args, broadcast_args_axes(args_axes, args, batch_size(params0)), 0) if batched else args
@@ -222,8 +263,25 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
 
 
-def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes, verbose, throw, working_set,
-               adjoint, loss, num_residuals, callback, history, bounds, fixed):
+def _solve_jit(
+    residual_fn,
+    params0,
+    args,
+    solver,
+    max_steps,
+    batched,
+    args_axes,
+    verbose,
+    throw,
+    working_set,
+    adjoint,
+    loss,
+    num_residuals,
+    callback,
+    history,
+    bounds,
+    fixed,
+):
     if batched:
         axes = broadcast_args_axes(args_axes, args, batch_size(params0))
         single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params0)
@@ -251,11 +309,12 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     space = ProductSpace(single_params) if has_groups(single_params) else EUCLIDEAN
     tangent_size = x0.shape[1] if space is EUCLIDEAN else space.tangent_size
     if space is EUCLIDEAN:
-        residual_and_jacobian_at = lambda x, a: residual_and_jacobian(fn, x, a, num_residuals)  # noqa: E731
+        residual_and_jacobian_at = lambda x, a: residual_and_jacobian(fn, x, a, num_residuals)
     else:
         tangent = jnp.zeros((tangent_size,), x0.dtype)
-        residual_and_jacobian_at = lambda x, a: residual_and_jacobian(  # noqa: E731
-            lambda d, b: fn(space.retract_one(x, d), b), tangent, a, num_residuals)
+        residual_and_jacobian_at = lambda x, a: residual_and_jacobian(
+            lambda d, b: fn(space.retract_one(x, d), b), tangent, a, num_residuals
+        )
 
     def evaluate(x, a):
         residual, jacobian = residual_and_jacobian_at(x, a)
@@ -263,7 +322,8 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
             return residual, jacobian, 0.5 * jnp.sum(residual**2)
         # the loss applies to every scalar residual: blocks of one
         corrected, corrected_jacobian, costs = jax.vmap(linearize_block, in_axes=(None, 0, 0))(
-            a[1], residual[:, None], jacobian[:, None, :])
+            a[1], residual[:, None], jacobian[:, None, :]
+        )
         return corrected[:, 0], corrected_jacobian[:, 0, :], jnp.sum(costs)
 
     # the residual whose ½‖·‖² the adjoints differentiate (√ρ-whitened under a loss), seen through the active
@@ -277,11 +337,27 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     differentiable_args = args
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
         x0, args = jax.lax.stop_gradient((x0, args))
-    problem = LoopProblem(evaluate=evaluate, space=space, num_residuals=num_residuals, tangent_size=tangent_size,
-                          jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype),
-                          box=(lambda a: a[2]) if bounded else None)
-    state = run_loop(solver, problem, x0, args, axes, max_steps, verbose=verbose, working_set=working_set,
-                     adjoint=adjoint, callback=callback, history=history)
+    problem = LoopProblem(
+        evaluate=evaluate,
+        space=space,
+        num_residuals=num_residuals,
+        tangent_size=tangent_size,
+        jacobian=jax.ShapeDtypeStruct((num_residuals, tangent_size), x0.dtype),
+        box=(lambda a: a[2]) if bounded else None,
+    )
+    state = run_loop(
+        solver,
+        problem,
+        x0,
+        args,
+        axes,
+        max_steps,
+        verbose=verbose,
+        working_set=working_set,
+        adjoint=adjoint,
+        callback=callback,
+        history=history,
+    )
 
     if space is EUCLIDEAN:
         x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)
@@ -290,8 +366,17 @@ def _solve_jit(residual_fn, params0, args, solver, max_steps, batched, args_axes
     else:
         # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇
-        chart = lambda d, a: adjoint_fn(space.retract_one(a[0], d), a[1])  # noqa: E731
+        chart = lambda d, a: adjoint_fn(space.retract_one(a[0], d), a[1])
         anchor = state.x if adjoint.differentiates_iterations else jax.lax.stop_gradient(state.x)
         x, cost = attach_in_chart(adjoint, DenseProblem(chart), space, anchor, state, differentiable_args, axes)
-    return make_solution(solver, jax.vmap(unravel)(x), cost, state, batched=batched, throw=throw,
-                         num_residuals=num_residuals, num_params=tangent_size, caller="jaxnls.solve")
+    return make_solution(
+        solver,
+        jax.vmap(unravel)(x),
+        cost,
+        state,
+        batched=batched,
+        throw=throw,
+        num_residuals=num_residuals,
+        num_params=tangent_size,
+        caller="jaxnls.solve",
+    )

@@ -55,11 +55,11 @@ class AbstractRobustLoss(eqx.Module):
         self.scale = jnp.asarray(scale, dtype=jnp.result_type(float))
 
     @abc.abstractmethod
-    def rho(self, s: Float[Array, "..."]) -> tuple[Float[Array, "..."], Float[Array, "..."], Float[Array, "..."]]:
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         """:math:`(\\rho(s), \\rho'(s), \\rho''(s))` elementwise, for :math:`s \\ge 0`."""
 
     @abc.abstractmethod
-    def ratio(self, s: Float[Array, "..."]) -> Float[Array, "..."]:
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         """:math:`\\rho(s)/s`, continued by :math:`\\rho'(0) = 1` at 0, computed without cancellation."""
 
     def whiten(self, residual: Float[Array, " k"]) -> Float[Array, " k"]:
@@ -67,8 +67,9 @@ class AbstractRobustLoss(eqx.Module):
         s = jnp.sum(residual**2)
         return safe_sqrt(self.ratio(s)) * residual
 
-    def correct(self, residual: Float[Array, " k"], jacobian: Float[Array, "k n"]
-                ) -> tuple[Float[Array, " k"], Float[Array, "k n"]]:
+    def correct(
+        self, residual: Float[Array, " k"], jacobian: Float[Array, "k n"]
+    ) -> tuple[Float[Array, " k"], Float[Array, "k n"]]:
         """Triggs' correction of one residual block and its Jacobian (module docstring)."""
         s = jnp.sum(residual**2)
         _, d1, d2 = self.rho(s)
@@ -168,8 +169,9 @@ class Tukey(AbstractRobustLoss):
 __all__ = ["AbstractRobustLoss", "Arctan", "Cauchy", "Huber", "SoftL1", "Tukey"]
 
 
-def linearize_block(loss: AbstractRobustLoss | None, residual: Float[Array, " k"], jacobian: Float[Array, "k n"]
-                    ) -> tuple[Float[Array, " k"], Float[Array, "k n"], Float[Array, ""]]:
+def linearize_block(
+    loss: AbstractRobustLoss | None, residual: Float[Array, " k"], jacobian: Float[Array, "k n"]
+) -> tuple[Float[Array, " k"], Float[Array, "k n"], Float[Array, ""]]:
     r"""What a solver's step model uses of one residual block: ``(r, J, cost)`` with the term's cost
     :math:`\tfrac12\rho(\|r\|^2)` and, under a loss, Triggs' corrected ``r`` and ``J``; without one
     (``loss=None``) ``r``, ``J`` and :math:`\tfrac12\|r\|^2`."""

@@ -90,21 +90,25 @@ def helical_valley(x, args=None):
 
 # MINPACK 6 = MGH 13: Powell singular (singular Jacobian at the solution 0).
 def powell_singular(x, args=None):
-    return jnp.stack([
-        x[0] + 10.0 * x[1],
-        math.sqrt(5.0) * (x[2] - x[3]),
-        (x[1] - 2.0 * x[2]) ** 2,
-        math.sqrt(10.0) * (x[0] - x[3]) ** 2,
-    ])
+    return jnp.stack(
+        [
+            x[0] + 10.0 * x[1],
+            math.sqrt(5.0) * (x[2] - x[3]),
+            (x[1] - 2.0 * x[2]) ** 2,
+            math.sqrt(10.0) * (x[0] - x[3]) ** 2,
+        ]
+    )
 
 
 # MINPACK 7 = MGH 2: Freudenstein and Roth.
 def freudenstein_roth(x, args=None):
     x1, x2 = x[0], x[1]
-    return jnp.stack([
-        -13.0 + x1 + ((5.0 - x2) * x2 - 2.0) * x2,
-        -29.0 + x1 + ((x2 + 1.0) * x2 - 14.0) * x2,
-    ])
+    return jnp.stack(
+        [
+            -13.0 + x1 + ((5.0 - x2) * x2 - 2.0) * x2,
+            -29.0 + x1 + ((x2 + 1.0) * x2 - 14.0) * x2,
+        ]
+    )
 
 
 # MINPACK 8 = MGH 8: Bard, m = 15. u_i = i, v_i = 16 - i, w_i = min(u_i, v_i).
@@ -129,8 +133,26 @@ def kowalik_osborne(x, args=None):
 
 
 # MINPACK 10 = MGH 10: Meyer, m = 16, t_i = 45 + 5i.
-_MEYER_Y = np.array([34780.0, 28610.0, 23650.0, 19630.0, 16370.0, 13720.0, 11540.0, 9744.0,
-                     8261.0, 7030.0, 6005.0, 5147.0, 4427.0, 3820.0, 3307.0, 2872.0])
+_MEYER_Y = np.array(
+    [
+        34780.0,
+        28610.0,
+        23650.0,
+        19630.0,
+        16370.0,
+        13720.0,
+        11540.0,
+        9744.0,
+        8261.0,
+        7030.0,
+        6005.0,
+        5147.0,
+        4427.0,
+        3820.0,
+        3307.0,
+        2872.0,
+    ]
+)
 
 
 def meyer(x, args=None):
@@ -208,9 +230,43 @@ def brown_almost_linear(x, args=None):
 
 
 # MINPACK 17 = MGH 17: Osborne 1, m = 33, t_i = 10(i-1).
-_OSBORNE1_Y = np.array([0.844, 0.908, 0.932, 0.936, 0.925, 0.908, 0.881, 0.850, 0.818, 0.784, 0.751,
-                        0.718, 0.685, 0.658, 0.628, 0.603, 0.580, 0.558, 0.538, 0.522, 0.506, 0.490,
-                        0.478, 0.467, 0.457, 0.448, 0.438, 0.431, 0.424, 0.420, 0.414, 0.411, 0.406])
+_OSBORNE1_Y = np.array(
+    [
+        0.844,
+        0.908,
+        0.932,
+        0.936,
+        0.925,
+        0.908,
+        0.881,
+        0.850,
+        0.818,
+        0.784,
+        0.751,
+        0.718,
+        0.685,
+        0.658,
+        0.628,
+        0.603,
+        0.580,
+        0.558,
+        0.538,
+        0.522,
+        0.506,
+        0.490,
+        0.478,
+        0.467,
+        0.457,
+        0.448,
+        0.438,
+        0.431,
+        0.424,
+        0.420,
+        0.414,
+        0.411,
+        0.406,
+    ]
+)
 
 
 def osborne1(x, args=None):
@@ -219,13 +275,75 @@ def osborne1(x, args=None):
 
 
 # MINPACK 18 = MGH 19: Osborne 2, m = 65, t_i = (i-1)/10.
-_OSBORNE2_Y = np.array([
-    1.366, 1.191, 1.112, 1.013, 0.991, 0.885, 0.831, 0.847, 0.786, 0.725, 0.746, 0.679, 0.608,
-    0.655, 0.616, 0.606, 0.602, 0.626, 0.651, 0.724, 0.649, 0.649, 0.694, 0.644, 0.624, 0.661,
-    0.612, 0.558, 0.533, 0.495, 0.500, 0.423, 0.395, 0.375, 0.372, 0.391, 0.396, 0.405, 0.428,
-    0.429, 0.523, 0.562, 0.607, 0.653, 0.672, 0.708, 0.633, 0.668, 0.645, 0.632, 0.591, 0.559,
-    0.597, 0.625, 0.739, 0.710, 0.729, 0.720, 0.636, 0.581, 0.428, 0.292, 0.162, 0.098, 0.054,
-])
+_OSBORNE2_Y = np.array(
+    [
+        1.366,
+        1.191,
+        1.112,
+        1.013,
+        0.991,
+        0.885,
+        0.831,
+        0.847,
+        0.786,
+        0.725,
+        0.746,
+        0.679,
+        0.608,
+        0.655,
+        0.616,
+        0.606,
+        0.602,
+        0.626,
+        0.651,
+        0.724,
+        0.649,
+        0.649,
+        0.694,
+        0.644,
+        0.624,
+        0.661,
+        0.612,
+        0.558,
+        0.533,
+        0.495,
+        0.500,
+        0.423,
+        0.395,
+        0.375,
+        0.372,
+        0.391,
+        0.396,
+        0.405,
+        0.428,
+        0.429,
+        0.523,
+        0.562,
+        0.607,
+        0.653,
+        0.672,
+        0.708,
+        0.633,
+        0.668,
+        0.645,
+        0.632,
+        0.591,
+        0.559,
+        0.597,
+        0.625,
+        0.739,
+        0.710,
+        0.729,
+        0.720,
+        0.636,
+        0.581,
+        0.428,
+        0.292,
+        0.162,
+        0.098,
+        0.054,
+    ]
+)
 
 
 def osborne2(x, args=None):
@@ -272,28 +390,33 @@ def _const(*values):
     return lambda n: np.array(values, dtype=np.float64)
 
 
-MINPACK_PROBLEMS: dict[int, MinpackProblem] = {p.number: p for p in [
-    MinpackProblem(1, 32, "linear full rank", linear_full_rank, lambda n: np.ones(n)),
-    MinpackProblem(2, 33, "linear rank 1", linear_rank1, lambda n: np.ones(n)),
-    MinpackProblem(3, 34, "linear rank 1, zero columns and rows", linear_rank1_zero_columns_rows,
-                   lambda n: np.ones(n)),
-    MinpackProblem(4, 1, "Rosenbrock", _fixed(rosenbrock), _const(-1.2, 1.0)),
-    MinpackProblem(5, 7, "helical valley", _fixed(helical_valley), _const(-1.0, 0.0, 0.0)),
-    MinpackProblem(6, 13, "Powell singular", _fixed(powell_singular), _const(3.0, -1.0, 0.0, 1.0)),
-    MinpackProblem(7, 2, "Freudenstein and Roth", _fixed(freudenstein_roth), _const(0.5, -2.0)),
-    MinpackProblem(8, 8, "Bard", _fixed(bard), _const(1.0, 1.0, 1.0)),
-    MinpackProblem(9, 15, "Kowalik and Osborne", _fixed(kowalik_osborne), _const(0.25, 0.39, 0.415, 0.39)),
-    MinpackProblem(10, 10, "Meyer", _fixed(meyer), _const(0.02, 4000.0, 250.0)),
-    MinpackProblem(11, 20, "Watson", _fixed(watson), lambda n: np.zeros(n)),
-    MinpackProblem(12, 12, "Box 3-D", box_3d, _const(0.0, 10.0, 20.0)),
-    MinpackProblem(13, 6, "Jennrich and Sampson", jennrich_sampson, _const(0.3, 0.4)),
-    MinpackProblem(14, 16, "Brown and Dennis", brown_dennis, _const(25.0, 5.0, -5.0, -1.0)),
-    MinpackProblem(15, 35, "Chebyquad", chebyquad, lambda n: np.arange(1.0, n + 1.0) / (n + 1.0)),
-    MinpackProblem(16, 27, "Brown almost-linear", _fixed(brown_almost_linear), lambda n: np.full(n, 0.5)),
-    MinpackProblem(17, 17, "Osborne 1", _fixed(osborne1), _const(0.5, 1.5, -1.0, 0.01, 0.02)),
-    MinpackProblem(18, 19, "Osborne 2", _fixed(osborne2),
-                   _const(1.3, 0.65, 0.65, 0.7, 0.6, 3.0, 5.0, 7.0, 2.0, 4.5, 5.5)),
-]}
+MINPACK_PROBLEMS: dict[int, MinpackProblem] = {
+    p.number: p
+    for p in [
+        MinpackProblem(1, 32, "linear full rank", linear_full_rank, lambda n: np.ones(n)),
+        MinpackProblem(2, 33, "linear rank 1", linear_rank1, lambda n: np.ones(n)),
+        MinpackProblem(
+            3, 34, "linear rank 1, zero columns and rows", linear_rank1_zero_columns_rows, lambda n: np.ones(n)
+        ),
+        MinpackProblem(4, 1, "Rosenbrock", _fixed(rosenbrock), _const(-1.2, 1.0)),
+        MinpackProblem(5, 7, "helical valley", _fixed(helical_valley), _const(-1.0, 0.0, 0.0)),
+        MinpackProblem(6, 13, "Powell singular", _fixed(powell_singular), _const(3.0, -1.0, 0.0, 1.0)),
+        MinpackProblem(7, 2, "Freudenstein and Roth", _fixed(freudenstein_roth), _const(0.5, -2.0)),
+        MinpackProblem(8, 8, "Bard", _fixed(bard), _const(1.0, 1.0, 1.0)),
+        MinpackProblem(9, 15, "Kowalik and Osborne", _fixed(kowalik_osborne), _const(0.25, 0.39, 0.415, 0.39)),
+        MinpackProblem(10, 10, "Meyer", _fixed(meyer), _const(0.02, 4000.0, 250.0)),
+        MinpackProblem(11, 20, "Watson", _fixed(watson), lambda n: np.zeros(n)),
+        MinpackProblem(12, 12, "Box 3-D", box_3d, _const(0.0, 10.0, 20.0)),
+        MinpackProblem(13, 6, "Jennrich and Sampson", jennrich_sampson, _const(0.3, 0.4)),
+        MinpackProblem(14, 16, "Brown and Dennis", brown_dennis, _const(25.0, 5.0, -5.0, -1.0)),
+        MinpackProblem(15, 35, "Chebyquad", chebyquad, lambda n: np.arange(1.0, n + 1.0) / (n + 1.0)),
+        MinpackProblem(16, 27, "Brown almost-linear", _fixed(brown_almost_linear), lambda n: np.full(n, 0.5)),
+        MinpackProblem(17, 17, "Osborne 1", _fixed(osborne1), _const(0.5, 1.5, -1.0, 0.01, 0.02)),
+        MinpackProblem(
+            18, 19, "Osborne 2", _fixed(osborne2), _const(1.3, 0.65, 0.65, 0.7, 0.6, 3.0, 5.0, 7.0, 2.0, 4.5, 5.5)
+        ),
+    ]
+}
 
 # --------------------------------------------------------------------------------------------------
 # MGH 1981 problems that MINPACK's least-squares set lacks (zero-residual, closed-form minima).
@@ -313,14 +436,16 @@ def beale(x, args=None):
 
 # MGH 14: Wood, n = 4, m = 6. f = 0 at (1, 1, 1, 1).
 def wood(x, args=None):
-    return jnp.stack([
-        10.0 * (x[1] - x[0] ** 2),
-        1.0 - x[0],
-        math.sqrt(90.0) * (x[3] - x[2] ** 2),
-        1.0 - x[2],
-        math.sqrt(10.0) * (x[1] + x[3] - 2.0),
-        (x[1] - x[3]) / math.sqrt(10.0),
-    ])
+    return jnp.stack(
+        [
+            10.0 * (x[1] - x[0] ** 2),
+            1.0 - x[0],
+            math.sqrt(90.0) * (x[3] - x[2] ** 2),
+            1.0 - x[2],
+            math.sqrt(10.0) * (x[1] + x[3] - 2.0),
+            (x[1] - x[3]) / math.sqrt(10.0),
+        ]
+    )
 
 
 # MGH 18: Biggs EXP6, n = 6, m = 13, t_i = i/10, y_i = e^{-t_i} - 5e^{-10 t_i} + 3e^{-4 t_i}.
@@ -343,13 +468,22 @@ class ExtraProblem:
     num_residuals: int
 
 
-EXTRA_PROBLEMS: dict[str, ExtraProblem] = {p.name: p for p in [
-    ExtraProblem(4, "Brown badly scaled", brown_badly_scaled, np.array([1.0, 1.0]), np.array([1e6, 2e-6]), 3),
-    ExtraProblem(5, "Beale", beale, np.array([1.0, 1.0]), np.array([3.0, 0.5]), 3),
-    ExtraProblem(14, "Wood", wood, np.array([-3.0, -1.0, -3.0, -1.0]), np.ones(4), 6),
-    ExtraProblem(18, "Biggs EXP6", biggs_exp6, np.array([1.0, 2.0, 1.0, 1.0, 1.0, 1.0]),
-                 np.array([1.0, 10.0, 1.0, 5.0, 4.0, 3.0]), 13),
-]}
+EXTRA_PROBLEMS: dict[str, ExtraProblem] = {
+    p.name: p
+    for p in [
+        ExtraProblem(4, "Brown badly scaled", brown_badly_scaled, np.array([1.0, 1.0]), np.array([1e6, 2e-6]), 3),
+        ExtraProblem(5, "Beale", beale, np.array([1.0, 1.0]), np.array([3.0, 0.5]), 3),
+        ExtraProblem(14, "Wood", wood, np.array([-3.0, -1.0, -3.0, -1.0]), np.ones(4), 6),
+        ExtraProblem(
+            18,
+            "Biggs EXP6",
+            biggs_exp6,
+            np.array([1.0, 2.0, 1.0, 1.0, 1.0, 1.0]),
+            np.array([1.0, 10.0, 1.0, 5.0, 4.0, 3.0]),
+            13,
+        ),
+    ]
+}
 
 # --------------------------------------------------------------------------------------------------
 # MINPACK's reference results: lmddrv.ref (output of its lmder1 driver) and ssq.data (its input).
@@ -427,7 +561,7 @@ def parse_lmddrv_ref(path: Path | str = DATA_DIR / "lmddrv.ref") -> list[Minpack
             continue
         for label, field in _FIELDS.items():
             if stripped.startswith(label):
-                value = stripped[len(label):].split()[0]
+                value = stripped[len(label) :].split()[0]
                 current[field] = int(value) if field in ("nfev", "njev", "info") else _number(value)
                 break
         else:
@@ -440,7 +574,9 @@ def parse_lmddrv_ref(path: Path | str = DATA_DIR / "lmddrv.ref") -> list[Minpack
     return runs
 
 
-def parse_lmddrv_summary(path: Path | str = DATA_DIR / "lmddrv.ref") -> list[tuple[int, int, int, int, int, int, float]]:
+def parse_lmddrv_summary(
+    path: Path | str = DATA_DIR / "lmddrv.ref",
+) -> list[tuple[int, int, int, int, int, int, float]]:
     """The summary table at the end of lmddrv.ref: (nprob, n, m, nfev, njev, info, final norm) per run."""
     rows = []
     in_table = False

@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import directional_difference
 
 import jaxnls
 from jaxnls import Status
 from jaxnls.io import read_nist
-
-from conftest import directional_difference
 
 # Re-solves for finite differences must land on the minimiser to far better than the FD step.
 TIGHT = jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0)
@@ -42,8 +41,9 @@ def test_batched_gradient_matches_central_differences():
     y, p0, weights = curve_data(0, 3)
 
     def outer(y, weights):
-        sol = jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
-                           args_axes=(None, 0, None))
+        sol = jaxnls.solve(
+            weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True, args_axes=(None, 0, None)
+        )
         return jnp.sum(jnp.sin(sol.params)) + jnp.sum(sol.cost)
 
     grad_y, grad_w = jax.grad(outer, argnums=(0, 1))(y, weights)
@@ -98,8 +98,9 @@ def test_jvp_and_vjp_agree():
     y, p0, weights = curve_data(3, 2)
 
     def params(y):
-        return jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
-                            args_axes=(None, 0, None)).params
+        return jaxnls.solve(
+            weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True, args_axes=(None, 0, None)
+        ).params
 
     rng = np.random.default_rng(4)
     v = jnp.asarray(rng.standard_normal(y.shape))
@@ -168,7 +169,9 @@ def test_equinox_module_in_args_gets_gradients_for_its_arrays():
         return eqx.apply_updates(offset, jax.tree_util.tree_map(lambda d: step * d, along))
 
     fd = (outer(moved(1e-5)) - outer(moved(-1e-5))) / 2e-5
-    analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction))
+    analytic = sum(
+        jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction)
+    )
     np.testing.assert_allclose(analytic, fd, rtol=1e-5)
 
 
@@ -177,16 +180,18 @@ def test_a_nan_start_gets_zero_gradient_and_leaves_the_others_exact():
     bad = p0.at[1].set(jnp.nan)
 
     def params(y, p0):
-        return jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
-                            args_axes=(None, 0, None)).params
+        return jaxnls.solve(
+            weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True, args_axes=(None, 0, None)
+        ).params
 
     jac_clean = jax.jacrev(lambda v: params(v, p0)[0])(y)
     jac_mixed = jax.jacrev(lambda v: params(v, bad))(y)
     assert np.all(np.isfinite(jac_mixed))
     np.testing.assert_array_equal(jac_mixed[1], 0.0)
     np.testing.assert_allclose(jac_mixed[0], jac_clean, rtol=1e-12, atol=1e-15)
-    status = jaxnls.solve(weighted_curve_residual, bad, (T, y, weights), solver=TIGHT, batched=True,
-                          args_axes=(None, 0, None)).status
+    status = jaxnls.solve(
+        weighted_curve_residual, bad, (T, y, weights), solver=TIGHT, batched=True, args_axes=(None, 0, None)
+    ).status
     assert int(status[1]) == Status.NONFINITE_START
 
 
@@ -211,8 +216,9 @@ def test_rank_deficient_problem_gives_finite_gradients_of_the_identifiable_part(
 
 def test_the_starting_point_gets_no_gradient():
     y, p0, weights = curve_data(11, 1)
-    grad = jax.grad(lambda p: jnp.sum(jaxnls.solve(weighted_curve_residual, p, (T, y[0], weights),
-                                                   solver=TIGHT).params))(p0[0])
+    grad = jax.grad(
+        lambda p: jnp.sum(jaxnls.solve(weighted_curve_residual, p, (T, y[0], weights), solver=TIGHT).params)
+    )(p0[0])
     np.testing.assert_array_equal(grad, 0.0)
 
 
@@ -220,8 +226,12 @@ def test_float32_gradients_are_finite_and_close_to_float64():
     y, p0, weights = curve_data(12, 1)
 
     def outer(y, dtype):
-        sol = jaxnls.solve(weighted_curve_residual, p0[0].astype(dtype), (T.astype(dtype), y, weights.astype(dtype)),
-                           solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6))
+        sol = jaxnls.solve(
+            weighted_curve_residual,
+            p0[0].astype(dtype),
+            (T.astype(dtype), y, weights.astype(dtype)),
+            solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6),
+        )
         return jnp.sum(sol.params)
 
     g32 = jax.grad(outer)(y[0].astype(jnp.float32), jnp.float32)
@@ -237,10 +247,13 @@ def test_bad_adjoint_arguments_raise():
         jaxnls.solve(lambda p, a: p - a, jnp.zeros(2), jnp.ones(2), adjoint="implicit")
 
 
-TIGHT_SOLVERS = [TIGHT, jaxnls.Dogleg(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
-                 jaxnls.GaussNewton(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
-                 jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR()),
-                 jaxnls.IndirectLevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR())]
+TIGHT_SOLVERS = [
+    TIGHT,
+    jaxnls.Dogleg(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
+    jaxnls.GaussNewton(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0),
+    jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR()),
+    jaxnls.IndirectLevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0.0, gtol=0.0, linear_solver=jaxnls.QR()),
+]
 
 
 @pytest.mark.parametrize("solver", TIGHT_SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
@@ -248,8 +261,13 @@ def test_unrolled_iterations_reach_the_implicit_derivative_at_convergence(solver
     y, p0, weights = curve_data(13, 1)
 
     def jacobian(adjoint):
-        return jax.jacrev(lambda v: jaxnls.solve(weighted_curve_residual, p0[0], (T, v, weights), solver=solver,
-                                                 adjoint=adjoint, max_steps=60).params)(y[0])
+        return jax.jacrev(
+            lambda v: (
+                jaxnls.solve(
+                    weighted_curve_residual, p0[0], (T, v, weights), solver=solver, adjoint=adjoint, max_steps=60
+                ).params
+            )
+        )(y[0])
 
     implicit, unrolled = jacobian(jaxnls.Implicit()), jacobian(jaxnls.Unroll())
     assert np.all(np.isfinite(unrolled))
@@ -263,8 +281,9 @@ def test_unrolled_derivative_of_a_few_iterations_matches_central_differences():
     start = p0[0] * 1.3
 
     def three_steps(y, start):
-        return jaxnls.solve(weighted_curve_residual, start, (T, y, weights), solver=TIGHT, adjoint=jaxnls.Unroll(),
-                            max_steps=3).params
+        return jaxnls.solve(
+            weighted_curve_residual, start, (T, y, weights), solver=TIGHT, adjoint=jaxnls.Unroll(), max_steps=3
+        ).params
 
     rng = np.random.default_rng(15)
     dy, dstart = jnp.asarray(rng.standard_normal(T.size)), jnp.asarray(rng.standard_normal(4))
@@ -282,8 +301,11 @@ def test_truncated_steps_go_from_the_gauss_newton_to_the_exact_implicit_derivati
     y, p0, weights = curve_data(16, 1)
 
     def jacobian(adjoint):
-        return jax.jacrev(lambda v: jaxnls.solve(weighted_curve_residual, p0[0], (T, v, weights), solver=TIGHT,
-                                                 adjoint=adjoint).params)(y[0])
+        return jax.jacrev(
+            lambda v: (
+                jaxnls.solve(weighted_curve_residual, p0[0], (T, v, weights), solver=TIGHT, adjoint=adjoint).params
+            )
+        )(y[0])
 
     exact, gauss_newton = jacobian(jaxnls.Implicit()), jacobian(jaxnls.Implicit(hessian="gauss_newton"))
     scale = np.max(np.abs(exact))
@@ -292,8 +314,9 @@ def test_truncated_steps_go_from_the_gauss_newton_to_the_exact_implicit_derivati
     np.testing.assert_allclose(jacobian(jaxnls.Truncated(40)), exact, rtol=1e-8, atol=1e-9 * scale)
     # the values are the solve's own
     plain = jaxnls.solve(weighted_curve_residual, p0[0], (T, y[0], weights), solver=TIGHT)
-    truncated = jaxnls.solve(weighted_curve_residual, p0[0], (T, y[0], weights), solver=TIGHT,
-                             adjoint=jaxnls.Truncated(3))
+    truncated = jaxnls.solve(
+        weighted_curve_residual, p0[0], (T, y[0], weights), solver=TIGHT, adjoint=jaxnls.Truncated(3)
+    )
     np.testing.assert_array_equal(truncated.params, plain.params)
     np.testing.assert_array_equal(truncated.cost, plain.cost)
     with pytest.raises(ValueError, match="num_steps"):
@@ -306,8 +329,15 @@ def test_direct_loss_minimisation_tends_to_the_gauss_newton_implicit_derivative(
     y, p0, weights = curve_data(17, 3)
 
     def outer(y, weights, adjoint):
-        sol = jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
-                           args_axes=(None, 0, None), adjoint=adjoint)
+        sol = jaxnls.solve(
+            weighted_curve_residual,
+            p0,
+            (T, y, weights),
+            solver=TIGHT,
+            batched=True,
+            args_axes=(None, 0, None),
+            adjoint=adjoint,
+        )
         return jnp.sum(jnp.sin(sol.params)) + jnp.sum(sol.cost)
 
     reference = jax.grad(outer, argnums=(0, 1))(y, weights, jaxnls.Implicit(hessian="gauss_newton"))
@@ -322,8 +352,11 @@ def test_direct_loss_minimisation_tends_to_the_gauss_newton_implicit_derivative(
         jaxnls.DirectLossMinimization(0.0)
 
 
-@pytest.mark.parametrize("adjoint", [jaxnls.Implicit(), jaxnls.Unroll(), jaxnls.Truncated(40),
-                                     jaxnls.DirectLossMinimization(1e-7)], ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize(
+    "adjoint",
+    [jaxnls.Implicit(), jaxnls.Unroll(), jaxnls.Truncated(40), jaxnls.DirectLossMinimization(1e-7)],
+    ids=lambda a: type(a).__name__,
+)
 def test_every_adjoint_matches_central_differences_beside_a_nan_neighbour(adjoint):
     """A batch of three fits (small residuals, so the Gauss-Newton-based DLM is exact too) whose middle
     problem starts at NaN: the loss of the outer two has the finite-difference gradient w.r.t. their data
@@ -335,8 +368,16 @@ def test_every_adjoint_matches_central_differences_beside_a_nan_neighbour(adjoin
     p0 = jnp.asarray(P_TRUE * (1 + 0.05 * rng.standard_normal((3, 4)))).at[1].set(jnp.nan)
 
     def outer(y, weights):
-        sol = jaxnls.solve(weighted_curve_residual, p0, (T, y, weights), solver=TIGHT, batched=True,
-                           args_axes=(None, 0, None), adjoint=adjoint, max_steps=60)
+        sol = jaxnls.solve(
+            weighted_curve_residual,
+            p0,
+            (T, y, weights),
+            solver=TIGHT,
+            batched=True,
+            args_axes=(None, 0, None),
+            adjoint=adjoint,
+            max_steps=60,
+        )
         return jnp.sum(jnp.sin(sol.params[0])) + jnp.sum(jnp.sin(sol.params[2]))
 
     grad_y, grad_w = jax.grad(outer, argnums=(0, 1))(y, weights)
@@ -344,16 +385,18 @@ def test_every_adjoint_matches_central_differences_beside_a_nan_neighbour(adjoin
     np.testing.assert_array_equal(grad_y[1], 0.0)
     dy = jnp.asarray(rng.standard_normal(y.shape)).at[1].set(0.0)
     dw = jnp.asarray(rng.standard_normal(weights.shape))
-    np.testing.assert_allclose(jnp.sum(grad_y * dy), directional_difference(lambda v: outer(v, weights), y, dy),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        jnp.sum(grad_y * dy), directional_difference(lambda v: outer(v, weights), y, dy), rtol=1e-5
+    )
     if isinstance(adjoint, jaxnls.DirectLossMinimization):
         # its difference quotient loses ~|∂θc|·ε_mach/ε to cancellation, more than this tiny weight
         # derivative; DLM's weight gradients are checked on a large-residual fit above
         return
     # with residuals of 1e-6 the weights barely move the solution (|∂L/∂w·dw| ~ 1e-6): central differences of an
     # O(1) loss resolve it only to ε·|L|/h ≈ 4e-11 absolute
-    np.testing.assert_allclose(grad_w @ dw, directional_difference(lambda v: outer(y, v), weights, dw),
-                               rtol=1e-5, atol=1e-10)
+    np.testing.assert_allclose(
+        grad_w @ dw, directional_difference(lambda v: outer(y, v), weights, dw), rtol=1e-5, atol=1e-10
+    )
 
 
 ITERATING_ADJOINTS = [jaxnls.Unroll(), jaxnls.Truncated(40)]
@@ -384,24 +427,32 @@ def test_iterating_adjoints_with_an_mlp_and_on_a_rank_deficient_problem(adjoint)
         return p[0] * jnp.exp(-p[1] * t) + p[2] * jnp.sin(p[3] * t) + 0.1 * model(t) - y
 
     def outer(model):
-        return jnp.sum(jaxnls.solve(residual, p0[0], (T, y[0], model), solver=TIGHT, adjoint=adjoint,
-                                    max_steps=60).params ** 2)
+        return jnp.sum(
+            jaxnls.solve(residual, p0[0], (T, y[0], model), solver=TIGHT, adjoint=adjoint, max_steps=60).params ** 2
+        )
 
     grads = eqx.filter_grad(outer)(offset)
     leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(offset, eqx.is_array))
-    direction = [jnp.asarray(d) for d in
-                 (np.random.default_rng(21).standard_normal(leaf.shape) for leaf in leaves)]
+    direction = [jnp.asarray(d) for d in (np.random.default_rng(21).standard_normal(leaf.shape) for leaf in leaves)]
     along = jax.tree_util.tree_unflatten(treedef, direction)
-    moved = lambda step: eqx.apply_updates(offset, jax.tree_util.tree_map(lambda d: step * d, along))  # noqa: E731
-    analytic = sum(jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction))
+    moved = lambda step: eqx.apply_updates(offset, jax.tree_util.tree_map(lambda d: step * d, along))
+    analytic = sum(
+        jnp.sum(g * d) for g, d in zip(jax.tree_util.tree_leaves(eqx.filter(grads, eqx.is_array)), direction)
+    )
     np.testing.assert_allclose(analytic, (outer(moved(1e-5)) - outer(moved(-1e-5))) / 2e-5, rtol=1e-5)
 
     t = jnp.linspace(0.0, 1.0, 12)
     data = jnp.exp(-0.7 * t) + 0.01 * jnp.asarray(np.random.default_rng(22).standard_normal(12))
 
     def identifiable(data):
-        sol = jaxnls.solve(lambda p, a: jnp.exp(-(p[0] + p[1]) * a[0]) - a[1], jnp.array([0.3, 0.3]), (t, data),
-                           solver=TIGHT, adjoint=adjoint, max_steps=60)
+        sol = jaxnls.solve(
+            lambda p, a: jnp.exp(-(p[0] + p[1]) * a[0]) - a[1],
+            jnp.array([0.3, 0.3]),
+            (t, data),
+            solver=TIGHT,
+            adjoint=adjoint,
+            max_steps=60,
+        )
         return sol.params[0] + sol.params[1]
 
     gradient = jax.grad(identifiable)(data)

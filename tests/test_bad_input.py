@@ -8,11 +8,10 @@ and the solo solve for a batch element.
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 import jaxnls
 from jaxnls.__main__ import main
@@ -63,30 +62,37 @@ def test_cli_max_steps_outside_int32_exits_2(capsys):
     assert "--max-steps must be between 1 and 2147483646" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("solver_class", [jaxnls.LevenbergMarquardt, jaxnls.IndirectLevenbergMarquardt,
-                                          jaxnls.Dogleg, jaxnls.GaussNewton])
-@pytest.mark.parametrize("name,value,error,message", [
-    ("rtol", -1e-8, ValueError, "must be >= 0"),
-    ("atol", float("nan"), ValueError, "must be finite"),
-    ("ftol", -1e-3, ValueError, "must be >= 0"),
-    ("gtol", float("inf"), ValueError, "must be finite"),
-    ("rtol", "1e-8", TypeError, "must be a real number"),
-    ("rtol", [1e-8], TypeError, "must be a real"),
-])
+@pytest.mark.parametrize(
+    "solver_class", [jaxnls.LevenbergMarquardt, jaxnls.IndirectLevenbergMarquardt, jaxnls.Dogleg, jaxnls.GaussNewton]
+)
+@pytest.mark.parametrize(
+    "name,value,error,message",
+    [
+        ("rtol", -1e-8, ValueError, "must be >= 0"),
+        ("atol", float("nan"), ValueError, "must be finite"),
+        ("ftol", -1e-3, ValueError, "must be >= 0"),
+        ("gtol", float("inf"), ValueError, "must be finite"),
+        ("rtol", "1e-8", TypeError, "must be a real number"),
+        ("rtol", [1e-8], TypeError, "must be a real"),
+    ],
+)
 def test_bad_tolerances_are_refused_naming_the_option(solver_class, name, value, error, message):
     """Negative and NaN tolerances used to act as 0; a string gave an obscure error inside the loop."""
     with pytest.raises(error, match=rf"{solver_class.__name__}\({name}=\.\.\.\) {message}"):
         solver_class(**{name: value})
 
 
-@pytest.mark.parametrize("make", [
-    lambda: jaxnls.LevenbergMarquardt(initial_damping=0.0),
-    lambda: jaxnls.LevenbergMarquardt(max_damping=-1.0),
-    lambda: jaxnls.LevenbergMarquardt(min_damping=1.0, max_damping=0.5),
-    lambda: jaxnls.Dogleg(initial_radius_factor=-1.0),
-    lambda: jaxnls.IndirectLevenbergMarquardt(initial_radius_factor=0.0),
-    lambda: jaxnls.GaussNewton(min_step_length=2.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jaxnls.LevenbergMarquardt(initial_damping=0.0),
+        lambda: jaxnls.LevenbergMarquardt(max_damping=-1.0),
+        lambda: jaxnls.LevenbergMarquardt(min_damping=1.0, max_damping=0.5),
+        lambda: jaxnls.Dogleg(initial_radius_factor=-1.0),
+        lambda: jaxnls.IndirectLevenbergMarquardt(initial_radius_factor=0.0),
+        lambda: jaxnls.GaussNewton(min_step_length=2.0),
+    ],
+)
 def test_bad_strategy_options_are_refused(make):
     with pytest.raises(ValueError, match=r"damping|radius_factor|min_step_length"):
         make()
@@ -157,10 +163,14 @@ def test_truncated_adjoint_on_an_overflowing_problem_keeps_the_solution_finite_a
     np.testing.assert_allclose(derivative, central, rtol=1e-6)
 
 
-@pytest.mark.parametrize("adjoint", [jaxnls.Unroll(), jaxnls.Truncated(3), jaxnls.Implicit()],
-                         ids=lambda a: type(a).__name__)
-@pytest.mark.parametrize("solver", [jaxnls.LevenbergMarquardt(), jaxnls.Dogleg(), jaxnls.GaussNewton(),
-                                    jaxnls.IndirectLevenbergMarquardt()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "adjoint", [jaxnls.Unroll(), jaxnls.Truncated(3), jaxnls.Implicit()], ids=lambda a: type(a).__name__
+)
+@pytest.mark.parametrize(
+    "solver",
+    [jaxnls.LevenbergMarquardt(), jaxnls.Dogleg(), jaxnls.GaussNewton(), jaxnls.IndirectLevenbergMarquardt()],
+    ids=lambda s: type(s).__name__,
+)
 def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, adjoint):
     """A batch of exp(50 p) = s·a_i with a shared scale s, one element started at p = 20 where exp(1000)
     overflows. Its status says so, and the gradient with respect to s is the clean batch's — it used to
@@ -175,8 +185,16 @@ def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, a
     targets = jnp.asarray([3.0, 7.0, 5.0])
 
     def total(scale, p0, targets):
-        sol = jaxnls.solve(residual, p0, (targets, scale), solver=solver, adjoint=adjoint, batched=True,
-                           args_axes=(0, None), max_steps=80)
+        sol = jaxnls.solve(
+            residual,
+            p0,
+            (targets, scale),
+            solver=solver,
+            adjoint=adjoint,
+            batched=True,
+            args_axes=(0, None),
+            max_steps=80,
+        )
         finite = jnp.isfinite(sol.params[:, 0]) & sol.converged
         return jnp.sum(jnp.where(finite, sol.params[:, 0], 0.0)), sol
 
@@ -195,11 +213,20 @@ def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, a
 # -- batch equals solo, bit for bit ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", [strategy(linear_solver=linear_solver)
-                                    for strategy in (jaxnls.LevenbergMarquardt, jaxnls.IndirectLevenbergMarquardt,
-                                                     jaxnls.Dogleg, jaxnls.GaussNewton)
-                                    for linear_solver in (jaxnls.Cholesky(), jaxnls.QR())],
-                         ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
+@pytest.mark.parametrize(
+    "solver",
+    [
+        strategy(linear_solver=linear_solver)
+        for strategy in (
+            jaxnls.LevenbergMarquardt,
+            jaxnls.IndirectLevenbergMarquardt,
+            jaxnls.Dogleg,
+            jaxnls.GaussNewton,
+        )
+        for linear_solver in (jaxnls.Cholesky(), jaxnls.QR())
+    ],
+    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}",
+)
 def test_batch_results_are_bit_identical_to_solo_solves_for_every_working_set(solver):
     """A problem's answer may not depend on its neighbours: in batches of 33 (reductions over the 100
     residuals used to round differently with the batch's shape, changing healthy neighbours by 1 ulp,
@@ -209,8 +236,9 @@ def test_batch_results_are_bit_identical_to_solo_solves_for_every_working_set(so
     t = jnp.asarray(T)
     solos = [jaxnls.solve(curve_residual, p0[i], (t, y[i]), solver=solver) for i in (0, 1, 16, 32)]
     for working_set in (None, 1, 2, 4, 32):
-        batch = jaxnls.solve(curve_residual, p0, (t, y), solver=solver, batched=True, args_axes=(None, 0),
-                             working_set=working_set)
+        batch = jaxnls.solve(
+            curve_residual, p0, (t, y), solver=solver, batched=True, args_axes=(None, 0), working_set=working_set
+        )
         for i, solo in zip((0, 1, 16, 32), solos):
             where = f"element {i}, working_set={working_set}"
             np.testing.assert_array_equal(batch.params[i], solo.params, err_msg=where)
@@ -222,8 +250,11 @@ def _tiny_graph():
     graph = jaxnls.graph
     return graph.FactorGraph(
         variables={"x": jnp.zeros((2, 1))},
-        costs=[graph.CostGroup(lambda a, b, d: b - a - d, kinds=("x", "x"), indices=jnp.asarray([[0, 1]]),
-                               data=jnp.ones((1, 1)))],
+        costs=[
+            graph.CostGroup(
+                lambda a, b, d: b - a - d, kinds=("x", "x"), indices=jnp.asarray([[0, 1]]), data=jnp.ones((1, 1))
+            )
+        ],
         fixed={"x": jnp.asarray([0])},
     )
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import mgh_problems as mgh
 import numpy as np
 import pytest
 
 import jaxnls
-import mgh_problems as mgh
 from jaxnls.io import read_nist
 
 NIST_DIR = Path(__file__).parent / "data" / "nist"
@@ -40,8 +40,10 @@ def kkt_violations(solver, status, x, residual, jacobian, lower, upper):
     norms = np.linalg.norm(jacobian[:, free], axis=0) * np.linalg.norm(residual)
     cosine = np.abs(g[free]) / np.where(norms > 0, norms, 1.0)
     worst = float(cosine.max()) if cosine.size else 0.0
-    bound = {jaxnls.Status.CONVERGED_GRADIENT: solver.gradient_tolerance,
-             jaxnls.Status.CONVERGED_FUNCTION: np.sqrt(solver.function_tolerance)}.get(status)
+    bound = {
+        jaxnls.Status.CONVERGED_GRADIENT: solver.gradient_tolerance,
+        jaxnls.Status.CONVERGED_FUNCTION: np.sqrt(solver.function_tolerance),
+    }.get(status)
     if bound is not None and worst > bound:
         failures.append(f"{status.name} but the largest free gradient cosine is {worst:.2e} > {bound:.2e}")
     return failures
@@ -63,14 +65,23 @@ def bounded_nist(name: str):
 
 def _scipy_trf(residual, jacobian, start, lower, upper):
     optimize = pytest.importorskip("scipy.optimize")
-    return optimize.least_squares(lambda x: np.asarray(residual(jnp.asarray(x))), start,
-                                  jac=lambda x: np.asarray(jacobian(jnp.asarray(x))), bounds=(lower, upper),
-                                  method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=20000)
+    return optimize.least_squares(
+        lambda x: np.asarray(residual(jnp.asarray(x))),
+        start,
+        jac=lambda x: np.asarray(jacobian(jnp.asarray(x))),
+        bounds=(lower, upper),
+        method="trf",
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+        max_nfev=20000,
+    )
 
 
 # (QR for every problem doubles the compilations: in the slow set; the default set runs Cholesky)
-@pytest.mark.parametrize("linear_solver", [jaxnls.Cholesky(), pytest.param(jaxnls.QR(), marks=pytest.mark.slow)],
-                         ids=["Cholesky", "QR"])
+@pytest.mark.parametrize(
+    "linear_solver", [jaxnls.Cholesky(), pytest.param(jaxnls.QR(), marks=pytest.mark.slow)], ids=["Cholesky", "QR"]
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_bounded_nist_problems_match_scipy_trf_and_satisfy_kkt(name, linear_solver):
     problem, lower, upper, start = bounded_nist(name)
@@ -79,16 +90,20 @@ def test_bounded_nist_problems_match_scipy_trf_and_satisfy_kkt(name, linear_solv
     reference = _scipy_trf(residual, jacobian, start, lower, upper)
     for linear_solver in (linear_solver,):
         solver = jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, linear_solver=linear_solver)
-        sol = jaxnls.solve(problem.residual_fn, jnp.asarray(start), problem.args, bounds=(lower, upper),
-                           solver=solver, max_steps=2000)
+        sol = jaxnls.solve(
+            problem.residual_fn, jnp.asarray(start), problem.args, bounds=(lower, upper), solver=solver, max_steps=2000
+        )
         status = jaxnls.Status(int(sol.status))
         x = np.asarray(sol.params)
-        where = f"{name} ({type(linear_solver).__name__}): {status.name}, cost {float(sol.cost):.12e}, scipy " \
-                f"{reference.cost:.12e}"
+        where = (
+            f"{name} ({type(linear_solver).__name__}): {status.name}, cost {float(sol.cost):.12e}, scipy "
+            f"{reference.cost:.12e}"
+        )
         assert status.converged, where
         assert float(sol.cost) <= reference.cost * (1 + COST_MATCH), where
-        assert not kkt_violations(solver, status, x, np.asarray(residual(x)), np.asarray(jacobian(x)), lower,
-                                  upper), where
+        assert not kkt_violations(solver, status, x, np.asarray(residual(x)), np.asarray(jacobian(x)), lower, upper), (
+            where
+        )
         assert x[0] == (upper[0] if np.isfinite(upper[0]) else lower[0]), where  # the bound is active
 
 
@@ -110,16 +125,23 @@ def test_bounded_mgh_problems_match_scipy_trf_and_satisfy_kkt(name):
     residual = jax.jit(lambda x: residual_fn(x))
     jacobian = jax.jit(jax.jacfwd(lambda x: residual_fn(x)))
     reference = _scipy_trf(residual, jacobian, start, lower, upper)
-    for solver in (SOLVER, jaxnls.Dogleg(rtol=1e-12, atol=1e-12), jaxnls.IndirectLevenbergMarquardt(rtol=1e-12, atol=1e-12)):
+    for solver in (
+        SOLVER,
+        jaxnls.Dogleg(rtol=1e-12, atol=1e-12),
+        jaxnls.IndirectLevenbergMarquardt(rtol=1e-12, atol=1e-12),
+    ):
         sol = jaxnls.solve(residual_fn, jnp.asarray(start), bounds=(lower, upper), solver=solver, max_steps=2000)
         status = jaxnls.Status(int(sol.status))
         x = np.asarray(sol.params)
-        where = f"{name}, {type(solver).__name__}: {status.name}, x {x}, cost {float(sol.cost):.12e}, scipy " \
-                f"{reference.cost:.12e} at {reference.x}"
+        where = (
+            f"{name}, {type(solver).__name__}: {status.name}, x {x}, cost {float(sol.cost):.12e}, scipy "
+            f"{reference.cost:.12e} at {reference.x}"
+        )
         assert status.converged, where
         assert float(sol.cost) <= reference.cost * (1 + COST_MATCH) + 1e-300, where
-        assert not kkt_violations(solver, status, x, np.asarray(residual(x)), np.asarray(jacobian(x)), lower,
-                                  upper), where
+        assert not kkt_violations(solver, status, x, np.asarray(residual(x)), np.asarray(jacobian(x)), lower, upper), (
+            where
+        )
 
 
 def exponential(p, args):
@@ -137,8 +159,9 @@ def test_a_batch_mixing_bounded_and_free_problems_equals_its_problems_solved_alo
     starts = jnp.asarray([[1.0, 1.0, 0.0]] * 3)
     lower = jnp.full((3, 3), -jnp.inf)
     upper = jnp.asarray([[jnp.inf] * 3, [1.5, jnp.inf, jnp.inf], [5.0, jnp.inf, jnp.inf]])
-    batch = jaxnls.solve(exponential, starts, (T, Y), batched=True, args_axes=None, bounds=(lower, upper),
-                         solver=SOLVER)
+    batch = jaxnls.solve(
+        exponential, starts, (T, Y), batched=True, args_axes=None, bounds=(lower, upper), solver=SOLVER
+    )
     for i in range(3):
         alone = jaxnls.solve(exponential, starts[i], (T, Y), bounds=(lower[i], upper[i]), solver=SOLVER)
         np.testing.assert_array_equal(batch.params[i], alone.params)
@@ -155,8 +178,13 @@ def test_derivative_at_a_bounded_solution_matches_central_differences(mode):
     lower, upper = jnp.asarray([0.0, 0.0, 0.5]), jnp.asarray([1.5, 10.0, 10.0])
 
     def params(y):
-        return jaxnls.solve(exponential, jnp.asarray([1.0, 1.0, 0.6]), (T, y), bounds=(lower, upper),
-                            solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13)).params
+        return jaxnls.solve(
+            exponential,
+            jnp.asarray([1.0, 1.0, 0.6]),
+            (T, y),
+            bounds=(lower, upper),
+            solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13),
+        ).params
 
     solution = np.asarray(params(Y))
     assert solution[0] == 1.5 and solution[2] == 0.5  # both bounds active, the rate free
@@ -173,10 +201,16 @@ def test_derivative_at_a_bounded_solution_matches_central_differences(mode):
 
 def test_the_solution_follows_its_active_bound():
     """d x*/d(upper bound) at an active bound is 1 for that coordinate (checked by central differences)."""
+
     def params(bound):
         upper = jnp.stack([bound, jnp.asarray(jnp.inf), jnp.asarray(jnp.inf)])
-        return jaxnls.solve(exponential, jnp.asarray([1.0, 1.0, 0.0]), (T, Y), bounds=(None, upper),
-                            solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13)).params
+        return jaxnls.solve(
+            exponential,
+            jnp.asarray([1.0, 1.0, 0.0]),
+            (T, Y),
+            bounds=(None, upper),
+            solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13),
+        ).params
 
     bound = jnp.asarray(1.5)
     derivative = np.asarray(jax.jacfwd(params)(bound))
@@ -191,22 +225,29 @@ def test_fixed_coordinates_stay_at_their_start_and_the_rest_is_the_reduced_fit()
     answer for that model as the truth), and the frozen coordinate carries params0's derivative."""
     optimize = pytest.importorskip("scipy.optimize")
     start = jnp.asarray([1.0, 0.65, 0.0])
-    sol = jaxnls.solve(exponential, start, (T, Y + 0.01 * jnp.sin(5 * T)), fixed=jnp.asarray([False, True, False]),
-                       solver=SOLVER)
+    sol = jaxnls.solve(
+        exponential, start, (T, Y + 0.01 * jnp.sin(5 * T)), fixed=jnp.asarray([False, True, False]), solver=SOLVER
+    )
     assert float(sol.params[1]) == 0.65 and bool(sol.converged)
     reduced = optimize.least_squares(
         lambda q: np.asarray(exponential(jnp.asarray([q[0], 0.65, q[1]]), (T, Y + 0.01 * jnp.sin(5 * T)))),
-        [1.0, 0.0], xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        [1.0, 0.0],
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
     np.testing.assert_allclose(np.asarray(sol.params)[[0, 2]], reduced.x, rtol=1e-9)
-    derivative = jax.jacfwd(lambda p0: jaxnls.solve(exponential, p0, (T, Y), fixed=jnp.asarray([False, True, False]),
-                                                    solver=SOLVER).params)(start)
+    derivative = jax.jacfwd(
+        lambda p0: jaxnls.solve(exponential, p0, (T, Y), fixed=jnp.asarray([False, True, False]), solver=SOLVER).params
+    )(start)
     assert float(derivative[1, 1]) == 1.0 and float(derivative[1, 0]) == 0.0
 
 
 def test_a_start_outside_the_box_is_projected_and_reported():
     with pytest.warns(UserWarning, match="outside the bounds at 1 coordinate.*projection"):
-        sol = jaxnls.solve(exponential, jnp.asarray([5.0, 1.0, 0.0]), (T, Y), bounds=(None, [1.5, 10.0, 10.0]),
-                           solver=SOLVER)
+        sol = jaxnls.solve(
+            exponential, jnp.asarray([5.0, 1.0, 0.0]), (T, Y), bounds=(None, [1.5, 10.0, 10.0]), solver=SOLVER
+        )
     assert bool(sol.converged) and float(sol.params[0]) == 1.5
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # inside the box: no warning

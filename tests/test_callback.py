@@ -65,6 +65,7 @@ def test_the_callback_reports_every_iteration_of_a_solve():
 def test_a_stop_request_ends_that_problem_where_max_steps_would_and_leaves_the_others(working_set):
     """Problem 1 asked to stop after 3 steps: STOPPED, with the parameters of a solve cut at max_steps=3; every
     other problem bit-identical to a solve without the callback (also through working sets)."""
+
     def stop_problem_1(info):
         return (info.problem == 1) & (info.iteration >= 3)
 
@@ -81,8 +82,9 @@ def test_a_stop_request_ends_that_problem_where_max_steps_would_and_leaves_the_o
 
 
 def test_a_scalar_stop_request_stops_every_problem_it_is_shown():
-    sol = jaxnls.solve(residual, STARTS, (T, Y), batched=True, args_axes=None,
-                       callback=lambda info: bool(np.max(info.iteration) >= 1))
+    sol = jaxnls.solve(
+        residual, STARTS, (T, Y), batched=True, args_axes=None, callback=lambda info: bool(np.max(info.iteration) >= 1)
+    )
     assert np.all(np.asarray(sol.status) == jaxnls.Status.STOPPED)
     assert np.all(np.asarray(sol.num_steps) == 1)
     assert "STOPPED" in sol.summary()
@@ -108,10 +110,17 @@ def test_derivatives_through_a_solve_with_a_callback_match_central_differences(a
 
 def test_graph_solve_reports_iterations_and_takes_stop_requests():
     graph = jaxnls.graph
-    costs = [graph.CostGroup(lambda a, b, d: b - a - d, kinds=("x", "x"), indices=jnp.asarray([[0, 1], [1, 2]]),
-                             data=jnp.asarray([[1.0], [2.0]])),
-             graph.CostGroup(lambda a, d: jnp.sin(a) - d, kinds=("x",), indices=jnp.asarray([[2]]),
-                             data=jnp.asarray([[0.5]]))]
+    costs = [
+        graph.CostGroup(
+            lambda a, b, d: b - a - d,
+            kinds=("x", "x"),
+            indices=jnp.asarray([[0, 1], [1, 2]]),
+            data=jnp.asarray([[1.0], [2.0]]),
+        ),
+        graph.CostGroup(
+            lambda a, d: jnp.sin(a) - d, kinds=("x",), indices=jnp.asarray([[2]]), data=jnp.asarray([[0.5]])
+        ),
+    ]
     problem = graph.FactorGraph(variables={"x": jnp.zeros((3, 1))}, costs=costs, fixed={"x": jnp.asarray([0])})
     solver = jaxnls.LevenbergMarquardt(linear_solver=graph.SparseDirect())
     record = Recorder()
@@ -182,8 +191,8 @@ def test_history_holds_the_last_iterations_as_solves_cut_at_max_steps_see_them()
     steps = int(full.num_steps)
     h = full.history
     assert h.cost.shape == (64,)
-    np.testing.assert_array_equal(h.iteration[:steps + 1], np.arange(steps + 1))
-    assert np.all(np.isnan(np.asarray(h.cost[steps + 1:])))
+    np.testing.assert_array_equal(h.iteration[: steps + 1], np.arange(steps + 1))
+    assert np.all(np.isnan(np.asarray(h.cost[steps + 1 :])))
     start_cost = 0.5 * float(np.sum(np.asarray(residual(x0, (T, Y))) ** 2))
     assert float(h.cost[0]) == pytest.approx(start_cost, rel=1e-14) and float(h.accepted[0]) == 1.0
     for k in (1, 3, steps):
@@ -191,18 +200,19 @@ def test_history_holds_the_last_iterations_as_solves_cut_at_max_steps_see_them()
         assert float(h.cost[k]) == float(cut.cost)
         assert float(h.gradient_norm[k]) == pytest.approx(float(cut.gradient_norm), rel=1e-12)
     assert float(h.cost[steps]) == float(full.cost)
-    assert int(np.sum(np.asarray(h.accepted[1:steps + 1]))) == int(full.num_accepted)
+    assert int(np.sum(np.asarray(h.accepted[1 : steps + 1]))) == int(full.num_accepted)
     last = jaxnls.solve(residual, x0, (T, Y), history=3).history
     np.testing.assert_array_equal(last.iteration, [steps - 2, steps - 1, steps])
-    np.testing.assert_array_equal(last.cost, h.cost[steps - 2:steps + 1])
+    np.testing.assert_array_equal(last.cost, h.cost[steps - 2 : steps + 1])
     assert jaxnls.solve(residual, x0, (T, Y)).history is None
 
 
 def test_history_of_a_batch_equals_solo_histories_and_works_under_jit():
     """Bit for bit through a working set (the batch invariant); inside a caller's jit (compiled without the
     top-level compiler options, so rounded differently in the last bits) the same figures."""
-    batch = jaxnls.solve(residual, STARTS, (T, Y), batched=True, args_axes=(None, None), history=12,
-                         working_set=2).history
+    batch = jaxnls.solve(
+        residual, STARTS, (T, Y), batched=True, args_axes=(None, None), history=12, working_set=2
+    ).history
     assert batch.cost.shape == (STARTS.shape[0], 12)
     for i in range(STARTS.shape[0]):
         alone = jaxnls.solve(residual, STARTS[i], (T, Y), history=12).history
@@ -222,11 +232,19 @@ def test_graph_solve_keeps_a_history():
     graph = jaxnls.graph
     problem = graph.FactorGraph(
         variables={"x": jnp.zeros((3, 1))},
-        costs=[graph.CostGroup(lambda a, b, d: b - a - d, kinds=("x", "x"), indices=jnp.asarray([[0, 1], [1, 2]]),
-                               data=jnp.asarray([[1.0], [2.0]])),
-               graph.CostGroup(lambda a, d: jnp.sin(a) - d, kinds=("x",), indices=jnp.asarray([[2]]),
-                               data=jnp.asarray([[0.5]]))],
-        fixed={"x": jnp.asarray([0])})
+        costs=[
+            graph.CostGroup(
+                lambda a, b, d: b - a - d,
+                kinds=("x", "x"),
+                indices=jnp.asarray([[0, 1], [1, 2]]),
+                data=jnp.asarray([[1.0], [2.0]]),
+            ),
+            graph.CostGroup(
+                lambda a, d: jnp.sin(a) - d, kinds=("x",), indices=jnp.asarray([[2]]), data=jnp.asarray([[0.5]])
+            ),
+        ],
+        fixed={"x": jnp.asarray([0])},
+    )
     sol = graph.solve(problem, solver=jaxnls.LevenbergMarquardt(linear_solver=graph.SparseDirect()), history=50)
     steps = int(sol.num_steps)
     assert float(sol.history.cost[steps]) == float(sol.cost) and float(sol.history.cost[0]) == float(sol.initial_cost)

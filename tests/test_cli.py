@@ -16,14 +16,16 @@ NIST_DIR = Path(__file__).parent / "data" / "nist"
 
 
 def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
 
 
 def _table_rows(stdout: str) -> list[list[str]]:
     """The rows of the comparison table (values in E format; the demo's batch table has plain numbers)."""
-    return [line.split() for line in stdout.splitlines()
-            if re.match(r"^(b\d+\s+\S+|RSS)\s+\d\.\d{10}E[+-]\d\d\s", line)]
+    return [
+        line.split() for line in stdout.splitlines() if re.match(r"^(b\d+\s+\S+|RSS)\s+\d\.\d{10}E[+-]\d\d\s", line)
+    ]
 
 
 def _lre_column(stdout: str) -> dict[str, float]:
@@ -138,8 +140,9 @@ def _run_with_cache(cache, *args):
     import os
 
     env = dict(os.environ, JAXNLS_CACHE_DIR=str(cache))
-    return subprocess.run([sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnls", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+    )
 
 
 def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off(tmp_path):
@@ -150,8 +153,10 @@ def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off
     assert first.returncode == 0, first.stderr
     assert cache.is_dir() and any(cache.iterdir())
     second = _run_with_cache(cache, "solve", str(NIST_DIR / "Misra1a.dat"), "--json")
-    assert second.returncode == 0 and second.stdout.split('"seconds_with_compilation"')[0] == \
-        first.stdout.split('"seconds_with_compilation"')[0]
+    assert (
+        second.returncode == 0
+        and second.stdout.split('"seconds_with_compilation"')[0] == first.stdout.split('"seconds_with_compilation"')[0]
+    )
     off = tmp_path / "off"
     assert _run_with_cache(off, "solve", str(NIST_DIR / "Misra1a.dat"), "--no-cache").returncode == 0
     assert not off.exists()

@@ -17,16 +17,20 @@ ROOT = Path(__file__).parent.parent
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxnls", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnls", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
-@pytest.mark.parametrize("name,text,message", [
-    ("no_edges.g2o", "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n", "the pose graph has 2 pose(s) and no edges"),
-    ("one_vertex.g2o", "VERTEX_SE2 0 0 0 0\n", "the pose graph has 1 pose(s) and no edges"),
-    ("empty.bal", "0 0 0\n", "the problem has no cameras and no points and no observations"),
-    ("negative.bal", "-3 2 1\n", "line 1: negative the number of cameras -3"),
-])
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("no_edges.g2o", "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\n", "the pose graph has 2 pose(s) and no edges"),
+        ("one_vertex.g2o", "VERTEX_SE2 0 0 0 0\n", "the pose graph has 1 pose(s) and no edges"),
+        ("empty.bal", "0 0 0\n", "the problem has no cameras and no points and no observations"),
+        ("negative.bal", "-3 2 1\n", "line 1: negative the number of cameras -3"),
+    ],
+)
 def test_degenerate_files_exit_2_naming_the_file(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
@@ -40,8 +44,9 @@ def test_degenerate_files_exit_2_naming_the_file(tmp_path, name, text, message):
 def test_a_landmark_no_edge_observes_is_left_alone(tmp_path):
     """A 2-D g2o file whose XY landmark no edge observes (an empty cost group inside) solves the poses."""
     path = tmp_path / "unobserved.g2o"
-    path.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1.2 0.1 0\nVERTEX_XY 2 3 3\n"
-                    "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\nFIX 0\n")
+    path.write_text(
+        "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1.2 0.1 0\nVERTEX_XY 2 3 3\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\nFIX 0\n"
+    )
     result = _cli("solve", path, "--json")
     assert result.returncode == 0, result.stderr
     assert '"status": "CONVERGED' in result.stdout
@@ -77,14 +82,29 @@ def test_version_is_the_installed_distribution_s():
 def test_solve_help_lists_formats_solvers_and_exit_codes():
     result = _cli("solve", "--help")
     assert result.returncode == 0
-    for expected in ("NIST StRD", "g2o", "TORO", "BAL", "--linear-solver", "--write-unconverged", "rtol = 1e-10",
-                     "exit status: 0 converged; 1 not converged"):
+    for expected in (
+        "NIST StRD",
+        "g2o",
+        "TORO",
+        "BAL",
+        "--linear-solver",
+        "--write-unconverged",
+        "rtol = 1e-10",
+        "exit status: 0 converged; 1 not converged",
+    ):
         assert expected in result.stdout, expected
 
 
 GRAPHS = Path(__file__).parent / "data" / "graphs"
-POSE_GRAPHS = ["Klaus3.g2o", "noisyToyGraph.txt", "pose2example.txt", "pose3example.txt", "toyExample.g2o",
-               "w100.graph", "w100_30.g2o"]
+POSE_GRAPHS = [
+    "Klaus3.g2o",
+    "noisyToyGraph.txt",
+    "pose2example.txt",
+    "pose3example.txt",
+    "toyExample.g2o",
+    "w100.graph",
+    "w100_30.g2o",
+]
 BAL_FILES = ["dubrovnik-1-1-pre.txt", "dubrovnik-3-7-pre.txt"]
 EDGE_TAGS = ("EDGE", "EQUIV")
 

@@ -173,8 +173,10 @@ def test_the_command_line_refuses_an_indefinite_information_matrix_unless_asked_
     import json
 
     bad = tmp_path / "indefinite.g2o"
-    bad.write_text("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
-                   "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\nFIX 0\n")
+    bad.write_text(
+        "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+        "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\nFIX 0\n"
+    )
     refused = _cli(bad)
     assert refused.returncode == 2 and "line 5" in refused.stderr and "smallest eigenvalue -1" in refused.stderr
     repaired = _cli(bad, "--repair-information", "--json")

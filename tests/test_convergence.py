@@ -68,12 +68,12 @@ def test_all_nist_problems_present():
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nist(name: str):
     return read_nist(NIST_DIR / f"{name}.dat")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _residual_and_jacobian(name: str):
     """Jitted ``params -> (r, J)`` of the NIST residual (forward-mode autodiff), one compile per problem."""
     problem = nist(name)
@@ -129,9 +129,7 @@ def stationarity(name: str, params) -> Stationarity:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cosine = np.where(unit_gradient == 0, 0.0, np.abs(unit_gradient) / (unit_col_norms * unit_r_norm))
         cosine = np.where((col_norms == 0) & (gradient != 0), np.inf, cosine)
-        newton = np.where(
-            unit_gradient == 0, 0.0, np.abs(unit_gradient) * r_scale / (col_scale * unit_col_norms**2)
-        )
+        newton = np.where(unit_gradient == 0, 0.0, np.abs(unit_gradient) * r_scale / (col_scale * unit_col_norms**2))
         newton = np.where((col_norms == 0) & (gradient != 0), np.inf, newton)
         # r moves by ~eps·|y_i| when y_i is rounded and by ~eps·|J_ij x_j| when x_j is: relative to ‖r‖
         # that is the noise on r's direction; the dot products add ~m·eps.
@@ -157,9 +155,11 @@ def claim_violations(solver, status: jaxnls.Status, params, point: Stationarity)
         bound = SLACK * tolerance + point.newton_floor
         if not np.all(point.newton <= bound):
             worst = int(np.argmax(point.newton / bound))
-            problems.append(f"CONVERGED_PARAMETER but the Newton step along b{worst + 1} is "
-                            f"{point.newton[worst]:.3g} > {bound[worst]:.3g} "
-                            f"(rtol·|x| + atol = {tolerance[worst]:.3g})")
+            problems.append(
+                f"CONVERGED_PARAMETER but the Newton step along b{worst + 1} is "
+                f"{point.newton[worst]:.3g} > {bound[worst]:.3g} "
+                f"(rtol·|x| + atol = {tolerance[worst]:.3g})"
+            )
     elif status == jaxnls.Status.CONVERGED_GRADIENT:
         bound = SLACK * solver.gradient_tolerance + point.cosine_floor
         if not np.all(point.cosine <= bound):
@@ -171,12 +171,14 @@ def claim_violations(solver, status: jaxnls.Status, params, point: Stationarity)
 
 def describe(name: str, start: int, solver_name: str, status, steps, params, point: Stationarity) -> str:
     problem = nist(name)
-    return (f"{name} start {start}, {solver_name}: {jaxnls.Status(int(status)).name} after {int(steps)} steps, "
-            f"cost {point.cost:.6e} (certified minimum {problem.certified_rss / 2:.6e}), "
-            f"max cos {point.max_cosine:.3g}, min LRE {problem.lre(params).min():.2f}")
+    return (
+        f"{name} start {start}, {solver_name}: {jaxnls.Status(int(status)).name} after {int(steps)} steps, "
+        f"cost {point.cost:.6e} (certified minimum {problem.certified_rss / 2:.6e}), "
+        f"max cos {point.max_cosine:.3g}, min LRE {problem.lre(params).min():.2f}"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def solve_both_starts(name: str, solver_name: str, tolerances: tuple = (), max_steps: int = 256):
     """Both NIST starts in one batched solve: (params (2, k), status (2,), steps (2,)).
 
@@ -184,16 +186,24 @@ def solve_both_starts(name: str, solver_name: str, tolerances: tuple = (), max_s
     """
     problem = nist(name)
     solver = getattr(jaxnls, solver_name)(**dict(tolerances))
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts), problem.args, solver=solver,
-                       max_steps=max_steps, batched=True, args_axes=None)
+    sol = jaxnls.solve(
+        problem.residual_fn,
+        jnp.asarray(problem.starts),
+        problem.args,
+        solver=solver,
+        max_steps=max_steps,
+        batched=True,
+        args_axes=None,
+    )
     return np.asarray(sol.params), np.asarray(sol.status), np.asarray(sol.num_steps)
 
 
 def solve_one_start(name: str, start: int, solver, max_steps: int = 256):
     """One NIST start on its own (not batched): (params (k,), status, steps)."""
     problem = nist(name)
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts[start - 1]), problem.args, solver=solver,
-                       max_steps=max_steps)
+    sol = jaxnls.solve(
+        problem.residual_fn, jnp.asarray(problem.starts[start - 1]), problem.args, solver=solver, max_steps=max_steps
+    )
     return np.asarray(sol.params), jaxnls.Status(int(sol.status)), int(sol.num_steps)
 
 
@@ -285,8 +295,10 @@ def test_tight_tolerances_reach_the_certified_values(name):
             lre = problem.lre(x).min()
             if (solver_name, name, start) in TIGHT_TOO_SLOW:
                 if lre >= LRE_TARGET and state.converged:
-                    failures.append(f"now reaches the certified values in {TIGHT_MAX_STEPS} steps: remove it "
-                                    f"from TIGHT_TOO_SLOW: {detail}")
+                    failures.append(
+                        f"now reaches the certified values in {TIGHT_MAX_STEPS} steps: remove it "
+                        f"from TIGHT_TOO_SLOW: {detail}"
+                    )
                 elif state != jaxnls.Status.MAX_STEPS:
                     failures.append(f"expected MAX_STEPS short of the minimum: {detail}")
                 continue
@@ -325,8 +337,14 @@ def test_tight_tolerances_as_accurate_as_optimistix(name):
     problem = nist(name)
 
     def optx_solve(y0):
-        sol = optx.least_squares(problem.residual_fn, optx.LevenbergMarquardt(rtol=1e-15, atol=1e-15), y0,
-                                 args=problem.args, max_steps=TIGHT_MAX_STEPS, throw=False)
+        sol = optx.least_squares(
+            problem.residual_fn,
+            optx.LevenbergMarquardt(rtol=1e-15, atol=1e-15),
+            y0,
+            args=problem.args,
+            max_steps=TIGHT_MAX_STEPS,
+            throw=False,
+        )
         return sol.value, sol.result == optx.RESULTS.successful
 
     peer, peer_ok = jax.jit(jax.vmap(optx_solve))(jnp.asarray(problem.starts))
@@ -334,8 +352,10 @@ def test_tight_tolerances_as_accurate_as_optimistix(name):
     for start in (1, 2):
         peer_lre = problem.lre(np.asarray(peer[start - 1])).min()
         our_lre = problem.lre(ours[start - 1]).min()
-        where = (f"{name} start {start}: ours LRE {our_lre:.2f} ({jaxnls.Status(int(status[start - 1])).name}), "
-                 f"optimistix LRE {peer_lre:.2f} (successful: {bool(peer_ok[start - 1])})")
+        where = (
+            f"{name} start {start}: ours LRE {our_lre:.2f} ({jaxnls.Status(int(status[start - 1])).name}), "
+            f"optimistix LRE {peer_lre:.2f} (successful: {bool(peer_ok[start - 1])})"
+        )
         assert bool(peer_ok[start - 1]) and peer_lre >= LRE_TARGET, f"the peer reference itself failed: {where}"
         assert our_lre >= min(peer_lre, LRE_CAP), where
 
@@ -371,8 +391,10 @@ def test_former_false_convergence(case):
     solver = getattr(jaxnls, solver_name)()
     params, status, steps = solve_one_start(name, start, solver, max_steps)
     point = stationarity(name, params)
-    detail = (f"{describe(name, start, solver_name, status, steps, params, point)}; "
-              f"before c824d14: {FORMER_FALSE_CLAIMS[case]}")
+    detail = (
+        f"{describe(name, start, solver_name, status, steps, params, point)}; "
+        f"before c824d14: {FORMER_FALSE_CLAIMS[case]}"
+    )
     assert np.all(np.isfinite(params)), detail
     if not status.converged:
         return

@@ -36,10 +36,21 @@ ARGS = (jnp.asarray(T), jnp.asarray(Y), jnp.asarray(SIGMA))
 @pytest.mark.parametrize("absolute_sigma", [False, True])
 def test_weighted_fit_matches_scipy_curve_fit(absolute_sigma):
     optimize = pytest.importorskip("scipy.optimize")
-    popt, pcov = optimize.curve_fit(model, T, Y, p0=[1.0, 1.0, 0.0], sigma=SIGMA, absolute_sigma=absolute_sigma,
-                                    jac=model_jacobian, xtol=1e-14, ftol=1e-14, gtol=1e-14)
-    sol = jaxnls.solve(weighted_residual, jnp.asarray([1.0, 1.0, 0.0]), ARGS,
-                       solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13))
+    popt, pcov = optimize.curve_fit(
+        model,
+        T,
+        Y,
+        p0=[1.0, 1.0, 0.0],
+        sigma=SIGMA,
+        absolute_sigma=absolute_sigma,
+        jac=model_jacobian,
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+    )
+    sol = jaxnls.solve(
+        weighted_residual, jnp.asarray([1.0, 1.0, 0.0]), ARGS, solver=jaxnls.LevenbergMarquardt(rtol=1e-13, atol=1e-13)
+    )
     assert bool(sol.converged)
     np.testing.assert_allclose(sol.params, popt, rtol=1e-7)
     at_scipy = jaxnls.covariance(weighted_residual, jnp.asarray(popt), ARGS, absolute_sigma=absolute_sigma)
@@ -67,8 +78,9 @@ def test_rank_deficient_jacobian_gives_a_finite_pseudo_inverse_and_its_rank():
     a generalised inverse of JᵀJ (A C A = s² A)."""
     optimize = pytest.importorskip("scipy.optimize")
     y = model(T, 2.0, 0.8, 0.3) + 0.02 * RNG.standard_normal(T.size)
-    popt, pcov = optimize.curve_fit(model, T, y, p0=[1.0, 1.0, 0.0], jac=model_jacobian, xtol=1e-14, ftol=1e-14,
-                                    gtol=1e-14)
+    popt, pcov = optimize.curve_fit(
+        model, T, y, p0=[1.0, 1.0, 0.0], jac=model_jacobian, xtol=1e-14, ftol=1e-14, gtol=1e-14
+    )
     # the same fit, its sum split unevenly between two parameters
     params = jnp.asarray([0.25 * popt[0], 0.75 * popt[0], popt[1], popt[2]])
     args = (jnp.asarray(T), jnp.asarray(y))
@@ -82,8 +94,9 @@ def test_rank_deficient_jacobian_gives_a_finite_pseudo_inverse_and_its_rank():
     np.testing.assert_allclose(to_identifiable @ c @ to_identifiable.T, pcov * rescale, rtol=1e-7)
     jac = np.asarray(jax.jacfwd(sum_only_residual)(params, args))
     normal = jac.T @ jac
-    np.testing.assert_allclose(normal @ c @ normal, float(cov.residual_variance) * normal, rtol=1e-7,
-                               atol=1e-9 * np.abs(normal).max())
+    np.testing.assert_allclose(
+        normal @ c @ normal, float(cov.residual_variance) * normal, rtol=1e-7, atol=1e-9 * np.abs(normal).max()
+    )
 
 
 def test_zero_jacobian_column_has_zero_error_and_no_nan():
@@ -167,8 +180,9 @@ def test_lie_group_parameters_get_the_covariance_of_their_tangent_perturbation()
     on_group = jaxnls.covariance(residual, estimate, (points, observed))
 
     def chart(delta, args):
-        return residual({"rotation": estimate["rotation"] @ jaxlie.SO2.exp(delta[:1]),
-                         "shift": estimate["shift"] + delta[1:]}, args)
+        return residual(
+            {"rotation": estimate["rotation"] @ jaxlie.SO2.exp(delta[:1]), "shift": estimate["shift"] + delta[1:]}, args
+        )
 
     in_chart = jaxnls.covariance(chart, jnp.zeros(3), (points, observed))
     assert on_group.num_params == 3
@@ -208,8 +222,9 @@ def test_summary_shows_the_parameter_table_and_high_correlations():
     cov = jaxnls.covariance(residual, sol.params, ARGS)
     text = sol.summary(covariance=cov, min_correlation=0.0)
     values = [float(sol.params["amplitude"]), *map(float, sol.params["rate_offset"])]
-    for name, value, error in zip(["['amplitude']", "['rate_offset'][0]", "['rate_offset'][1]"], values,
-                                  np.asarray(cov.standard_errors)):
+    for name, value, error in zip(
+        ["['amplitude']", "['rate_offset'][0]", "['rate_offset'][1]"], values, np.asarray(cov.standard_errors)
+    ):
         row = next(line.split() for line in text.splitlines() if line.strip().startswith(name + " "))
         assert float(row[1]) == pytest.approx(value, rel=1e-9) and float(row[2]) == pytest.approx(error, rel=1e-6)
     correlations = [line for line in text.splitlines() if line.strip().startswith("(")]
@@ -231,8 +246,9 @@ def test_fixed_coordinates_are_known_exactly_and_the_rest_is_the_reduced_fit():
     def reduced_jacobian(t, a, c):
         return np.stack([np.exp(-rate * t), np.ones_like(t)], axis=1)
 
-    popt, pcov = optimize.curve_fit(reduced_model, T, Y, p0=[1.0, 0.0], sigma=SIGMA, jac=reduced_jacobian,
-                                    xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    popt, pcov = optimize.curve_fit(
+        reduced_model, T, Y, p0=[1.0, 0.0], sigma=SIGMA, jac=reduced_jacobian, xtol=1e-14, ftol=1e-14, gtol=1e-14
+    )
     params = jnp.asarray([popt[0], rate, popt[1]])
     mask = jnp.asarray([False, True, False])
     cov = jaxnls.covariance(weighted_residual, params, ARGS, fixed=mask)
@@ -241,8 +257,14 @@ def test_fixed_coordinates_are_known_exactly_and_the_rest_is_the_reduced_fit():
     np.testing.assert_array_equal(np.asarray(cov.covariance)[1], 0.0)
     np.testing.assert_array_equal(np.asarray(cov.covariance)[:, 1], 0.0)
     assert float(cov.standard_errors[1]) == 0.0
-    batch = jaxnls.covariance(weighted_residual, jnp.stack([params, params]), ARGS, batched=True, args_axes=None,
-                              fixed=jnp.stack([mask, jnp.zeros(3, bool)]))
+    batch = jaxnls.covariance(
+        weighted_residual,
+        jnp.stack([params, params]),
+        ARGS,
+        batched=True,
+        args_axes=None,
+        fixed=jnp.stack([mask, jnp.zeros(3, bool)]),
+    )
     np.testing.assert_allclose(batch.covariance[0], cov.covariance, rtol=1e-12)
     free = jaxnls.covariance(weighted_residual, params, ARGS)
     np.testing.assert_allclose(batch.covariance[1], free.covariance, rtol=1e-12)

@@ -1,6 +1,5 @@
 """The flax.nnx layer (runs when flax is installed: pip install "jaxnls[flax]")."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -28,8 +27,9 @@ def test_nnx_layer_gradient_matches_central_differences_and_trains():
     y = np.asarray(truth[:, :1] * jnp.exp(-truth[:, 1:] * T[None, :])) + 0.005 * rng.standard_normal((8, T.size))
     y[:, [3, 11, 20]] += 0.8
     y = jnp.asarray(y)
-    layer = NLLSLayer(WeightedDecay(), solver=jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, ftol=0.0),
-                      batched=True, args_axes=0)
+    layer = NLLSLayer(
+        WeightedDecay(), solver=jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, ftol=0.0), batched=True, args_axes=0
+    )
     p0 = jnp.ones_like(truth)
 
     def loss(layer):

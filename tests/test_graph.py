@@ -60,10 +60,13 @@ def _anchored(gtsam, name, is3d, sigma=1e-6):
     factors = gtsam.NonlinearFactorGraph(factors)
     factors.add(prior(0, at(0), gtsam.noiseModel.Diagonal.Sigmas(np.full(d, sigma))))
     anchor = jax.tree_util.tree_map(lambda leaf: leaf[:1], poses)
-    graph = jg.FactorGraph({"pose": poses}, [
-        jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
-        jg.CostGroup(jg.prior, ("pose",), [[0]], anchor, jnp.eye(d)[None] / sigma),
-    ])
+    graph = jg.FactorGraph(
+        {"pose": poses},
+        [
+            jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
+            jg.CostGroup(jg.prior, ("pose",), [[0]], anchor, jnp.eye(d)[None] / sigma),
+        ],
+    )
     return graph, factors, initial
 
 
@@ -162,7 +165,8 @@ def _tiny_graph(key=0, noise=0.1):
     edges = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]])
     measured = jax.vmap(lambda a, b: a.inverse() @ b)(
         jax.tree_util.tree_map(lambda leaf: leaf[edges[:, 0]], poses),
-        jax.tree_util.tree_map(lambda leaf: leaf[edges[:, 1]], poses))
+        jax.tree_util.tree_map(lambda leaf: leaf[edges[:, 1]], poses),
+    )
     landmarks = jnp.asarray(rng.normal(size=(2, 2)) * 3)
     sightings = np.array([[0, 0], [1, 0], [3, 1], [4, 1]])
 
@@ -170,10 +174,11 @@ def _tiny_graph(key=0, noise=0.1):
     sqrt_info = jnp.asarray(np.triu(rng.normal(size=(5, 3, 3))) + 3 * np.eye(3))
     return jg.FactorGraph(
         {"pose": noisy, "landmark": landmarks + 0.2},
-        [jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
-         jg.CostGroup(observe, ("pose", "landmark"), sightings, seen),
-         jg.CostGroup(jg.prior, "pose", [0], jax.tree_util.tree_map(lambda leaf: leaf[:1], poses),
-                      10 * jnp.eye(3))],
+        [
+            jg.CostGroup(jg.between, ("pose", "pose"), edges, measured, sqrt_info),
+            jg.CostGroup(observe, ("pose", "landmark"), sightings, seen),
+            jg.CostGroup(jg.prior, "pose", [0], jax.tree_util.tree_map(lambda leaf: leaf[:1], poses), 10 * jnp.eye(3)),
+        ],
     )
 
 
@@ -190,8 +195,10 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
         values = space.retract_params(graph.variables, delta)
         out = []
         for cost in graph.costs:
-            args = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
-                    for k, c in zip(cost.kinds, cost.indices.array.T)]
+            args = [
+                jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
+                for k, c in zip(cost.kinds, cost.indices.array.T)
+            ]
             r = jax.vmap(lambda *a: jnp.ravel(cost.residual_fn(*a[:-1], a[-1])))(*args, cost.data)
             if cost.sqrt_information is not None:
                 L = jnp.broadcast_to(cost.sqrt_information, (r.shape[0],) + cost.sqrt_information.shape[-2:])
@@ -209,8 +216,10 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
         blocks, pieces = [], []
         values = space.unravel(x)
         for cost, group in zip(graph.costs, structure.groups):
-            variables = [jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
-                         for k, c in zip(cost.kinds, group["indices"].T)]
+            variables = [
+                jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
+                for k, c in zip(cost.kinds, group["indices"].T)
+            ]
             r, jac, _ = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information, cost.loss)
             blocks.append(jac)
             pieces.append(jnp.ravel(r))
@@ -226,8 +235,12 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
     np.testing.assert_allclose(lin.curvature(v), jnp.sum((dense @ v) ** 2), rtol=1e-12)
     damping = jnp.linspace(0.1, 1.0, n)
     from_jacobians = jg.NormalOperator(structure=structure, jacobians=lin.blocks, products=None, damping=damping)
-    from_products = jg.NormalOperator(structure=structure, jacobians=None, products=tuple(
-        jnp.einsum("eka,ekb->eab", jac, jac) for jac in lin.blocks), damping=damping)
+    from_products = jg.NormalOperator(
+        structure=structure,
+        jacobians=None,
+        products=tuple(jnp.einsum("eka,ekb->eab", jac, jac) for jac in lin.blocks),
+        damping=damping,
+    )
     normal = dense.T @ dense + jnp.diag(damping)
     for operator in (from_jacobians, from_products):
         np.testing.assert_allclose(operator.times(v), normal @ v, atol=1e-10)
@@ -250,8 +263,14 @@ def test_batched_graphs_solve_together_and_a_bad_one_does_not_poison_the_rest():
     batch = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *graphs)
     # problem 1's measurements blow up: its solve fails alone
     bad = batch.costs[1].data.at[1].set(jnp.nan)
-    batch = jg.FactorGraph(batch.variables, [batch.costs[0], jg.CostGroup(
-        batch.costs[1].residual_fn, ("pose", "landmark"), batch.costs[1].indices.array, bad), batch.costs[2]])
+    batch = jg.FactorGraph(
+        batch.variables,
+        [
+            batch.costs[0],
+            jg.CostGroup(batch.costs[1].residual_fn, ("pose", "landmark"), batch.costs[1].indices.array, bad),
+            batch.costs[2],
+        ],
+    )
     solver = SOLVERS["sparse-direct"]
     sols = jg.solve(batch, solver=solver, batched=True)
     assert bool(sols.converged[0]) and bool(sols.converged[2])
@@ -269,18 +288,41 @@ def test_bad_inputs_give_clear_errors():
     graph = _tiny_graph()
     between = graph.costs[0]
     with pytest.raises(ValueError, match=r"indices\[:, 1\] has 7, outside \[0, 5\)"):
-        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), [[0, 7]],
-                                                                jax.tree_util.tree_map(lambda l: l[:1], between.data))]))
+        jg.solve(
+            jg.FactorGraph(
+                graph.variables,
+                [
+                    jg.CostGroup(
+                        jg.between, ("pose", "pose"), [[0, 7]], jax.tree_util.tree_map(lambda l: l[:1], between.data)
+                    )
+                ],
+            )
+        )
     with pytest.raises(ValueError, match="leading axes must be"):
-        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), [[0, 1], [1, 2]],
-                                                                jax.tree_util.tree_map(lambda l: l[:1], between.data))]))
+        jg.solve(
+            jg.FactorGraph(
+                graph.variables,
+                [
+                    jg.CostGroup(
+                        jg.between,
+                        ("pose", "pose"),
+                        [[0, 1], [1, 2]],
+                        jax.tree_util.tree_map(lambda l: l[:1], between.data),
+                    )
+                ],
+            )
+        )
     with pytest.raises(ValueError, match=r"indices must have shape \(E, 2\)"):
         jg.CostGroup(jg.between, ("pose", "pose"), [[0, 1, 2]])
     with pytest.raises(ValueError, match="not among the variables"):
         jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.prior, "camera", [0], between.data)]))
     with pytest.raises(ValueError, match="sqrt_information must be"):
-        jg.solve(jg.FactorGraph(graph.variables, [jg.CostGroup(jg.between, ("pose", "pose"), between.indices.array,
-                                                                between.data, jnp.eye(2))]))
+        jg.solve(
+            jg.FactorGraph(
+                graph.variables,
+                [jg.CostGroup(jg.between, ("pose", "pose"), between.indices.array, between.data, jnp.eye(2))],
+            )
+        )
     poses = graph.variables["pose"]
     broken = jaxlie.SE2(poses.unit_complex_xy.at[3, 2].set(jnp.inf))
     with pytest.raises(ValueError, match=r"non-finite starting value at index \(3,\)"):
@@ -373,8 +415,10 @@ def _lm_iterations_against_gtsam(name, is3d):
     optimizer = gtsam.LevenbergMarquardtOptimizer(factors, initial, gtsam.LevenbergMarquardtParams())
     gtsam_cost = factors.error(optimizer.optimize())
     sol = jg.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect()), max_steps=200)
-    where = (f"{name}: LM {int(sol.num_steps)} steps -> {float(sol.cost):.6f} "
-             f"({jaxnls.Status(int(sol.status)).name}); GTSAM LM {optimizer.iterations()} -> {gtsam_cost:.6f}")
+    where = (
+        f"{name}: LM {int(sol.num_steps)} steps -> {float(sol.cost):.6f} "
+        f"({jaxnls.Status(int(sol.status)).name}); GTSAM LM {optimizer.iterations()} -> {gtsam_cost:.6f}"
+    )
     assert bool(sol.converged), where
     assert float(sol.cost) <= gtsam_cost * (1 + 1e-6), where
     assert int(sol.num_steps) <= 2 * max(optimizer.iterations(), 3), where

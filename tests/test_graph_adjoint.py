@@ -34,9 +34,14 @@ def _pose_graph_data(seed=0):
     truth = jaxlie.SE2.exp(jnp.asarray(rng.normal(size=(NUM_POSES, 3))))
     relative = jax.vmap(lambda a, b: a.inverse() @ b)(
         jax.tree_util.tree_map(lambda leaf: leaf[EDGES[:, 0]], truth),
-        jax.tree_util.tree_map(lambda leaf: leaf[EDGES[:, 1]], truth))
-    measured = jax.vmap(lambda z, xi: z @ jaxlie.SE2.exp(xi))(relative, jnp.asarray(rng.normal(scale=0.15, size=(len(EDGES), 3))))
-    start = jax.vmap(lambda x, xi: x @ jaxlie.SE2.exp(xi))(truth, jnp.asarray(rng.normal(scale=0.2, size=(NUM_POSES, 3))))
+        jax.tree_util.tree_map(lambda leaf: leaf[EDGES[:, 1]], truth),
+    )
+    measured = jax.vmap(lambda z, xi: z @ jaxlie.SE2.exp(xi))(
+        relative, jnp.asarray(rng.normal(scale=0.15, size=(len(EDGES), 3)))
+    )
+    start = jax.vmap(lambda x, xi: x @ jaxlie.SE2.exp(xi))(
+        truth, jnp.asarray(rng.normal(scale=0.2, size=(NUM_POSES, 3)))
+    )
     return measured, start
 
 
@@ -52,9 +57,16 @@ def _pose_graph(theta, loss: bool):
     start = START.parameters().at[0].set(anchor.parameters())
     return jg.FactorGraph(
         {"pose": jaxlie.SE2(start)},
-        [jg.CostGroup(jg.between, ("pose", "pose"), EDGES, measured,
-                      information_scale * jnp.broadcast_to(SQRT_INFORMATION, (len(EDGES), 3, 3)),
-                      loss=jaxnls.losses.Cauchy(loss_scale) if loss else None)],
+        [
+            jg.CostGroup(
+                jg.between,
+                ("pose", "pose"),
+                EDGES,
+                measured,
+                information_scale * jnp.broadcast_to(SQRT_INFORMATION, (len(EDGES), 3, 3)),
+                loss=jaxnls.losses.Cauchy(loss_scale) if loss else None,
+            )
+        ],
         fixed={"pose": [0]},
     )
 
@@ -84,12 +96,16 @@ def _central(fn, theta, direction):
     return directional_difference(lambda t: fn(_along(theta, direction)(t)), 0.0, 1.0)
 
 
-@pytest.mark.parametrize("adjoint, linear_solver, loss", [
-    (jaxnls.Implicit(), jg.SparseDirect(), True),
-    pytest.param(jaxnls.Implicit(), jg.PCG(rtol=1e-13), True, marks=pytest.mark.slow),
-    (jaxnls.Unroll(), jg.SparseDirect(), True),
-    pytest.param(jaxnls.Truncated(10), jg.PCG(rtol=1e-13), False, marks=pytest.mark.slow),
-], ids=["implicit-direct", "implicit-pcg", "unroll-direct", "truncated-pcg"])
+@pytest.mark.parametrize(
+    "adjoint, linear_solver, loss",
+    [
+        (jaxnls.Implicit(), jg.SparseDirect(), True),
+        pytest.param(jaxnls.Implicit(), jg.PCG(rtol=1e-13), True, marks=pytest.mark.slow),
+        (jaxnls.Unroll(), jg.SparseDirect(), True),
+        pytest.param(jaxnls.Truncated(10), jg.PCG(rtol=1e-13), False, marks=pytest.mark.slow),
+    ],
+    ids=["implicit-direct", "implicit-pcg", "unroll-direct", "truncated-pcg"],
+)
 def test_reverse_mode_matches_central_differences(adjoint, linear_solver, loss):
     theta, direction = _theta(), _direction()
     gradient = jax.grad(lambda th: _outer(th, adjoint, linear_solver, loss))(theta)
@@ -106,8 +122,9 @@ def test_reverse_mode_matches_central_differences(adjoint, linear_solver, loss):
 def test_forward_mode_matches_central_differences():
     theta, direction = _theta(), _direction(2)
     _, tangent = jax.jvp(lambda th: _outer(th, jaxnls.Implicit(), jg.SparseDirect()), (theta,), (direction,))
-    np.testing.assert_allclose(tangent, _central(lambda th: _outer(th, jaxnls.Implicit(), jg.SparseDirect()),
-                                                 theta, direction), rtol=1e-6)
+    np.testing.assert_allclose(
+        tangent, _central(lambda th: _outer(th, jaxnls.Implicit(), jg.SparseDirect()), theta, direction), rtol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -132,17 +149,28 @@ def test_gauss_newton_hessian_differs_and_direct_loss_minimisation_tends_to_it()
 def _bundle(observation_shift, seed=3, num_cameras=4, num_points=12):
     """A small bundle adjustment problem with cameras 0 and 1 fixed (no gauge freedom left)."""
     rng = np.random.default_rng(seed)
-    cameras = np.array([np.concatenate([rng.normal(scale=0.1, size=3), [rng.normal(), rng.normal(), -10.0],
-                                        [400.0 + 10 * c, 1e-3, 1e-5]]) for c in range(num_cameras)])
+    cameras = np.array(
+        [
+            np.concatenate(
+                [rng.normal(scale=0.1, size=3), [rng.normal(), rng.normal(), -10.0], [400.0 + 10 * c, 1e-3, 1e-5]]
+            )
+            for c in range(num_cameras)
+        ]
+    )
     points = rng.normal(scale=2.0, size=(num_points, 3))
     pairs = np.array([(c, p) for p in range(num_points) for c in range(num_cameras) if (p + c) % 4 != 3])
-    observed = np.stack([np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2)))
-                         for c, p in pairs]) + rng.normal(scale=0.5, size=(len(pairs), 2))
-    start_cameras = cameras + np.concatenate([rng.normal(scale=1e-3, size=(num_cameras, 6)),
-                                              np.zeros((num_cameras, 3))], axis=1)
+    observed = np.stack(
+        [np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2))) for c, p in pairs]
+    ) + rng.normal(scale=0.5, size=(len(pairs), 2))
+    start_cameras = cameras + np.concatenate(
+        [rng.normal(scale=1e-3, size=(num_cameras, 6)), np.zeros((num_cameras, 3))], axis=1
+    )
     start_cameras[:2] = cameras[:2]
     return jg.FactorGraph(
-        {"camera": jnp.asarray(start_cameras), "point": jnp.asarray(points + rng.normal(scale=0.05, size=points.shape))},
+        {
+            "camera": jnp.asarray(start_cameras),
+            "point": jnp.asarray(points + rng.normal(scale=0.05, size=points.shape)),
+        },
         [jg.CostGroup(bal_reprojection, ("camera", "point"), pairs, jnp.asarray(observed) + observation_shift)],
         fixed={"camera": [0, 1]},
     )
@@ -177,12 +205,21 @@ def test_batch_with_a_nonfinite_start_reports_it_and_leaves_the_others_exact():
         return jnp.stack(leaves)
 
     def batched_outer(scales):
-        costs = [jg.CostGroup(jg.between, ("pose", "pose"), EDGES,
-                              jax.tree_util.tree_map(lambda *l: stack(l), *[g.costs[0].data for g in graphs]),
-                              stack([g.costs[0].sqrt_information for g in graphs]) * scales[:, None, None, None],
-                              loss=graphs[0].costs[0].loss)]
-        graph = jg.FactorGraph({"pose": jax.tree_util.tree_map(lambda *l: stack(l), *[g.variables["pose"] for g in graphs])},
-                               costs, fixed={"pose": [0]})
+        costs = [
+            jg.CostGroup(
+                jg.between,
+                ("pose", "pose"),
+                EDGES,
+                jax.tree_util.tree_map(lambda *l: stack(l), *[g.costs[0].data for g in graphs]),
+                stack([g.costs[0].sqrt_information for g in graphs]) * scales[:, None, None, None],
+                loss=graphs[0].costs[0].loss,
+            )
+        ]
+        graph = jg.FactorGraph(
+            {"pose": jax.tree_util.tree_map(lambda *l: stack(l), *[g.variables["pose"] for g in graphs])},
+            costs,
+            fixed={"pose": [0]},
+        )
         sol = jg.solve(graph, solver=_tight(jg.SparseDirect()), max_steps=300, batched=True)
         return jnp.where(jnp.isfinite(sol.cost), sol.cost, 0.0), sol
 
@@ -192,13 +229,18 @@ def test_batch_with_a_nonfinite_start_reports_it_and_leaves_the_others_exact():
     gradient = jax.grad(lambda s: jnp.sum(batched_outer(s)[0]))(scales)
     assert np.all(np.isfinite(gradient)) and gradient[1] == 0.0
     for b in (0, 2):
+
         def alone(scale, b=b):
             graph = graphs[b]
             cost = graph.costs[0]
-            scaled = jg.CostGroup(cost.residual_fn, cost.kinds, cost.indices.array, cost.data,
-                                  cost.sqrt_information * scale, cost.loss)
-            return jg.solve(jg.FactorGraph(graph.variables, [scaled], fixed={"pose": [0]}),
-                            solver=_tight(jg.SparseDirect()), max_steps=300).cost
+            scaled = jg.CostGroup(
+                cost.residual_fn, cost.kinds, cost.indices.array, cost.data, cost.sqrt_information * scale, cost.loss
+            )
+            return jg.solve(
+                jg.FactorGraph(graph.variables, [scaled], fixed={"pose": [0]}),
+                solver=_tight(jg.SparseDirect()),
+                max_steps=300,
+            ).cost
 
         np.testing.assert_allclose(costs[b], alone(1.0), rtol=1e-12)
         np.testing.assert_allclose(gradient[b], jax.grad(alone)(1.0), rtol=1e-9)
@@ -207,8 +249,11 @@ def test_batch_with_a_nonfinite_start_reports_it_and_leaves_the_others_exact():
 
 def test_unbatched_nonfinite_start_still_raises_and_bad_adjoint_is_rejected():
     graph = _pose_graph(_theta(), False)
-    bad = jg.FactorGraph({"pose": jaxlie.SE2(graph.variables["pose"].parameters().at[2, 0].set(jnp.inf))},
-                         graph.costs, fixed={"pose": [0]})
+    bad = jg.FactorGraph(
+        {"pose": jaxlie.SE2(graph.variables["pose"].parameters().at[2, 0].set(jnp.inf))},
+        graph.costs,
+        fixed={"pose": [0]},
+    )
     with pytest.raises(ValueError, match="non-finite starting value"):
         jg.solve(bad)
     with pytest.raises(TypeError, match="adjoint"):

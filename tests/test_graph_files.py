@@ -27,7 +27,8 @@ def _gtsam_lm(factor_graph, values, anchor_key, pose):
     """GTSAM's LM with tight tolerances; pose ``anchor_key`` pinned by a 1e-8-sigma prior (our fixed pose)."""
     sigmas = [1e-8] * (3 if isinstance(pose, gtsam.Pose2) else 6)
     prior = (gtsam.PriorFactorPose2 if isinstance(pose, gtsam.Pose2) else gtsam.PriorFactorPose3)(
-        anchor_key, pose, gtsam.noiseModel.Diagonal.Sigmas(sigmas))
+        anchor_key, pose, gtsam.noiseModel.Diagonal.Sigmas(sigmas)
+    )
     factor_graph.add(prior)
     params = gtsam.LevenbergMarquardtParams()
     params.setRelativeErrorTol(1e-14)
@@ -64,21 +65,30 @@ def test_bal_reprojection_against_an_independent_projection():
         camera, point = problem.cameras[problem.camera_index[m]], problem.points[problem.point_index[m]]
         # Rodrigues by the matrix exponential of the skew matrix (scipy), not the library's formula
         from scipy.linalg import expm
+
         w = camera[:3]
         skew = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
         p = expm(skew) @ point + camera[3:6]
         p = -p[:2] / p[2]
         r2 = p @ p
         expected = camera[6] * (1 + camera[7] * r2 + camera[8] * r2**2) * p - problem.observations[m]
-        np.testing.assert_allclose(bal_reprojection(jnp.asarray(camera), jnp.asarray(point),
-                                                    jnp.asarray(problem.observations[m])), expected, rtol=1e-10)
+        np.testing.assert_allclose(
+            bal_reprojection(jnp.asarray(camera), jnp.asarray(point), jnp.asarray(problem.observations[m])),
+            expected,
+            rtol=1e-10,
+        )
     sol = graph.solve(bal_graph_problem(problem))
     assert bool(sol.converged) and float(sol.cost) < 1e-6 * float(sol.initial_cost)
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxnls", "solve", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxnls", "solve", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 def test_cli_json_and_output_round_trip(tmp_path):
@@ -115,20 +125,40 @@ def _synthetic_bal(path, num_cameras=4, num_points=40, seed=0):
     from jaxnls.io import BALProblem, write_bal
 
     rng = np.random.default_rng(seed)
-    cameras = np.array([np.concatenate([rng.normal(scale=0.1, size=3), [rng.normal(scale=0.5), rng.normal(scale=0.5),
-                                                                        -10.0], [500.0 + 20 * c, 0.0, 0.0]])
-                        for c in range(num_cameras)])
+    cameras = np.array(
+        [
+            np.concatenate(
+                [
+                    rng.normal(scale=0.1, size=3),
+                    [rng.normal(scale=0.5), rng.normal(scale=0.5), -10.0],
+                    [500.0 + 20 * c, 0.0, 0.0],
+                ]
+            )
+            for c in range(num_cameras)
+        ]
+    )
     points = rng.normal(scale=2.0, size=(num_points, 3))
     camera_index, point_index = np.divmod(np.arange(num_cameras * num_points), num_points)
-    clean = np.stack([np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2)))
-                      for c, p in zip(camera_index, point_index)])
+    clean = np.stack(
+        [
+            np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2)))
+            for c, p in zip(camera_index, point_index)
+        ]
+    )
     as_float32 = lambda a: np.asarray(a, np.float32).astype(np.float64)
-    start_cameras = cameras + np.concatenate([rng.normal(scale=0.01, size=(num_cameras, 6)),
-                                              np.zeros((num_cameras, 3))], axis=1)
-    write_bal(path, BALProblem(cameras=as_float32(start_cameras),
-                               points=as_float32(points + rng.normal(scale=0.05, size=points.shape)),
-                               camera_index=camera_index, point_index=point_index,
-                               observations=as_float32(clean + rng.normal(scale=0.5, size=clean.shape))))
+    start_cameras = cameras + np.concatenate(
+        [rng.normal(scale=0.01, size=(num_cameras, 6)), np.zeros((num_cameras, 3))], axis=1
+    )
+    write_bal(
+        path,
+        BALProblem(
+            cameras=as_float32(start_cameras),
+            points=as_float32(points + rng.normal(scale=0.05, size=points.shape)),
+            camera_index=camera_index,
+            point_index=point_index,
+            observations=as_float32(clean + rng.normal(scale=0.5, size=clean.shape)),
+        ),
+    )
 
 
 def test_bundle_adjustment_cost_equals_gtsams(tmp_path):
@@ -137,8 +167,9 @@ def test_bundle_adjustment_cost_equals_gtsams(tmp_path):
     problem = read_bal(path)
     unanchored = bal_graph_problem(problem)
     # the same anchoring in both: camera 0 (pose and calibration) and point 0 held
-    ours = graph.solve(graph.FactorGraph(unanchored.variables, unanchored.costs, fixed={"camera": [0], "point": [0]}),
-                       max_steps=200)
+    ours = graph.solve(
+        graph.FactorGraph(unanchored.variables, unanchored.costs, fixed={"camera": [0], "point": [0]}), max_steps=200
+    )
     sfm = gtsam.SfmData.FromBalFile(str(path))
     factor_graph = sfm.sfmFactorGraph()
     values = gtsam.Values()
@@ -147,9 +178,12 @@ def test_bundle_adjustment_cost_equals_gtsams(tmp_path):
     for j in range(sfm.numberTracks()):
         values.insert(gtsam.symbol("p", j), sfm.track(j).point3())
     np.testing.assert_allclose(float(ours.initial_cost), factor_graph.error(values), rtol=1e-10)
-    factor_graph.add(gtsam.PriorFactorPinholeCameraCal3Bundler(0, sfm.camera(0), gtsam.noiseModel.Isotropic.Sigma(9, 1e-8)))
-    factor_graph.add(gtsam.PriorFactorPoint3(gtsam.symbol("p", 0), sfm.track(0).point3(),
-                                             gtsam.noiseModel.Isotropic.Sigma(3, 1e-8)))
+    factor_graph.add(
+        gtsam.PriorFactorPinholeCameraCal3Bundler(0, sfm.camera(0), gtsam.noiseModel.Isotropic.Sigma(9, 1e-8))
+    )
+    factor_graph.add(
+        gtsam.PriorFactorPoint3(gtsam.symbol("p", 0), sfm.track(0).point3(), gtsam.noiseModel.Isotropic.Sigma(3, 1e-8))
+    )
     params = gtsam.LevenbergMarquardtParams()
     params.setRelativeErrorTol(1e-14)
     params.setAbsoluteErrorTol(1e-14)

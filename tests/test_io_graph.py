@@ -33,8 +33,7 @@ from jaxnls.io import (
 
 DATA = Path(__file__).parent / "data" / "graphs"
 G2O_2D = ["pose2example.txt", "noisyToyGraph.txt", "w100_30.g2o"]
-G2O_3D = ["pose3example.txt", "pose3example-offdiagonal.txt", "pose3example-grid.txt", "toyExample.g2o",
-          "Klaus3.g2o"]
+G2O_3D = ["pose3example.txt", "pose3example-offdiagonal.txt", "pose3example-grid.txt", "toyExample.g2o", "Klaus3.g2o"]
 TORO_2D = ["w100.graph"]
 BAL = ["dubrovnik-1-1-pre.txt", "dubrovnik-3-7-pre.txt"]
 
@@ -48,11 +47,13 @@ def _wrap(a):
 
 def _quat_matrix(q):
     w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def _rodrigues(w):
@@ -82,8 +83,9 @@ def test_readme_checksums():
         assert hashlib.sha256((DATA / name).read_bytes()).hexdigest() == digest, name
 
 
-@pytest.mark.parametrize("name,fmt", [*((n, "g2o") for n in G2O_2D + G2O_3D), *((n, "toro") for n in TORO_2D),
-                                      *((n, "bal") for n in BAL)])
+@pytest.mark.parametrize(
+    "name,fmt", [*((n, "g2o") for n in G2O_2D + G2O_3D), *((n, "toro") for n in TORO_2D), *((n, "bal") for n in BAL)]
+)
 def test_detect_format(name, fmt):
     assert detect_format(DATA / name) == fmt
 
@@ -149,8 +151,7 @@ def _compare_2d(ours: PoseGraph2D, graph, values):
         np.testing.assert_allclose([m.x(), m.y()], ours.measurements[e, :2], rtol=0, atol=1e-12)
         np.testing.assert_allclose(_wrap(m.theta() - ours.measurements[e, 2]), 0, atol=1e-12)
         np.testing.assert_allclose(_info(f), ours.information[e], rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(np.asarray(f.noiseModel().R()), ours.sqrt_information[e], rtol=1e-10,
-                                   atol=1e-10)
+        np.testing.assert_allclose(np.asarray(f.noiseModel().R()), ours.sqrt_information[e], rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", G2O_2D)
@@ -170,8 +171,7 @@ def test_toro_2d_matches_gtsam():
 def test_toro_information_order_matches_gtsam(tmp_path):
     """TORO writes I11 I12 I22 I33 I13 I23; GTSAM's NoiseFormatTORO is the independent reading."""
     gtsam = pytest.importorskip("gtsam")
-    text = ("VERTEX2 3 0 0 0\nVERTEX2 7 1 0 0.5\n"
-            "EDGE2 3 7 1 0.1 0.5 10 1 20 30 2 3\n")
+    text = "VERTEX2 3 0 0 0\nVERTEX2 7 1 0 0.5\nEDGE2 3 7 1 0.1 0.5 10 1 20 30 2 3\n"
     path = tmp_path / "offdiag.graph"
     path.write_text(text)
     ours = read_toro(path)
@@ -219,8 +219,9 @@ def _compare_3d(ours: PoseGraph3D, graph, values, permute_information: bool):
         assert list(f.keys()) == [int(ours.pose_ids[i]) for i in ours.edges[e]]
         m = f.measured()
         np.testing.assert_allclose(m.translation(), ours.measurement_translations[e], rtol=0, atol=1e-12)
-        np.testing.assert_allclose(m.rotation().matrix(), _quat_matrix(ours.measurement_quaternions[e]), rtol=0,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            m.rotation().matrix(), _quat_matrix(ours.measurement_quaternions[e]), rtol=0, atol=1e-12
+        )
         info = ours.information[e][np.ix_(SWAP, SWAP)] if permute_information else ours.information[e]
         np.testing.assert_allclose(_info(f), info, rtol=1e-9, atol=1e-9)
 
@@ -392,8 +393,11 @@ G2O_ERRORS = [
     ("VERTEX_SE2 0 0 0 nan\n", 1, r"non-finite number 'nan'"),
     ("VERTEX_SE2 0 0 0 1e400\n", 1, r"overflows float64"),
     ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 0 1 0 0\n", 2, r"duplicate vertex id 0 \(first defined on line 1\)"),
-    ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 0 0 0\nEDGE_SE2 0 2 1 0 0 1 0 0 1 0 1\n", 3,
-     r"references vertex 2, which the file does not define"),
+    (
+        "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 0 0 0\nEDGE_SE2 0 2 1 0 0 1 0 0 1 0 1\n",
+        3,
+        r"references vertex 2, which the file does not define",
+    ),
     ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 0 0 0\nEDGE_SE2 0 1 1 0 0 1 0 0 -1 0 1\n", 3, r"not positive definite"),
     ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 -1 0 0 0\n", 2, r"negative vertex id -1"),
     ("VERTEX_SE2 0 0 0 0\nPARAMS_SE2OFFSET 0 0 0 0\n", 2, r"unknown or unsupported tag 'PARAMS_SE2OFFSET'"),
@@ -427,21 +431,28 @@ def test_toro_errors():
 BAL_TEXT = (DATA / "dubrovnik-1-1-pre.txt").read_text()
 
 
-@pytest.mark.parametrize("text,line,message", [
-    (BAL_TEXT.replace("0 0     -3.859900e+02", "0 1     -3.859900e+02"), 3, r"point index 1 out of range"),
-    (BAL_TEXT.replace("0 0     -3.859900e+02", "5 0     -3.859900e+02"), 3, r"camera index 5 out of range"),
-    (BAL_TEXT.replace("0 0     -3.859900e+02", "-1 0     -3.859900e+02"), 3, r"negative camera index"),
-    (BAL_TEXT.replace("1.1171804676513932e-02", "nan"), 6, r"non-finite number 'nan' in the parameters of camera 0"),
-    (BAL_TEXT.replace("1 1 1", "1 2 1", 1), 17, r"the file ends after 19 numbers, inside the point coordinates"),
-    # 0 observations: the observation line is read as camera parameters, leaving 4 numbers over.
-    (BAL_TEXT.replace("1 1 1", "1 1 0", 1), 13, r"unexpected token '3.2377569465570913e-14' after the last point"),
-    # (the file has no final newline)
-    (BAL_TEXT + "\n7\n", 18, r"unexpected token '7'.*take 19 numbers, but the file has 20"),
-    ("1 1\n", 1, r"truncated header"),
-    ("1 1 x\n", 1, r"expected a non-negative integer for the number of observations"),
-    ("", 1, r"the file is empty"),
-    ("1 0 0\n\n1 2 3 4 5 6 7 8\n", 3, r"the file ends after 11 numbers, inside the camera parameters"),
-])
+@pytest.mark.parametrize(
+    "text,line,message",
+    [
+        (BAL_TEXT.replace("0 0     -3.859900e+02", "0 1     -3.859900e+02"), 3, r"point index 1 out of range"),
+        (BAL_TEXT.replace("0 0     -3.859900e+02", "5 0     -3.859900e+02"), 3, r"camera index 5 out of range"),
+        (BAL_TEXT.replace("0 0     -3.859900e+02", "-1 0     -3.859900e+02"), 3, r"negative camera index"),
+        (
+            BAL_TEXT.replace("1.1171804676513932e-02", "nan"),
+            6,
+            r"non-finite number 'nan' in the parameters of camera 0",
+        ),
+        (BAL_TEXT.replace("1 1 1", "1 2 1", 1), 17, r"the file ends after 19 numbers, inside the point coordinates"),
+        # 0 observations: the observation line is read as camera parameters, leaving 4 numbers over.
+        (BAL_TEXT.replace("1 1 1", "1 1 0", 1), 13, r"unexpected token '3.2377569465570913e-14' after the last point"),
+        # (the file has no final newline)
+        (BAL_TEXT + "\n7\n", 18, r"unexpected token '7'.*take 19 numbers, but the file has 20"),
+        ("1 1\n", 1, r"truncated header"),
+        ("1 1 x\n", 1, r"expected a non-negative integer for the number of observations"),
+        ("", 1, r"the file is empty"),
+        ("1 0 0\n\n1 2 3 4 5 6 7 8\n", 3, r"the file ends after 11 numbers, inside the camera parameters"),
+    ],
+)
 def test_bal_errors(text, line, message):
     with pytest.raises(GraphFormatError, match=rf"^b\.txt, line {line}: .*{message}"):
         parse_bal(text, "b.txt")
@@ -465,14 +476,36 @@ def test_bal_tokens_may_span_lines():
 SAMPLES = {
     "g2o2": (parse_g2o, LANDMARKS + (DATA / "noisyToyGraph.txt").read_text()),
     "g2o3": (parse_g2o, (DATA / "pose3example-offdiagonal.txt").read_text() + "\nFIX 0\n"),
-    "toro2": (parse_toro, "".join((DATA / "w100.graph").read_text().splitlines(True)[:8])
-              + "EDGE2 1 0 -0.99879 0.0417574 -0.00818381 1 0 1 1 0 0\nEQUIV 2 1\n"),
+    "toro2": (
+        parse_toro,
+        "".join((DATA / "w100.graph").read_text().splitlines(True)[:8])
+        + "EDGE2 1 0 -0.99879 0.0417574 -0.00818381 1 0 1 1 0 0\nEQUIV 2 1\n",
+    ),
     "toro3": (parse_toro, TORO_3D),
     "bal1": (parse_bal, BAL_TEXT),
     "bal3": (parse_bal, (DATA / "dubrovnik-3-7-pre.txt").read_text()),
 }
-JUNK = ["nan", "inf", "-inf", "abc", "1e400", "-1", "-7", "99999999999999999999", "1e18", "0", "3", "1.5",
-        "VERTEX_SE2", "EDGE3", "FIX", "#", "0x10", "1,5", "\t"]
+JUNK = [
+    "nan",
+    "inf",
+    "-inf",
+    "abc",
+    "1e400",
+    "-1",
+    "-7",
+    "99999999999999999999",
+    "1e18",
+    "0",
+    "3",
+    "1.5",
+    "VERTEX_SE2",
+    "EDGE3",
+    "FIX",
+    "#",
+    "0x10",
+    "1,5",
+    "\t",
+]
 
 
 @st.composite
@@ -486,8 +519,9 @@ def mutated(draw):
             break
         i = draw(st.integers(0, len(lines) - 1))
         tokens = lines[i].split()
-        op = draw(st.sampled_from(["truncate", "delete", "insert", "replace", "drop_line", "dup_line", "swap",
-                                   "header"]))
+        op = draw(
+            st.sampled_from(["truncate", "delete", "insert", "replace", "drop_line", "dup_line", "swap", "header"])
+        )
         j = draw(st.integers(0, max(len(tokens), 1)))
         if op == "truncate":
             lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
@@ -623,9 +657,11 @@ def test_an_edges_only_file_with_a_disconnected_vertex_names_the_line():
 # Information matrices that are not positive definite
 
 
-INDEFINITE = ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\n"
-              "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
-              "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\n")  # I12 = 2 > 1: eigenvalues -1, 1, 3
+INDEFINITE = (
+    "VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 1 0 0\nVERTEX_SE2 2 2 0 0\n"
+    "EDGE_SE2 0 1 1 0 0 1 0 0 1 0 1\n"
+    "EDGE_SE2 1 2 1 0 0 1 2 0 1 0 1\n"
+)  # I12 = 2 > 1: eigenvalues -1, 1, 3
 
 
 def test_an_indefinite_information_matrix_is_refused_with_its_line_and_eigenvalue():

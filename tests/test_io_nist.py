@@ -35,7 +35,7 @@ def _simple_read(path: Path):
     nobs = int(re.search(r"^\s*(\d+)\s+Observations", text, re.MULTILINE).group(1))
     header_at = max(i for i, line in enumerate(lines) if line.startswith("Data:"))
     columns = lines[header_at].split()[1:]
-    rows = [[float(t) for t in line.split()] for line in lines[header_at + 1:] if line.strip()]
+    rows = [[float(t) for t in line.split()] for line in lines[header_at + 1 :] if line.strip()]
     return params, rss, nobs, columns, np.array(rows)
 
 
@@ -248,8 +248,9 @@ def test_error_bad_model(tmp_path, model, reason):
 
 def test_error_unknown_name_on_continuation_line(tmp_path):
     """ENSO's model spans lines 34-36: the error names the line the unknown name is on."""
-    err = _error(_corrupt(tmp_path, _set(35, "                      + b5*cos( 2*pi*x/b4 ) + b6*sin( 2*tau*x/b4 )"),
-                          name="ENSO"))
+    err = _error(
+        _corrupt(tmp_path, _set(35, "                      + b5*cos( 2*pi*x/b4 ) + b6*sin( 2*tau*x/b4 )"), name="ENSO")
+    )
     assert err.line == 35 and "unknown name 'tau'" in str(err)
 
 
@@ -267,16 +268,30 @@ def test_empty_file(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Fuzz: any deletion / garbling of lines raises NistFormatError or nothing, never another exception.
 
-_BASES = {name: (NIST_DIR / f"{name}.dat").read_bytes().split(b"\n") for name in ("Misra1a", "Nelson", "ENSO",
-                                                                                  "Roszman1")}
+_BASES = {
+    name: (NIST_DIR / f"{name}.dat").read_bytes().split(b"\n") for name in ("Misra1a", "Nelson", "ENSO", "Roszman1")
+}
 _GARBAGE = st.one_of(
     st.binary(max_size=40),
     st.text(alphabet="0123456789 .+-eE*/()[]=:bxyp\t", max_size=40).map(str.encode),
-    st.sampled_from([b"nan", b"inf", b"1e999", b"9" * 5000, b"(" * 300, b"b1+" * 400 + b"x",
-                     b"y = b1 + e", b"Data:   y   x", b"Model:", b"b1 = 1 2 3 4"]),
+    st.sampled_from(
+        [
+            b"nan",
+            b"inf",
+            b"1e999",
+            b"9" * 5000,
+            b"(" * 300,
+            b"b1+" * 400 + b"x",
+            b"y = b1 + e",
+            b"Data:   y   x",
+            b"Model:",
+            b"b1 = 1 2 3 4",
+        ]
+    ),
 )
-_EDIT = st.tuples(st.sampled_from(["delete", "replace", "duplicate", "garble_char", "swap"]),
-                  st.integers(0, 10_000), _GARBAGE)
+_EDIT = st.tuples(
+    st.sampled_from(["delete", "replace", "duplicate", "garble_char", "swap"]), st.integers(0, 10_000), _GARBAGE
+)
 
 
 def _apply(lines: list[bytes], edit) -> list[bytes]:
@@ -296,7 +311,7 @@ def _apply(lines: list[bytes], edit) -> list[bytes]:
         lines[i], lines[j] = lines[j], lines[i]
     elif lines[i]:
         c = (where // 3) % len(lines[i])
-        lines[i] = lines[i][:c] + (garbage[:1] or b"#") + lines[i][c + 1:]
+        lines[i] = lines[i][:c] + (garbage[:1] or b"#") + lines[i][c + 1 :]
     return lines
 
 

@@ -33,8 +33,12 @@ def outliers_data(seed, batch):
 
 def test_layer_gradient_matches_central_differences_and_training_reduces_the_loss():
     truth, y = outliers_data(0, 8)
-    layer = NLLSLayer(WeightedDecay(jnp.zeros(T.size)), solver=jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, ftol=0.0),
-                      batched=True, args_axes=0)
+    layer = NLLSLayer(
+        WeightedDecay(jnp.zeros(T.size)),
+        solver=jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12, ftol=0.0),
+        batched=True,
+        args_axes=0,
+    )
     p0 = jnp.ones_like(truth)
 
     def loss(layer):

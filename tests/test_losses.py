@@ -54,7 +54,9 @@ def test_ratio_and_whitened_cost(loss_cls):
     for tiny in [1e-12, 1e-6]:
         assert abs(float(loss.ratio(jnp.asarray(tiny))) - 1.0) < 2 * tiny / A**2 + 1e-15
     r = jnp.asarray([0.4, -2.0, 1.1])
-    np.testing.assert_allclose(0.5 * jnp.sum(loss.whiten(r) ** 2), 0.5 * CLOSED_FORMS[loss_cls](float(r @ r)), rtol=1e-13)
+    np.testing.assert_allclose(
+        0.5 * jnp.sum(loss.whiten(r) ** 2), 0.5 * CLOSED_FORMS[loss_cls](float(r @ r)), rtol=1e-13
+    )
     # whitening is differentiable at r = 0 (a converged term) with the plain least-squares Jacobian
     np.testing.assert_allclose(jax.jacfwd(loss.whiten)(jnp.zeros(3)), np.eye(3), atol=1e-12)
 
@@ -118,6 +120,7 @@ def test_cost_is_differentiable_in_the_scale(loss_cls):
 
 # -- robust losses in a solve --------------------------------------------------------------------------
 
+
 def _line_with_outliers():
     rng = np.random.default_rng(3)
     t = np.linspace(-2, 2, 40)
@@ -132,27 +135,45 @@ def _line_graph(t, y, loss):
     def residual(x, data):
         return jnp.atleast_1d(x[0] * data[0] + x[1] - data[1])
 
-    return graph.FactorGraph({"line": jnp.zeros((1, 2))},
-                             [graph.CostGroup(residual, "line", np.zeros(len(t), int), jnp.stack([t, y], axis=1),
-                                              loss=loss)])
+    return graph.FactorGraph(
+        {"line": jnp.zeros((1, 2))},
+        [graph.CostGroup(residual, "line", np.zeros(len(t), int), jnp.stack([t, y], axis=1), loss=loss)],
+    )
 
 
-@pytest.mark.parametrize("loss_cls, scipy_name, scale_of", [(Huber, "huber", lambda c: c), (SoftL1, "soft_l1", lambda c: c),
-                                                             (Cauchy, "cauchy", lambda c: c), (Arctan, "arctan", lambda c: c**2)])
+@pytest.mark.parametrize(
+    "loss_cls, scipy_name, scale_of",
+    [
+        (Huber, "huber", lambda c: c),
+        (SoftL1, "soft_l1", lambda c: c),
+        (Cauchy, "cauchy", lambda c: c),
+        (Arctan, "arctan", lambda c: c**2),
+    ],
+)
 def test_graph_solve_with_a_robust_loss_equals_scipys_robust_least_squares(loss_cls, scipy_name, scale_of):
     """scipy.optimize.least_squares(loss=name, f_scale=C) minimises ½C²Σρ₀(r²/C²), which is our loss
     with a = C (Huber, SoftL1, Cauchy) or a = C² (Arctan)."""
     from scipy.optimize import least_squares
 
-    from jaxnls import Dogleg
-    from jaxnls import graph
+    from jaxnls import Dogleg, graph
 
     t, y = _line_with_outliers()
     c = 0.7
-    reference = least_squares(lambda x: x[0] * t + x[1] - y, np.zeros(2), loss=scipy_name, f_scale=c,
-                              xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10000)
-    sol = graph.solve(_line_graph(t, y, loss_cls(scale_of(c))), solver=Dogleg(linear_solver=graph.SparseDirect(),
-                                                                             ftol=1e-15, gtol=1e-15), max_steps=500)
+    reference = least_squares(
+        lambda x: x[0] * t + x[1] - y,
+        np.zeros(2),
+        loss=scipy_name,
+        f_scale=c,
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+        max_nfev=10000,
+    )
+    sol = graph.solve(
+        _line_graph(t, y, loss_cls(scale_of(c))),
+        solver=Dogleg(linear_solver=graph.SparseDirect(), ftol=1e-15, gtol=1e-15),
+        max_steps=500,
+    )
     np.testing.assert_allclose(np.asarray(sol.params["line"][0]), reference.x, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(float(sol.cost), reference.cost, rtol=1e-9)
     # and the outliers did pull a plain least-squares fit away
@@ -163,8 +184,7 @@ def test_graph_solve_with_a_robust_loss_equals_scipys_robust_least_squares(loss_
 def test_graph_solve_with_tukey_equals_a_direct_minimisation():
     from scipy.optimize import minimize
 
-    from jaxnls import Dogleg
-    from jaxnls import graph
+    from jaxnls import Dogleg, graph
 
     t, y = _line_with_outliers()
     a = 1.0
@@ -194,8 +214,16 @@ def test_dense_solve_with_a_robust_loss_equals_scipy_and_its_gradients_match_cen
 
     t, y = _line_with_outliers()
     c = 0.7
-    reference = least_squares(lambda x: x[0] * t + x[1] - y, np.zeros(2), loss="cauchy", f_scale=c,
-                              xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10000)
+    reference = least_squares(
+        lambda x: x[0] * t + x[1] - y,
+        np.zeros(2),
+        loss="cauchy",
+        f_scale=c,
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+        max_nfev=10000,
+    )
     # converged to the parameter test alone, so that central differences of the solution resolve 1e-7
     solver = jaxnls.LevenbergMarquardt(ftol=0.0, gtol=0.0, rtol=1e-14, atol=0.0)
     data = (jnp.asarray(t), jnp.asarray(y))
@@ -205,17 +233,26 @@ def test_dense_solve_with_a_robust_loss_equals_scipy_and_its_gradients_match_cen
 
     # d(slope)/d(scale) and d(slope)/d(y) through the implicit adjoint, against central differences
     def slope(scale, y_values, adjoint=jaxnls.Implicit()):
-        out = jaxnls.solve(_line_residual, jnp.asarray(reference.x), (data[0], y_values), solver=solver,
-                           loss=Cauchy(scale), max_steps=500, adjoint=adjoint)
+        out = jaxnls.solve(
+            _line_residual,
+            jnp.asarray(reference.x),
+            (data[0], y_values),
+            solver=solver,
+            loss=Cauchy(scale),
+            max_steps=500,
+            adjoint=adjoint,
+        )
         return out.params[0]
 
     scale = jnp.asarray(c)
     grad_scale, grad_y = jax.grad(slope, argnums=(0, 1))(scale, data[1])
-    np.testing.assert_allclose(grad_scale, directional_difference(lambda s: slope(s, data[1]), scale, 1.0, 1e-4),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        grad_scale, directional_difference(lambda s: slope(s, data[1]), scale, 1.0, 1e-4), rtol=1e-6
+    )
     direction = jnp.asarray(np.random.default_rng(4).standard_normal(len(t)))
-    np.testing.assert_allclose(grad_y @ direction,
-                               directional_difference(lambda v: slope(scale, v), data[1], direction, 1e-4), rtol=1e-6)
+    np.testing.assert_allclose(
+        grad_y @ direction, directional_difference(lambda v: slope(scale, v), data[1], direction, 1e-4), rtol=1e-6
+    )
     # forward mode through the same rule
     _, tangent = jax.jvp(lambda s: slope(s, data[1]), (scale,), (jnp.asarray(1.0),))
     np.testing.assert_allclose(tangent, grad_scale, rtol=1e-10)

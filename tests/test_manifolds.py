@@ -11,10 +11,10 @@ import pytest
 
 jaxlie = pytest.importorskip("jaxlie")
 
+from conftest import directional_difference  # noqa: E402
+
 import jaxnls  # noqa: E402
 from jaxnls import manifolds  # noqa: E402
-
-from conftest import directional_difference  # noqa: E402
 
 GROUPS = [jaxlie.SO2, jaxlie.SE2, jaxlie.SO3, jaxlie.SE3]
 
@@ -50,10 +50,13 @@ def test_tangent_jacobian_matches_finite_differences_on_the_manifold(group):
     space = manifolds.ProductSpace(x)
     flat = jax.flatten_util.ravel_pytree(x)[0]
     jac = jax.jacfwd(lambda d: residual(space.unravel(space.retract_one(flat, d)), points))(
-        jnp.zeros(space.tangent_size))
+        jnp.zeros(space.tangent_size)
+    )
     for j in range(group.tangent_dim):
         e = jnp.zeros(group.tangent_dim).at[j].set(1.0)
-        fd = directional_difference(lambda t: residual(manifolds.retract(x, t), points), jnp.zeros(group.tangent_dim), e)
+        fd = directional_difference(
+            lambda t: residual(manifolds.retract(x, t), points), jnp.zeros(group.tangent_dim), e
+        )
         np.testing.assert_allclose(jac[:, j], fd, rtol=1e-7, atol=1e-9)
 
 
@@ -70,8 +73,9 @@ def _align_residual(params, args):
     return jnp.concatenate([jnp.ravel(moved - observed), params["offset"] - 1.0])
 
 
-@pytest.mark.parametrize("solver", [jaxnls.LevenbergMarquardt(), jaxnls.Dogleg(), jaxnls.GaussNewton()],
-                         ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "solver", [jaxnls.LevenbergMarquardt(), jaxnls.Dogleg(), jaxnls.GaussNewton()], ids=lambda s: type(s).__name__
+)
 def test_se3_alignment_solves_to_the_procrustes_optimum(solver):
     truth, points, observed = _alignment()
     params0 = {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)}
@@ -99,19 +103,28 @@ def test_batched_manifold_solve_isolates_a_bad_problem():
     np.testing.assert_allclose(sols.params["pose"].wxyz_xyz[2], single.params["pose"].wxyz_xyz, atol=1e-12)
 
 
-@pytest.mark.parametrize("adjoint", [
-    jaxnls.Implicit(),
-    pytest.param(jaxnls.Implicit(hessian="gauss_newton"), marks=pytest.mark.slow),
-    pytest.param(jaxnls.Truncated(20), marks=pytest.mark.slow),
-], ids=["implicit", "implicit-gn", "truncated"])
+@pytest.mark.parametrize(
+    "adjoint",
+    [
+        jaxnls.Implicit(),
+        pytest.param(jaxnls.Implicit(hessian="gauss_newton"), marks=pytest.mark.slow),
+        pytest.param(jaxnls.Truncated(20), marks=pytest.mark.slow),
+    ],
+    ids=["implicit", "implicit-gn", "truncated"],
+)
 def test_gradient_through_a_manifold_solve_matches_finite_differences(adjoint):
     truth, points, observed = _alignment()
     params0 = {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)}
     direction = jax.random.normal(jax.random.PRNGKey(11), observed.shape)
 
     def outer(obs):
-        sol = jaxnls.solve(_align_residual, params0, (points, obs), adjoint=adjoint,
-                           solver=jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0, gtol=0))
+        sol = jaxnls.solve(
+            _align_residual,
+            params0,
+            (points, obs),
+            adjoint=adjoint,
+            solver=jaxnls.LevenbergMarquardt(rtol=1e-14, atol=1e-14, ftol=0, gtol=0),
+        )
         pose = sol.params["pose"]
         return jnp.sum(pose.translation() * jnp.array([1.0, -2.0, 0.5])) + jnp.sum(pose.log()[3:]) + sol.cost
 
@@ -124,5 +137,9 @@ def test_gradient_through_a_manifold_solve_matches_finite_differences(adjoint):
 def test_indirect_lm_rejects_groups():
     truth, points, observed = _alignment()
     with pytest.raises(NotImplementedError, match="Lie-group"):
-        jaxnls.solve(_align_residual, {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)}, (points, observed),
-                     solver=jaxnls.IndirectLevenbergMarquardt())
+        jaxnls.solve(
+            _align_residual,
+            {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)},
+            (points, observed),
+            solver=jaxnls.IndirectLevenbergMarquardt(),
+        )

@@ -7,11 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import directional_difference
 
 import jaxnls
 from jaxnls.meta import implicit_hypergradient, unroll
-
-from conftest import directional_difference
 
 NUM_STEPS, BATCH, WIDTH = 5, 16, 8
 
@@ -61,8 +60,11 @@ def make_optimizer_factory(name):
 def setup(name, num_steps=NUM_STEPS, batch=BATCH):
     theta0 = init_mlp(jax.random.PRNGKey(0), [3, WIDTH, WIDTH, 1])
     batches, (xv, yv) = regression_data(jax.random.PRNGKey(1), num_steps, batch)
-    eta = {"log_lr": jnp.log(0.05 if name != "adam" else 0.01), "log_wd": jnp.log(1e-3),
-           "weights": 0.3 * jax.random.normal(jax.random.PRNGKey(2), (batch,))}
+    eta = {
+        "log_lr": jnp.log(0.05 if name != "adam" else 0.01),
+        "log_wd": jnp.log(1e-3),
+        "weights": 0.3 * jax.random.normal(jax.random.PRNGKey(2), (batch,)),
+    }
 
     def outer(mode, **kwargs):
         run = unroll(inner_loss, make_optimizer_factory(name), num_steps, mode=mode, **kwargs)
@@ -127,11 +129,12 @@ def test_truncated_meta_gradient_differentiates_only_the_last_steps(mode):
     _, (xv, yv) = regression_data(jax.random.PRNGKey(1))
     k = 2
     make = make_optimizer_factory("sgd")
-    head = ((xs[: NUM_STEPS - k], ys[: NUM_STEPS - k]))
-    tail = ((xs[NUM_STEPS - k:], ys[NUM_STEPS - k:]))
+    head = (xs[: NUM_STEPS - k], ys[: NUM_STEPS - k])
+    tail = (xs[NUM_STEPS - k :], ys[NUM_STEPS - k :])
     theta_head = unroll(inner_loss, make, NUM_STEPS - k, mode="reverse")(theta0, eta, head)
-    expected = jax.grad(lambda e: jnp.mean((mlp(unroll(inner_loss, make, k, mode="reverse")(theta_head, e, tail), xv)
-                                            - yv) ** 2))(eta)
+    expected = jax.grad(
+        lambda e: jnp.mean((mlp(unroll(inner_loss, make, k, mode="reverse")(theta_head, e, tail), xv) - yv) ** 2)
+    )(eta)
     run = unroll(inner_loss, make, NUM_STEPS, mode=mode, truncate=k)
     truncated = jax.grad(lambda e: jnp.mean((mlp(run(theta0, e, (xs, ys)), xv) - yv) ** 2))(eta)
     assert_trees_close(truncated, expected, rtol=1e-10)
@@ -187,6 +190,7 @@ def test_float32_meta_gradient_is_finite_and_matches_reverse():
 # ------------------------------------------------------------------------------------------------
 # implicit hypergradients
 # ------------------------------------------------------------------------------------------------
+
 
 def ridge_problem():
     rng = np.random.default_rng(5)
@@ -245,8 +249,9 @@ def test_implicit_hypergradient_through_a_jaxnls_solve_matches_its_implicit_adjo
     through_solve = jax.grad(lambda e: outer(solve(e), e))(log_w)
     np.testing.assert_allclose(hyper, through_solve, rtol=1e-8, atol=1e-12)
     direction = jnp.cos(jnp.arange(t.size, dtype=jnp.float64))
-    fd = directional_difference(lambda s: outer(solve(log_w + s * direction), log_w + s * direction), 0.0, 1.0,
-                                step=1e-5)
+    fd = directional_difference(
+        lambda s: outer(solve(log_w + s * direction), log_w + s * direction), 0.0, 1.0, step=1e-5
+    )
     np.testing.assert_allclose(float(hyper @ direction), float(fd), rtol=1e-6)
 
 

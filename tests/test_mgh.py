@@ -42,9 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import leastsq
-
-import jaxnls
 from mgh_problems import (
     EXTRA_PROBLEMS,
     MINPACK_PROBLEMS,
@@ -52,6 +49,9 @@ from mgh_problems import (
     parse_lmddrv_summary,
     parse_ssq_data,
 )
+from scipy.optimize import leastsq
+
+import jaxnls
 
 RUNS = parse_lmddrv_ref()
 REFERENCE = {run.id: run for run in RUNS}
@@ -277,8 +277,9 @@ def _minpack_polish(residual, index, x) -> float:
     def fun(z):
         return np.asarray(evaluate(z, index))
 
-    polished = leastsq(fun, x, ftol=1e-10, xtol=1e-10, gtol=0.0, maxfev=200 * (x.size + 1), factor=0.1,
-                       full_output=True)[0]
+    polished = leastsq(
+        fun, x, ftol=1e-10, xtol=1e-10, gtol=0.0, maxfev=200 * (x.size + 1), factor=0.1, full_output=True
+    )[0]
     return float(np.linalg.norm(fun(polished)))
 
 
@@ -305,7 +306,9 @@ def _claim_violation(case: Case, x: np.ndarray, status: jaxnls.Status, solver) -
         bound = (solver.rtol * np.abs(x) + solver.atol) * squared_norms
         worst = float(np.max(gradient / np.where(bound > 0, bound, np.inf)))
         return None if worst <= 1.5 else f"Newton step along a coordinate {worst:.2g}× the parameter tolerance"
-    limit = np.sqrt(solver.function_tolerance) if status == jaxnls.Status.CONVERGED_FUNCTION else solver.gradient_tolerance
+    limit = (
+        np.sqrt(solver.function_tolerance) if status == jaxnls.Status.CONVERGED_FUNCTION else solver.gradient_tolerance
+    )
     cosine = _cosine(case, x)
     return None if cosine <= 1.5 * limit else f"cos∠(J_j, r) = {cosine:.2e} > {limit:.1e}"
 
@@ -331,8 +334,10 @@ class Outcome:
 
     def describe(self) -> str:
         polished = "" if self.polished_norm is None else f", MINPACK from there -> {self.polished_norm:.7e}"
-        return (f"‖r‖ = {self.norm:.7e}, {self.status.name} after {self.num_steps} steps, "
-                f"max|Jᵀr| = {self.gradient:.1e}{polished}")
+        return (
+            f"‖r‖ = {self.norm:.7e}, {self.status.name} after {self.num_steps} steps, "
+            f"max|Jᵀr| = {self.gradient:.1e}{polished}"
+        )
 
 
 @functools.cache
@@ -340,8 +345,9 @@ def solve_group(solver_name: str, n: int) -> dict[str, Outcome]:
     """Every case with n parameters, solved in one batched call; the outcome of each, by case id."""
     cases = GROUPS[n]
     residual, x0, index = _group_problem(cases)
-    sol = jaxnls.solve(residual, x0, jnp.asarray(index), solver=SOLVERS[solver_name], max_steps=MAX_STEPS,
-                       batched=True, args_axes=0)
+    sol = jaxnls.solve(
+        residual, x0, jnp.asarray(index), solver=SOLVERS[solver_name], max_steps=MAX_STEPS, batched=True, args_axes=0
+    )
     outcomes = {}
     for i, case in enumerate(cases):
         x = np.asarray(sol.params[i])
@@ -451,14 +457,18 @@ def _check_grouping_is_transparent(failures: list[str]):
     """Rosenbrock (m = 2, padded to 10 and index-dispatched in the n = 2 group) solved on its own takes
     the same iterates."""
     case = CASES["p04-n2-m2-x10"]
-    alone = jaxnls.solve(case.residual, jnp.asarray(case.x0), solver=SOLVERS["LevenbergMarquardt"],
-                         max_steps=MAX_STEPS)
+    alone = jaxnls.solve(case.residual, jnp.asarray(case.x0), solver=SOLVERS["LevenbergMarquardt"], max_steps=MAX_STEPS)
     grouped = solve_group("LevenbergMarquardt", 2)[case.id]
-    same = (grouped.num_steps == int(alone.num_steps) and grouped.status == jaxnls.Status(int(alone.status))
-            and np.allclose(grouped.x, np.asarray(alone.params), rtol=1e-12, atol=1e-14))
+    same = (
+        grouped.num_steps == int(alone.num_steps)
+        and grouped.status == jaxnls.Status(int(alone.status))
+        and np.allclose(grouped.x, np.asarray(alone.params), rtol=1e-12, atol=1e-14)
+    )
     if not same:
-        failures.append(f"{case.id}: grouped solve ({grouped.describe()}, x = {grouped.x}) differs from the "
-                        f"single solve ({int(alone.num_steps)} steps, x = {np.asarray(alone.params)})")
+        failures.append(
+            f"{case.id}: grouped solve ({grouped.describe()}, x = {grouped.x}) differs from the "
+            f"single solve ({int(alone.num_steps)} steps, x = {np.asarray(alone.params)})"
+        )
 
 
 @pytest.mark.parametrize("solver_name", sorted(LM_EXPECTATIONS))
@@ -479,7 +489,9 @@ def test_levenberg_marquardt(n, solver_name):
         if worse and case_id in worse_than_minpack:
             shortfalls.append(f"{where}. {worse_than_minpack[case_id]}")
         if not worse and case_id in worse_than_minpack:
-            failures.append(f"{where}: no longer worse than MINPACK; remove it from the table of runs worse than MINPACK")
+            failures.append(
+                f"{where}: no longer worse than MINPACK; remove it from the table of runs worse than MINPACK"
+            )
         if outcome.converged:
             violation = _claim_violation(CASES[case_id], outcome.x, outcome.status, SOLVERS[solver_name])
             if violation:
@@ -518,8 +530,9 @@ _SLOW_FROM_N = 8
 
 
 @pytest.mark.parametrize("solver", ["GaussNewton", "Dogleg"])
-@pytest.mark.parametrize("n", [n if n < _SLOW_FROM_N else pytest.param(n, marks=pytest.mark.slow)
-                               for n in sorted(GROUPS)])
+@pytest.mark.parametrize(
+    "n", [n if n < _SLOW_FROM_N else pytest.param(n, marks=pytest.mark.slow) for n in sorted(GROUPS)]
+)
 def test_gauss_newton_and_dogleg(solver, n):
     """Never NaN; where convergence is reported: honest, and as good as MINPACK unless documented."""
     failures = []
@@ -540,12 +553,16 @@ def test_gauss_newton_and_dogleg(solver, n):
             if better:
                 failures.append(f"{where}: matches MINPACK now; remove it from GN_DOGLEG_WORSE")
             elif not outcome.norm <= ABS and _cosine(CASES[case_id], outcome.x) > STATIONARY_COSINE:
-                failures.append(f"{where}: documented as stationary, but cos∠(J, r) = "
-                                f"{_cosine(CASES[case_id], outcome.x):.1e} > {STATIONARY_COSINE}")
+                failures.append(
+                    f"{where}: documented as stationary, but cos∠(J, r) = "
+                    f"{_cosine(CASES[case_id], outcome.x):.1e} > {STATIONARY_COSINE}"
+                )
         elif (solver, case_id) in GN_DOGLEG_TO_INFINITY:
             if better or np.max(np.abs(outcome.x)) <= 1e8:
-                failures.append(f"{where}: no longer runs off (max|x| = {np.max(np.abs(outcome.x)):.1e}); "
-                                "remove it from GN_DOGLEG_TO_INFINITY")
+                failures.append(
+                    f"{where}: no longer runs off (max|x| = {np.max(np.abs(outcome.x)):.1e}); "
+                    "remove it from GN_DOGLEG_TO_INFINITY"
+                )
         elif not better:
             failures.append(f"{where}: converged to a worse point than MINPACK")
     assert not failures, "\n".join(failures)

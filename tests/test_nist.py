@@ -30,8 +30,19 @@ from jaxnls.io import log_relative_error, read_nist
 NIST_DIR = Path(__file__).parent / "data" / "nist"
 
 LOWER = ["Misra1a", "Chwirut2", "Chwirut1", "Lanczos3", "Gauss1", "Gauss2", "DanWood", "Misra1b"]
-AVERAGE = ["Kirby2", "Hahn1", "Nelson", "MGH17", "Lanczos1", "Lanczos2", "Gauss3", "Misra1c", "Misra1d",
-           "Roszman1", "ENSO"]
+AVERAGE = [
+    "Kirby2",
+    "Hahn1",
+    "Nelson",
+    "MGH17",
+    "Lanczos1",
+    "Lanczos2",
+    "Gauss3",
+    "Misra1c",
+    "Misra1d",
+    "Roszman1",
+    "ENSO",
+]
 HIGHER = ["MGH09", "Thurber", "BoxBOD", "Rat42", "MGH10", "Eckerle4", "Rat43", "Bennett5"]
 
 #: (problem, start) -> why LRE >= 8 is not reached (measured on x86-64 CPU). Only higher difficulty.
@@ -43,12 +54,19 @@ SHORTFALLS: dict[tuple[str, int], str] = {}
 RSS_LRE_TARGET = {"Lanczos1": 2.5}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fit(name: str):
     """Both NIST starts of one problem in one batched solve: (problem, params (2, k), status (2,), steps (2,))."""
     problem = read_nist(NIST_DIR / f"{name}.dat")
-    sol = jaxnls.solve(problem.residual_fn, jnp.asarray(problem.starts), problem.args, solver=make_solver("lm"),
-                       max_steps=MAX_STEPS, batched=True, args_axes=None)
+    sol = jaxnls.solve(
+        problem.residual_fn,
+        jnp.asarray(problem.starts),
+        problem.args,
+        solver=make_solver("lm"),
+        max_steps=MAX_STEPS,
+        batched=True,
+        args_axes=None,
+    )
     return problem, np.asarray(sol.params), np.asarray(sol.status), np.asarray(sol.num_steps)
 
 
@@ -78,8 +96,11 @@ def test_certified_values(name):
             if lre.min() >= 8:
                 notes.append(f"{where} now reaches LRE >= 8 ({detail}): remove it from SHORTFALLS")
             # a wrong answer must not be dressed up: either not converged, or a stationary point
-            problem_grad = np.asarray(jax.grad(lambda b: 0.5 * jnp.sum(problem.residual_fn(b, problem.args) ** 2))(
-                jnp.asarray(params[start - 1])))
+            problem_grad = np.asarray(
+                jax.grad(lambda b: 0.5 * jnp.sum(problem.residual_fn(b, problem.args) ** 2))(
+                    jnp.asarray(params[start - 1])
+                )
+            )
             if state.converged and np.max(np.abs(problem_grad)) > 1e-6 * max(rss, 1.0):
                 failures.append(f"{where}: wrong answer reported as converged away from a stationary point: {detail}")
             continue
@@ -107,9 +128,11 @@ def test_certified_standard_deviations(name):
     problem, params, _, _ = fit(name)
     at_certified = jaxnls.covariance(problem.residual_fn, jnp.asarray(problem.certified_values), problem.args)
     at_ours = jaxnls.covariance(problem.residual_fn, jnp.asarray(params), problem.args, batched=True, args_axes=None)
-    for where, errors in [("certified values", at_certified.standard_errors),
-                          ("our start-1 answer", at_ours.standard_errors[0]),
-                          ("our start-2 answer", at_ours.standard_errors[1])]:
+    for where, errors in [
+        ("certified values", at_certified.standard_errors),
+        ("our start-1 answer", at_ours.standard_errors[0]),
+        ("our start-2 answer", at_ours.standard_errors[1]),
+    ]:
         lre = log_relative_error(np.asarray(errors), problem.certified_std_devs)
         assert lre.min() >= SD_LRE_TARGET, f"{name} at {where}: LRE per standard deviation {np.round(lre, 2)}"
     assert int(at_certified.rank) == len(problem.certified_values)

@@ -35,9 +35,10 @@ def observed_order(errors, steps):
     return np.polyfit(np.log(steps), np.log(errors), 1)[0]
 
 
-@pytest.mark.parametrize("name, transform, local_order",
-                         [("euler", None, 2), ("heun", heun, 3), ("midpoint", midpoint, 3), ("rk4", rk4, 5),
-                          ("taylor2", taylor2, 3)])
+@pytest.mark.parametrize(
+    "name, transform, local_order",
+    [("euler", None, 2), ("heun", heun, 3), ("midpoint", midpoint, 3), ("rk4", rk4, 5), ("taylor2", taylor2, 3)],
+)
 def test_local_error_order_against_the_exact_flow(name, transform, local_order):
     steps = np.array([0.1, 0.05, 0.025])
     errors = []
@@ -83,7 +84,9 @@ def test_adams_bashforth_local_error_from_an_exact_history(order):
         opt = adams_bashforth(h, order=order)
         theta = jnp.asarray(THETA0)
         updates, _ = opt.update(grad_fn(theta), _MultistepState(jnp.asarray(order, jnp.int32), past), theta)
-        errors.append(np.linalg.norm(np.asarray(optax.apply_updates(theta, updates)) - scipy.linalg.expm(-h * Q) @ THETA0))
+        errors.append(
+            np.linalg.norm(np.asarray(optax.apply_updates(theta, updates)) - scipy.linalg.expm(-h * Q) @ THETA0)
+        )
     assert abs(observed_order(errors, steps) - (order + 1)) < 0.2
 
 

@@ -19,19 +19,29 @@ from jaxnls.io import BALProblem
 
 def _problem(num_cameras=4, num_points=20, seed=1):
     rng = np.random.default_rng(seed)
-    cameras = np.array([np.concatenate([rng.normal(scale=0.1, size=3), [rng.normal(), rng.normal(), -10.0],
-                                        [400.0 + 10 * c, 1e-3, 1e-5]]) for c in range(num_cameras)])
+    cameras = np.array(
+        [
+            np.concatenate(
+                [rng.normal(scale=0.1, size=3), [rng.normal(), rng.normal(), -10.0], [400.0 + 10 * c, 1e-3, 1e-5]]
+            )
+            for c in range(num_cameras)
+        ]
+    )
     points = rng.normal(scale=2.0, size=(num_points, 3))
     # every point in three of the four cameras: sparse visibility, 120 residuals for 96 unknowns
-    pairs = [(c, p) for p in range(num_points) for c in (p % num_cameras, (p + 1) % num_cameras,
-                                                         (p + 2) % num_cameras)]
+    pairs = [(c, p) for p in range(num_points) for c in (p % num_cameras, (p + 1) % num_cameras, (p + 2) % num_cameras)]
     camera_index, point_index = (np.array(v) for v in zip(*pairs))
-    observed = np.stack([np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2)))
-                         for c, p in pairs]) + rng.normal(scale=0.5, size=(len(pairs), 2))
-    start = BALProblem(cameras=cameras + np.concatenate([rng.normal(scale=0.01, size=(num_cameras, 6)),
-                                                         np.zeros((num_cameras, 3))], axis=1),
-                       points=points + rng.normal(scale=0.05, size=points.shape), camera_index=camera_index,
-                       point_index=point_index, observations=observed)
+    observed = np.stack(
+        [np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2))) for c, p in pairs]
+    ) + rng.normal(scale=0.5, size=(len(pairs), 2))
+    start = BALProblem(
+        cameras=cameras
+        + np.concatenate([rng.normal(scale=0.01, size=(num_cameras, 6)), np.zeros((num_cameras, 3))], axis=1),
+        points=points + rng.normal(scale=0.05, size=points.shape),
+        camera_index=camera_index,
+        point_index=point_index,
+        observations=observed,
+    )
     return bal_graph_problem(start)
 
 
@@ -50,18 +60,22 @@ def _dense(graph):
     ci, pi = cost.indices.array.T
 
     def residual(x):  # kinds in sorted order: camera then point
-        c = x[:cams.size].reshape(cams.shape)
-        p = x[cams.size:].reshape(pts.shape)
+        c = x[: cams.size].reshape(cams.shape)
+        p = x[cams.size :].reshape(pts.shape)
         return jnp.ravel(jax.vmap(bal_reprojection)(c[ci], p[pi], cost.data))
 
     x = jnp.concatenate([jnp.ravel(cams), jnp.ravel(pts)])
     return jax.jacfwd(residual)(x), residual(x)
 
 
-@pytest.mark.parametrize("solver_cls,options,rtol", [
-    (jg.SchurPCG, dict(rtol=1e-14, max_steps=1000), 1e-7),
-    (jg.SchurDirect, dict(chunk=7), 1e-8),  # several chunks of pairs, a padded last one
-], ids=["SchurPCG", "SchurDirect"])
+@pytest.mark.parametrize(
+    "solver_cls,options,rtol",
+    [
+        (jg.SchurPCG, dict(rtol=1e-14, max_steps=1000), 1e-7),
+        (jg.SchurDirect, dict(chunk=7), 1e-8),  # several chunks of pairs, a padded last one
+    ],
+    ids=["SchurPCG", "SchurDirect"],
+)
 def test_schur_step_equals_the_dense_damped_solve(solver_cls, options, rtol):
     graph = _problem()
     dense, residual = _dense(graph)
@@ -73,8 +87,9 @@ def test_schur_step_equals_the_dense_damped_solve(solver_cls, options, rtol):
     np.testing.assert_allclose(step, expected, rtol=rtol, atol=rtol * 1e-2 * float(jnp.max(jnp.abs(expected))))
 
 
-@pytest.mark.parametrize("schur,rtol", [(jg.SchurPCG(), 1e-7), (jg.SchurDirect(), 1e-9)],
-                         ids=["SchurPCG", "SchurDirect"])
+@pytest.mark.parametrize(
+    "schur,rtol", [(jg.SchurPCG(), 1e-7), (jg.SchurDirect(), 1e-9)], ids=["SchurPCG", "SchurDirect"]
+)
 def test_solve_with_schur_matches_sparse_direct(schur, rtol):
     graph = _problem()
     direct = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SparseDirect()), max_steps=200)
@@ -87,8 +102,9 @@ def test_misuse_is_rejected():
     graph = _problem()
     with pytest.raises(ValueError, match="no variable kind"):
         jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG(eliminate="landmark")))
-    between = jg.FactorGraph({"point": jnp.zeros((3, 3))},
-                             [jg.CostGroup(jg.between, ("point", "point"), [[0, 1], [1, 2]], jnp.ones((2, 3)))])
+    between = jg.FactorGraph(
+        {"point": jnp.zeros((3, 3))}, [jg.CostGroup(jg.between, ("point", "point"), [[0, 1], [1, 2]], jnp.ones((2, 3)))]
+    )
     with pytest.raises(ValueError, match="second variable kind|connects two"):
         jg.solve(between, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG()))
 

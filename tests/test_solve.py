@@ -12,8 +12,13 @@ from hypothesis import strategies as st
 import jaxnls
 from jaxnls import Status
 
-SOLVERS = [jaxnls.LevenbergMarquardt(), jaxnls.GaussNewton(), jaxnls.Dogleg(), jaxnls.IndirectLevenbergMarquardt(),
-           jaxnls.LevenbergMarquardt(linear_solver=jaxnls.QR())]
+SOLVERS = [
+    jaxnls.LevenbergMarquardt(),
+    jaxnls.GaussNewton(),
+    jaxnls.Dogleg(),
+    jaxnls.IndirectLevenbergMarquardt(),
+    jaxnls.LevenbergMarquardt(linear_solver=jaxnls.QR()),
+]
 TIGHT = dict(rtol=1e-12, atol=1e-12, ftol=0.0)
 
 
@@ -42,7 +47,10 @@ def scipy_fit(p0, y):
         lambda p: np.asarray(curve_residual(p, (T, y))),
         p0,
         jac=lambda p: np.asarray(jax.jacfwd(curve_residual)(p, (T, y))),
-        method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+        method="lm",
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
     )
     return fit.x, fit.cost
 
@@ -51,8 +59,14 @@ def scipy_fit(p0, y):
 def test_matches_scipy_on_noisy_curve_fit(solver):
     y = noisy_data(0)
     p0 = np.array([1.5, 0.4, 0.4, 1.4])
-    sol = jaxnls.solve(curve_residual, jnp.asarray(p0), (T, y), solver=eqx.tree_at(
-        lambda s: (s.rtol, s.atol, s.ftol), solver, (1e-12, 1e-12, 0.0), is_leaf=lambda x: x is None))
+    sol = jaxnls.solve(
+        curve_residual,
+        jnp.asarray(p0),
+        (T, y),
+        solver=eqx.tree_at(
+            lambda s: (s.rtol, s.atol, s.ftol), solver, (1e-12, 1e-12, 0.0), is_leaf=lambda x: x is None
+        ),
+    )
     ref_x, ref_cost = scipy_fit(p0, y)
     assert bool(sol.converged), Status(int(sol.status))
     np.testing.assert_allclose(sol.params, ref_x, rtol=1e-7)
@@ -71,9 +85,15 @@ def test_random_rational_fits_agree_with_scipy_and_are_stationary(seed):
     y = (truth[0] + truth[1] * t) / (1 + truth[2] * t) + 0.01 * rng.standard_normal(t.size)
     p0 = truth * (1 + 0.05 * rng.standard_normal(3))
     sol = jaxnls.solve(rational_residual, jnp.asarray(p0), (t, y), solver=jaxnls.LevenbergMarquardt(**TIGHT))
-    fit = scipy.optimize.least_squares(lambda p: np.asarray(rational_residual(p, (t, y))), p0, method="lm",
-                                       jac=lambda p: np.asarray(jax.jacfwd(rational_residual)(p, (t, y))),
-                                       xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    fit = scipy.optimize.least_squares(
+        lambda p: np.asarray(rational_residual(p, (t, y))),
+        p0,
+        method="lm",
+        jac=lambda p: np.asarray(jax.jacfwd(rational_residual)(p, (t, y))),
+        xtol=1e-15,
+        ftol=1e-15,
+        gtol=1e-15,
+    )
     # noise can put the minimum at infinity (b, c -> inf with b/c fixed): not a well-posed instance
     assume(np.all(np.abs(fit.x) < 1e3))
     assert bool(sol.converged)
@@ -166,8 +186,14 @@ def test_working_set_auto_rule_and_bad_values():
     assert _working_set_size(10, small, False, False) is None
     for bad in (0, -3, 2.5, True, "all"):
         with pytest.raises(ValueError, match="working_set"):
-            jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, noisy_data(0, size=2)), batched=True,
-                         args_axes=(None, 0), working_set=bad)
+            jaxnls.solve(
+                curve_residual,
+                jnp.ones((2, 4)),
+                (T, noisy_data(0, size=2)),
+                batched=True,
+                args_axes=(None, 0),
+                working_set=bad,
+            )
 
 
 def test_pytree_params_residuals_and_shared_args():
@@ -183,16 +209,24 @@ def test_pytree_params_residuals_and_shared_args():
     y = np.stack([a[0] * np.exp(-r[0] * t) + a[1] * np.exp(-r[1] * t) for a, r in truth])
     params0 = {"amp": jnp.array([[1.2, 1.8], [1.4, 0.6]]), "rates": jnp.array([[0.6, 2.5], [1.1, 3.5]])}
     args = {"t": t, "y": y, "weight": 0.1}
-    sol = jaxnls.solve(residual, params0, args, batched=True, args_axes={"t": None, "y": 0, "weight": None},
-                       solver=jaxnls.LevenbergMarquardt(**TIGHT))
+    sol = jaxnls.solve(
+        residual,
+        params0,
+        args,
+        batched=True,
+        args_axes={"t": None, "y": 0, "weight": None},
+        solver=jaxnls.LevenbergMarquardt(**TIGHT),
+    )
     assert sol.params["amp"].shape == (2, 2) and sol.params["rates"].shape == (2, 2)
     assert np.all(np.asarray(sol.converged))
     for i in range(2):
-        flat = lambda q, i=i: jnp.concatenate([jnp.ravel(r) for r in residual(
-            {"amp": q[:2], "rates": q[2:]}, {"t": t, "y": y[i], "weight": 0.1})])
+        flat = lambda q, i=i: jnp.concatenate(
+            [jnp.ravel(r) for r in residual({"amp": q[:2], "rates": q[2:]}, {"t": t, "y": y[i], "weight": 0.1})]
+        )
         x0 = np.concatenate([params0["amp"][i], params0["rates"][i]])
-        fit = scipy.optimize.least_squares(flat, x0, jac=jax.jacfwd(flat), method="lm", xtol=1e-15, ftol=1e-15,
-                                           gtol=1e-15)
+        fit = scipy.optimize.least_squares(
+            flat, x0, jac=jax.jacfwd(flat), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15
+        )
         ours = np.concatenate([sol.params["amp"][i], sol.params["rates"][i]])
         np.testing.assert_allclose(ours, fit.x, rtol=1e-7)
         np.testing.assert_allclose(sol.cost[i], fit.cost, rtol=1e-9)
@@ -231,7 +265,9 @@ def test_rank_deficient_problem_gives_finite_least_squares_answer(solver):
 def test_float32_path_keeps_dtype_and_converges():
     y = noisy_data(5).astype(np.float32)
     p0 = jnp.asarray([1.5, 0.4, 0.4, 1.4], dtype=jnp.float32)
-    sol = jaxnls.solve(curve_residual, p0, (T.astype(np.float32), y), solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6))
+    sol = jaxnls.solve(
+        curve_residual, p0, (T.astype(np.float32), y), solver=jaxnls.LevenbergMarquardt(rtol=1e-6, atol=1e-6)
+    )
     assert sol.params.dtype == jnp.float32 and sol.cost.dtype == jnp.float32
     assert bool(sol.converged), Status(int(sol.status))
     ref_x, ref_cost = scipy_fit(np.asarray(p0, np.float64), y.astype(np.float64))
@@ -317,11 +353,13 @@ def test_rejected_steps_at_a_nonfinite_wall_do_not_count_as_parameter_convergenc
 
 def test_steps_better_than_predicted_are_accepted_and_relax_damping():
     lm = jaxnls.LevenbergMarquardt()
-    damping, growth = lm.update_control((jnp.asarray(1.0), jnp.asarray(8.0)), jnp.asarray(True),
-                                        jnp.asarray(3.0), None, None)
+    damping, growth = lm.update_control(
+        (jnp.asarray(1.0), jnp.asarray(8.0)), jnp.asarray(True), jnp.asarray(3.0), None, None
+    )
     assert float(damping) == pytest.approx(1.0 / 3.0) and float(growth) == 2.0
-    damping, growth = lm.update_control((jnp.asarray(1.0), jnp.asarray(2.0)), jnp.asarray(False),
-                                        jnp.asarray(-1.0), None, None)
+    damping, growth = lm.update_control(
+        (jnp.asarray(1.0), jnp.asarray(2.0)), jnp.asarray(False), jnp.asarray(-1.0), None, None
+    )
     assert float(damping) == 2.0 and float(growth) == 4.0
 
 
@@ -333,8 +371,9 @@ def test_trust_region_follows_the_gain_ratio():
     no = jnp.asarray(False)
 
     def update(radius, damping, accepted, ratio, first=no):
-        out = lm.update_control((jnp.asarray(radius), jnp.asarray(damping), first), jnp.asarray(accepted),
-                                jnp.asarray(ratio), step, scale)
+        out = lm.update_control(
+            (jnp.asarray(radius), jnp.asarray(damping), first), jnp.asarray(accepted), jnp.asarray(ratio), step, scale
+        )
         return float(out[0]), float(out[1])
 
     assert update(10.0, 0.3, True, 0.9) == (8.0, 0.15)
@@ -369,8 +408,9 @@ def test_trust_region_damping_solves_the_secular_equation(linear_solver):
         assert abs(length(lam) - radius) <= 0.1 * radius
         root = brentq(lambda t: length(t) - radius, 0.0, 1e6)
         assert lam == pytest.approx(root, rel=0.5)
-    assert float(trust_region_damping(lin, jnp.asarray(scale), jnp.asarray(1.05 * gauss_newton),
-                                      jnp.asarray(0.7))) == 0.0
+    assert (
+        float(trust_region_damping(lin, jnp.asarray(scale), jnp.asarray(1.05 * gauss_newton), jnp.asarray(0.7))) == 0.0
+    )
 
 
 def test_damping_is_per_problem():
@@ -386,8 +426,7 @@ def test_damping_is_per_problem():
 
 def test_throw_raises_with_the_reason():
     with pytest.raises(Exception, match="maximum number of steps"):
-        jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(13)), max_steps=1,
-                     throw=True)
+        jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(13)), max_steps=1, throw=True)
     sol = jaxnls.solve(curve_residual, jnp.asarray([1.5, 0.4, 0.4, 1.4]), (T, noisy_data(13)), throw=True)
     assert bool(sol.converged)
 
@@ -397,8 +436,7 @@ def test_bad_inputs_raise_naming_the_problem():
     with pytest.raises(TypeError, match=r"params0\['b'\].*int"):
         jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros(2), "b": jnp.zeros(2, jnp.int32)}, None)
     with pytest.raises(ValueError, match=r"params0\['b'\]: 3"):
-        jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros((2, 2)), "b": jnp.zeros((3, 2))}, None,
-                     batched=True)
+        jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros((2, 2)), "b": jnp.zeros((3, 2))}, None, batched=True)
     with pytest.raises(ValueError, match=r"args\[1\] has leading size 100 but params0 has batch size 2"):
         jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, y), batched=True, args_axes=(None, 0))
     with pytest.raises(TypeError, match="residual_fn output.*int"):

@@ -56,8 +56,15 @@ def test_switched_off_neurons_and_skipped_layers_have_no_effect():
     x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (20, 2)))
     noise = jax.random.normal(jax.random.PRNGKey(6), spec.weights.shape, jnp.float64)
     off = (1 - spec.neuron_mask)[:, :, None]
-    perturbed = spec.__class__(spec.weights + noise * off, spec.biases + (1 - spec.neuron_mask), spec.activation_logits,
-                               spec.neuron_mask, spec.output_weights, spec.output_bias, spec.depth)
+    perturbed = spec.__class__(
+        spec.weights + noise * off,
+        spec.biases + (1 - spec.neuron_mask),
+        spec.activation_logits,
+        spec.neuron_mask,
+        spec.output_weights,
+        spec.output_bias,
+        spec.depth,
+    )
     np.testing.assert_allclose(forward(perturbed, x), forward(spec, x), rtol=1e-12)
 
 

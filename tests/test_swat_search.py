@@ -11,10 +11,25 @@ import numpy as np
 import pytest
 from conftest import directional_difference
 
-from jaxnls.swat import (SearchConfig, SwatAutoencoder, evaluate_reconstruction, harden, load_autoencoder,
-                         load_pretrained, make_task, mse, save_autoencoder,
-                         network_size, random_mlp, refine, regularizers, search, soft_threshold, train_autoencoder,
-                         train_dense)
+from jaxnls.swat import (
+    SearchConfig,
+    SwatAutoencoder,
+    evaluate_reconstruction,
+    harden,
+    load_autoencoder,
+    load_pretrained,
+    make_task,
+    mse,
+    network_size,
+    random_mlp,
+    refine,
+    regularizers,
+    save_autoencoder,
+    search,
+    soft_threshold,
+    train_autoencoder,
+    train_dense,
+)
 from jaxnls.swat._family import MAX_DEPTH, MAX_WIDTH
 
 # the tests that share the trained model run on one xdist worker (pyproject: --dist loadgroup)
@@ -92,9 +107,11 @@ def _numpy_size(net):
 @pytest.mark.parametrize("seed", range(6))
 def test_harden_and_size_against_an_independent_count(seed):
     spec = random_mlp(jax.random.PRNGKey(seed), jnp.float64)
-    relaxed = eqx.tree_at(lambda s: s.neuron_mask, spec,
-                          jax.random.uniform(jax.random.PRNGKey(seed + 100), (MAX_DEPTH, MAX_WIDTH), jnp.float64)
-                          * spec.neuron_mask)
+    relaxed = eqx.tree_at(
+        lambda s: s.neuron_mask,
+        spec,
+        jax.random.uniform(jax.random.PRNGKey(seed + 100), (MAX_DEPTH, MAX_WIDTH), jnp.float64) * spec.neuron_mask,
+    )
     threshold = 0.3
     hard = harden(relaxed, threshold)
     neurons, nonzeros = _numpy_size(hard)
@@ -104,19 +121,27 @@ def test_harden_and_size_against_an_independent_count(seed):
     np.testing.assert_array_equal(np.asarray(hard.neuron_mask) > 0, kept)
     # at an extreme sharpness the soft threshold is the hard one, so the relaxed network with those
     # masks computes what the hard network computes
-    soft, _, _ = soft_threshold(eqx.tree_at(lambda s: s.neuron_mask, relaxed, jnp.asarray(kept, jnp.float64)),
-                                threshold, 1e9)
+    soft, _, _ = soft_threshold(
+        eqx.tree_at(lambda s: s.neuron_mask, relaxed, jnp.asarray(kept, jnp.float64)), threshold, 1e9
+    )
     x = jax.random.uniform(jax.random.PRNGKey(7), (64, 2), jnp.float64, -1.0, 1.0)
     from jaxnls.swat import forward
+
     np.testing.assert_allclose(forward(hard, x), forward(soft, x), rtol=1e-12, atol=1e-12)
 
 
 def test_regularizers_closed_forms():
     spec = random_mlp(jax.random.PRNGKey(3), jnp.float64)
     depth = int(spec.depth)
-    on = eqx.tree_at(lambda s: (s.neuron_mask, s.weights, s.output_weights), spec,
-                     (jnp.ones((MAX_DEPTH, MAX_WIDTH)) * (jnp.arange(MAX_DEPTH) < depth)[:, None],
-                      jnp.ones((MAX_DEPTH, MAX_WIDTH, MAX_WIDTH)), jnp.ones(MAX_WIDTH)))
+    on = eqx.tree_at(
+        lambda s: (s.neuron_mask, s.weights, s.output_weights),
+        spec,
+        (
+            jnp.ones((MAX_DEPTH, MAX_WIDTH)) * (jnp.arange(MAX_DEPTH) < depth)[:, None],
+            jnp.ones((MAX_DEPTH, MAX_WIDTH, MAX_WIDTH)),
+            jnp.ones(MAX_WIDTH),
+        ),
+    )
     _, gate, output_gate = soft_threshold(on, 0.5, 200.0)
     values = regularizers(on, gate, output_gate)
     # every neuron on and every weight 1 > t: all connections survive (σ(100) = 1 in float64)
@@ -130,11 +155,13 @@ def test_regularizers_closed_forms():
 
 
 def test_latent_objective_gradient_matches_central_differences():
-    model = SwatAutoencoder(jax.random.PRNGKey(0), latent_size=8, width=16, heads=2, decoder_width=16,
-                            dtype=jnp.float64)
+    model = SwatAutoencoder(
+        jax.random.PRNGKey(0), latent_size=8, width=16, heads=2, decoder_width=16, dtype=jnp.float64
+    )
     task = make_task("booth", 0)
     x, y = jnp.asarray(task.x_train[:64]), jnp.asarray(task.y_train[:64])
     from jaxnls.swat._search import _objective
+
     config = SearchConfig()
 
     @jax.jit
@@ -144,8 +171,9 @@ def test_latent_objective_gradient_matches_central_differences():
 
     z = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (8,), jnp.float64)
     direction = jax.random.normal(jax.random.PRNGKey(2), (8,), jnp.float64)
-    np.testing.assert_allclose(jax.grad(objective)(z) @ direction, directional_difference(objective, z, direction),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(objective)(z) @ direction, directional_difference(objective, z, direction), rtol=1e-6
+    )
 
 
 def test_bad_input_is_rejected():

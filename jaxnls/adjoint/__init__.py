@@ -3,4 +3,12 @@
 from ._implicit import AbstractAdjoint, AbstractAdjointProblem, DenseProblem, DirectLossMinimization, Implicit
 from ._iterative import Truncated, Unroll
 
-__all__ = ["AbstractAdjoint", "AbstractAdjointProblem", "DenseProblem", "DirectLossMinimization", "Implicit", "Truncated", "Unroll"]
+__all__ = [
+    "AbstractAdjoint",
+    "AbstractAdjointProblem",
+    "DenseProblem",
+    "DirectLossMinimization",
+    "Implicit",
+    "Truncated",
+    "Unroll",
+]

@@ -42,8 +42,9 @@ class AbstractAdjointProblem(eqx.Module):
         """:math:`c(x, θ)`."""
 
     @abc.abstractmethod
-    def hessian_solve(self, x: Float[Array, " n"], args: PyTree, rhs: Float[Array, " n"], exact: bool
-                      ) -> Float[Array, " n"]:
+    def hessian_solve(
+        self, x: Float[Array, " n"], args: PyTree, rhs: Float[Array, " n"], exact: bool
+    ) -> Float[Array, " n"]:
         r""":math:`H^{-1}` ``rhs`` with :math:`H = J^\top J` (+ :math:`\sum_i r_i\nabla^2 r_i` if ``exact``),
         linear in ``rhs`` (JAX transposes it), regularised so that a singular :math:`H` gives a finite value."""
 
@@ -153,9 +154,9 @@ def _implicit_solution_jvp(rule: _Rule, primals, tangents):
     floating = jax.tree_util.tree_map(lambda a: jnp.issubdtype(a.dtype, jnp.inexact), args)
     args_dot = jax.tree_util.tree_map(lambda f, d: d if f else None, floating, args_dot)
     usable = jnp.all(jnp.isfinite(x), axis=-1) & (status != Status.NONFINITE_START)
-    x_dot, cost_dot = jax.vmap(
-        functools.partial(_tangent, rule, floating), in_axes=(0, 0, rule.axes, rule.axes)
-    )(usable, x, args, args_dot)
+    x_dot, cost_dot = jax.vmap(functools.partial(_tangent, rule, floating), in_axes=(0, 0, rule.axes, rule.axes))(
+        usable, x, args, args_dot
+    )
     x_dot = jnp.where(usable[:, None], x_dot, 0.0)
     cost_dot = jnp.where(usable, cost_dot, 0.0)
     return (x, cost), (x_dot, cost_dot)
@@ -171,8 +172,9 @@ def _tangent(rule: _Rule, floating, usable, x, args, args_dot):
     args_dot = jax.tree_util.tree_map(lambda d: jnp.where(usable, d, 0.0), args_dot)
 
     def with_floats(floats):
-        return jax.tree_util.tree_map(lambda f, a, b: b if f else a, floating, args, floats,
-                                      is_leaf=lambda a: a is None)
+        return jax.tree_util.tree_map(
+            lambda f, a, b: b if f else a, floating, args, floats, is_leaf=lambda a: a is None
+        )
 
     floats = jax.tree_util.tree_map(lambda f, a: a if f else None, floating, args)
 
@@ -196,7 +198,7 @@ def _residual_curvature(residual_fn, x, args) -> Float[Array, "n n"]:
 
     def entry(pair):
         j, k = pair
-        along_j = lambda z: jax.jvp(lambda v: residual_fn(v, args), (z,), (basis[j],))[1]  # noqa: E731
+        along_j = lambda z: jax.jvp(lambda v: residual_fn(v, args), (z,), (basis[j],))[1]
         return residual @ jax.jvp(along_j, (x,), (basis[k],))[1]
 
     upper = jax.lax.map(entry, (jnp.asarray(rows), jnp.asarray(cols)))
@@ -265,13 +267,21 @@ def _direct_loss_backward(rule: _Rule, epsilon, residuals, cotangents):
     per_problem_bar = jax.vmap(per_problem, in_axes=(0, rule.axes, 0, 0), out_axes=0)(x, args, x_bar, cost_bar)
     # shared (unbatched) args collect the cotangents of every problem; batched ones keep theirs
     args_bar = jax.tree_util.tree_map(
-        lambda axis, bar: None if bar is None else jnp.sum(jnp.where(_expand(usable, bar), bar, 0.0), axis=0)
-        if axis is None else jnp.where(_expand(usable, bar), bar, 0.0),
-        rule.axes, per_problem_bar, is_leaf=lambda a: a is None,
+        lambda axis, bar: (
+            None
+            if bar is None
+            else jnp.sum(jnp.where(_expand(usable, bar), bar, 0.0), axis=0)
+            if axis is None
+            else jnp.where(_expand(usable, bar), bar, 0.0)
+        ),
+        rule.axes,
+        per_problem_bar,
+        is_leaf=lambda a: a is None,
     )
     args_bar = jax.tree_util.tree_map(
         lambda a, bar: bar if jnp.issubdtype(a.dtype, jnp.inexact) else np.zeros(a.shape, jax.dtypes.float0),
-        args, args_bar,
+        args,
+        args_bar,
     )
     return None, None, None, args_bar
 

@@ -61,7 +61,9 @@ class Truncated(AbstractAdjoint):
             def one_step(_, carry):
                 x, going = carry
                 new = step(x, args)
-                going = going & jnp.all(jnp.isfinite(new)) & jnp.isfinite(jax.lax.stop_gradient(problem.cost(new, args)))
+                going = (
+                    going & jnp.all(jnp.isfinite(new)) & jnp.isfinite(jax.lax.stop_gradient(problem.cost(new, args)))
+                )
                 return jnp.where(going, new, x), going
 
             x, _ = jax.lax.fori_loop(0, self.num_steps, one_step, (jnp.where(usable, x, 0.0), usable))

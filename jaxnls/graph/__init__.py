@@ -19,23 +19,29 @@ Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.e
 """
 
 from ._factors import between, from_gtsam_pose3, prior
-from ._files import (bal_graph_problem, bal_reprojection, point_in_frame, pose_graph_problem, updated_bal,
-                     updated_pose_graph)
+from ._files import (
+    bal_graph_problem,
+    bal_reprojection,
+    point_in_frame,
+    pose_graph_problem,
+    updated_bal,
+    updated_pose_graph,
+)
 from ._graph import CostGroup, FactorGraph
-from ._marginals import marginal_covariance
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
+from ._marginals import marginal_covariance
 from ._schur import SchurDirect, SchurPCG
 from ._solve import solve
 
 __all__ = [
     "PCG",
-    "SchurDirect",
-    "SchurPCG",
     "AbstractGraphLinearSolver",
     "BlockSparseLinearization",
     "CostGroup",
     "FactorGraph",
     "NormalOperator",
+    "SchurDirect",
+    "SchurPCG",
     "SparseDirect",
     "bal_graph_problem",
     "bal_reprojection",

@@ -40,8 +40,9 @@ class GraphProblem(AbstractAdjointProblem):
         anchor, cost_args = args
         values = self.space.unravel(anchor)
         out = []
-        for residual_fn, group, (data, sqrt_information, loss) in zip(self.residual_fns, self.structure.groups,
-                                                                      cost_args):
+        for residual_fn, group, (data, sqrt_information, loss) in zip(
+            self.residual_fns, self.structure.groups, cost_args
+        ):
             residual = term_residual(residual_fn, group, self.dtype)
             local = delta[group["columns"]]
             mask = jnp.ones_like(local) if group["mask"] is None else jnp.asarray(group["mask"], self.dtype)
@@ -56,6 +57,7 @@ class GraphProblem(AbstractAdjointProblem):
     @staticmethod
     def _term_cost(term, loss):
         """½ρ(‖u‖²) of one term (½‖u‖² without a loss)."""
+
         def cost(*inputs):
             s = jnp.sum(term(*inputs) ** 2)
             return 0.5 * (s if loss is None else loss.rho(s)[0])
@@ -63,14 +65,17 @@ class GraphProblem(AbstractAdjointProblem):
         return cost
 
     def cost(self, delta, args):
-        return sum(jnp.sum(jax.vmap(self._term_cost(term, loss), in_axes=axes)(*inputs))
-                   for term, inputs, axes, loss in self._groups(delta, args))
+        return sum(
+            jnp.sum(jax.vmap(self._term_cost(term, loss), in_axes=axes)(*inputs))
+            for term, inputs, axes, loss in self._groups(delta, args)
+        )
 
     def whitened_jacobians(self, delta, args):
         r"""Whitened residuals ``(E, k)`` (:math:`\|w_e\|^2 = ρ(\|u_e\|^2)`) and their Jacobians ``(E, k, D)``
         per group: the Gauss-Newton model of the cost."""
         pieces, jacobians = [], []
         for term, inputs, axes, loss in self._groups(delta, args):
+
             def whitened(*inputs, term=term, loss=loss):
                 u = term(*inputs)
                 w = u if loss is None else loss.whiten(u)
@@ -86,18 +91,20 @@ class GraphProblem(AbstractAdjointProblem):
         if exact:
             # each term's exact D×D Hessian (residual curvature and the loss's ρ'' included): the cost's
             # Hessian is their sum over the variables they connect
-            products = tuple(jax.vmap(jax.hessian(self._term_cost(term, loss)), in_axes=axes)(*inputs)
-                             for term, inputs, axes, loss in self._groups(delta, args))
+            products = tuple(
+                jax.vmap(jax.hessian(self._term_cost(term, loss)), in_axes=axes)(*inputs)
+                for term, inputs, axes, loss in self._groups(delta, args)
+            )
             operator = NormalOperator(structure=self.structure, jacobians=None, products=products, damping=zero)
         else:
             _, jacobians = self.whitened_jacobians(delta, args)
-            operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None,
-                                      damping=zero)
+            operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None, damping=zero)
         return self.linear_solver.solve_operator(operator, rhs)
 
     def gauss_newton_step(self, delta, args):
         pieces, jacobians = self.whitened_jacobians(delta, args)
         gradient = self.structure.transpose_times(jacobians, pieces)
-        operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None,
-                                  damping=jnp.zeros_like(gradient))
+        operator = NormalOperator(
+            structure=self.structure, jacobians=tuple(jacobians), products=None, damping=jnp.zeros_like(gradient)
+        )
         return delta + self.linear_solver.solve_operator(operator, -gradient)

@@ -72,13 +72,26 @@ def pose_graph_problem(pose_graph, dtype=jnp.float64) -> FactorGraph:
     if pose_graph.num_edges == 0:
         raise ValueError("the pose graph has no edges: nothing to optimise")
     variables = {"pose": poses}
-    costs = [CostGroup(between, ("pose", "pose"), pose_graph.edges, measured,
-                       jnp.asarray(sqrt_information(pose_graph.information), dtype))]
+    costs = [
+        CostGroup(
+            between,
+            ("pose", "pose"),
+            pose_graph.edges,
+            measured,
+            jnp.asarray(sqrt_information(pose_graph.information), dtype),
+        )
+    ]
     if isinstance(pose_graph, PoseGraph2D) and pose_graph.landmarks.shape[0]:
         variables["landmark"] = jnp.asarray(pose_graph.landmarks, dtype)
-        costs.append(CostGroup(point_in_frame, ("pose", "landmark"), pose_graph.landmark_edges,
-                               jnp.asarray(pose_graph.landmark_measurements, dtype),
-                               jnp.asarray(sqrt_information(pose_graph.landmark_information), dtype)))
+        costs.append(
+            CostGroup(
+                point_in_frame,
+                ("pose", "landmark"),
+                pose_graph.landmark_edges,
+                jnp.asarray(pose_graph.landmark_measurements, dtype),
+                jnp.asarray(sqrt_information(pose_graph.landmark_information), dtype),
+            )
+        )
     return FactorGraph(variables, costs, fixed=_anchors(pose_graph))
 
 
@@ -119,12 +132,14 @@ def updated_pose_graph(pose_graph, variables):
 def bal_graph_problem(problem, dtype=jnp.float64) -> FactorGraph:
     """A :class:`FactorGraph` of a :class:`~jaxnls.io.BALProblem` (unit-weight reprojection errors)."""
     indices = np.stack([problem.camera_index, problem.point_index], axis=1)
-    return FactorGraph({"camera": jnp.asarray(problem.cameras, dtype), "point": jnp.asarray(problem.points, dtype)},
-                       [CostGroup(bal_reprojection, ("camera", "point"), indices,
-                                  jnp.asarray(problem.observations, dtype))])
+    return FactorGraph(
+        {"camera": jnp.asarray(problem.cameras, dtype), "point": jnp.asarray(problem.points, dtype)},
+        [CostGroup(bal_reprojection, ("camera", "point"), indices, jnp.asarray(problem.observations, dtype))],
+    )
 
 
 def updated_bal(problem, variables):
     """The BAL problem with the solution's cameras and points (for writing)."""
-    return dataclasses.replace(problem, cameras=np.asarray(variables["camera"], np.float64),
-                               points=np.asarray(variables["point"], np.float64))
+    return dataclasses.replace(
+        problem, cameras=np.asarray(variables["camera"], np.float64), points=np.asarray(variables["point"], np.float64)
+    )

@@ -85,8 +85,10 @@ class CostGroup(eqx.Module):
         if indices.ndim == 1 and len(kinds) == 1:
             indices = indices[:, None]
         if indices.ndim != 2 or indices.shape[1] != len(kinds):
-            raise ValueError(f"CostGroup: indices must have shape (E, {len(kinds)}) (one column per kind in "
-                             f"{kinds}), got {indices.shape}")
+            raise ValueError(
+                f"CostGroup: indices must have shape (E, {len(kinds)}) (one column per kind in "
+                f"{kinds}), got {indices.shape}"
+            )
         if not np.issubdtype(indices.dtype, np.integer):
             raise TypeError(f"CostGroup: indices must be integers, got dtype {indices.dtype}")
         self.residual_fn = residual_fn
@@ -139,8 +141,9 @@ class FactorGraph(eqx.Module):
         fixed = dict(fixed or {})
         for kind in fixed:
             if kind not in self.variables:
-                raise ValueError(f"FactorGraph: fixed names kind {kind!r}, which is not among the variables "
-                                 f"{sorted(self.variables)}")
+                raise ValueError(
+                    f"FactorGraph: fixed names kind {kind!r}, which is not among the variables {sorted(self.variables)}"
+                )
         self.fixed = tuple(sorted((k, _Static(np.asarray(v, np.int64).ravel())) for k, v in fixed.items()))
 
 
@@ -183,26 +186,35 @@ class GraphStructure:
             columns, masks, dims = [], [], []
             for j, kind in enumerate(cost.kinds):
                 if kind not in self.count:
-                    raise ValueError(f"CostGroup {g} ({_name(cost)}): kind {kind!r} is not among the variables "
-                                     f"{kinds}")
+                    raise ValueError(f"CostGroup {g} ({_name(cost)}): kind {kind!r} is not among the variables {kinds}")
                 col = idx[:, j]
                 if col.size and (col.min() < 0 or col.max() >= self.count[kind]):
                     bad = col[(col < 0) | (col >= self.count[kind])][0]
-                    raise ValueError(f"CostGroup {g} ({_name(cost)}): indices[:, {j}] has {bad}, outside "
-                                     f"[0, {self.count[kind]}) for kind {kind!r}")
+                    raise ValueError(
+                        f"CostGroup {g} ({_name(cost)}): indices[:, {j}] has {bad}, outside "
+                        f"[0, {self.count[kind]}) for kind {kind!r}"
+                    )
                 d = self.dim[kind]
                 dims.append(d)
                 columns.append(self.offset[kind] + col[:, None] * d + np.arange(d)[None, :])
                 masks.append(np.repeat(free[kind][col][:, None], d, axis=1))
             mask = np.concatenate(masks, axis=1)
-            self.groups.append(dict(
-                kinds=cost.kinds, dims=tuple(dims), columns=np.concatenate(columns, axis=1).astype(np.int32),
-                mask=None if mask.all() else mask.astype(np.float64), num_terms=idx.shape[0], indices=idx,
-            ))
+            self.groups.append(
+                dict(
+                    kinds=cost.kinds,
+                    dims=tuple(dims),
+                    columns=np.concatenate(columns, axis=1).astype(np.int32),
+                    mask=None if mask.all() else mask.astype(np.float64),
+                    num_terms=idx.shape[0],
+                    indices=idx,
+                )
+            )
         # 1.0 at the tangent coordinates of fixed variables: the step systems put an identity there (those
         # coordinates are not unknowns; their right-hand side is always zero), which keeps every system
         # nonsingular on their account and the transposed solves of the adjoints bounded
-        self.fixed_diagonal = np.concatenate([np.repeat(~free[kind], self.dim[kind]) for kind in kinds]).astype(np.float64)
+        self.fixed_diagonal = np.concatenate([np.repeat(~free[kind], self.dim[kind]) for kind in kinds]).astype(
+            np.float64
+        )
         self._pattern = None
         self._upper = None
         # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)
@@ -228,19 +240,25 @@ class GraphStructure:
 
     def block_diagonal(self, products):
         """The d×d diagonal blocks of Σₑ Sₑᵀ Pₑ Sₑ for per-term ``(E, D, D)`` blocks Pₑ, per kind (N, d, d)."""
-        out = {kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), products[0].dtype)
-               for kind in self.kinds}
+        out = {
+            kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), products[0].dtype)
+            for kind in self.kinds
+        }
         for product, group in zip(products, self.groups):
             cost_idx = group["indices"]
             start = 0
             for j, (kind, d) in enumerate(zip(group["kinds"], group["dims"])):
-                out[kind] = out[kind].at[cost_idx[:, j]].add(product[:, start:start + d, start:start + d])
+                out[kind] = out[kind].at[cost_idx[:, j]].add(product[:, start : start + d, start : start + d])
                 start += d
         return out
 
     def flat_to_kinds(self, v):
-        return {kind: v[self.offset[kind]:self.offset[kind] + self.count[kind] * self.dim[kind]].reshape(
-            self.count[kind], self.dim[kind]) for kind in self.kinds}
+        return {
+            kind: v[self.offset[kind] : self.offset[kind] + self.count[kind] * self.dim[kind]].reshape(
+                self.count[kind], self.dim[kind]
+            )
+            for kind in self.kinds
+        }
 
     def kinds_to_flat(self, parts):
         return jnp.concatenate([jnp.ravel(parts[kind]) for kind in self.kinds])
@@ -253,16 +271,21 @@ class GraphStructure:
         contributions ``[vec(J_eᵀJ_e) for every term e of every group, d]`` to its slot in the CSR data."""
         if self._pattern is None:
             n = self.n
-            keys = [(g["columns"][:, :, None].astype(np.int64) * n + g["columns"][:, None, :]).ravel()
-                    for g in self.groups]
+            keys = [
+                (g["columns"][:, :, None].astype(np.int64) * n + g["columns"][:, None, :]).ravel() for g in self.groups
+            ]
             keys.append(np.arange(n, dtype=np.int64) * (n + 1))
             unique, position = np.unique(np.concatenate(keys), return_inverse=True)
             rows, cols = np.divmod(unique, n)
             indptr = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
-            self._pattern = (indptr, cols.astype(np.int32), rows.astype(np.int32), position.astype(np.int32),
-                             np.flatnonzero(rows == cols))
+            self._pattern = (
+                indptr,
+                cols.astype(np.int32),
+                rows.astype(np.int32),
+                position.astype(np.int32),
+                np.flatnonzero(rows == cols),
+            )
         return self._pattern
-
 
     def upper_pattern(self):
         """CSC of the upper triangle of :meth:`pattern`: ``(indptr, selection)``, ``selection`` picking
@@ -293,25 +316,33 @@ def validate(graph: FactorGraph, batched: bool) -> GraphStructure:
     for g, (cost, k) in enumerate(zip(graph.costs, residual_size(graph, batched))):
         lead = (batch, cost.num_terms) if batched else (cost.num_terms,)
         for path, leaf in jax.tree_util.tree_flatten_with_path(cost.data)[0]:
-            if tuple(np.shape(leaf)[:len(lead)]) != lead:
-                raise ValueError(f"CostGroup {g} ({_name(cost)}): data{jax.tree_util.keystr(path)} has shape "
-                                 f"{np.shape(leaf)}; its leading axes must be {lead} "
-                                 f"({'batch, ' if batched else ''}one row per term)")
+            if tuple(np.shape(leaf)[: len(lead)]) != lead:
+                raise ValueError(
+                    f"CostGroup {g} ({_name(cost)}): data{jax.tree_util.keystr(path)} has shape "
+                    f"{np.shape(leaf)}; its leading axes must be {lead} "
+                    f"({'batch, ' if batched else ''}one row per term)"
+                )
         if cost.sqrt_information is not None:
             shape = cost.sqrt_information.shape[1:] if batched else cost.sqrt_information.shape
             if batched and cost.sqrt_information.shape[0] != batch:
-                raise ValueError(f"CostGroup {g} ({_name(cost)}): batched=True but sqrt_information has leading "
-                                 f"size {cost.sqrt_information.shape[0]}, not the batch size {batch}")
+                raise ValueError(
+                    f"CostGroup {g} ({_name(cost)}): batched=True but sqrt_information has leading "
+                    f"size {cost.sqrt_information.shape[0]}, not the batch size {batch}"
+                )
             if len(shape) not in (2, 3) or shape[-2:] != (k, k) or (len(shape) == 3 and shape[0] != cost.num_terms):
-                raise ValueError(f"CostGroup {g} ({_name(cost)}): sqrt_information must be (E, k, k) or (k, k) "
-                                 f"with E = {cost.num_terms}, k = {k} (the residual's size), got {shape}")
+                raise ValueError(
+                    f"CostGroup {g} ({_name(cost)}): sqrt_information must be (E, k, k) or (k, k) "
+                    f"with E = {cost.num_terms}, k = {k} (the residual's size), got {shape}"
+                )
     return structure
 
 
 def gather_variables(values: dict, group: dict) -> list:
     """The variables every term of a cost group connects: one stack (E leading) per argument."""
-    return [jax.tree_util.tree_map(lambda leaf, c=column: leaf[c], values[kind])
-            for kind, column in zip(group["kinds"], group["indices"].T)]
+    return [
+        jax.tree_util.tree_map(lambda leaf, c=column: leaf[c], values[kind])
+        for kind, column in zip(group["kinds"], group["indices"].T)
+    ]
 
 
 def term_residual(residual_fn, group: dict, dtype):
@@ -344,7 +375,8 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
 
     def evaluate(variables, data, sqrt_information, loss):
         r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, information_axis(sqrt_information), None))(
-            variables, data, sqrt_information, loss)
+            variables, data, sqrt_information, loss
+        )
         if group["mask"] is not None:
             jac = jac * jnp.asarray(group["mask"], dtype)[:, None, :]
         return r, jac, jnp.sum(cost_terms)
@@ -356,6 +388,7 @@ def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
     """k of every cost group (from shapes)."""
     sizes = []
     for cost in graph.costs:
+
         def first(tree, lead):
             return jax.tree_util.tree_map(lambda leaf: leaf[(0,) * lead], tree)
 
@@ -365,4 +398,3 @@ def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
         out = jax.eval_shape(lambda v, d: cost.residual_fn(*v, d), variables, data)
         sizes.append(int(math.prod(out.shape)))
     return sizes
-

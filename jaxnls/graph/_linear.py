@@ -24,8 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._numerics import split_by_sizes
-from ..linear import AbstractLinearization, AbstractLinearSolver
-from ..linear import pivot_floor
+from ..linear import AbstractLinearization, AbstractLinearSolver, pivot_floor
 from ._graph import GraphStructure
 
 
@@ -74,8 +73,12 @@ class NormalOperator(eqx.Module):
         """A v (matrix-free)."""
         structure = self.structure
         if self.products is not None:
-            applied = structure.scatter([jnp.einsum("eab,eb->ea", product, v[group["columns"]])
-                                         for product, group in zip(self.products, structure.groups)])
+            applied = structure.scatter(
+                [
+                    jnp.einsum("eab,eb->ea", product, v[group["columns"]])
+                    for product, group in zip(self.products, structure.groups)
+                ]
+            )
         else:
             applied = structure.transpose_times(self.jacobians, structure.times(self.jacobians, v))
         return applied + self.diagonal() * v
@@ -85,8 +88,10 @@ class NormalOperator(eqx.Module):
         structure = self.structure
         out = structure.block_diagonal(self.term_products())
         diagonal = structure.flat_to_kinds(self.diagonal())
-        return {kind: out[kind] + diagonal[kind][:, :, None] * jnp.eye(structure.dim[kind], dtype=self.damping.dtype)[None]
-                for kind in structure.kinds}
+        return {
+            kind: out[kind] + diagonal[kind][:, :, None] * jnp.eye(structure.dim[kind], dtype=self.damping.dtype)[None]
+            for kind in structure.kinds
+        }
 
     def coupling(self, group: int, row: int, column: int):
         """The blocks of :math:`P_e` between argument ``row`` and argument ``column`` of every term of cost
@@ -119,8 +124,9 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
             raise TypeError(f"{type(self).__name__} solves factor graphs: use it with jaxnls.graph.solve")
         sizes = [jac.shape[0] * jac.shape[1] for jac in jacobian]
         pieces = [piece.reshape(jac.shape[:2]) for piece, jac in zip(split_by_sizes(residual, sizes), jacobian)]
-        return BlockSparseLinearization(gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian),
-                                        structure=structure)
+        return BlockSparseLinearization(
+            gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian), structure=structure
+        )
 
     def solve(self, lin: BlockSparseLinearization, damping):
         """δ with ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
@@ -129,8 +135,9 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
 
     def solve_operator(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         """:math:`A^{-1}` ``rhs``, differentiable with respect to ``operator`` and ``rhs``."""
-        return jax.lax.custom_linear_solve(operator.times, rhs, lambda _, b: self.solve_system(operator, b),
-                                           symmetric=True)
+        return jax.lax.custom_linear_solve(
+            operator.times, rhs, lambda _, b: self.solve_system(operator, b), symmetric=True
+        )
 
     @abc.abstractmethod
     def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
@@ -237,8 +244,9 @@ class SparseDirect(AbstractGraphLinearSolver):
                 x = rhs * scale**2
             return x.astype(dtype)
 
-        return jax.pure_callback(host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs,
-                                 vmap_method="sequential")
+        return jax.pure_callback(
+            host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs, vmap_method="sequential"
+        )
 
 
 def jacobi_scaled_upper(structure, contributions: np.ndarray, shift: float = 0.0):
@@ -264,6 +272,8 @@ def sparse_modules():
         import qdldl
         import scipy.sparse as sparse
     except ImportError as err:  # pragma: no cover - both are dependencies
-        raise ImportError("jaxnls.graph.SparseDirect needs qdldl and scipy (pip install qdldl scipy); "
-                          "jaxnls.graph.PCG() needs nothing beyond JAX") from err
+        raise ImportError(
+            "jaxnls.graph.SparseDirect needs qdldl and scipy (pip install qdldl scipy); "
+            "jaxnls.graph.PCG() needs nothing beyond JAX"
+        ) from err
     return qdldl, sparse

@@ -24,8 +24,9 @@ from ._graph import FactorGraph, validate
 from ._linear import SparseDirect, jacobi_scaled_upper, sparse_modules
 
 
-def marginal_covariance(graph: FactorGraph, variables: Sequence[tuple[str, int]],
-                        at: Mapping | None = None) -> np.ndarray:
+def marginal_covariance(
+    graph: FactorGraph, variables: Sequence[tuple[str, int]], at: Mapping | None = None
+) -> np.ndarray:
     r"""The joint covariance of ``variables`` at the estimate ``at`` (GTSAM's ``marginalCovariance`` for one
     variable, ``jointMarginalCovariance`` for several).
 
@@ -60,8 +61,11 @@ def marginal_covariance(graph: FactorGraph, variables: Sequence[tuple[str, int]]
         kind, index = entry
         if kind not in structure.count:
             raise ValueError(f"marginal_covariance: no variable kind {kind!r} (the graph has {structure.kinds})")
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)) \
-                or not 0 <= index < structure.count[kind]:
+        if (
+            isinstance(index, (bool, np.bool_))
+            or not isinstance(index, (int, np.integer))
+            or not 0 <= index < structure.count[kind]
+        ):
             raise ValueError(f"marginal_covariance: {kind!r} index {index!r} is outside [0, {structure.count[kind]})")
         d = structure.dim[kind]
         columns.append(structure.offset[kind] + int(index) * d + np.arange(d))
@@ -78,8 +82,13 @@ def _term_products(graph: FactorGraph, structure) -> list[np.ndarray]:
     values = graph.variables
     space = ProductSpace(values)
     anchor = ravel_pytree(values)[0]
-    problem = GraphProblem(structure=structure, space=space, residual_fns=tuple(c.residual_fn for c in graph.costs),
-                           linear_solver=SparseDirect(), dtype=anchor.dtype)
+    problem = GraphProblem(
+        structure=structure,
+        space=space,
+        residual_fns=tuple(c.residual_fn for c in graph.costs),
+        linear_solver=SparseDirect(),
+        dtype=anchor.dtype,
+    )
     cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
 
     @jax.jit
@@ -101,13 +110,17 @@ def _covariance_columns(structure, products, columns: np.ndarray) -> np.ndarray:
     matrix, scale, diagonal = jacobi_scaled_upper(structure, contributions)
     if np.any(diagonal <= 0):
         empty = int(np.flatnonzero(diagonal <= 0)[0])
-        raise ValueError(f"marginal_covariance: tangent coordinate {empty} appears in no cost term: the information "
-                         "matrix is singular")
+        raise ValueError(
+            f"marginal_covariance: tangent coordinate {empty} appears in no cost term: the information "
+            "matrix is singular"
+        )
     try:
         factor = qdldl.Solver(matrix)
     except (ValueError, RuntimeError) as err:
-        raise ValueError("marginal_covariance: the information matrix JᵀJ is singular (a gauge freedom left "
-                         "free? fix a variable or add a prior)") from err
+        raise ValueError(
+            "marginal_covariance: the information matrix JᵀJ is singular (a gauge freedom left "
+            "free? fix a variable or add a prior)"
+        ) from err
     block = np.empty((n, columns.size))
     for j, column in enumerate(columns):
         unit = np.zeros(n)

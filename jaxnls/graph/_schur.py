@@ -61,7 +61,7 @@ class _Elimination:
         out, start = {}, 0
         for kind in self.kept:
             size = self.structure.count[kind] * self.structure.dim[kind]
-            out[kind] = v[start:start + size].reshape(self.structure.count[kind], self.structure.dim[kind])
+            out[kind] = v[start : start + size].reshape(self.structure.count[kind], self.structure.dim[kind])
             start += size
         return out
 
@@ -95,30 +95,32 @@ class SchurPCG(AbstractGraphLinearSolver):
         def schur_times(v):
             kept_parts = elimination.unflatten(v)
             full = elimination.h_times(kept_parts)
-            correction = elimination.h_times({elimination.eliminated: elimination.solve_points(
-                full[elimination.eliminated])})
+            correction = elimination.h_times(
+                {elimination.eliminated: elimination.solve_points(full[elimination.eliminated])}
+            )
             return elimination.flatten({kind: full[kind] - correction[kind] for kind in elimination.kept})
 
         precondition = _schur_jacobi(operator, elimination)
-        camera_step = elimination.unflatten(conjugate_gradient(
-            schur_times, precondition, elimination.reduced_rhs(rhs_parts), self.rtol, self.max_steps))
+        camera_step = elimination.unflatten(
+            conjugate_gradient(schur_times, precondition, elimination.reduced_rhs(rhs_parts), self.rtol, self.max_steps)
+        )
         return elimination.full_step(camera_step, rhs_parts)
 
 
 class SchurDirect(AbstractGraphLinearSolver):
     r"""Eliminate the variables of kind ``eliminate`` (default ``"point"``) and solve the reduced camera
-    system :math:`S δ_c = b_c - A_{cp}A_{pp}^{-1}b_p` by a dense factorisation of
-    :math:`S = A_{cc} - A_{cp}A_{pp}^{-1}A_{pc}` (Ceres' ``DENSE_SCHUR``): exact, pure JAX (jit, vmap, any
-    backend; no host round trip), for problems whose kept unknowns number up to a few thousand
-    (:math:`S` is dense: ``n_c²`` memory, ``n_c³/3`` flops per step).
+        system :math:`S δ_c = b_c - A_{cp}A_{pp}^{-1}b_p` by a dense factorisation of
+        :math:`S = A_{cc} - A_{cp}A_{pp}^{-1}A_{pc}` (Ceres' ``DENSE_SCHUR``): exact, pure JAX (jit, vmap, any
+        backend; no host round trip), for problems whose kept unknowns number up to a few thousand
+        (:math:`S` is dense: ``n_c²`` memory, ``n_c³/3`` flops per step).
 
-    :math:`S` is assembled from its parts: :math:`A_{cc}` from the terms' ``J_eᵀJ_e`` blocks over the kept
-    variables, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as :math:`\sum_p\sum_{e,e' 
-i p} W_e A_{pp}^{-1}W_{e'}^	op`
-    over the pairs of terms that see the same eliminated variable (listed once per structure, on the host),
-    accumulated in chunks of ``chunk`` pairs so that memory stays bounded. Jacobi-scaled, shifted by
-    ``10·n·ε`` like the dense solvers' pivots, and factored by LU (the implicit adjoint's exact Hessian, which
-    these solves also serve, need not be positive definite).
+        :math:`S` is assembled from its parts: :math:`A_{cc}` from the terms' ``J_eᵀJ_e`` blocks over the kept
+        variables, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as :math:`\sum_p\sum_{e,e'
+    i p} W_e A_{pp}^{-1}W_{e'}^	op`
+        over the pairs of terms that see the same eliminated variable (listed once per structure, on the host),
+        accumulated in chunks of ``chunk`` pairs so that memory stays bounded. Jacobi-scaled, shifted by
+        ``10·n·ε`` like the dense solvers' pivots, and factored by LU (the implicit adjoint's exact Hessian, which
+        these solves also serve, need not be positive definite).
     """
 
     eliminate: str = eqx.field(static=True, default="point")
@@ -145,7 +147,7 @@ def _kept_positions(structure, kept) -> np.ndarray:
     start = 0
     for kind in kept:
         size = structure.count[kind] * structure.dim[kind]
-        positions[structure.offset[kind]:structure.offset[kind] + size] = np.arange(start, start + size)
+        positions[structure.offset[kind] : structure.offset[kind] + size] = np.arange(start, start + size)
         start += size
     return positions
 
@@ -181,7 +183,7 @@ def _reduced_camera_matrix(operator, elimination, chunk: int):
             coupling = operator.coupling(g, j, j_point)  # (E, d_j, d_point)
             pad = width - coupling.shape[1]
             slots.append(jnp.pad(coupling, ((0, 0), (0, pad), (0, 0))))
-            place = positions[group["columns"][:, starts[j]:starts[j + 1]]]
+            place = positions[group["columns"][:, starts[j] : starts[j + 1]]]
             slot_places.append(np.pad(place, ((0, 0), (0, pad)), constant_values=n_kept))
             slot_points.append(group["indices"][:, j_point])
     if not slots:
@@ -225,14 +227,15 @@ def _pairs_sharing_a_point(slot_points: np.ndarray, num_points: int) -> tuple[np
 
 def _check_eliminable(structure, eliminated: str, owner: str):
     if eliminated not in structure.kinds:
-        raise ValueError(f"{owner}(eliminate={eliminated!r}): no variable kind of that name among "
-                         f"{structure.kinds}")
+        raise ValueError(f"{owner}(eliminate={eliminated!r}): no variable kind of that name among {structure.kinds}")
     if len(structure.kinds) < 2:
         raise ValueError(f"{owner} needs a second variable kind to keep; with one kind use PCG or SparseDirect")
     for g, group in enumerate(structure.groups):
         if list(group["kinds"]).count(eliminated) > 1:
-            raise ValueError(f"{owner}(eliminate={eliminated!r}): cost group {g} connects two variables of that "
-                             "kind, so their block of JᵀJ is not block diagonal; eliminate another kind")
+            raise ValueError(
+                f"{owner}(eliminate={eliminated!r}): cost group {g} connects two variables of that "
+                "kind, so their block of JᵀJ is not block diagonal; eliminate another kind"
+            )
 
 
 def _schur_jacobi(operator, elimination):
@@ -254,8 +257,9 @@ def _schur_jacobi(operator, elimination):
 
     def apply(v):
         parts = elimination.unflatten(v)
-        return elimination.flatten({kind: jnp.einsum("nij,nj->ni", inverses[kind], parts[kind])
-                                    for kind in elimination.kept})
+        return elimination.flatten(
+            {kind: jnp.einsum("nij,nj->ni", inverses[kind], parts[kind]) for kind in elimination.kept}
+        )
 
     return apply
 

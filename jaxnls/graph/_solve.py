@@ -90,25 +90,40 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
-    max_steps = check_options(solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback,
-                              history=history)
+    max_steps = check_options(
+        solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback, history=history
+    )
     solver = solver.for_problem_kind("graph")
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
-        raise TypeError(f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
-                        "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
-                        f"{type(solver).__name__}(linear_solver=jaxnls.graph.SparseDirect())")
+        raise TypeError(
+            f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
+            "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
+            f"{type(solver).__name__}(linear_solver=jaxnls.graph.SparseDirect())"
+        )
     structure = validate(graph, batched)
     if not batched:
         _check_finite(graph)
     # as in jaxnls.solve: a small problem is dominated by its compilation, so its kernels are generated
     # without LLVM optimisation (halves the compile time; w100: 4.5 s -> 2 s, run time ~ms either way)
-    entries = sum(c.num_terms * k * sum(g["dims"]) for c, k, g in
-                  zip(graph.costs, residual_size(graph, batched), structure.groups))
+    entries = sum(
+        c.num_terms * k * sum(g["dims"])
+        for c, k, g in zip(graph.costs, residual_size(graph, batched), structure.groups)
+    )
     batch = _batch(graph) if batched else 1
-    return call_compiled(compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries),
-                         graph, solver, max_steps, batched, verbose, throw, adjoint, callback, int(history),
-                         callback=callback,
-                         caller="jaxnls.graph.solve")
+    return call_compiled(
+        compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries),
+        graph,
+        solver,
+        max_steps,
+        batched,
+        verbose,
+        throw,
+        adjoint,
+        callback,
+        int(history),
+        callback=callback,
+        caller="jaxnls.graph.solve",
+    )
 
 
 def _batch(graph) -> int:
@@ -147,8 +162,11 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
     cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
     # vmap axes leaf by leaf (the adjoints read them per leaf): data and sqrt_information carry the batch
     # axis when batched, the losses' scales are shared
-    axes = tuple(jax.tree_util.tree_map(lambda _: 0 if batched else None, (data, sqrt_information))
-                 + (jax.tree_util.tree_map(lambda _: None, loss),) for data, sqrt_information, loss in cost_args)
+    axes = tuple(
+        jax.tree_util.tree_map(lambda _: 0 if batched else None, (data, sqrt_information))
+        + (jax.tree_util.tree_map(lambda _: None, loss),)
+        for data, sqrt_information, loss in cost_args
+    )
     differentiable = (x0, cost_args)
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
         x0, cost_args = jax.lax.stop_gradient((x0, cost_args))
@@ -164,12 +182,26 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
         return jnp.concatenate(residuals), tuple(blocks), total
 
     num_residuals = sum(c.num_terms * k for c, k in zip(graph.costs, sizes))
-    jacobian = tuple(jax.ShapeDtypeStruct((c.num_terms, k, sum(g["dims"])), dtype)
-                     for c, k, g in zip(graph.costs, sizes, structure.groups))
-    problem = LoopProblem(evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n,
-                          jacobian=jacobian)
-    state = run_loop(solver, problem, x0, cost_args, axes, max_steps, verbose=verbose, working_set=None,
-                     adjoint=adjoint, callback=callback, history=history)
+    jacobian = tuple(
+        jax.ShapeDtypeStruct((c.num_terms, k, sum(g["dims"])), dtype)
+        for c, k, g in zip(graph.costs, sizes, structure.groups)
+    )
+    problem = LoopProblem(
+        evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n, jacobian=jacobian
+    )
+    state = run_loop(
+        solver,
+        problem,
+        x0,
+        cost_args,
+        axes,
+        max_steps,
+        verbose=verbose,
+        working_set=None,
+        adjoint=adjoint,
+        callback=callback,
+        history=history,
+    )
 
     # the adjoint works in the chart δ ↦ X ⊕ δ around the solution. Fixed variables never move (X* = X0
     # there), so the anchor carries their starting values' derivatives; the free ones get theirs from the
@@ -179,12 +211,25 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
         anchor = state.x
     else:
         anchor = jnp.where(_fixed_mask(graph, template), x0_differentiable, jax.lax.stop_gradient(state.x))
-    adjoint_problem = GraphProblem(structure=structure, space=space,
-                                   residual_fns=tuple(c.residual_fn for c in graph.costs),
-                                   linear_solver=linear_solver, dtype=dtype)
+    adjoint_problem = GraphProblem(
+        structure=structure,
+        space=space,
+        residual_fns=tuple(c.residual_fn for c in graph.costs),
+        linear_solver=linear_solver,
+        dtype=dtype,
+    )
     x, cost = attach_in_chart(adjoint, adjoint_problem, space, anchor, state, cost_args_differentiable, axes)
-    return make_solution(solver, jax.vmap(space.unravel)(x), cost, state, batched=batched, throw=throw,
-                         num_residuals=num_residuals, num_params=structure.n, caller="jaxnls.graph.solve")
+    return make_solution(
+        solver,
+        jax.vmap(space.unravel)(x),
+        cost,
+        state,
+        batched=batched,
+        throw=throw,
+        num_residuals=num_residuals,
+        num_params=structure.n,
+        caller="jaxnls.graph.solve",
+    )
 
 
 def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:

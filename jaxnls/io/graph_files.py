@@ -372,8 +372,9 @@ def _unit_quaternion(xyzw: Sequence[float], path: str, line: int, what: str) -> 
     q = np.array([w, x, y, z], dtype=np.float64)
     norm = float(np.sqrt(np.dot(q, q)))
     if not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
-        raise GraphFormatError(path, line, f"the quaternion of {what} has norm {norm:.6g}; it must be 1 "
-                               f"within {QUATERNION_TOLERANCE:g}")
+        raise GraphFormatError(
+            path, line, f"the quaternion of {what} has norm {norm:.6g}; it must be 1 within {QUATERNION_TOLERANCE:g}"
+        )
     # Already-unit quaternions (e.g. ones this module wrote) are kept bit for bit, so that
     # write -> read is exact; dividing by a norm of 1 +- 1 ulp would perturb the last bits.
     if abs(norm - 1.0) > 1e-14:
@@ -397,8 +398,14 @@ def _quaternion_product(p, q) -> np.ndarray:
     """Hamilton product of ``[w, x, y, z]`` quaternions."""
     pw, px, py, pz = p
     qw, qx, qy, qz = q
-    return np.array([pw * qw - px * qx - py * qy - pz * qz, pw * qx + px * qw + py * qz - pz * qy,
-                     pw * qy - px * qz + py * qw + pz * qx, pw * qz + px * qy - py * qx + pz * qw])
+    return np.array(
+        [
+            pw * qw - px * qx - py * qy - pz * qz,
+            pw * qx + px * qw + py * qz - pz * qy,
+            pw * qy - px * qz + py * qw + pz * qx,
+            pw * qz + px * qy - py * qx + pz * qw,
+        ]
+    )
 
 
 def _rotate(q, v) -> np.ndarray:
@@ -421,12 +428,14 @@ def _rpy_to_wxyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
     cr, sr = math.cos(roll / 2), math.sin(roll / 2)
     cp, sp = math.cos(pitch / 2), math.sin(pitch / 2)
     cy, sy = math.cos(yaw / 2), math.sin(yaw / 2)
-    return np.array([
-        cr * cp * cy + sr * sp * sy,
-        sr * cp * cy - cr * sp * sy,
-        cr * sp * cy + sr * cp * sy,
-        cr * cp * sy - sr * sp * cy,
-    ])
+    return np.array(
+        [
+            cr * cp * cy + sr * sp * sy,
+            sr * cp * cy - cr * sp * sy,
+            cr * sp * cy + sr * cp * sy,
+            cr * cp * sy - sr * sp * cy,
+        ]
+    )
 
 
 def _wxyz_to_rpy(q: np.ndarray) -> tuple[float, float, float]:
@@ -531,8 +540,12 @@ class _GraphParser:
             content_lines += 1
             self._line(number, tokens)
         if content_lines == 0:
-            raise self.error(1, "the file contains no vertices or edges" if self.lines and any(
-                t.strip() for t in self.lines) else "the file is empty")
+            raise self.error(
+                1,
+                "the file contains no vertices or edges"
+                if self.lines and any(t.strip() for t in self.lines)
+                else "the file is empty",
+            )
         if self.dimension is None:
             raise self.error(1, "the file contains no vertices or edges")
         return self._build()
@@ -563,8 +576,11 @@ class _GraphParser:
         if self.dimension is None:
             self.dimension, self.dimension_line = dim, number
         elif dim != self.dimension:
-            raise self.error(number, f"{tag} is a {dim}-D record but the file is {self.dimension}-D (from line "
-                             f"{self.dimension_line}); mixed 2-D and 3-D graphs are not supported")
+            raise self.error(
+                number,
+                f"{tag} is a {dim}-D record but the file is {self.dimension}-D (from line "
+                f"{self.dimension_line}); mixed 2-D and 3-D graphs are not supported",
+            )
         what = f"the {tag} record"
         if kind in ("v2", "xy", "v3"):
             vid = _index(values[0], self.path, number, "vertex id")
@@ -626,10 +642,13 @@ class _GraphParser:
             number, group, k = min(bad, key=lambda entry: entry[0])
             info, tag = group[k][5], group[k][6]
             smallest = float(np.linalg.eigvalsh(0.5 * (info + info.T))[0])
-            raise self.error(number, f"the information matrix of this {tag} is not positive definite (smallest "
-                                     f"eigenvalue {smallest:.6g}); GTSAM and Ceres would take it silently, jaxnls "
-                                     "refuses it (repair_information=True, or the command line's "
-                                     "--repair-information, replaces it by the nearest positive-definite matrix)")
+            raise self.error(
+                number,
+                f"the information matrix of this {tag} is not positive definite (smallest "
+                f"eigenvalue {smallest:.6g}); GTSAM and Ceres would take it silently, jaxnls "
+                "refuses it (repair_information=True, or the command line's "
+                "--repair-information, replaces it by the nearest positive-definite matrix)",
+            )
         for _, group, k in bad:
             a, b, number, translation, quaternion, info, tag = group[k]
             group[k] = (a, b, number, translation, quaternion, nearest_positive_definite(info), tag)
@@ -652,17 +671,27 @@ class _GraphParser:
             for other, translation, quaternion, backwards in neighbours[current]:
                 if other in poses:
                     continue
-                step = _se3_inverse(translation, quaternion) if three_d and backwards else \
-                    (np.asarray(translation, np.float64), quaternion) if three_d else \
-                    (_se2_inverse(translation) if backwards else np.asarray(translation, np.float64), None)
-                poses[other] = _se3_compose(*poses[current], *step) if three_d else \
-                    (_se2_compose(poses[current][0], step[0]), None)
+                step = (
+                    _se3_inverse(translation, quaternion)
+                    if three_d and backwards
+                    else (np.asarray(translation, np.float64), quaternion)
+                    if three_d
+                    else (_se2_inverse(translation) if backwards else np.asarray(translation, np.float64), None)
+                )
+                poses[other] = (
+                    _se3_compose(*poses[current], *step)
+                    if three_d
+                    else (_se2_compose(poses[current][0], step[0]), None)
+                )
                 queue.append(other)
         unreachable = [vid for vid in ids if vid not in poses]
         if unreachable:
             first = next(n for a, b, n, *_ in self.edges if unreachable[0] in (a, b))
-            raise self.error(first, f"the file has no vertex records, and vertex {unreachable[0]} is not connected "
-                             f"to vertex {ids[0]} by edges, so its start cannot be chained from the odometry")
+            raise self.error(
+                first,
+                f"the file has no vertex records, and vertex {unreachable[0]} is not connected "
+                f"to vertex {ids[0]} by edges, so its start cannot be chained from the odometry",
+            )
         for vid in ids:
             self.vertices[vid] = ("pose", len(self.pose_ids), 0)
             self.pose_ids.append(vid)
@@ -675,8 +704,9 @@ class _GraphParser:
         if entry is None:
             raise self.error(number, f"the record references vertex {vid}, which the file does not define")
         if entry[0] != want:
-            raise self.error(number, f"vertex {vid} (line {entry[2]}) is a {entry[0]}, but this edge needs a {want} "
-                             "there")
+            raise self.error(
+                number, f"vertex {vid} (line {entry[2]}) is a {entry[0]}, but this edge needs a {want} there"
+            )
         return entry[1]
 
     def _build(self) -> PoseGraph2D | PoseGraph3D:
@@ -684,15 +714,18 @@ class _GraphParser:
         chained = not self.vertices and bool(self.edges) and not self.landmark_edges
         if chained:
             self._chain_odometry()
-        edges = np.array([(self._resolve(a, n, "pose"), self._resolve(b, n, "pose"))
-                          for a, b, n, *_ in self.edges], dtype=np.int64).reshape(-1, 2)
+        edges = np.array(
+            [(self._resolve(a, n, "pose"), self._resolve(b, n, "pose")) for a, b, n, *_ in self.edges], dtype=np.int64
+        ).reshape(-1, 2)
         fixed = []
         for vid, number in self.fixed:
             if vid not in self.vertices:
                 raise self.error(number, f"FIX references vertex {vid}, which the file does not define")
             fixed.append(vid)
-        equivalences = np.array([(self._resolve(a, n, "pose"), self._resolve(b, n, "pose"))
-                                 for a, b, n in self.equivalences], dtype=np.int64).reshape(-1, 2)
+        equivalences = np.array(
+            [(self._resolve(a, n, "pose"), self._resolve(b, n, "pose")) for a, b, n in self.equivalences],
+            dtype=np.int64,
+        ).reshape(-1, 2)
         common = dict(
             pose_ids=_readonly(self.pose_ids, np.int64),
             edges=_readonly(edges, np.int64),
@@ -705,8 +738,13 @@ class _GraphParser:
         n = self.dimension
         info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
         if n == 2:
-            landmark_edges = np.array([(self._resolve(a, n_, "pose"), self._resolve(b, n_, "landmark"))
-                                       for a, b, n_, *_ in self.landmark_edges], dtype=np.int64).reshape(-1, 2)
+            landmark_edges = np.array(
+                [
+                    (self._resolve(a, n_, "pose"), self._resolve(b, n_, "landmark"))
+                    for a, b, n_, *_ in self.landmark_edges
+                ],
+                dtype=np.int64,
+            ).reshape(-1, 2)
             return PoseGraph2D(
                 poses=_readonly(np.array(self.poses).reshape(-1, 3)),
                 measurements=_readonly(np.array([e[3] for e in self.edges]).reshape(-1, 3)),
@@ -728,14 +766,16 @@ class _GraphParser:
         )
 
 
-def parse_g2o(content: bytes | str, path: str = "<string>", *, repair_information: bool = False
-              ) -> PoseGraph2D | PoseGraph3D:
+def parse_g2o(
+    content: bytes | str, path: str = "<string>", *, repair_information: bool = False
+) -> PoseGraph2D | PoseGraph3D:
     """:func:`read_g2o` on a file's contents (``path`` is only used in error messages)."""
     return _GraphParser(path, _lines(content, path), "g2o", repair_information).parse()
 
 
-def parse_toro(content: bytes | str, path: str = "<string>", *, repair_information: bool = False
-               ) -> PoseGraph2D | PoseGraph3D:
+def parse_toro(
+    content: bytes | str, path: str = "<string>", *, repair_information: bool = False
+) -> PoseGraph2D | PoseGraph3D:
     """:func:`read_toro` on a file's contents (``path`` is only used in error messages)."""
     return _GraphParser(path, _lines(content, path), "toro", repair_information).parse()
 
@@ -843,8 +883,11 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
             shown = tokens[0] if len(tokens[0]) <= 40 else tokens[0][:40] + "..."
             raise GraphFormatError(path, n, f"cannot tell the format: unknown tag {shown!r}")
     if g2o_line and toro_line:
-        raise GraphFormatError(path, max(g2o_line, toro_line), f"the file mixes g2o records (line {g2o_line}) "
-                               f"and TORO records (line {toro_line})")
+        raise GraphFormatError(
+            path,
+            max(g2o_line, toro_line),
+            f"the file mixes g2o records (line {g2o_line}) and TORO records (line {toro_line})",
+        )
     if g2o_line:
         return "g2o"
     if toro_line:
@@ -902,8 +945,9 @@ def write_g2o(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> None
     else:
         for vid, t, q in zip(ids, graph.translations, graph.quaternions):
             lines.append(f"VERTEX_SE3:QUAT {int(vid)} {_fs(t)} {_xyzw(q)}")
-        for (i, j), t, q, info in zip(graph.edges, graph.measurement_translations, graph.measurement_quaternions,
-                                      graph.information):
+        for (i, j), t, q, info in zip(
+            graph.edges, graph.measurement_translations, graph.measurement_quaternions, graph.information
+        ):
             lines.append(f"EDGE_SE3:QUAT {int(ids[i])} {int(ids[j])} {_fs(t)} {_xyzw(q)} {_upper_text(info)}")
     for vid in graph.fixed_ids:
         lines.append(f"FIX {int(vid)}")
@@ -935,8 +979,9 @@ def write_toro(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> Non
     else:
         for vid, t, q in zip(ids, graph.translations, graph.quaternions):
             lines.append(f"VERTEX3 {int(vid)} {_fs(t)} {_fs(_wxyz_to_rpy(q))}")
-        for (i, j), t, q, info in zip(graph.edges, graph.measurement_translations, graph.measurement_quaternions,
-                                      graph.information):
+        for (i, j), t, q, info in zip(
+            graph.edges, graph.measurement_translations, graph.measurement_quaternions, graph.information
+        ):
             lines.append(f"EDGE3 {int(ids[i])} {int(ids[j])} {_fs(t)} {_fs(_wxyz_to_rpy(q))} {_upper_text(info)}")
     for i, j in graph.equivalences:
         lines.append(f"EQUIV {int(ids[i])} {int(ids[j])}")
@@ -966,10 +1011,10 @@ def _bal_fast(tokens: list[str], num_cameras: int, num_points: int, num_obs: int
     camera_index, point_index = ints[:num_obs], ints[num_obs:]
     if not (np.all(camera_index < num_cameras) and np.all(point_index < num_points) and np.all(np.isfinite(values))):
         return None
-    observations = np.stack([values[:num_obs], values[num_obs:2 * num_obs]], axis=1)
-    rest = values[2 * num_obs:]
-    cameras = rest[:cam_end - obs_end].reshape(num_cameras, 9)
-    points = rest[cam_end - obs_end:].reshape(num_points, 3)
+    observations = np.stack([values[:num_obs], values[num_obs : 2 * num_obs]], axis=1)
+    rest = values[2 * num_obs :]
+    cameras = rest[: cam_end - obs_end].reshape(num_cameras, 9)
+    points = rest[cam_end - obs_end :].reshape(num_points, 3)
     return cameras, points, camera_index, point_index, observations
 
 
@@ -989,17 +1034,24 @@ def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
     def need(count: int, what: str):
         if len(tokens) < count:
             found_line = where[-1] if where else 1
-            raise GraphFormatError(path, max(found_line, last_line),
-                                   f"the file ends after {len(tokens)} numbers, inside the {what}; the header "
-                                   f"(line {where[0]}) announces {num_cameras} cameras, {num_points} points and "
-                                   f"{num_obs} observations, which take {expected} numbers")
+            raise GraphFormatError(
+                path,
+                max(found_line, last_line),
+                f"the file ends after {len(tokens)} numbers, inside the {what}; the header "
+                f"(line {where[0]}) announces {num_cameras} cameras, {num_points} points and "
+                f"{num_obs} observations, which take {expected} numbers",
+            )
 
     if len(tokens) < 3:
-        raise GraphFormatError(path, where[-1], f"truncated header: expected 'num_cameras num_points "
-                               f"num_observations', found {len(tokens)} number(s)")
+        raise GraphFormatError(
+            path,
+            where[-1],
+            f"truncated header: expected 'num_cameras num_points num_observations', found {len(tokens)} number(s)",
+        )
     num_cameras, num_points, num_obs = (
         _index(tokens[k], path, where[k], name)
-        for k, name in enumerate(("the number of cameras", "the number of points", "the number of observations")))
+        for k, name in enumerate(("the number of cameras", "the number of points", "the number of observations"))
+    )
     expected = 3 + 4 * num_obs + 9 * num_cameras + 3 * num_points
     # Read in file order, so that the first bad token is the one reported; the counts are checked
     # against what is there before anything of the announced size is allocated.
@@ -1018,11 +1070,19 @@ def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
         c = _index(tokens[base], path, line, f"camera index of observation {k}")
         p = _index(tokens[base + 1], path, where[base + 1], f"point index of observation {k}")
         if c >= num_cameras:
-            raise GraphFormatError(path, line, f"observation {k}: camera index {c} out of range (the header, line "
-                                   f"{where[0]}, announces {num_cameras} cameras)")
+            raise GraphFormatError(
+                path,
+                line,
+                f"observation {k}: camera index {c} out of range (the header, line "
+                f"{where[0]}, announces {num_cameras} cameras)",
+            )
         if p >= num_points:
-            raise GraphFormatError(path, where[base + 1], f"observation {k}: point index {p} out of range (the "
-                                   f"header, line {where[0]}, announces {num_points} points)")
+            raise GraphFormatError(
+                path,
+                where[base + 1],
+                f"observation {k}: point index {p} out of range (the "
+                f"header, line {where[0]}, announces {num_points} points)",
+            )
         camera_index[k], point_index[k] = c, p
         observations[k, 0] = _number(tokens[base + 2], path, where[base + 2], f"observation {k}")
         observations[k, 1] = _number(tokens[base + 3], path, where[base + 3], f"observation {k}")
@@ -1038,10 +1098,14 @@ def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
         t = cam_end + k
         points.flat[k] = _number(tokens[t], path, where[t], f"the coordinates of point {k // 3}")
     if len(tokens) > expected:
-        raise GraphFormatError(path, where[expected], f"unexpected token {tokens[expected][:40]!r} after the last "
-                               f"point: the header (line {where[0]}) announces {num_cameras} cameras, {num_points} "
-                               f"points and {num_obs} observations, which take {expected} numbers, but the file "
-                               f"has {len(tokens)}")
+        raise GraphFormatError(
+            path,
+            where[expected],
+            f"unexpected token {tokens[expected][:40]!r} after the last "
+            f"point: the header (line {where[0]}) announces {num_cameras} cameras, {num_points} "
+            f"points and {num_obs} observations, which take {expected} numbers, but the file "
+            f"has {len(tokens)}",
+        )
     return BALProblem(
         cameras=_readonly(cameras),
         points=_readonly(points),

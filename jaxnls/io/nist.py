@@ -24,7 +24,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -81,8 +81,17 @@ class NistModel:
     re-reading a file reuses jaxnls' compiled solve.
     """
 
-    def __init__(self, lhs_text: str, rhs_text: str, parameters: Sequence[str], predictors: Sequence[str],
-                 response: str, constants: dict[str, float], lhs_tree: tuple, rhs_tree: tuple):
+    def __init__(
+        self,
+        lhs_text: str,
+        rhs_text: str,
+        parameters: Sequence[str],
+        predictors: Sequence[str],
+        response: str,
+        constants: dict[str, float],
+        lhs_tree: tuple,
+        rhs_tree: tuple,
+    ):
         self.lhs_text = lhs_text
         self.rhs_text = rhs_text
         self.parameters = tuple(parameters)
@@ -91,8 +100,14 @@ class NistModel:
         self.constants = dict(constants)
         self._lhs = lhs_tree
         self._rhs = rhs_tree
-        self._key = (lhs_text, rhs_text, self.parameters, self.predictors, response,
-                     tuple(sorted(self.constants.items())))
+        self._key = (
+            lhs_text,
+            rhs_text,
+            self.parameters,
+            self.predictors,
+            response,
+            tuple(sorted(self.constants.items())),
+        )
 
     def __eq__(self, other):
         return isinstance(other, NistModel) and self._key == other._key
@@ -204,11 +219,13 @@ def _compile(text: str, first_line: int, allowed: set[str], path: str, what: str
             return ("const", value)
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:
-                raise NistFormatError(path, line_of(node), f"function {node.id!r} used without an argument in the "
-                                      f"{what}")
+                raise NistFormatError(
+                    path, line_of(node), f"function {node.id!r} used without an argument in the {what}"
+                )
             if node.id not in allowed:
                 raise NistFormatError(
-                    path, line_of(node),
+                    path,
+                    line_of(node),
                     f"unknown name {node.id!r} in the {what} (allowed: {', '.join(sorted(allowed))}; "
                     f"functions: {', '.join(FUNCTIONS)})",
                 )
@@ -226,8 +243,11 @@ def _compile(text: str, first_line: int, allowed: set[str], path: str, what: str
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 name = node.func.id if isinstance(node.func, ast.Name) else ast.dump(node.func)[:40]
-                raise NistFormatError(path, line_of(node), f"{name!r} is not a known function in the {what} "
-                                      f"(known: {', '.join(FUNCTIONS)})")
+                raise NistFormatError(
+                    path,
+                    line_of(node),
+                    f"{name!r} is not a known function in the {what} (known: {', '.join(FUNCTIONS)})",
+                )
             if len(node.args) != 1 or node.keywords or isinstance(node.args[0], ast.Starred):
                 raise NistFormatError(path, line_of(node), f"{node.func.id} takes exactly one argument in the {what}")
             return ("call", node.func.id, walk(node.args[0], depth + 1))
@@ -393,8 +413,11 @@ class _Parser:
         starts, cert, sd, summary = self._parameter_blocks(blocks, params)
         x, y = self._data(blocks["Data"], columns, response, predictors, num_obs, obs_line)
         if summary["nobs"][0] != num_obs:
-            raise self.error(summary["nobs"][1], f"Number of Observations is {summary['nobs'][0]} but the header "
-                             f"(line {obs_line}) says {num_obs} Observations")
+            raise self.error(
+                summary["nobs"][1],
+                f"Number of Observations is {summary['nobs'][0]} but the header "
+                f"(line {obs_line}) says {num_obs} Observations",
+            )
         model_text, model = self._model(k_line + 1, first_block, params, predictors, response)
         return NistProblem(
             name=name,
@@ -432,13 +455,17 @@ class _Parser:
         for label, pattern in _DECLARATION.items():
             number, match = self.find(pattern)
             if number is None:
-                raise self.error(where, f"missing section: no '{label} (lines A to B)' declaration in the "
-                                 "File Format header")
+                raise self.error(
+                    where, f"missing section: no '{label} (lines A to B)' declaration in the File Format header"
+                )
             first = _integer(match.group(1), self.path, number, f"the first line of the {label} block")
             last = _integer(match.group(2), self.path, number, f"the last line of the {label} block")
             if not number < first <= last:
-                raise self.error(number, f"the {label} block is declared as lines {first} to {last}, which is not "
-                                 "a valid range after the header")
+                raise self.error(
+                    number,
+                    f"the {label} block is declared as lines {first} to {last}, which is not "
+                    "a valid range after the header",
+                )
             blocks[label] = (first, last)
         return blocks
 
@@ -468,8 +495,11 @@ class _Parser:
         names = k_match.group(2).split()
         expected = {1: [["b1"]], 2: [["b1", "and", "b2"], ["b1", "to", "b2"]]}.get(k, [["b1", "to", f"b{k}"]])
         if k == 0 or names not in expected:
-            raise self.error(k_line, f"expected '({' '.join(expected[0]) if k else 'b1 to bk'})' after "
-                             f"{k} Parameters, found ({k_match.group(2)})")
+            raise self.error(
+                k_line,
+                f"expected '({' '.join(expected[0]) if k else 'b1 to bk'})' after "
+                f"{k} Parameters, found ({k_match.group(2)})",
+            )
         return model_line, model_class, k, k_line
 
     def _data_header(self, block: tuple[int, int]) -> tuple[list[str], str, tuple[str, ...]]:
@@ -477,8 +507,11 @@ class _Parser:
         text = self.line(number)
         match = re.fullmatch(r"\s*Data:\s*(.*?)\s*", text)
         if not match:
-            raise self.error(number, "missing section: expected the data column header 'Data:  y  x' on the line "
-                             f"before the Data block (line {block[0]})")
+            raise self.error(
+                number,
+                "missing section: expected the data column header 'Data:  y  x' on the line "
+                f"before the Data block (line {block[0]})",
+            )
         columns = match.group(1).split()
         for col in columns:
             if not _IDENT.fullmatch(col):
@@ -488,8 +521,11 @@ class _Parser:
         responses = [c for c in columns if c.startswith("y")]
         predictors = tuple(c for c in columns if c.startswith("x"))
         if len(responses) != 1 or not predictors or len(responses) + len(predictors) != len(columns):
-            raise self.error(number, f"the data header must name one response (y) and the predictors (x or x1, "
-                             f"x2, ...), found {' '.join(columns) or 'nothing'}")
+            raise self.error(
+                number,
+                f"the data header must name one response (y) and the predictors (x or x1, "
+                f"x2, ...), found {' '.join(columns) or 'nothing'}",
+            )
         return columns, responses[0], predictors
 
     def _parameter_blocks(self, blocks, params):
@@ -497,17 +533,23 @@ class _Parser:
         s_first, s_last = blocks["Starting Values"]
         c_first, c_last = blocks["Certified Values"]
         if s_last - s_first + 1 != k:
-            raise self.error(self._declaration_line("Starting Values"),
-                             f"the Starting Values block (lines {s_first} to {s_last}) has "
-                             f"{s_last - s_first + 1} lines but the model has {k} parameters")
+            raise self.error(
+                self._declaration_line("Starting Values"),
+                f"the Starting Values block (lines {s_first} to {s_last}) has "
+                f"{s_last - s_first + 1} lines but the model has {k} parameters",
+            )
         if c_first != s_first:
-            raise self.error(self._declaration_line("Certified Values"),
-                             "the Certified Values block must start on the same line as the Starting Values block "
-                             f"({s_first}), found {c_first}")
+            raise self.error(
+                self._declaration_line("Certified Values"),
+                "the Certified Values block must start on the same line as the Starting Values block "
+                f"({s_first}), found {c_first}",
+            )
         if c_last < s_last + 4:
-            raise self.error(self._declaration_line("Certified Values"),
-                             f"the Certified Values block (lines {c_first} to {c_last}) is too short for {k} "
-                             "parameters and the four summary lines")
+            raise self.error(
+                self._declaration_line("Certified Values"),
+                f"the Certified Values block (lines {c_first} to {c_last}) is too short for {k} "
+                "parameters and the four summary lines",
+            )
         starts = np.empty((2, k))
         cert = np.empty(k)
         sd = np.empty(k)
@@ -516,12 +558,16 @@ class _Parser:
             self._require_line(number, "Starting/Certified Values")
             tokens = self.line(number).split()
             if len(tokens) < 2 or tokens[0] != name or tokens[1] != "=":
-                raise self.error(number, f"expected '{name} = start1 start2 certified std_dev', found "
-                                 f"{self.line(number).strip()!r}")
+                raise self.error(
+                    number, f"expected '{name} = start1 start2 certified std_dev', found {self.line(number).strip()!r}"
+                )
             values = tokens[2:]
             if len(values) != 4:
-                raise self.error(number, f"wrong column count: expected 4 numbers after '{name} =' (start 1, "
-                                 f"start 2, certified value, standard deviation), found {len(values)}")
+                raise self.error(
+                    number,
+                    f"wrong column count: expected 4 numbers after '{name} =' (start 1, "
+                    f"start 2, certified value, standard deviation), found {len(values)}",
+                )
             what = f"the values of {name}"
             starts[0, i], starts[1, i], cert[i], sd[i] = (_number(t, self.path, number, what) for t in values)
         summary = {}
@@ -538,16 +584,19 @@ class _Parser:
                 raise self.error(number, f"'{label.strip()}' appears twice in the Certified Values block")
             tokens = value.split()
             if len(tokens) != 1:
-                raise self.error(number, f"wrong column count: expected one number after '{label.strip()}:', "
-                                 f"found {len(tokens)}")
+                raise self.error(
+                    number, f"wrong column count: expected one number after '{label.strip()}:', found {len(tokens)}"
+                )
             if key in ("dof", "nobs"):
                 summary[key] = (_integer(tokens[0], self.path, number, label.strip()), number)
             else:
                 summary[key] = (_number(tokens[0], self.path, number, label.strip()), number)
         for label, key in _SUMMARY.items():
             if key not in summary:
-                raise self.error(c_last, f"missing section: no '{label}:' line in the Certified Values block "
-                                 f"(lines {c_first} to {c_last})")
+                raise self.error(
+                    c_last,
+                    f"missing section: no '{label}:' line in the Certified Values block (lines {c_first} to {c_last})",
+                )
         if summary["rss"][0] < 0:
             raise self.error(summary["rss"][1], "negative residual sum of squares")
         return starts, cert, sd, {k_: (v[0], v[1]) for k_, v in summary.items()}
@@ -564,26 +613,35 @@ class _Parser:
         first, last = block
         declared = last - first + 1
         if declared != num_obs:
-            raise self.error(self._declaration_line("Data"),
-                             f"wrong number of observations: the Data block is declared as lines {first} to {last} "
-                             f"({declared} rows) but the header (line {obs_line}) says {num_obs} Observations")
+            raise self.error(
+                self._declaration_line("Data"),
+                f"wrong number of observations: the Data block is declared as lines {first} to {last} "
+                f"({declared} rows) but the header (line {obs_line}) says {num_obs} Observations",
+            )
         if len(self.lines) < last:
             found = max(len(self.lines) - first + 1, 0)
-            raise self.error(len(self.lines) + 1,
-                             f"wrong number of observations: the file ends at line {len(self.lines)} but the Data "
-                             f"block runs to line {last} ({num_obs} observations expected, {found} found)")
+            raise self.error(
+                len(self.lines) + 1,
+                f"wrong number of observations: the file ends at line {len(self.lines)} but the Data "
+                f"block runs to line {last} ({num_obs} observations expected, {found} found)",
+            )
         table = np.empty((declared, len(columns)))
         for row, number in enumerate(range(first, last + 1)):
             tokens = self.line(number).split()
             if len(tokens) != len(columns):
-                raise self.error(number, f"wrong column count: expected {len(columns)} numbers "
-                                 f"({' '.join(columns)}), found {len(tokens)}")
+                raise self.error(
+                    number,
+                    f"wrong column count: expected {len(columns)} numbers ({' '.join(columns)}), found {len(tokens)}",
+                )
             for j, token in enumerate(tokens):
                 table[row, j] = _number(token, self.path, number, f"column {columns[j]} of the data")
         for number in range(last + 1, len(self.lines) + 1):
             if self.line(number).strip():
-                raise self.error(number, f"unexpected text after the Data block (which ends at line {last}): "
-                                 f"{self.line(number).strip()[:40]!r}")
+                raise self.error(
+                    number,
+                    f"unexpected text after the Data block (which ends at line {last}): "
+                    f"{self.line(number).strip()[:40]!r}",
+                )
         y = table[:, columns.index(response)]
         x = table[:, [columns.index(p) for p in predictors]]
         if len(predictors) == 1:
@@ -603,12 +661,16 @@ class _Parser:
             if not text.strip():
                 continue
             if ended_at is not None:
-                raise self.error(number, f"unexpected text after the model equation (which ends at line {ended_at} "
-                                 f"with '+ e'): {text.strip()[:40]!r}")
+                raise self.error(
+                    number,
+                    f"unexpected text after the model equation (which ends at line {ended_at} "
+                    f"with '+ e'): {text.strip()[:40]!r}",
+                )
             definition = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*=\s*(\S+)\s*", text)
             if not equation and definition and definition.group(1) not in reserved:
-                constants[definition.group(1)] = _number(definition.group(2), self.path, number,
-                                                         f"the definition of {definition.group(1)}")
+                constants[definition.group(1)] = _number(
+                    definition.group(2), self.path, number, f"the definition of {definition.group(1)}"
+                )
                 continue
             equation.append((number, text))
             if re.search(r"\+\s*e\s*$", text):
@@ -627,22 +689,33 @@ class _Parser:
         variables = set(params) | set(predictors) | set(constants)
         if response in constants or any(p in constants for p in predictors):
             raise self.error(first_line, "a constant definition shadows a data column")
-        lhs_tree, lhs_used = _compile(lhs, first_line, {response} | set(constants), self.path,
-                                      "left-hand side of the model")
+        lhs_tree, lhs_used = _compile(
+            lhs, first_line, {response} | set(constants), self.path, "left-hand side of the model"
+        )
         if response not in lhs_used:
             raise self.error(first_line, f"the left-hand side of the model must involve the response {response!r}")
         rhs_tree, rhs_used = _compile(rhs_text, first_line, variables, self.path, "model")
         unused = [p for p in params if p not in rhs_used]
         if unused:
-            raise self.error(first_line, f"the model does not use parameter(s) {', '.join(unused)} although "
-                             f"{len(params)} are declared")
+            raise self.error(
+                first_line,
+                f"the model does not use parameter(s) {', '.join(unused)} although {len(params)} are declared",
+            )
         missing = [p for p in predictors if p not in rhs_used]
         if missing:
             raise self.error(first_line, f"the model does not use the data column(s) {', '.join(missing)}")
         model_text = " ".join(" ".join(t.split()) for _, t in equation)
         model_text = re.sub(r"\s*\+\s*e\s*$", "", model_text)
-        model = NistModel(" ".join(lhs.split()), " ".join(rhs_text.split()), params, predictors, response,
-                          constants, lhs_tree, rhs_tree)
+        model = NistModel(
+            " ".join(lhs.split()),
+            " ".join(rhs_text.split()),
+            params,
+            predictors,
+            response,
+            constants,
+            lhs_tree,
+            rhs_tree,
+        )
         return model_text, model
 
 

@@ -63,9 +63,7 @@ def _check_square(a):
 
 
 def _apply(fn: SpectralFunction, a):
-    return matrix_function(
-        a, lambda lam: (fn.value(lam), fn.divided_difference(lam[..., :, None], lam[..., None, :]))
-    )
+    return matrix_function(a, lambda lam: (fn.value(lam), fn.divided_difference(lam[..., :, None], lam[..., None, :])))
 
 
 def matrix_function(a: Float[Array, "... n n"], spectrum: Callable) -> Float[Array, "... n n"]:

@@ -2,4 +2,4 @@
 
 from ._dense import QR, AbstractLinearization, AbstractLinearSolver, Cholesky, Linearization, pivot_floor
 
-__all__ = ["AbstractLinearSolver", "AbstractLinearization", "Cholesky", "Linearization", "QR", "pivot_floor"]
+__all__ = ["QR", "AbstractLinearSolver", "AbstractLinearization", "Cholesky", "Linearization", "pivot_floor"]

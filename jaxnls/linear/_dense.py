@@ -47,7 +47,9 @@ class AbstractLinearization(eqx.Module):
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
 
-    def steepest_descent(self, scale: Float[Array, " n"]) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
+    def steepest_descent(
+        self, scale: Float[Array, " n"]
+    ) -> tuple[Float[Array, " n"], Float[Array, ""], Float[Array, ""]]:
         """The scaled steepest-descent direction ``u = g / scale``, the slope ``gᵀu`` and the length
         ``t = gᵀu / ‖Ju‖²`` minimising the model along ``-u`` (inf where the model has no curvature)."""
         direction = self.gradient / scale
@@ -83,9 +85,11 @@ class Linearization(AbstractLinearization):
         JᵀJ) zeroed, so that every step solver leaves them where they are."""
         both = free[:, None] & free[None, :]
         return Linearization(
-            gradient=jnp.where(free, self.gradient, 0.0), gram=jnp.where(both, self.gram, 0.0),
+            gradient=jnp.where(free, self.gradient, 0.0),
+            gram=jnp.where(both, self.gram, 0.0),
             jacobian=None if self.jacobian is None else jnp.where(free[None, :], self.jacobian, 0.0),
-            residual=self.residual)
+            residual=self.residual,
+        )
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         """‖J v‖², the quadratic term of the Gauss-Newton model along ``v``."""
@@ -110,8 +114,9 @@ class AbstractLinearSolver(eqx.Module):
         """Return δ solving ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
 
 
-def _normal_products(residual: Float[Array, " m"], jacobian: Float[Array, "m n"]
-                     ) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+def _normal_products(
+    residual: Float[Array, " m"], jacobian: Float[Array, "m n"]
+) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
     """Jᵀr and JᵀJ from one product ``[J r]ᵀ[J r]``.
 
     A problem must give the same bits alone as in a batch of any size (a working set moves problems

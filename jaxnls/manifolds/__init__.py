@@ -28,4 +28,13 @@ from ._space import (
     tangent_size,
 )
 
-__all__ = ["EUCLIDEAN", "ProductSpace", "has_groups", "is_group", "local", "retract", "tangent_magnitude", "tangent_size"]
+__all__ = [
+    "EUCLIDEAN",
+    "ProductSpace",
+    "has_groups",
+    "is_group",
+    "local",
+    "retract",
+    "tangent_magnitude",
+    "tangent_size",
+]

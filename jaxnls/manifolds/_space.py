@@ -80,7 +80,7 @@ def tangent_magnitude(leaf):
     params = leaf.parameters()
     batch = _group_batch_shape(leaf)
     if hasattr(leaf, "translation"):
-        translation = params[..., -leaf.space_dim:]  # SE2 / SE3 store the translation last
+        translation = params[..., -leaf.space_dim :]  # SE2 / SE3 store the translation last
         rotation = jnp.ones(batch + (kind.tangent_dim - translation.shape[-1],), params.dtype)
         return jnp.ravel(jnp.concatenate([translation, rotation], axis=-1))
     return jnp.ones((math.prod(batch) * kind.tangent_dim,), params.dtype)
@@ -141,9 +141,15 @@ class ProductSpace:
         non-finite problems' rows replaced by the identity (groups) / zeros (arrays). The adjoints
         linearise at ``safe``: a NaN start's partial derivatives would otherwise be NaN, and a zero
         cotangent times a NaN partial poisons the whole batch's gradient."""
-        identity = ravel_pytree(jax.tree_util.tree_map(
-            lambda leaf: type(leaf).identity(batch_axes=leaf.get_batch_axes()) if is_group(leaf)
-            else jnp.zeros_like(leaf), self.template, is_leaf=is_group))[0].astype(x.dtype)
+        identity = ravel_pytree(
+            jax.tree_util.tree_map(
+                lambda leaf: (
+                    type(leaf).identity(batch_axes=leaf.get_batch_axes()) if is_group(leaf) else jnp.zeros_like(leaf)
+                ),
+                self.template,
+                is_leaf=is_group,
+            )
+        )[0].astype(x.dtype)
         finite = jnp.all(jnp.isfinite(x), axis=-1)
         return finite, jnp.where(finite[:, None], x, identity[None])
 

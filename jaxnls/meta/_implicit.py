@@ -55,8 +55,10 @@ def implicit_hypergradient(
     for name, tree in (("theta_star", theta_star), ("eta", eta)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
             if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-                raise ValueError(f"{name}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}: "
-                                 "hypergradients need floating leaves")
+                raise ValueError(
+                    f"{name}{jax.tree_util.keystr(path)} has dtype {jnp.result_type(leaf)}: "
+                    "hypergradients need floating leaves"
+                )
     flat_theta, unravel = ravel_pytree(theta_star)
 
     def grad_theta(flat):
@@ -66,15 +68,19 @@ def implicit_hypergradient(
         return jax.jvp(grad_theta, (flat_theta,), (v,))[1]
 
     theta_bar, eta_bar = jax.grad(outer_loss, argnums=(0, 1))(theta_star, eta)
-    operator = lx.FunctionLinearOperator(hessian_times, jax.eval_shape(lambda: flat_theta),
-                                         tags=(lx.symmetric_tag, lx.positive_semidefinite_tag))
+    operator = lx.FunctionLinearOperator(
+        hessian_times, jax.eval_shape(lambda: flat_theta), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
+    )
     steps = 10 * flat_theta.size if max_steps is None else max_steps
-    solution = lx.linear_solve(operator, ravel_pytree(theta_bar)[0], lx.CG(rtol=rtol, atol=atol, max_steps=steps),
-                               throw=False)
+    solution = lx.linear_solve(
+        operator, ravel_pytree(theta_bar)[0], lx.CG(rtol=rtol, atol=atol, max_steps=steps), throw=False
+    )
     w = jnp.where(solution.result == lx.RESULTS.successful, solution.value, jnp.nan)
     if not isinstance(w, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(w))):
-        raise RuntimeError("implicit_hypergradient: conjugate gradients did not solve H w = ∇_θF (is theta_star a "
-                           f"strict minimum of inner_loss? lineax: {solution.result})")
+        raise RuntimeError(
+            "implicit_hypergradient: conjugate gradients did not solve H w = ∇_θF (is theta_star a "
+            f"strict minimum of inner_loss? lineax: {solution.result})"
+        )
 
     def grad_eta(flat):
         return jax.grad(inner_loss, argnums=1)(unravel(flat), eta, batch)

@@ -130,7 +130,7 @@ def unroll(
         carry = (theta0, optimizer.init(theta0))
         if truncate is not None and truncate < num_steps:
             head = jax.tree_util.tree_map(lambda b: b[: num_steps - truncate], batches)
-            batches = jax.tree_util.tree_map(lambda b: b[num_steps - truncate:], batches)
+            batches = jax.tree_util.tree_map(lambda b: b[num_steps - truncate :], batches)
             carry, _ = jax.lax.scan(step, carry, head)
             carry = jax.lax.stop_gradient(carry)
         (theta, _), _ = jax.lax.scan(step, carry, batches)
@@ -146,5 +146,7 @@ def _check_batches(batches: Any, num_steps: int) -> None:
     for path, leaf in leaves:
         shape = jnp.shape(leaf)
         if not shape or shape[0] != num_steps:
-            raise ValueError(f"batches{jax.tree_util.keystr(path)} has shape {shape}: its leading axis must be "
-                             f"num_steps = {num_steps} (one batch per inner step)")
+            raise ValueError(
+                f"batches{jax.tree_util.keystr(path)} has shape {shape}: its leading axis must be "
+                f"num_steps = {num_steps} (one batch per inner step)"
+            )

@@ -8,8 +8,8 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import PyTree
 
-from .._solution import Solution
 from .._driver import UNSET, resolve_args_axes
+from .._solution import Solution
 from .._solve import solve
 from ..adjoint import AbstractAdjoint, Implicit
 from ..solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -41,8 +41,16 @@ class NLLSLayer(eqx.Module):
     def __call__(self, params0: PyTree, args: PyTree = None) -> Solution:
         # the residual travels in args, so that its arrays are differentiated like any other data
         args_axes = resolve_args_axes(self.args_axes, args, self.batched)
-        return solve(_call_residual, params0, (self.residual_fn, args), solver=self.solver, adjoint=self.adjoint,
-                     max_steps=self.max_steps, batched=self.batched, args_axes=(None, args_axes))
+        return solve(
+            _call_residual,
+            params0,
+            (self.residual_fn, args),
+            solver=self.solver,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            batched=self.batched,
+            args_axes=(None, args_axes),
+        )
 
 
 def _call_residual(params, residual_and_args):

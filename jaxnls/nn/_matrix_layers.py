@@ -23,7 +23,7 @@ class O2PPooling(eqx.Module):
     epsilon: float = 1e-3
     flatten: bool = True
 
-    def __call__(self, features: Float[Array, "N d"]) -> Float[Array, "..."]:
+    def __call__(self, features: Float[Array, "N d"]) -> Float[Array, ...]:
         features = jnp.asarray(features)
         if features.ndim != 2:
             raise ValueError(f"O2PPooling expects an (N, d) feature matrix, got shape {features.shape}")

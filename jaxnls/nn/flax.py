@@ -8,8 +8,8 @@ from typing import Any
 from flax import nnx
 from jaxtyping import PyTree
 
-from .._solution import Solution
 from .._driver import UNSET, resolve_args_axes
+from .._solution import Solution
 from .._solve import solve
 from ..adjoint import AbstractAdjoint, Implicit
 from ..solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -53,5 +53,13 @@ class NLLSLayer(nnx.Module):
         else:
             residual, data = (lambda params, fn_and_args: self.residual_fn(params, fn_and_args[1])), (None, args)
         args_axes = resolve_args_axes(self.args_axes, args, self.batched)
-        return solve(residual, params0, data, solver=self.solver, adjoint=self.adjoint, max_steps=self.max_steps,
-                     batched=self.batched, args_axes=(None, args_axes))
+        return solve(
+            residual,
+            params0,
+            data,
+            solver=self.solver,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            batched=self.batched,
+            args_axes=(None, args_axes),
+        )

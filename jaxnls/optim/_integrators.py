@@ -46,8 +46,10 @@ def _scaled_sum(coefficients, trees):
 
 def _require_grad_fn(name, grad_fn, params):
     if grad_fn is None:
-        raise ValueError(f"{name}.update needs grad_fn=f (f(params) -> gradient on the same minibatch): "
-                         "call update(grads, state, params, grad_fn=f)")
+        raise ValueError(
+            f"{name}.update needs grad_fn=f (f(params) -> gradient on the same minibatch): "
+            "call update(grads, state, params, grad_fn=f)"
+        )
     if params is None:
         raise ValueError(f"{name}.update needs params (the stages evaluate the gradient at shifted parameters)")
 
@@ -140,8 +142,9 @@ def adams_bashforth(learning_rate: ScalarOrSchedule, order: int = 2) -> optax.Gr
 
         direction = step_with(1)
         for k in range(2, order + 1):
-            direction = jax.tree_util.tree_map(lambda new, old, k=k: jnp.where(available >= k, new, old),
-                                               step_with(k), direction)
+            direction = jax.tree_util.tree_map(
+                lambda new, old, k=k: jnp.where(available >= k, new, old), step_with(k), direction
+            )
         updates = jax.tree_util.tree_map(lambda d: -h * d, direction)
         return updates, _MultistepState(optax.safe_increment(state.count), gradients[: order - 1])
 

@@ -68,10 +68,15 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
             check_option(self, "initial_damping", self.initial_damping, lower=0.0, strict=True)
         check_option(self, "min_damping", self.min_damping, lower=0.0)
         check_option(self, "max_damping", self.max_damping, lower=0.0, strict=True)
-        if not isinstance(self.min_damping, jax.core.Tracer) and not isinstance(self.max_damping, jax.core.Tracer) \
-                and float(self.min_damping) >= float(self.max_damping):
-            raise ValueError(f"LevenbergMarquardt: min_damping ({self.min_damping:g}) must be below max_damping "
-                             f"({self.max_damping:g})")
+        if (
+            not isinstance(self.min_damping, jax.core.Tracer)
+            and not isinstance(self.max_damping, jax.core.Tracer)
+            and float(self.min_damping) >= float(self.max_damping)
+        ):
+            raise ValueError(
+                f"LevenbergMarquardt: min_damping ({self.min_damping:g}) must be below max_damping "
+                f"({self.max_damping:g})"
+            )
 
     def for_problem_kind(self, kind: str) -> LevenbergMarquardt:
         if self.initial_damping is not None:
@@ -147,8 +152,10 @@ def trust_region_damping(
     upper = norm(coefficients) / radius
     upper = jnp.where(upper > 0, upper, tiny / jnp.minimum(radius, 0.1))
     damping = jnp.clip(guess, lower, upper)
-    damping = jnp.where(damping > 0, damping, norm(coefficients) / jnp.where(gauss_newton_length > 0,
-                                                                              gauss_newton_length, 1.0))
+    damping = jnp.where(
+        damping > 0, damping, norm(coefficients) / jnp.where(gauss_newton_length > 0, gauss_newton_length, 1.0)
+    )
+
     def newton(_, carry):
         damping, lower, upper, done = carry
         damping = jnp.where(damping > 0, damping, jnp.maximum(tiny, 1e-3 * upper))

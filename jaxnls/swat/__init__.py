@@ -2,15 +2,57 @@
 space — the CORNN-style 2-D regression task suite, the MLP family and its token encoding, the
 multi-scale functional autoencoder, and the latent search with its hard, sparse read-out."""
 
-from ._autoencoder import (PRETRAINED_OPTIONS, SwatAutoencoder, evaluate_reconstruction, load_autoencoder, load_pretrained,
-                           reconstruction_errors, save_autoencoder, train_autoencoder)
+from ._autoencoder import (
+    PRETRAINED_OPTIONS,
+    SwatAutoencoder,
+    evaluate_reconstruction,
+    load_autoencoder,
+    load_pretrained,
+    reconstruction_errors,
+    save_autoencoder,
+    train_autoencoder,
+)
 from ._family import MLPSpec, decode, encode, forward, random_mlp
-from ._search import (SearchConfig, SearchResult, harden, mse, network_size, refine, regularizers, search,
-                      soft_threshold, train_dense)
+from ._search import (
+    SearchConfig,
+    SearchResult,
+    harden,
+    mse,
+    network_size,
+    refine,
+    regularizers,
+    search,
+    soft_threshold,
+    train_dense,
+)
 from ._tasks import TEST_FUNCTIONS, RegressionTask, TaskFunction, make_task
 
-__all__ = ["PRETRAINED_OPTIONS", "TEST_FUNCTIONS", "MLPSpec", "RegressionTask", "SearchConfig", "SearchResult", "SwatAutoencoder",
-           "TaskFunction", "decode", "encode", "evaluate_reconstruction", "forward", "harden", "load_autoencoder", "load_pretrained",
-           "make_task", "mse",
-           "network_size", "random_mlp", "reconstruction_errors", "refine", "regularizers", "save_autoencoder", "search",
-           "soft_threshold", "train_autoencoder", "train_dense"]
+__all__ = [
+    "PRETRAINED_OPTIONS",
+    "TEST_FUNCTIONS",
+    "MLPSpec",
+    "RegressionTask",
+    "SearchConfig",
+    "SearchResult",
+    "SwatAutoencoder",
+    "TaskFunction",
+    "decode",
+    "encode",
+    "evaluate_reconstruction",
+    "forward",
+    "harden",
+    "load_autoencoder",
+    "load_pretrained",
+    "make_task",
+    "mse",
+    "network_size",
+    "random_mlp",
+    "reconstruction_errors",
+    "refine",
+    "regularizers",
+    "save_autoencoder",
+    "search",
+    "soft_threshold",
+    "train_autoencoder",
+    "train_dense",
+]

@@ -33,8 +33,18 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._family import (ACTIVATIONS, MAX_DEPTH, MAX_WIDTH, NUM_TOKENS, TOKEN_FEATURES, MLPSpec, encode, forward,
-                      random_mlp, used_layers)
+from ._family import (
+    ACTIVATIONS,
+    MAX_DEPTH,
+    MAX_WIDTH,
+    NUM_TOKENS,
+    TOKEN_FEATURES,
+    MLPSpec,
+    encode,
+    forward,
+    random_mlp,
+    used_layers,
+)
 
 # per hidden neuron: incoming weights, bias, activation logits, mask logit; then output weights + bias
 _NEURON_OUTPUTS = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
@@ -82,8 +92,18 @@ class SwatAutoencoder(eqx.Module):
     latent_size: int = eqx.field(static=True)
     options: tuple = eqx.field(static=True)  # the constructor's keyword arguments, to rebuild it on loading
 
-    def __init__(self, key: PRNGKeyArray, *, latent_size: int = 32, width: int = 32, heads: int = 4,
-                 num_blocks: int = 1, decoder_width: int = 128, decoder_depth: int = 2, dtype=jnp.float32):
+    def __init__(
+        self,
+        key: PRNGKeyArray,
+        *,
+        latent_size: int = 32,
+        width: int = 32,
+        heads: int = 4,
+        num_blocks: int = 1,
+        decoder_width: int = 128,
+        decoder_depth: int = 2,
+        dtype=jnp.float32,
+    ):
         k_embed, k_probe, k_pos, k_blocks, k_latent, k_decoders = jax.random.split(key, 6)
         self.embed = eqx.nn.Linear(TOKEN_FEATURES, width, key=k_embed, dtype=dtype)
         self.probe_embed = eqx.nn.Linear(PROBE_POINTS.shape[0], width, key=k_probe, dtype=dtype)
@@ -91,13 +111,20 @@ class SwatAutoencoder(eqx.Module):
         self.blocks = tuple(_EncoderBlock(width, heads, k, dtype) for k in jax.random.split(k_blocks, num_blocks))
         self.final_norm = eqx.nn.LayerNorm(width, dtype=dtype)
         self.to_latent = eqx.nn.Linear(width, latent_size, key=k_latent, dtype=dtype)
-        make_decoder = lambda k: eqx.nn.MLP(latent_size, _DECODER_OUTPUTS, decoder_width, decoder_depth,
-                                            activation=jax.nn.gelu, key=k, dtype=dtype)
+        make_decoder = lambda k: eqx.nn.MLP(
+            latent_size, _DECODER_OUTPUTS, decoder_width, decoder_depth, activation=jax.nn.gelu, key=k, dtype=dtype
+        )
         self.decoders = eqx.filter_vmap(make_decoder)(jax.random.split(k_decoders, MAX_DEPTH))
         self.latent_size = latent_size
-        self.options = (("latent_size", latent_size), ("width", width), ("heads", heads), ("num_blocks", num_blocks),
-                        ("decoder_width", decoder_width), ("decoder_depth", decoder_depth),
-                        ("dtype", jnp.dtype(dtype).name))
+        self.options = (
+            ("latent_size", latent_size),
+            ("width", width),
+            ("heads", heads),
+            ("num_blocks", num_blocks),
+            ("decoder_width", decoder_width),
+            ("decoder_depth", decoder_depth),
+            ("dtype", jnp.dtype(dtype).name),
+        )
 
     def encode(self, spec: MLPSpec) -> Float[Array, " d"]:
         """The latent point of one network: attention over its probe token and valid row tokens,
@@ -134,22 +161,26 @@ def relaxed_mask(logits, temperature: float | None):
 
 
 def _spec_from_outputs(out: Float[Array, " P"], depth, temperature: float | None) -> MLPSpec:
-    hidden = out[:-(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
+    hidden = out[: -(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
     used = used_layers(depth, out.dtype)
     return MLPSpec(
         weights=hidden[..., :MAX_WIDTH],
         biases=hidden[..., MAX_WIDTH],
-        activation_logits=hidden[..., MAX_WIDTH + 1:MAX_WIDTH + 1 + len(ACTIVATIONS)],
+        activation_logits=hidden[..., MAX_WIDTH + 1 : MAX_WIDTH + 1 + len(ACTIVATIONS)],
         neuron_mask=relaxed_mask(hidden[..., -1], temperature) * used,
-        output_weights=out[-(MAX_WIDTH + 1):-1],
+        output_weights=out[-(MAX_WIDTH + 1) : -1],
         output_bias=out[-1],
         depth=jnp.asarray(depth),
     )
 
 
-def reconstruction_errors(model: SwatAutoencoder, spec: MLPSpec, x: Float[Array, "K 2"],
-                          temperature: float | None = None, latent_shift: Float[Array, " d"] | None = None
-                          ) -> Float[Array, " 4"]:
+def reconstruction_errors(
+    model: SwatAutoencoder,
+    spec: MLPSpec,
+    x: Float[Array, "K 2"],
+    temperature: float | None = None,
+    latent_shift: Float[Array, " d"] | None = None,
+) -> Float[Array, " 4"]:
     """Per-depth functional error :math:`\\frac1K\\sum_k(\\hat f_D(x_k) - f(x_k))^2` of one network
     (decoded hard for ``temperature=None``, else relaxed at that temperature), optionally with
     the latent point shifted by ``latent_shift``."""
@@ -161,10 +192,19 @@ def reconstruction_errors(model: SwatAutoencoder, spec: MLPSpec, x: Float[Array,
     return jnp.mean((outputs - target[None, :]) ** 2, axis=-1)
 
 
-def train_autoencoder(key: PRNGKeyArray, *, steps: int = 2000, batch_size: int = 64, num_points: int = 64,
-                      learning_rate: float = 2e-3, latent_noise: float = 0.05, min_temperature: float = 0.05,
-                      model: SwatAutoencoder | None = None, log_every: int = 0,
-                      **model_options) -> tuple[SwatAutoencoder, Float[Array, " steps"]]:
+def train_autoencoder(
+    key: PRNGKeyArray,
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    num_points: int = 64,
+    learning_rate: float = 2e-3,
+    latent_noise: float = 0.05,
+    min_temperature: float = 0.05,
+    model: SwatAutoencoder | None = None,
+    log_every: int = 0,
+    **model_options,
+) -> tuple[SwatAutoencoder, Float[Array, " steps"]]:
     """Train on a fresh batch of random members (:func:`random_mlp`) and fresh points each step, with
     Adam (cosine-decayed learning rate) on the functional loss. Returns the model and the loss curve.
 
@@ -193,8 +233,7 @@ def train_autoencoder(key: PRNGKeyArray, *, steps: int = 2000, batch_size: int =
         x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
         shifts = latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
         temperatures = min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
-        errors = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))(
-            specs, x, temperatures, shifts)
+        errors = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))(specs, x, temperatures, shifts)
         return jnp.mean(jnp.min(errors, axis=-1))
 
     @jax.jit
@@ -212,8 +251,9 @@ def train_autoencoder(key: PRNGKeyArray, *, steps: int = 2000, batch_size: int =
     return eqx.combine(params, static), jnp.stack(losses)
 
 
-def evaluate_reconstruction(model: SwatAutoencoder, key: PRNGKeyArray, *, num_networks: int = 256,
-                            num_points: int = 256) -> dict[str, float]:
+def evaluate_reconstruction(
+    model: SwatAutoencoder, key: PRNGKeyArray, *, num_networks: int = 256, num_points: int = 256
+) -> dict[str, float]:
     """Functional reconstruction of held-out random members (decoded with hard arg-max activations,
     as the search's final networks are) beside the trivial baseline: predicting each network's own
     mean output, whose error is the output variance.

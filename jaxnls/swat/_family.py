@@ -82,7 +82,16 @@ def random_mlp(key, dtype=jnp.float32) -> MLPSpec:
     output variance 0.003 at unit gain), and with it they cover the range of the [-1, 1]-scaled tasks."""
     # one uniform draw, cut into the pieces below: every separate jax.random call compiles its own
     # threefry kernel, and eight of them made this function take seconds to compile
-    sizes = (1, MAX_DEPTH, MAX_DEPTH * MAX_WIDTH * MAX_WIDTH, MAX_DEPTH * MAX_WIDTH, MAX_DEPTH * MAX_WIDTH, MAX_WIDTH, 1, 1)
+    sizes = (
+        1,
+        MAX_DEPTH,
+        MAX_DEPTH * MAX_WIDTH * MAX_WIDTH,
+        MAX_DEPTH * MAX_WIDTH,
+        MAX_DEPTH * MAX_WIDTH,
+        MAX_WIDTH,
+        1,
+        1,
+    )
     u = jax.random.uniform(key, (sum(sizes),), dtype, minval=1e-7, maxval=1.0 - 1e-7)
     u_depth, u_width, u_w, u_b, u_act, u_out, u_std, u_mean = jnp.split(u, np.cumsum(sizes)[:-1])
     normal = jax.scipy.special.ndtri
@@ -107,16 +116,24 @@ def random_mlp(key, dtype=jnp.float32) -> MLPSpec:
     std = 0.2 + 0.4 * u_std[0]
     mean = -0.3 + 0.6 * u_mean[0]
     gain = std / jnp.maximum(jnp.std(outputs), 1e-6)
-    return eqx.tree_at(lambda s: (s.output_weights, s.output_bias), spec,
-                       (output_weights * gain, mean - gain * jnp.mean(outputs)))
+    return eqx.tree_at(
+        lambda s: (s.output_weights, s.output_bias), spec, (output_weights * gain, mean - gain * jnp.mean(outputs))
+    )
 
 
 def encode(spec: MLPSpec) -> tuple[Float[Array, "29 12"], Float[Array, " 29"]]:
     """Row-wise tokens and their validity mask (see the module docstring)."""
-    hidden = jnp.concatenate([spec.weights, spec.biases[..., None], spec.activation_logits,
-                              spec.neuron_mask[..., None]], axis=-1).reshape(MAX_DEPTH * MAX_WIDTH, TOKEN_FEATURES)
-    output = jnp.concatenate([spec.output_weights, spec.output_bias[None], jnp.zeros(len(ACTIVATIONS), hidden.dtype),
-                              jnp.ones(1, hidden.dtype)])
+    hidden = jnp.concatenate(
+        [spec.weights, spec.biases[..., None], spec.activation_logits, spec.neuron_mask[..., None]], axis=-1
+    ).reshape(MAX_DEPTH * MAX_WIDTH, TOKEN_FEATURES)
+    output = jnp.concatenate(
+        [
+            spec.output_weights,
+            spec.output_bias[None],
+            jnp.zeros(len(ACTIVATIONS), hidden.dtype),
+            jnp.ones(1, hidden.dtype),
+        ]
+    )
     valid_layers = used_layers(spec.depth, hidden.dtype)[:, 0]
     valid = jnp.concatenate([jnp.repeat(valid_layers, MAX_WIDTH), jnp.ones(1, hidden.dtype)])
     return jnp.concatenate([hidden, output[None, :]], axis=0), valid
@@ -131,7 +148,7 @@ def decode(tokens: Float[Array, "29 12"], depth: Int[Array, ""]) -> MLPSpec:
     return MLPSpec(
         weights=hidden[..., :MAX_WIDTH],
         biases=hidden[..., MAX_WIDTH],
-        activation_logits=hidden[..., MAX_WIDTH + 1:MAX_WIDTH + 1 + len(ACTIVATIONS)],
+        activation_logits=hidden[..., MAX_WIDTH + 1 : MAX_WIDTH + 1 + len(ACTIVATIONS)],
         neuron_mask=hidden[..., -1],
         output_weights=output[:MAX_WIDTH],
         output_bias=output[MAX_WIDTH],

@@ -67,8 +67,9 @@ class SearchResult(eqx.Module):
 
 def _connections(depth, dtype) -> Float[Array, "4 7 7"]:
     """1 for a weight that exists in a network of this depth: layer 0 reads the 2 inputs only."""
-    columns = jnp.concatenate([(jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :],
-                               jnp.ones((MAX_DEPTH - 1, MAX_WIDTH), bool)], axis=0)
+    columns = jnp.concatenate(
+        [(jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :], jnp.ones((MAX_DEPTH - 1, MAX_WIDTH), bool)], axis=0
+    )
     used = (jnp.arange(MAX_DEPTH) < depth)[:, None, None]
     return (columns[:, None, :] & used).astype(dtype) * jnp.ones((1, MAX_WIDTH, 1), dtype)
 
@@ -83,12 +84,15 @@ def _last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
 
 
 @eqx.filter_jit
-def soft_threshold(spec: MLPSpec, threshold, sharpness: float) -> tuple[MLPSpec, Float[Array, "4 7 7"], Float[Array, " 7"]]:
+def soft_threshold(
+    spec: MLPSpec, threshold, sharpness: float
+) -> tuple[MLPSpec, Float[Array, "4 7 7"], Float[Array, " 7"]]:
     """Weights scaled by their gates σ(s(|w| − t)); returns the spec and the hidden/output gates."""
     gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.weights) - threshold))
     output_gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.output_weights) - threshold))
-    soft = eqx.tree_at(lambda s: (s.weights, s.output_weights), spec,
-                       (spec.weights * gate, spec.output_weights * output_gate))
+    soft = eqx.tree_at(
+        lambda s: (s.weights, s.output_weights), spec, (spec.weights * gate, spec.output_weights * output_gate)
+    )
     return soft, gate, output_gate
 
 
@@ -127,8 +131,10 @@ def harden(spec: MLPSpec, threshold) -> MLPSpec:
 @eqx.filter_jit
 def network_size(hard: MLPSpec) -> dict[str, Int[Array, ""]]:
     """Active neurons and non-zero connection weights of a hard network (biases not counted)."""
-    return {"active_neurons": jnp.sum(hard.neuron_mask > 0).astype(jnp.int32),
-            "nonzeros": (jnp.sum(hard.weights != 0) + jnp.sum(hard.output_weights != 0)).astype(jnp.int32)}
+    return {
+        "active_neurons": jnp.sum(hard.neuron_mask > 0).astype(jnp.int32),
+        "nonzeros": (jnp.sum(hard.weights != 0) + jnp.sum(hard.output_weights != 0)).astype(jnp.int32),
+    }
 
 
 def mse(spec: MLPSpec, x: Float[Array, "N 2"], y: Float[Array, " N"], temperature=None) -> Float[Array, ""]:
@@ -138,9 +144,12 @@ def mse(spec: MLPSpec, x: Float[Array, "N 2"], y: Float[Array, " N"], temperatur
 def _objective(spec, threshold, x, y, temperature, config):
     soft, gate, output_gate = soft_threshold(spec, threshold, config.sharpness)
     penalties = regularizers(spec, gate, output_gate)
-    return (mse(soft, x, y, temperature) + config.sparsity_weight * penalties["sparsity"]
-            + config.binarization_weight * penalties["binarization"]
-            + config.compactness_weight * penalties["compactness"])
+    return (
+        mse(soft, x, y, temperature)
+        + config.sparsity_weight * penalties["sparsity"]
+        + config.binarization_weight * penalties["binarization"]
+        + config.compactness_weight * penalties["compactness"]
+    )
 
 
 def _temperatures(config: SearchConfig) -> Float[Array, " steps"]:
@@ -183,8 +192,13 @@ def _check_task(x, y, dtype=None):
     return x, y
 
 
-def search(model: SwatAutoencoder, x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray,
-           config: SearchConfig = SearchConfig()) -> SearchResult:
+def search(
+    model: SwatAutoencoder,
+    x: Float[Array, "N 2"],
+    y: Float[Array, " N"],
+    key: PRNGKeyArray,
+    config: SearchConfig = SearchConfig(),
+) -> SearchResult:
     r"""Fit ``y ≈ f(x)`` by Adam on a latent point and a weight threshold, for ``config.starts`` starting
     points (encodings of random members of the family) × every depth, all in one compiled ``vmap``;
     keep the run whose hard network has the lowest training MSE."""
@@ -202,7 +216,8 @@ def _search(model: SwatAutoencoder, x, y, key, config: SearchConfig) -> SearchRe
     def run(z0, depth):
         params = (jnp.arctanh(jnp.clip(z0, -0.999, 0.999)), jnp.ones((), z0.dtype))
         loss_fn = lambda p, xb, yb, temperature: _objective(
-            decode(jnp.tanh(p[0]), depth, temperature), _threshold(p[1], config), xb, yb, temperature, config)
+            decode(jnp.tanh(p[0]), depth, temperature), _threshold(p[1], config), xb, yb, temperature, config
+        )
         (u, relative_threshold), history = _run_adam(loss_fn, params, x, y, k_batches, config)
         z, threshold = jnp.tanh(u), _threshold(relative_threshold, config)
         hard = harden(decode(z, depth, None), threshold)
@@ -218,8 +233,14 @@ def _search(model: SwatAutoencoder, x, y, key, config: SearchConfig) -> SearchRe
     return SearchResult(pick(hard), threshold[best], z[best], history[best], initial[best])
 
 
-def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"], y: Float[Array, " N"],
-           key: PRNGKeyArray, config: SearchConfig = SearchConfig()) -> SearchResult:
+def refine(
+    model: SwatAutoencoder,
+    result: SearchResult,
+    x: Float[Array, "N 2"],
+    y: Float[Array, " N"],
+    key: PRNGKeyArray,
+    config: SearchConfig = SearchConfig(),
+) -> SearchResult:
     """Continue the same objective (annealed again) on the parameters of the network decoded at the
     found latent point — weights, biases, activation logits and neuron-mask logits — and the
     threshold; the depth is kept. Returns the new hard network, or the search's own when that fits
@@ -229,8 +250,14 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
     # the decoder's own mask logits (a temperature of 1 leaves them as they are)
     decoded = model.decode_at(result.latent, depth, 1.0)
     probability = jnp.clip(decoded.neuron_mask, 1e-6, 1 - 1e-6)
-    trainable = (decoded.weights, decoded.biases, decoded.activation_logits,
-                 jnp.log(probability) - jnp.log1p(-probability), decoded.output_weights, decoded.output_bias)
+    trainable = (
+        decoded.weights,
+        decoded.biases,
+        decoded.activation_logits,
+        jnp.log(probability) - jnp.log1p(-probability),
+        decoded.output_weights,
+        decoded.output_bias,
+    )
     used = used_layers(depth, decoded.weights.dtype)
 
     def as_spec(p, temperature):
@@ -252,13 +279,21 @@ def refine(model: SwatAutoencoder, result: SearchResult, x: Float[Array, "N 2"],
     # the re-annealed objective can end on a worse hard network than it started from (the penalties
     # and the temperature schedule act on the relaxed one); keep whichever fits the training data better
     better = mse(hard, x, y) <= before
-    chosen = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), (hard, threshold),
-                                    (result.network, result.threshold))
+    chosen = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(better, new, old), (hard, threshold), (result.network, result.threshold)
+    )
     return SearchResult(*chosen, result.latent, history, before)
 
 
-def train_dense(x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray, depth: int,
-                config: SearchConfig = SearchConfig(), activation: int = 1, dtype=jnp.float32) -> MLPSpec:
+def train_dense(
+    x: Float[Array, "N 2"],
+    y: Float[Array, " N"],
+    key: PRNGKeyArray,
+    depth: int,
+    config: SearchConfig = SearchConfig(),
+    activation: int = 1,
+    dtype=jnp.float32,
+) -> MLPSpec:
     """The comparison point: a fully connected member of the same depth with all 7 neurons per layer on
     and one activation everywhere (default tanh), trained by the same Adam schedule (minibatches,
     steps, learning rate) on the MSE alone."""
@@ -269,7 +304,9 @@ def train_dense(x: Float[Array, "N 2"], y: Float[Array, " N"], key: PRNGKeyArray
     exists = _connections(depth, dtype)
     fan_in = jnp.where(jnp.arange(MAX_DEPTH) == 0, NUM_INPUTS, MAX_WIDTH).astype(dtype)
     k_w, k_out = jax.random.split(k_init)
-    weights = jax.random.normal(k_w, (MAX_DEPTH, MAX_WIDTH, MAX_WIDTH), dtype) / jnp.sqrt(fan_in)[:, None, None] * exists
+    weights = (
+        jax.random.normal(k_w, (MAX_DEPTH, MAX_WIDTH, MAX_WIDTH), dtype) / jnp.sqrt(fan_in)[:, None, None] * exists
+    )
     used = used_layers(depth, dtype) * jnp.ones((1, MAX_WIDTH), dtype)
     logits = jax.nn.one_hot(jnp.full((MAX_DEPTH, MAX_WIDTH), activation), 3, dtype=dtype)
     output_weights = jax.random.normal(k_out, (MAX_WIDTH,), dtype) / jnp.sqrt(float(MAX_WIDTH))

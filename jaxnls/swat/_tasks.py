@@ -14,8 +14,12 @@ import numpy as np
 
 
 def _ackley(x, y):
-    return (-20.0 * np.exp(-0.2 * np.sqrt(0.5 * (x**2 + y**2)))
-            - np.exp(0.5 * (np.cos(2 * np.pi * x) + np.cos(2 * np.pi * y))) + np.e + 20.0)
+    return (
+        -20.0 * np.exp(-0.2 * np.sqrt(0.5 * (x**2 + y**2)))
+        - np.exp(0.5 * (np.cos(2 * np.pi * x) + np.cos(2 * np.pi * y)))
+        + np.e
+        + 20.0
+    )
 
 
 def _rastrigin(x, y):
@@ -100,5 +104,4 @@ def make_task(name: str, seed: int = 0, num_train: int = 3750, num_test: int = 1
     scaled_x = 2.0 * (raw - low) / (high - low) - 1.0
     lo, hi = values[:num_train].min(), values[:num_train].max()
     scaled_y = 2.0 * (values - lo) / (hi - lo) - 1.0
-    return RegressionTask(name, scaled_x[:num_train], scaled_y[:num_train], scaled_x[num_train:],
-                          scaled_y[num_train:])
+    return RegressionTask(name, scaled_x[:num_train], scaled_y[:num_train], scaled_x[num_train:], scaled_y[num_train:])
