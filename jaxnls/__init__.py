@@ -31,6 +31,12 @@ __all__ = [
     "Truncated",
     "Unroll",
     "covariance",
+    "graph",
+    "linalg",
+    "manifolds",
+    "meta",
+    "nn",
+    "optim",
     "solve",
 ]
 

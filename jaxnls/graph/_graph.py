@@ -395,6 +395,6 @@ def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
         lead = 2 if batched else 1
         variables = [first(graph.variables[kind], lead) for kind in cost.kinds]
         data = first(cost.data, lead)
-        out = jax.eval_shape(lambda v, d: cost.residual_fn(*v, d), variables, data)
+        out = jax.eval_shape(cost.residual_fn, *variables, data)
         sizes.append(int(math.prod(out.shape)))
     return sizes

@@ -660,7 +660,7 @@ class _GraphParser:
         (:math:`X_j = X_i Z_{ij}`, or :math:`X_i = X_j Z_{ij}^{-1}` against an edge's direction); the tree
         follows the file's edge order, so consecutive odometry edges chain as written."""
         neighbours: dict[int, list] = {}
-        for a, b, number, translation, quaternion, _, _ in self.edges:
+        for a, b, _, translation, quaternion, _, _ in self.edges:
             neighbours.setdefault(a, []).append((b, translation, quaternion, False))
             neighbours.setdefault(b, []).append((a, translation, quaternion, True))
         ids = sorted(neighbours)
@@ -867,7 +867,7 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
     first = next(((n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()), None)
     if first is None:
         raise GraphFormatError(path, 1, "the file is empty")
-    number, tokens = first
+    _, tokens = first
     if len(tokens) >= 3 and all(re.fullmatch(r"[+-]?\d+", t) for t in tokens[:3]):
         return "bal"  # (a negative count is then reported by the BAL reader, naming it)
     g2o_line = toro_line = None

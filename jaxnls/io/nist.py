@@ -407,7 +407,7 @@ class _Parser:
         blocks = self._declarations()
         first_block = min(a for a, _ in blocks.values())
         num_obs, obs_line, difficulty = self._data_description(first_block)
-        model_line, model_class, k, k_line = self._model_header(first_block)
+        _, model_class, k, k_line = self._model_header(first_block)
         params = tuple(f"b{i}" for i in range(1, k + 1))
         columns, response, predictors = self._data_header(blocks["Data"])
         starts, cert, sd, summary = self._parameter_blocks(blocks, params)
