@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +82,7 @@ def aot_compile_time(fn: Callable, *args) -> dict:
 class CompileMeter:
     """Sums JAX's own compile-duration events while active (XLA backend compiles and jaxpr traces)."""
 
-    _EVENTS = {
+    _EVENTS: ClassVar[dict[str, str]] = {
         "/jax/core/compile/backend_compile_duration": "backend",
         "/jax/core/compile/jaxpr_trace_duration": "trace",
         "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",

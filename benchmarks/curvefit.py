@@ -184,7 +184,7 @@ def _residual_jacobian_time(batch, t, y, p0, repeats=30):
 
 
 def run_size(batch: int, repeats: int, log=print) -> dict:
-    truth, y_np, p0_np = make_problems(batch)
+    _truth, y_np, p0_np = make_problems(batch)
     t, y, p0 = jnp.asarray(T), jnp.asarray(y_np), jnp.asarray(p0_np)
     rows = {}
 

@@ -11,6 +11,8 @@ compared (max relative difference).
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +42,7 @@ def _inner_loss(theta, eta, batch):
 def _problem(batch: int, steps: int, dtype):
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     theta0 = []
-    for k, (fan_in, fan_out) in zip(jax.random.split(keys[0], len(SIZES) - 1), zip(SIZES[:-1], SIZES[1:])):
+    for k, (fan_in, fan_out) in zip(jax.random.split(keys[0], len(SIZES) - 1), itertools.pairwise(SIZES)):
         theta0.append((jax.random.normal(k, (fan_in, fan_out), dtype) / np.sqrt(fan_in), jnp.zeros(fan_out, dtype)))
     target = lambda x: jnp.sin(x[..., 0]) + x[..., 1] * x[..., 2]
     xs = jax.random.normal(keys[1], (steps, batch, SIZES[0]), dtype)

@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     print("=" * 100)
     print("RESULTS")
     print("=" * 100)
-    for i, text in enumerate(printed):
+    for text in printed:
         print(text)
         print()
     if args.only in (None, "curvefit"):

@@ -199,7 +199,7 @@ def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, a
         return jnp.sum(jnp.where(finite, sol.params[:, 0], 0.0)), sol
 
     clean_p0 = jnp.zeros((2, 1))
-    (value, clean), clean_gradient = jax.value_and_grad(total, has_aux=True)(2.0, clean_p0, targets[:2])
+    (_value, clean), clean_gradient = jax.value_and_grad(total, has_aux=True)(2.0, clean_p0, targets[:2])
     assert bool(jnp.all(clean.converged))
     np.testing.assert_allclose(clean_gradient, 2 / (50 * 2.0), rtol=1e-6)
     mixed_p0 = jnp.asarray([[0.0], [0.0], [20.0]])

@@ -135,7 +135,7 @@ def test_callback_errors_are_clear():
         jaxnls.solve(residual, STARTS[0], (T, Y), callback="print")
     with pytest.raises(Exception, match="must return None, a bool, or a bool array of shape"):
         jax.block_until_ready(jaxnls.solve(residual, STARTS[0], (T, Y), callback=lambda info: np.zeros(3, bool)))
-    with pytest.raises(ValueError, match="cannot be used inside jax.vmap.*batched=True"):
+    with pytest.raises(ValueError, match=r"cannot be used inside jax.vmap.*batched=True"):
         jax.vmap(lambda p: jaxnls.solve(residual, p, (T, Y), callback=Recorder()).params)(STARTS)
 
 

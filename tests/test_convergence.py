@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from pathlib import Path
 
 import jax
@@ -348,7 +349,7 @@ def test_tight_tolerances_as_accurate_as_optimistix(name):
         return sol.value, sol.result == optx.RESULTS.successful
 
     peer, peer_ok = jax.jit(jax.vmap(optx_solve))(jnp.asarray(problem.starts))
-    ours, status, steps = solve_both_starts(name, "LevenbergMarquardt", TIGHT, TIGHT_MAX_STEPS)
+    ours, status, _steps = solve_both_starts(name, "LevenbergMarquardt", TIGHT, TIGHT_MAX_STEPS)
     for start in (1, 2):
         peer_lre = problem.lre(np.asarray(peer[start - 1])).min()
         our_lre = problem.lre(ours[start - 1]).min()
@@ -440,7 +441,7 @@ def test_tightening_the_tolerances_tightens_the_answer(name):
         for i in range(2):
             digits = [lre[rtol][i] for rtol in TIGHTENING_RTOLS]
             where = f"{name} start {i + 1}, {solver_name}: min LRE at rtol {TIGHTENING_RTOLS} = {np.round(digits, 2)}"
-            for looser, tighter in zip(digits, digits[1:]):
+            for looser, tighter in itertools.pairwise(digits):
                 if not (tighter >= looser or tighter >= LRE_CAP):
                     failures.append(f"lost digits: {where}")
             if not digits[-1] >= min(digits[0] + 3.0, LRE_CAP):
@@ -485,7 +486,7 @@ def test_a_flat_plateau_is_not_a_minimum():
     every observation: J is exactly zero, so every test holds trivially (g = 0) though the cost is 1.9e9
     against a minimum of 44. No convergence may be claimed there."""
     for solver in (jaxnls.GaussNewton(), jaxnls.Dogleg()):
-        params, status, steps = solve_one_start("MGH10", 1, solver, 256)
+        params, status, _steps = solve_one_start("MGH10", 1, solver, 256)
         _, jac = (np.asarray(a) for a in _residual_and_jacobian("MGH10")(jnp.asarray(params)))
         cost = float(stationarity("MGH10", params).cost)
         if status.converged:  # then it must be the minimum, not the plateau

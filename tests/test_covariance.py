@@ -204,7 +204,7 @@ def test_bad_input_is_named():
         jaxnls.covariance(weighted_residual, jnp.ones(3), ARGS, absolute_sigma="yes")
     with pytest.raises(ValueError, match="rcond must be a number in"):
         jaxnls.covariance(weighted_residual, jnp.ones(3), ARGS, rcond=-1.0)
-    with pytest.raises(TypeError, match="params.*dtype int"):
+    with pytest.raises(TypeError, match=r"params.*dtype int"):
         jaxnls.covariance(weighted_residual, jnp.ones(3, int), ARGS)
     with pytest.raises(ValueError, match="args_axes"):
         jaxnls.covariance(weighted_residual, jnp.ones((2, 3)), ARGS, batched=True)

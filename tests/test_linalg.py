@@ -194,7 +194,7 @@ def test_eigh_derivatives_are_finite_and_exact_for_tie_invariant_quantities(poin
     """Σλ² (symmetric in a tied group) and, where the top eigenvalue is simple, its eigenprojector: exact
     against central differences; the eigenvector gradient is finite even at the identity."""
     a = jnp.asarray(tied()[point])
-    lam, u = eigh(a)
+    lam, _u = eigh(a)
     np.testing.assert_allclose(lam, np.linalg.eigvalsh(np.asarray(a)), atol=1e-12)
     weights = jnp.arange(9.0).reshape(3, 3)
     simple_top = point != "identity"

@@ -77,7 +77,7 @@ def _align_residual(params, args):
     "solver", [jaxnls.LevenbergMarquardt(), jaxnls.Dogleg(), jaxnls.GaussNewton()], ids=lambda s: type(s).__name__
 )
 def test_se3_alignment_solves_to_the_procrustes_optimum(solver):
-    truth, points, observed = _alignment()
+    _truth, points, observed = _alignment()
     params0 = {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)}
     sol = jaxnls.solve(_align_residual, params0, (points, observed), solver=solver)
     assert sol.converged and sol.num_params == 8  # 6 tangent + 2 Euclidean, no quaternion column
@@ -94,7 +94,7 @@ def test_se3_alignment_solves_to_the_procrustes_optimum(solver):
 
 
 def test_batched_manifold_solve_isolates_a_bad_problem():
-    truth, points, observed = _alignment()
+    _truth, points, observed = _alignment()
     observed = jnp.stack([observed, observed.at[0, 0].set(jnp.nan), observed + 0.1])
     params0 = {"pose": jaxlie.SE3(jnp.tile(jaxlie.SE3.identity().wxyz_xyz, (3, 1))), "offset": jnp.zeros((3, 2))}
     sols = jaxnls.solve(_align_residual, params0, (points, observed), batched=True, args_axes=(None, 0))
@@ -113,7 +113,7 @@ def test_batched_manifold_solve_isolates_a_bad_problem():
     ids=["implicit", "implicit-gn", "truncated"],
 )
 def test_gradient_through_a_manifold_solve_matches_finite_differences(adjoint):
-    truth, points, observed = _alignment()
+    _truth, points, observed = _alignment()
     params0 = {"pose": jaxlie.SE3.identity(), "offset": jnp.zeros(2)}
     direction = jax.random.normal(jax.random.PRNGKey(11), observed.shape)
 
@@ -135,7 +135,7 @@ def test_gradient_through_a_manifold_solve_matches_finite_differences(adjoint):
 
 
 def test_indirect_lm_rejects_groups():
-    truth, points, observed = _alignment()
+    _truth, points, observed = _alignment()
     with pytest.raises(NotImplementedError, match="Lie-group"):
         jaxnls.solve(
             _align_residual,

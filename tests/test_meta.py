@@ -2,6 +2,8 @@
 differences, compiled memory, truncation, misuse; implicit hypergradients against closed forms, central
 differences and differentiation through jaxnls.solve."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ NUM_STEPS, BATCH, WIDTH = 5, 16, 8
 
 def init_mlp(key, sizes):
     params = []
-    for k, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
+    for k, (fan_in, fan_out) in zip(jax.random.split(key, len(sizes) - 1), itertools.pairwise(sizes)):
         params.append((jax.random.normal(k, (fan_in, fan_out)) / np.sqrt(fan_in), jnp.zeros((1, fan_out))))
     return params
 
@@ -155,7 +157,7 @@ def test_closing_over_a_meta_parameter_fails_loudly_in_mixed_mode():
         run = unroll(leaky_loss, make_optimizer_factory("sgd"), NUM_STEPS, mode="mixed")
         return jnp.sum(jax.tree_util.tree_leaves(run(theta0, eta, batches))[0])
 
-    with pytest.raises(Exception, match="closed-over|closes over"):
+    with pytest.raises(Exception, match=r"closed-over|closes over"):
         jax.grad(outer)(0.0)
 
 

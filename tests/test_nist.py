@@ -111,7 +111,7 @@ def test_certified_values(name):
         if not state.converged:
             failures.append(f"{where}: right answer but status {state.name}: {detail}")
     for note in notes:
-        warnings.warn(note)
+        warnings.warn(note, stacklevel=2)
     assert not failures, "\n".join(failures)
 
 

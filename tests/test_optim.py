@@ -63,7 +63,7 @@ def test_adams_bashforth_2_global_error_falls_fourfold_when_h_halves():
         opt = adams_bashforth(h, order=2)
         theta = jnp.asarray(THETA0)
         state = opt.init(theta)
-        for _ in range(int(round(1.0 / h))):
+        for _ in range(round(1.0 / h)):
             updates, state = opt.update(grad_fn(theta), state, theta)
             theta = optax.apply_updates(theta, updates)
         errors.append(np.linalg.norm(np.asarray(theta) - exact))

@@ -79,7 +79,7 @@ def _dense(graph):
 def test_schur_step_equals_the_dense_damped_solve(solver_cls, options, rtol):
     graph = _problem()
     dense, residual = _dense(graph)
-    solver, lin, structure = _linearization(graph, solver_cls, **options)
+    solver, lin, _structure = _linearization(graph, solver_cls, **options)
     np.testing.assert_allclose(lin.gradient, dense.T @ residual, rtol=1e-10, atol=1e-8)
     damping = 1e-3 * jnp.diag(dense.T @ dense) + 1e-6
     expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
@@ -105,7 +105,7 @@ def test_misuse_is_rejected():
     between = jg.FactorGraph(
         {"point": jnp.zeros((3, 3))}, [jg.CostGroup(jg.between, ("point", "point"), [[0, 1], [1, 2]], jnp.ones((2, 3)))]
     )
-    with pytest.raises(ValueError, match="second variable kind|connects two"):
+    with pytest.raises(ValueError, match=r"second variable kind|connects two"):
         jg.solve(between, solver=LevenbergMarquardt(linear_solver=jg.SchurPCG()))
 
 
@@ -119,7 +119,7 @@ def test_schur_direct_reduced_matrix_equals_the_dense_schur_complement():
 
     graph = _problem(num_cameras=3, num_points=11)
     dense, _ = _dense(graph)
-    solver, lin, structure = _linearization(graph, jg.SchurDirect)
+    _solver, lin, structure = _linearization(graph, jg.SchurDirect)
     damping = jnp.full((structure.n,), 0.5)
     operator = NormalOperator(structure=structure, jacobians=lin.blocks, products=None, damping=damping)
     reduced = np.asarray(_reduced_camera_matrix(operator, _Elimination(operator, "point", "test"), chunk=5))

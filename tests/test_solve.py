@@ -439,7 +439,7 @@ def test_bad_inputs_raise_naming_the_problem():
         jaxnls.solve(lambda p, a: p["a"] - p["b"], {"a": jnp.zeros((2, 2)), "b": jnp.zeros((3, 2))}, None, batched=True)
     with pytest.raises(ValueError, match=r"args\[1\] has leading size 100 but params0 has batch size 2"):
         jaxnls.solve(curve_residual, jnp.ones((2, 4)), (T, y), batched=True, args_axes=(None, 0))
-    with pytest.raises(TypeError, match="residual_fn output.*int"):
+    with pytest.raises(TypeError, match=r"residual_fn output.*int"):
         jaxnls.solve(lambda p, a: jnp.zeros(3, jnp.int32), jnp.zeros(2), None)
     with pytest.raises(ValueError, match="no array leaves"):
         jaxnls.solve(lambda p, a: jnp.zeros(3), {}, None)
