@@ -14,8 +14,15 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from ._driver import MAX_STEPS_LIMIT
+
+if TYPE_CHECKING:
+    from jaxtyping import ArrayLike
+
+    from .io import NistProblem
+    from .solvers import AbstractLeastSquaresSolver
 
 #: The settings used by ``jaxnls solve``, ``jaxnls demo`` and tests/test_nist.py: Levenberg-Marquardt on
 #: Householder QR (accuracy governed by cond(J), not cond(J)²), stopping on the parameter test alone
@@ -66,7 +73,7 @@ def _use_compilation_cache():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
-def make_solver(name: str = "lm"):
+def make_solver(name: str = "lm") -> AbstractLeastSquaresSolver:
     """The solver of the CLI and the NIST tests, all on QR: ``lm`` (:class:`jaxnls.IndirectLevenbergMarquardt`,
     MINPACK's trust-region form, which follows the scale changes of hard single fits such as NIST MGH10),
     ``gn`` or ``dogleg``."""
@@ -76,7 +83,9 @@ def make_solver(name: str = "lm"):
     return cls(**TOLERANCES, linear_solver=jaxnls.QR())
 
 
-def comparison_table(problem, params, start: int, standard_errors=None) -> str:
+def comparison_table(
+    problem: NistProblem, params: ArrayLike, start: int, standard_errors: ArrayLike | None = None
+) -> str:
     """Our parameters and residual sum of squares beside NIST's certified values, with the LRE; with
     ``standard_errors`` (from :func:`jaxnls.covariance`) also ours beside NIST's certified deviations."""
     import numpy as np
@@ -88,6 +97,7 @@ def comparison_table(problem, params, start: int, standard_errors=None) -> str:
     rss = float(problem.rss(params))
     rss_lre = float(log_relative_error(rss, problem.certified_rss))
     errors = None if standard_errors is None else np.asarray(standard_errors, dtype=np.float64)
+    sd_lre = None
     head = f"{'':<6}{'start ' + str(start):>14}{'jaxnls':>22}{'certified':>22}{'LRE':>7}"
     if errors is not None:
         head += f"{'jaxnls std err':>18}{'cert. std dev':>18}{'LRE':>7}"
@@ -100,7 +110,7 @@ def comparison_table(problem, params, start: int, standard_errors=None) -> str:
             f"{name:<6}{problem.starts[start - 1, i]:>14.6g}{params[i]:>22.10E}"
             f"{problem.certified_values[i]:>22.10E}{lre[i]:>7.1f}"
         )
-        if errors is not None:
+        if errors is not None and sd_lre is not None:
             line += f"{errors[i]:>18.6E}{problem.certified_std_devs[i]:>18.6E}{sd_lre[i]:>7.1f}"
         else:
             line += f"{problem.certified_std_devs[i]:>18.6E}"
@@ -271,7 +281,7 @@ def _solve_graph(args, kind: str) -> int:
     from jaxnls import graph
     from jaxnls.graph import bal_graph_problem, pose_graph_problem, updated_bal, updated_pose_graph
 
-    from .io import read_bal, read_pose_graph, write_bal, write_g2o, write_toro
+    from .io import BALProblem, read_bal, read_pose_graph, write_bal, write_g2o, write_toro
 
     if kind == "bal":
         problem = read_bal(args.file)
@@ -350,7 +360,7 @@ def _solve_graph(args, kind: str) -> int:
         )
     elif args.output:
         try:  # atomically: a failed write leaves whatever was at the output path untouched
-            if kind == "bal":
+            if isinstance(problem, BALProblem):  # kind == "bal"
                 write_bal(args.output, updated_bal(problem, sol.params))
             else:
                 write = write_toro if kind == "toro" else write_g2o
@@ -374,7 +384,7 @@ def _solve_graph(args, kind: str) -> int:
                     "final_cost": float(sol.cost),
                     "iterations": int(sol.num_steps),
                     "seconds": seconds,
-                    "compile_seconds": first - seconds,
+                    "compile_seconds": None if seconds is None else first - seconds,
                     "status": status.name,
                     "converged": bool(status.converged),
                     "solver": type(solver).__name__,

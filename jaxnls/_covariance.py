@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._bounds import frozen_mask
 from ._driver import UNSET, resolve_args_axes
@@ -48,7 +48,8 @@ class Covariance(eqx.Module):
             variances along those combinations are not estimates; check ``full_rank``.
         residual_variance: :math:`s^2` (1 with ``absolute_sigma``; inf where m <= n, as ``curve_fit``).
         num_free: the coordinates not ``fixed`` (n without ``fixed=``).
-        num_residuals, num_params: m and n of one problem.
+        num_residuals: m, the residuals of one problem (static).
+        num_params: n, the parameters of one problem, tangent coordinates for Lie-group leaves (static).
     """
 
     covariance: Float[Array, "*batch n n"]
@@ -61,7 +62,7 @@ class Covariance(eqx.Module):
     num_params: int = eqx.field(static=True)
 
     @property
-    def full_rank(self):
+    def full_rank(self) -> Bool[Array, "*batch"]:
         """True where J has full column rank over the free coordinates (every one determined by the data)."""
         return self.rank == self.num_free
 
@@ -94,8 +95,12 @@ def covariance(
     A^{+}A^{+}` (Golub & Pereyra), exact also at repeated singular values.
 
     Args:
-        residual_fn, args, batched, args_axes: as in :func:`jaxnls.solve` (``params`` in place of ``params0``).
-        params: the estimate.
+        residual_fn: as in :func:`jaxnls.solve`.
+        params: the estimate, a pytree like :func:`jaxnls.solve`'s ``params0`` (with ``batched=True`` every
+            leaf leads with the batch axis).
+        args: as in :func:`jaxnls.solve`.
+        batched: as in :func:`jaxnls.solve`.
+        args_axes: as in :func:`jaxnls.solve`.
         absolute_sigma: the residuals are whitened by their true standard deviations (``curve_fit``'s
             ``absolute_sigma=True``): no rescaling by the residual variance.
         rcond: relative cut-off for the singular values of the scaled J, as a multiple of ``max(m, n)``;

@@ -5,11 +5,14 @@ adjoint's requirements, and the :class:`~jaxnls.Solution` with its messages."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import PyTree
 
 from . import _loop
 from ._callback import check_callback
@@ -74,7 +77,7 @@ class Unset:
 UNSET = Unset()
 
 
-def resolve_args_axes(args_axes, args, batched: bool):
+def resolve_args_axes(args_axes: PyTree, args: PyTree, batched: bool) -> PyTree:
     """``args_axes`` as given; where it was not: an error for a batch whose ``args`` hold arrays (a shared
     array whose leading size happens to equal the batch size would silently be split between the
     problems), else 0."""
@@ -108,7 +111,9 @@ def _knows_compiler_options(small: bool) -> bool:
 @functools.cache
 def _top_level(fn, small: bool):
     if _knows_compiler_options(small):
-        return eqx.filter_jit(fn, compiler_options=_SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS)
+        return eqx.filter_jit(  # pyright: ignore[reportCallIssue]  # its overloads omit the **jitkwargs it passes to jax.jit
+            fn, compiler_options=_SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
+        )
     return eqx.filter_jit(fn)
 
 
@@ -182,7 +187,7 @@ def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
 
 def make_solution(solver, params, cost, state, *, batched, throw, num_residuals, num_params, caller) -> Solution:
     """The :class:`~jaxnls.Solution` of a batch loop state (``batched=False``: its one problem)."""
-    fields = dict(
+    fields: dict[str, Any] = dict(
         cost=cost,
         initial_cost=state.initial_cost,
         gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),

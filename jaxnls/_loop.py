@@ -15,6 +15,7 @@ Data flow of one iteration (docs/architecture.md)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
@@ -27,6 +28,9 @@ from ._bounds import pin_to_box
 from ._numerics import finite_derivatives
 from ._status import Status
 from .linear import AbstractLinearization
+
+if TYPE_CHECKING:
+    from .manifolds._space import ProductSpace, _Euclidean
 
 
 class LoopProblem(eqx.Module):
@@ -49,7 +53,7 @@ class LoopProblem(eqx.Module):
     """
 
     evaluate: Callable = eqx.field(static=True)
-    space: object = eqx.field(static=True)
+    space: _Euclidean | ProductSpace = eqx.field(static=True)
     num_residuals: int = eqx.field(static=True)
     tangent_size: int = eqx.field(static=True)
     jacobian: PyTree = eqx.field(static=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._status import CONVERGED, Status
+
+if TYPE_CHECKING:
+    from ._covariance import Covariance
 
 
 class History(eqx.Module):
@@ -45,6 +51,11 @@ class Solution(eqx.Module):
         num_steps: iterations taken (each one trial step, accepted or not).
         num_accepted: accepted steps among them.
         status: a :class:`jaxnls.Status` code per problem.
+        num_residuals: m, the scalar residuals of one problem (static).
+        num_params: n, the parameters of one problem, counted in the tangent space for Lie-group leaves
+            (static).
+        method: the solver and linear solver, e.g. ``"LevenbergMarquardt, QR"`` (static; headlines
+            :meth:`summary`).
         history: with ``history=K``, the last K iterations' figures (:class:`History`), else None.
     """
 
@@ -65,7 +76,9 @@ class Solution(eqx.Module):
         """True where the solve stopped on a function, parameter or gradient tolerance."""
         return jnp.isin(self.status, jnp.asarray([int(s) for s in CONVERGED]))
 
-    def summary(self, covariance=None, names=None, min_correlation: float = 0.5) -> str:
+    def summary(
+        self, covariance: Covariance | None = None, names: Sequence[str] | None = None, min_correlation: float = 0.5
+    ) -> str:
         """A Ceres-style report (a batch gets ranges and a count per termination reason).
 
         Args:
@@ -73,6 +86,10 @@ class Solution(eqx.Module):
                 table (value, standard error, relative error) and the correlations above ``min_correlation``.
             names: the parameters' names in ravelled order (default from the params pytree: ``[0]``,
                 ``['a'][1]``, ...).
+            min_correlation: correlations of magnitude above this are listed (with ``covariance``).
+
+        Returns:
+            The report, lines joined by newlines.
         """
         if covariance is None:
             return self._run_summary()

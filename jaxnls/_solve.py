@@ -157,7 +157,11 @@ def solve(
     # the residual's size, read from shapes (and checked) once per compilation key: it chooses the
     # compiler options and the jit-compiled solve takes it as a static argument (no second trace)
     num_residuals = None if nested else _residual_size(residual_fn, params0, args, batched, args_axes)
-    entries = None if nested else _batch_size_or_one(params0, batched) * num_residuals * _problem_size(params0, batched)
+    entries = (
+        None
+        if num_residuals is None
+        else _batch_size_or_one(params0, batched) * num_residuals * _problem_size(params0, batched)
+    )
     working_set = _working_set_size(working_set, params0, batched, nested)
     if (bounds is not None or fixed is not None) and not nested:
         # checked (and a start outside the box reported) here, where the values are concrete
@@ -260,7 +264,7 @@ _AUTO_WORKING_SET_FRACTION = 64
 
 
 def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value > 0)
 
 
 def _solve_jit(
@@ -307,8 +311,8 @@ def _solve_jit(
     # Lie-group leaves (jaxnls.manifolds): x stays the ravelled ambient parameters, steps live in the
     # tangent space and the Jacobian is taken w.r.t. the tangent perturbation δ at 0, r(x ⊕ δ)
     space = ProductSpace(single_params) if has_groups(single_params) else EUCLIDEAN
-    tangent_size = x0.shape[1] if space is EUCLIDEAN else space.tangent_size
-    if space is EUCLIDEAN:
+    tangent_size = space.tangent_size if isinstance(space, ProductSpace) else x0.shape[1]
+    if not isinstance(space, ProductSpace):  # EUCLIDEAN
         residual_and_jacobian_at = lambda x, a: residual_and_jacobian(fn, x, a, num_residuals)
     else:
         tangent = jnp.zeros((tangent_size,), x0.dtype)
@@ -359,10 +363,10 @@ def _solve_jit(
         history=history,
     )
 
-    if space is EUCLIDEAN:
+    if not isinstance(space, ProductSpace):  # EUCLIDEAN
         x, cost = adjoint.attach(DenseProblem(adjoint_fn), state.x, state.cost, state.status, differentiable_args, axes)
         if bounded:  # the coordinates at a bound are the bound (with its derivatives)
-            x = pin_to_box(x, *differentiable_args[2])
+            x = pin_to_box(x, *differentiable_args[2])  # pyright: ignore[reportGeneralTypeIssues]  # bounded: the box is args[2]
     else:
         # the adjoint works in the chart δ ↦ x* ⊕ δ around the solution (δ* = 0), and the solution's
         # derivative is the retraction's: ẋ = ∂(x* ⊕ δ)/∂δ · δ̇

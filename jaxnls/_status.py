@@ -9,6 +9,21 @@ class Status(enum.IntEnum):
     """Termination reason of one problem, stored per batch element in ``Solution.status``.
 
     Codes 1-3 are convergence; everything else means the answer is not a certified minimum.
+
+    Attributes:
+        RUNNING: 0, not finished (a solve interrupted, or a problem still in the loop).
+        CONVERGED_FUNCTION: 1, the function tolerance ``ftol`` was reached: the last step changed the cost by
+            at most ``ftol·cost`` and no coordinate direction offers more.
+        CONVERGED_PARAMETER: 2, the parameter tolerance was reached: ``|δ_j| <= rtol·|x_j| + atol`` for every
+            coordinate, for the step taken and the Newton step along each coordinate.
+        CONVERGED_GRADIENT: 3, the gradient tolerance was reached: ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` for every
+            column j, or ``r = 0``.
+        MAX_STEPS: 4, ``max_steps`` iterations ran before any tolerance was met.
+        NONFINITE_START: 5, the starting parameters, or the residual or Jacobian there, are not finite.
+        NONFINITE_RESIDUAL: 6, every nearby trial point gave a non-finite residual or Jacobian.
+        STALLED: 7, no step decreases the cost any more (damping, radius or step length at its limit)
+            before a tolerance was met.
+        STOPPED: 8, the ``callback`` asked to stop before a tolerance was met.
     """
 
     RUNNING = 0
@@ -23,10 +38,12 @@ class Status(enum.IntEnum):
 
     @property
     def message(self) -> str:
+        """A one-line explanation of this status (as :meth:`jaxnls.Solution.summary` prints it)."""
         return _MESSAGES[self]
 
     @property
     def converged(self) -> bool:
+        """True for the ``CONVERGED_*`` codes."""
         return self in CONVERGED
 
 

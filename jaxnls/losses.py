@@ -36,6 +36,7 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -43,7 +44,12 @@ from ._numerics import safe_sqrt
 
 
 class AbstractRobustLoss(eqx.Module):
-    """A robust loss :math:`\\rho` with scale :math:`a`."""
+    """A robust loss :math:`\\rho` with scale :math:`a`.
+
+    Args:
+        scale: :math:`a`, positive and finite (default 1); stored as a float array leaf, so the adjoints
+            differentiate it.
+    """
 
     scale: Float[Array, ""]
 
@@ -85,9 +91,13 @@ class AbstractRobustLoss(eqx.Module):
 
 
 class Huber(AbstractRobustLoss):
-    r""":math:`\rho(s) = s` for :math:`s \le a^2`, else :math:`2a\sqrt s - a^2` (linear growth in :math:`\|r\|`)."""
+    r""":math:`\rho(s) = s` for :math:`s \le a^2`, else :math:`2a\sqrt s - a^2` (linear growth in :math:`\|r\|`).
 
-    def rho(self, s):
+    Args:
+        scale: :math:`a` > 0 (default 1), the residual norm :math:`\|r\|` beyond which the cost grows linearly.
+    """
+
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         a = self.scale
         inside = s <= a**2
         root = safe_sqrt(jnp.where(inside, a**2, s))
@@ -96,7 +106,7 @@ class Huber(AbstractRobustLoss):
         d2 = jnp.where(inside, 0.0, -0.5 * a / (root**3))
         return value, d1, d2
 
-    def ratio(self, s):
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         a = self.scale
         inside = s <= a**2
         s_out = jnp.where(inside, a**2, s)
@@ -104,28 +114,37 @@ class Huber(AbstractRobustLoss):
 
 
 class SoftL1(AbstractRobustLoss):
-    r""":math:`\rho(s) = 2a^2(\sqrt{1 + s/a^2} - 1)` (a smooth Huber)."""
+    r""":math:`\rho(s) = 2a^2(\sqrt{1 + s/a^2} - 1)` (a smooth Huber).
 
-    def rho(self, s):
+    Args:
+        scale: :math:`a` > 0 (default 1), the residual norm :math:`\|r\|` around which the cost turns linear.
+    """
+
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         a2 = self.scale**2
         root = jnp.sqrt(1 + s / a2)
         return 2 * a2 * (root - 1), 1 / root, -0.5 / (a2 * root**3)
 
-    def ratio(self, s):
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         u = s / self.scale**2
         # 2(√(1+u) − 1)/u = 2/(√(1+u) + 1), no cancellation at small u
         return 2 / (jnp.sqrt(1 + u) + 1)
 
 
 class Cauchy(AbstractRobustLoss):
-    r""":math:`\rho(s) = a^2 \log(1 + s/a^2)`."""
+    r""":math:`\rho(s) = a^2 \log(1 + s/a^2)`.
 
-    def rho(self, s):
+    Args:
+        scale: :math:`a` > 0 (default 1), the residual norm :math:`\|r\|` beyond which the cost grows
+            logarithmically.
+    """
+
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         a2 = self.scale**2
         u = s / a2
         return a2 * jnp.log1p(u), 1 / (1 + u), -1 / (a2 * (1 + u) ** 2)
 
-    def ratio(self, s):
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         u = s / self.scale**2
         small = u < 1e-4
         u_safe = jnp.where(small, 1.0, u)
@@ -134,14 +153,19 @@ class Cauchy(AbstractRobustLoss):
 
 
 class Arctan(AbstractRobustLoss):
-    r""":math:`\rho(s) = a \arctan(s/a)` (bounded by :math:`a\pi/2`)."""
+    r""":math:`\rho(s) = a \arctan(s/a)` (bounded by :math:`a\pi/2`).
 
-    def rho(self, s):
+    Args:
+        scale: :math:`a` > 0 (default 1), in units of the *squared* norm :math:`s` (Ceres' ``ArctanLoss``):
+            terms with :math:`s \gg a` approach the bound.
+    """
+
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         a = self.scale
         v = s / a
         return a * jnp.arctan(v), 1 / (1 + v**2), -2 * v / (a * (1 + v**2) ** 2)
 
-    def ratio(self, s):
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         v = s / self.scale
         small = v < 1e-4
         v_safe = jnp.where(small, 1.0, v)
@@ -150,15 +174,20 @@ class Arctan(AbstractRobustLoss):
 
 class Tukey(AbstractRobustLoss):
     r""":math:`\rho(s) = \tfrac{a^2}{3}(1 - (1 - s/a^2)^3)` for :math:`s \le a^2`, else :math:`a^2/3`
-    (Tukey's biweight: terms beyond :math:`a` no longer pull at all)."""
+    (Tukey's biweight: terms beyond :math:`a` no longer pull at all).
 
-    def rho(self, s):
+    Args:
+        scale: :math:`a` > 0 (default 1), the residual norm :math:`\|r\|` beyond which a term costs the
+            constant :math:`a^2/3`.
+    """
+
+    def rho(self, s: Float[Array, ...]) -> tuple[Float[Array, ...], Float[Array, ...], Float[Array, ...]]:
         a2 = self.scale**2
         inside = s <= a2
         w = jnp.where(inside, 1 - s / a2, 0.0)
         return a2 / 3 * (1 - w**3), w**2, jnp.where(inside, -2 * w / a2, 0.0)
 
-    def ratio(self, s):
+    def ratio(self, s: Float[Array, ...]) -> Float[Array, ...]:
         a2 = self.scale**2
         inside = s <= a2
         u = jnp.where(inside, s / a2, 1.0)

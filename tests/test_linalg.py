@@ -243,3 +243,14 @@ def test_svd_derivatives_are_finite_at_repeated_singular_values_and_exact_for_ti
     native = jax.grad(lambda m: jnp.sum(jnp.linalg.svd(m)[0] * jnp.arange(9.0).reshape(3, 3)))(identity)
     assert not np.all(np.isfinite(native))  # the failure the wrapper exists for
     assert np.all(np.isfinite(jax.grad(lambda m: jnp.sum(svd(m)[0] * jnp.arange(9.0).reshape(3, 3)))(identity)))
+
+
+@pytest.mark.parametrize("decomposition, values", [(eigh, 0), (svd, 1)])
+def test_decompositions_run_inside_jit(decomposition, values):
+    """The default tie tolerance is computed on the host: under a caller's jax.jit it used to be
+    ``float()`` of a traced ``jnp.sqrt`` (a ConcretizationTypeError)."""
+    a = jnp.asarray([[2.0, 1.0], [1.0, 3.0]])
+    for got, expected in zip(jax.jit(decomposition)(a), decomposition(a)):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    g = jax.jit(jax.grad(lambda m: jnp.sum(decomposition(m)[values] ** 3)))(a)
+    np.testing.assert_allclose(g, jax.grad(lambda m: jnp.sum(decomposition(m)[values] ** 3))(a), rtol=1e-12)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import equinox as eqx
@@ -54,21 +55,28 @@ class AbstractAdjointProblem(eqx.Module):
 
 
 class DenseProblem(AbstractAdjointProblem):
-    """A problem given by its flat residual ``residual(x, args) -> (m,)``: dense Jacobians and solves."""
+    """A problem given by its flat residual ``residual(x, args) -> (m,)``: dense Jacobians and solves.
 
-    residual: object = eqx.field(static=True)
+    Attributes:
+        residual: ``residual(x, args) -> r``, ``x`` of shape ``(n,)`` and ``r`` of shape ``(m,)``, for one
+            problem (static).
+    """
 
-    def cost(self, x, args):
+    residual: Callable[[Float[Array, " n"], PyTree], Float[Array, " m"]] = eqx.field(static=True)
+
+    def cost(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, ""]:
         return 0.5 * jnp.sum(self.residual(x, args) ** 2)
 
-    def hessian_solve(self, x, args, rhs, exact):
+    def hessian_solve(
+        self, x: Float[Array, " n"], args: PyTree, rhs: Float[Array, " n"], exact: bool
+    ) -> Float[Array, " n"]:
         jac = jax.jacfwd(self.residual)(x, args)
         hessian = jac.T @ jac
         if exact:
             hessian = hessian + _residual_curvature(self.residual, x, args)
         return _regularised_solve(hessian, rhs)
 
-    def gauss_newton_step(self, x, args):
+    def gauss_newton_step(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
         r, jac = residual_and_jacobian(self.residual, x, args, jax.eval_shape(self.residual, x, args).shape[0])
         solver = Cholesky()
         return x + solver.solve(solver.linearize(r, jac), jnp.zeros_like(x))
@@ -125,7 +133,15 @@ class Implicit(AbstractAdjoint):
         if self.hessian not in ("exact", "gauss_newton"):
             raise ValueError(f"Implicit(hessian=...) must be 'exact' or 'gauss_newton', got {self.hessian!r}")
 
-    def attach(self, problem, x, cost, status, args, axes):
+    def attach(
+        self,
+        problem: AbstractAdjointProblem,
+        x: Float[Array, "batch n"],
+        cost: Float[Array, " batch"],
+        status: Int[Array, " batch"],
+        args: PyTree,
+        axes: PyTree,
+    ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
         return _implicit_solution(_Rule(problem, axes, self.hessian == "exact"), x, cost, status, args)
 
 
@@ -229,6 +245,9 @@ class DirectLossMinimization(AbstractAdjoint):
     which tends to the Gauss-Newton implicit derivative as :math:`ε \to 0` and needs only gradients of the
     cost with respect to θ (no solve with θ-derivatives). ``epsilon`` trades bias (large) for rounding
     (small). The cost's own cotangent uses the envelope theorem, :math:`∂c^*/∂θ = ∂_θ c(x^*, θ)`.
+
+    Attributes:
+        epsilon: the perturbation ε, > 0, default 1e-2.
     """
 
     epsilon: float = 1e-2
@@ -237,7 +256,15 @@ class DirectLossMinimization(AbstractAdjoint):
         if not self.epsilon > 0:
             raise ValueError(f"DirectLossMinimization(epsilon=...) must be positive, got {self.epsilon!r}")
 
-    def attach(self, problem, x, cost, status, args, axes):
+    def attach(
+        self,
+        problem: AbstractAdjointProblem,
+        x: Float[Array, "batch n"],
+        cost: Float[Array, " batch"],
+        status: Int[Array, " batch"],
+        args: PyTree,
+        axes: PyTree,
+    ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
         return _direct_loss_solution(_Rule(problem, axes, False), self.epsilon, x, cost, status, args)
 
 

@@ -7,9 +7,10 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PyTree
 
 from .._numerics import finite_derivatives
-from ._implicit import AbstractAdjoint
+from ._implicit import AbstractAdjoint, AbstractAdjointProblem
 
 
 class Unroll(AbstractAdjoint):
@@ -21,13 +22,25 @@ class Unroll(AbstractAdjoint):
     is one loop state per iteration instead of every intermediate. Unlike :class:`Implicit`, the
     starting point ``params0`` gets a gradient, and the derivative is that of the iterates actually
     computed (it approaches the implicit one as the solve converges).
+
+    Attributes:
+        checkpoint: rematerialise each iteration in the backward pass (default True).
     """
 
-    checkpoint: bool = True
+    # a field here, a ClassVar default on the base (whose other subclasses have no such option)
+    checkpoint: bool = True  # pyright: ignore[reportIncompatibleVariableOverride]
 
     differentiates_iterations: ClassVar[bool] = True
 
-    def attach(self, problem, x, cost, status, args, axes):
+    def attach(
+        self,
+        problem: AbstractAdjointProblem,
+        x: Float[Array, "batch n"],
+        cost: Float[Array, " batch"],
+        status: Int[Array, " batch"],
+        args: PyTree,
+        axes: PyTree,
+    ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
         return x, cost
 
 
@@ -41,6 +54,9 @@ class Truncated(AbstractAdjoint):
     :math:`x^*`, :math:`J^\top r = 0`); more steps converge to the exact implicit derivative when the
     residual curvature is small next to :math:`J^\top J` (the fixed-point map contracts). Cost grows
     with ``num_steps``: each is one residual+Jacobian evaluation and one solve, forward and backward.
+
+    Attributes:
+        num_steps: the Gauss-Newton steps differentiated, a positive int, default 10.
     """
 
     num_steps: int = 10
@@ -49,7 +65,15 @@ class Truncated(AbstractAdjoint):
         if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
             raise ValueError(f"Truncated(num_steps=...) must be a positive int, got {self.num_steps!r}")
 
-    def attach(self, problem, x, cost, status, args, axes):
+    def attach(
+        self,
+        problem: AbstractAdjointProblem,
+        x: Float[Array, "batch n"],
+        cost: Float[Array, " batch"],
+        status: Int[Array, " batch"],
+        args: PyTree,
+        axes: PyTree,
+    ) -> tuple[Float[Array, "batch n"], Float[Array, " batch"]]:
         step, cost_at = finite_derivatives(problem.gauss_newton_step), finite_derivatives(problem.cost)
 
         def refine(x, args):

@@ -12,9 +12,12 @@ blocks: no dense ``n×n`` matrix here either. Fixed variables have zero tangent 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, DTypeLike, Float, PyTree
 
 from ..adjoint import AbstractAdjointProblem
 from ..manifolds import ProductSpace
@@ -28,9 +31,9 @@ class GraphProblem(AbstractAdjointProblem):
 
     structure: GraphStructure = eqx.field(static=True)
     space: ProductSpace = eqx.field(static=True)
-    residual_fns: tuple = eqx.field(static=True)
+    residual_fns: tuple[Callable[..., Float[ArrayLike, " k"]], ...] = eqx.field(static=True)
     linear_solver: AbstractGraphLinearSolver = eqx.field(static=True)
-    dtype: object = eqx.field(static=True)
+    dtype: DTypeLike = eqx.field(static=True)
 
     def _groups(self, delta, args):
         """Per cost group: ``(u, inputs, axes, loss)``: ``u(δ_e, m_e, variables_e, data_e, L_e)``, term ``e``'s
@@ -64,10 +67,14 @@ class GraphProblem(AbstractAdjointProblem):
 
         return cost
 
-    def cost(self, delta, args):
+    # (the adjoints' x is the chart's tangent coordinates δ here)
+    def cost(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, ""]:
         return sum(
-            jnp.sum(jax.vmap(self._term_cost(term, loss), in_axes=axes)(*inputs))
-            for term, inputs, axes, loss in self._groups(delta, args)
+            (
+                jnp.sum(jax.vmap(self._term_cost(term, loss), in_axes=axes)(*inputs))
+                for term, inputs, axes, loss in self._groups(x, args)
+            ),
+            start=jnp.zeros((), self.dtype),
         )
 
     def whitened_jacobians(self, delta, args):
@@ -86,25 +93,27 @@ class GraphProblem(AbstractAdjointProblem):
             jacobians.append(jac)
         return pieces, jacobians
 
-    def hessian_solve(self, delta, args, rhs, exact):
+    def hessian_solve(
+        self, x: Float[Array, " n"], args: PyTree, rhs: Float[Array, " n"], exact: bool
+    ) -> Float[Array, " n"]:
         zero = jnp.zeros((self.structure.n,), self.dtype)
         if exact:
             # each term's exact D×D Hessian (residual curvature and the loss's ρ'' included): the cost's
             # Hessian is their sum over the variables they connect
             products = tuple(
                 jax.vmap(jax.hessian(self._term_cost(term, loss)), in_axes=axes)(*inputs)
-                for term, inputs, axes, loss in self._groups(delta, args)
+                for term, inputs, axes, loss in self._groups(x, args)
             )
             operator = NormalOperator(structure=self.structure, jacobians=None, products=products, damping=zero)
         else:
-            _, jacobians = self.whitened_jacobians(delta, args)
+            _, jacobians = self.whitened_jacobians(x, args)
             operator = NormalOperator(structure=self.structure, jacobians=tuple(jacobians), products=None, damping=zero)
         return self.linear_solver.solve_operator(operator, rhs)
 
-    def gauss_newton_step(self, delta, args):
-        pieces, jacobians = self.whitened_jacobians(delta, args)
+    def gauss_newton_step(self, x: Float[Array, " n"], args: PyTree) -> Float[Array, " n"]:
+        pieces, jacobians = self.whitened_jacobians(x, args)
         gradient = self.structure.transpose_times(jacobians, pieces)
         operator = NormalOperator(
             structure=self.structure, jacobians=tuple(jacobians), products=None, damping=jnp.zeros_like(gradient)
         )
-        return delta + self.linear_solver.solve_operator(operator, -gradient)
+        return x + self.linear_solver.solve_operator(operator, -gradient)

@@ -16,21 +16,44 @@ the same in both).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float
 
 from ..manifolds import is_group, local
 
+if TYPE_CHECKING:
+    from ..manifolds._space import _Variable
 
-def between(a, b, measured):
-    r"""Relative-pose error :math:`\operatorname{Log}(Z^{-1} A^{-1} B)` (``(b - a) - z`` for arrays)."""
+
+def between(a: _Variable, b: _Variable, measured: _Variable) -> Float[Array, " d"]:
+    r"""Relative-pose error :math:`\operatorname{Log}(Z^{-1} A^{-1} B)` (``(b - a) - z`` for arrays).
+
+    Args:
+        a: the first variable :math:`A`, one jaxlie group element (unstacked) or a ``(d,)`` array.
+        b: the second variable :math:`B`, of the same type as ``a``.
+        measured: the measured relative pose :math:`Z \approx A^{-1}B` (``b - a`` for arrays), same type.
+
+    Returns:
+        The ``(d,)`` residual in the tangent space of the group (d = 3 for SE2, 6 for SE3, jaxlie's order).
+    """
     if is_group(a):
         return local(measured, a.inverse() @ b)
-    return (b - a) - measured
+    return (b - a) - measured  # pyright: ignore[reportOperatorIssue]  # arrays here (pyright keeps the group constraint)
 
 
-def prior(x, measured):
-    r"""Prior error :math:`\operatorname{Log}(Z^{-1} X)` (``x - z`` for arrays)."""
+def prior(x: _Variable, measured: _Variable) -> Float[Array, " d"]:
+    r"""Prior error :math:`\operatorname{Log}(Z^{-1} X)` (``x - z`` for arrays).
+
+    Args:
+        x: the variable :math:`X`, one jaxlie group element (unstacked) or a ``(d,)`` array.
+        measured: the prior value :math:`Z`, same type as ``x``.
+
+    Returns:
+        The ``(d,)`` residual in the tangent space of the group (jaxlie's order).
+    """
     if is_group(x):
         return local(measured, x)
     return x - measured
@@ -40,8 +63,15 @@ def prior(x, measured):
 _POSE3_ORDER = np.array([3, 4, 5, 0, 1, 2])
 
 
-def from_gtsam_pose3(matrix):
+def from_gtsam_pose3(matrix: Float[ArrayLike, "*batch 6 6"]) -> Float[Array, "*batch 6 6"]:
     """Reorder a 6×6 (or stacked ``(..., 6, 6)``) GTSAM Pose3 covariance or information matrix from
-    GTSAM's tangent order (ω, v) to jaxlie's (v, ω)."""
+    GTSAM's tangent order (ω, v) to jaxlie's (v, ω).
+
+    Args:
+        matrix: ``(..., 6, 6)`` in GTSAM's order: rows and columns rotation first.
+
+    Returns:
+        The ``(..., 6, 6)`` matrix with rows and columns permuted to translation first.
+    """
     matrix = jnp.asarray(matrix)
     return matrix[..., _POSE3_ORDER, :][..., :, _POSE3_ORDER]

@@ -12,16 +12,33 @@ r"""Problems read from files (:mod:`jaxnls.io`) as factor graphs, and solutions 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, DTypeLike, Float
 
 from ._factors import between
 from ._graph import CostGroup, FactorGraph
 
+if TYPE_CHECKING:
+    import jaxlie
 
-def point_in_frame(pose, point, measured):
-    r"""g2o's ``EDGE_SE2_XY``: the point in the pose's frame minus the measurement, :math:`T^{-1}p - z`."""
+    from ..io import BALProblem, PoseGraph2D, PoseGraph3D
+
+
+def point_in_frame(pose: jaxlie.SE2, point: Float[Array, " 2"], measured: Float[Array, " 2"]) -> Float[Array, " 2"]:
+    r"""g2o's ``EDGE_SE2_XY``: the point in the pose's frame minus the measurement, :math:`T^{-1}p - z`.
+
+    Args:
+        pose: the observing pose :math:`T`, one ``jaxlie.SE2``.
+        point: the landmark :math:`p`, ``(2,)`` in the world frame.
+        measured: the landmark as observed from the pose, :math:`z`, ``(2,)`` in the pose's frame.
+
+    Returns:
+        The ``(2,)`` residual.
+    """
     return pose.inverse() @ point - measured
 
 
@@ -36,9 +53,21 @@ def _rotate_rodrigues(omega, x):
     return jnp.where(small, x + jnp.cross(omega, x), rotated)
 
 
-def bal_reprojection(camera, point, observed):
+def bal_reprojection(
+    camera: Float[Array, " 9"], point: Float[Array, " 3"], observed: Float[Array, " 2"]
+) -> Float[Array, " 2"]:
     r"""The BAL (Bundler) camera model: :math:`P = R(ω)X + t`, :math:`p = -P_{xy}/P_z`,
-    :math:`\hat x = f\,(1 + k_1\|p\|^2 + k_2\|p\|^4)\,p`; the residual is :math:`\hat x - x_{\text{observed}}`."""
+    :math:`\hat x = f\,(1 + k_1\|p\|^2 + k_2\|p\|^4)\,p`; the residual is :math:`\hat x - x_{\text{observed}}`.
+
+    Args:
+        camera: ``(9,)``: the Rodrigues rotation vector ω, the translation t, the focal length f and the
+            radial distortion coefficients :math:`k_1, k_2`.
+        point: the world point X, ``(3,)``.
+        observed: the measured image point :math:`x_{\text{observed}}`, ``(2,)``.
+
+    Returns:
+        The ``(2,)`` reprojection error.
+    """
     transformed = _rotate_rodrigues(camera[:3], point) + camera[3:6]
     p = -transformed[:2] / transformed[2]
     radius2 = p @ p
@@ -54,8 +83,22 @@ def _import_jaxlie():
     return jaxlie
 
 
-def pose_graph_problem(pose_graph, dtype=jnp.float64) -> FactorGraph:
-    """A :class:`FactorGraph` of a :class:`~jaxnls.io.PoseGraph2D` / :class:`~jaxnls.io.PoseGraph3D`."""
+def pose_graph_problem(pose_graph: PoseGraph2D | PoseGraph3D, dtype: DTypeLike = jnp.float64) -> FactorGraph:
+    """A :class:`FactorGraph` of a :class:`~jaxnls.io.PoseGraph2D` / :class:`~jaxnls.io.PoseGraph3D`.
+
+    Args:
+        pose_graph: the pose graph, e.g. from :func:`jaxnls.io.read_pose_graph`; it needs at least one edge.
+        dtype: the floating dtype of the variables and data (default float64).
+
+    Returns:
+        A :class:`FactorGraph` with kind ``"pose"`` (and ``"landmark"`` for 2-D files with landmarks), the
+        edges as :func:`between` terms weighted by :func:`~jaxnls.io.sqrt_information` of their
+        information matrices, and the vertices of the file's ``FIX`` lines (else the first pose) held fixed.
+
+    Raises:
+        TypeError: ``pose_graph`` is neither a ``PoseGraph2D`` nor a ``PoseGraph3D``.
+        ValueError: the pose graph has no edges.
+    """
     from ..io import PoseGraph2D, PoseGraph3D, sqrt_information
 
     jaxlie = _import_jaxlie()
@@ -71,7 +114,7 @@ def pose_graph_problem(pose_graph, dtype=jnp.float64) -> FactorGraph:
         raise TypeError(f"expected a PoseGraph2D or PoseGraph3D, got {type(pose_graph).__name__}")
     if pose_graph.num_edges == 0:
         raise ValueError("the pose graph has no edges: nothing to optimise")
-    variables = {"pose": poses}
+    variables: dict[str, Any] = {"pose": poses}
     costs = [
         CostGroup(
             between,
@@ -113,8 +156,19 @@ def _anchors(pose_graph) -> dict:
     return fixed
 
 
-def updated_pose_graph(pose_graph, variables):
-    """The pose graph with its vertices replaced by the solution's ``variables`` (for writing)."""
+def updated_pose_graph(
+    pose_graph: PoseGraph2D | PoseGraph3D, variables: Mapping[str, Any]
+) -> PoseGraph2D | PoseGraph3D:
+    """The pose graph with its vertices replaced by the solution's ``variables`` (for writing).
+
+    Args:
+        pose_graph: the graph the problem was built from (:func:`pose_graph_problem`).
+        variables: the solved variables, e.g. ``jaxnls.graph.solve(graph).params``: ``"pose"`` (and
+            ``"landmark"`` for 2-D graphs with landmarks) of one unbatched solve.
+
+    Returns:
+        A copy of ``pose_graph`` with the new poses (and landmarks), edges and ids unchanged.
+    """
     from ..io import PoseGraph2D
 
     poses = variables["pose"]
@@ -129,8 +183,17 @@ def updated_pose_graph(pose_graph, variables):
     return dataclasses.replace(pose_graph, quaternions=wxyz_xyz[:, :4], translations=wxyz_xyz[:, 4:])
 
 
-def bal_graph_problem(problem, dtype=jnp.float64) -> FactorGraph:
-    """A :class:`FactorGraph` of a :class:`~jaxnls.io.BALProblem` (unit-weight reprojection errors)."""
+def bal_graph_problem(problem: BALProblem, dtype: DTypeLike = jnp.float64) -> FactorGraph:
+    """A :class:`FactorGraph` of a :class:`~jaxnls.io.BALProblem` (unit-weight reprojection errors).
+
+    Args:
+        problem: the bundle-adjustment problem, e.g. from :func:`jaxnls.io.read_bal`.
+        dtype: the floating dtype of the variables and data (default float64).
+
+    Returns:
+        A :class:`FactorGraph` with kinds ``"camera"`` ``(C, 9)`` and ``"point"`` ``(P, 3)`` and one
+        :func:`bal_reprojection` term per observation; nothing is held fixed.
+    """
     indices = np.stack([problem.camera_index, problem.point_index], axis=1)
     return FactorGraph(
         {"camera": jnp.asarray(problem.cameras, dtype), "point": jnp.asarray(problem.points, dtype)},
@@ -138,8 +201,16 @@ def bal_graph_problem(problem, dtype=jnp.float64) -> FactorGraph:
     )
 
 
-def updated_bal(problem, variables):
-    """The BAL problem with the solution's cameras and points (for writing)."""
+def updated_bal(problem: BALProblem, variables: Mapping[str, ArrayLike]) -> BALProblem:
+    """The BAL problem with the solution's cameras and points (for writing).
+
+    Args:
+        problem: the problem the graph was built from (:func:`bal_graph_problem`).
+        variables: the solved variables: ``"camera"`` ``(C, 9)`` and ``"point"`` ``(P, 3)``.
+
+    Returns:
+        A copy of ``problem`` with the new cameras and points (as float64), observations unchanged.
+    """
     return dataclasses.replace(
         problem, cameras=np.asarray(variables["camera"], np.float64), points=np.asarray(variables["point"], np.float64)
     )

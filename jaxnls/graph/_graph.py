@@ -19,16 +19,22 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from .._numerics import split_by_sizes
 from ..losses import linearize_block
 from ..manifolds import is_group, retract
+
+if TYPE_CHECKING:
+    from jaxlie import MatrixLieGroup
+
+    from ..losses import AbstractRobustLoss
 
 
 class _Static:
@@ -70,14 +76,22 @@ class CostGroup(eqx.Module):
     batch axis before ``E``; ``indices`` (the structure) is shared by the batch.
     """
 
-    residual_fn: Callable = eqx.field(static=True)
+    residual_fn: Callable[..., Float[ArrayLike, " k"]] = eqx.field(static=True)
     kinds: tuple[str, ...] = eqx.field(static=True)
     indices: _Static = eqx.field(static=True)
-    data: Any
-    sqrt_information: Any
-    loss: Any
+    data: PyTree
+    sqrt_information: Float[Array, "*E k k"] | None
+    loss: AbstractRobustLoss | None
 
-    def __init__(self, residual_fn, kinds, indices, data=None, sqrt_information=None, loss=None):
+    def __init__(
+        self,
+        residual_fn: Callable[..., Float[ArrayLike, " k"]],
+        kinds: str | Sequence[str],
+        indices: Int[ArrayLike, "E a"] | Int[ArrayLike, " E"],
+        data: PyTree = None,
+        sqrt_information: Float[ArrayLike, "*E k k"] | None = None,
+        loss: AbstractRobustLoss | None = None,
+    ):
         if not callable(residual_fn):
             raise TypeError(f"CostGroup: residual_fn must be callable, got {residual_fn!r}")
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -104,6 +118,7 @@ class CostGroup(eqx.Module):
 
     @property
     def num_terms(self) -> int:
+        """E, the number of cost terms (rows of ``indices``)."""
         return self.indices.array.shape[0]
 
 
@@ -122,11 +137,16 @@ class FactorGraph(eqx.Module):
     dict), each kind's variables one after another, each with its ``d`` tangent coordinates.
     """
 
-    variables: dict
-    costs: tuple
-    fixed: tuple = eqx.field(static=True)
+    variables: dict[str, MatrixLieGroup | Float[Array, "N d"]]
+    costs: tuple[CostGroup, ...]
+    fixed: tuple[tuple[str, _Static], ...] = eqx.field(static=True)
 
-    def __init__(self, variables: Mapping[str, Any], costs: Sequence[CostGroup], fixed: Mapping | None = None):
+    def __init__(
+        self,
+        variables: Mapping[str, MatrixLieGroup | Float[ArrayLike, "N d"]],
+        costs: CostGroup | Sequence[CostGroup],
+        fixed: Mapping[str, Int[ArrayLike, " F"]] | None = None,
+    ):
         if not isinstance(variables, Mapping) or not variables:
             raise TypeError("FactorGraph: variables must be a non-empty mapping kind -> stacked variables")
         self.variables = {str(k): (v if is_group(v) else jnp.asarray(v)) for k, v in variables.items()}

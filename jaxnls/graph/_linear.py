@@ -15,6 +15,7 @@ per-term blocks (``(E, k, D)`` per cost group, with their column indices). Nothi
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -29,45 +30,64 @@ from ._graph import GraphStructure
 
 
 class BlockSparseLinearization(AbstractLinearization):
-    """``r + J δ`` of one graph problem: ``gradient`` = Jᵀr (n,) and the Jacobian blocks per cost group."""
+    """``r + J δ`` of one graph problem: ``gradient`` = Jᵀr (n,) and the Jacobian blocks per cost group.
+
+    Attributes:
+        gradient: ``Jᵀr``, ``(n,)`` over the problem's tangent coordinates.
+        blocks: per cost group, the ``(E, k, D)`` Jacobian blocks of its E terms (k residuals each, D the
+            summed tangent sizes of the variables a term connects).
+        structure: the graph's structure (static): which columns each block fills.
+    """
 
     gradient: Float[Array, " n"]
-    blocks: tuple
+    blocks: tuple[Float[Array, "E k D"], ...]
     structure: GraphStructure = eqx.field(static=True)
 
-    def diagonal(self):
+    def diagonal(self) -> Float[Array, " n"]:
         return self.structure.scatter([jnp.sum(jac**2, axis=1) for jac in self.blocks])
 
-    def curvature(self, v):
-        return sum(jnp.sum(piece**2) for piece in self.structure.times(self.blocks, v))
+    def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
+        return sum((jnp.sum(piece**2) for piece in self.structure.times(self.blocks, v)), start=jnp.zeros((), v.dtype))
 
 
 class NormalOperator(eqx.Module):
-    r"""The symmetric matrix :math:`A = \sum_e S_e^	op P_e S_e + \mathrm{diag}(d)` of one graph problem.
+    r"""The symmetric matrix :math:`A = \sum_e S_e^\top P_e S_e + \mathrm{diag}(d)` of one graph problem.
 
     :math:`P_e` is term ``e``'s ``D×D`` block over the tangent coordinates of the variables it connects
-    (:math:`S_e` picks them): :math:`J_e^	op J_e` for a step (given as the Jacobian blocks
+    (:math:`S_e` picks them): :math:`J_e^\top J_e` for a step (given as the Jacobian blocks
     ``jacobians``, so that products with :math:`A` cost two block products) or any symmetric block, e.g.
     the term's exact Hessian in the implicit adjoint (given as ``products``). Exactly one of the two is set.
     :math:`d` is ``damping`` plus 1 at the coordinates of fixed variables (whose rows and columns of
     :math:`P_e` are zero): there :math:`A` is the identity, so their solution is their right-hand side (zero
     in every system the solves build) and no system is singular on their account.
+
+    Attributes:
+        structure: the graph's structure (static).
+        jacobians: per cost group, the ``(E, k, D)`` Jacobian blocks :math:`J_e` (:math:`P_e = J_e^\top J_e`),
+            or None.
+        products: per cost group, the symmetric ``(E, D, D)`` blocks :math:`P_e` themselves, or None.
+        damping: the ``(n,)`` diagonal added to :math:`A` (fixed coordinates get 1 more).
     """
 
     structure: GraphStructure = eqx.field(static=True)
-    jacobians: tuple | None
-    products: tuple | None
+    jacobians: tuple[Float[Array, "E k D"], ...] | None
+    products: tuple[Float[Array, "E D D"], ...] | None
     damping: Float[Array, " n"]
 
     def diagonal(self) -> Float[Array, " n"]:
         """d: the damping, and 1 at the coordinates of fixed variables."""
         return self.damping + jnp.asarray(self.structure.fixed_diagonal, self.damping.dtype)
 
-    def term_products(self) -> list:
+    def term_products(self) -> list[Float[Array, "E D D"]]:
         """The blocks :math:`P_e`, ``(E, D, D)`` per cost group."""
         if self.products is not None:
             return list(self.products)
-        return [jnp.einsum("eka,ekb->eab", jac, jac) for jac in self.jacobians]
+        return [jnp.einsum("eka,ekb->eab", jac, jac) for jac in self._jacobians()]
+
+    def _jacobians(self) -> tuple[Float[Array, "E k D"], ...]:
+        if self.jacobians is None:
+            raise ValueError("NormalOperator: exactly one of jacobians and products must be set, got neither")
+        return self.jacobians
 
     def times(self, v: Float[Array, " n"]) -> Float[Array, " n"]:
         """A v (matrix-free)."""
@@ -80,10 +100,10 @@ class NormalOperator(eqx.Module):
                 ]
             )
         else:
-            applied = structure.transpose_times(self.jacobians, structure.times(self.jacobians, v))
+            applied = structure.transpose_times(self._jacobians(), structure.times(self._jacobians(), v))
         return applied + self.diagonal() * v
 
-    def block_diagonal(self) -> dict:
+    def block_diagonal(self) -> dict[str, Float[Array, "N d d"]]:
         """The ``d×d`` diagonal blocks of A, per variable kind ``(N, d, d)``."""
         structure = self.structure
         out = structure.block_diagonal(self.term_products())
@@ -93,7 +113,7 @@ class NormalOperator(eqx.Module):
             for kind in structure.kinds
         }
 
-    def coupling(self, group: int, row: int, column: int):
+    def coupling(self, group: int, row: int, column: int) -> Float[Array, "E a b"]:
         """The blocks of :math:`P_e` between argument ``row`` and argument ``column`` of every term of cost
         group ``group``: ``(E, d_row, d_column)``."""
         dims = self.structure.groups[group]["dims"]
@@ -102,11 +122,11 @@ class NormalOperator(eqx.Module):
         columns = slice(starts[column], starts[column] + dims[column])
         if self.products is not None:
             return self.products[group][:, rows, columns]
-        jac = self.jacobians[group]
+        jac = self._jacobians()[group]
         return jnp.einsum("eka,ekb->eab", jac[:, :, rows], jac[:, :, columns])
 
 
-class AbstractGraphLinearSolver(AbstractLinearSolver):
+class AbstractGraphLinearSolver(AbstractLinearSolver[BlockSparseLinearization]):
     """A step solver for :func:`jaxnls.graph.solve`; the solve binds the graph's structure to it.
 
     Subclasses implement :meth:`solve_system`; every solve goes through ``jax.lax.custom_linear_solve``
@@ -114,11 +134,16 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
     matrix and the right-hand side (the unrolled adjoints differentiate through the steps, the implicit
     adjoint solves its system with the same solver) without differentiating the solver's own iterations
     or its host-side factorisation.
+
+    Attributes:
+        structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
     structure: GraphStructure | None = eqx.field(static=True, default=None, kw_only=True)
 
-    def linearize(self, residual, jacobian):
+    def linearize(
+        self, residual: Float[Array, " m"], jacobian: Sequence[Float[Array, "E k D"]]
+    ) -> BlockSparseLinearization:
         structure = self.structure
         if structure is None:
             raise TypeError(f"{type(self).__name__} solves factor graphs: use it with jaxnls.graph.solve")
@@ -128,7 +153,7 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
             gradient=structure.transpose_times(jacobian, pieces), blocks=tuple(jacobian), structure=structure
         )
 
-    def solve(self, lin: BlockSparseLinearization, damping):
+    def solve(self, lin: BlockSparseLinearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
         """δ with ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
         operator = NormalOperator(structure=lin.structure, jacobians=lin.blocks, products=None, damping=damping)
         return self.solve_operator(operator, -lin.gradient)
@@ -144,7 +169,7 @@ class AbstractGraphLinearSolver(AbstractLinearSolver):
         """x with ``A x = rhs`` (``A`` symmetric positive semi-definite; a singular ``A`` gets a finite x)."""
 
 
-def _block_jacobi(operator: NormalOperator):
+def _block_jacobi(operator: NormalOperator) -> Callable[[Float[Array, " n"]], Float[Array, " n"]]:
     """The preconditioner v ↦ blockdiag(A)⁻¹ v, each d×d block Jacobi-scaled and pivot-floored before
     inversion (a fixed variable's zero block gives a finite inverse)."""
     structure = operator.structure
@@ -157,7 +182,7 @@ def _block_jacobi(operator: NormalOperator):
     return apply
 
 
-def invert_blocks(blocks):
+def invert_blocks(blocks: Float[Array, "N d d"]) -> Float[Array, "N d d"]:
     """Inverses of a stack of symmetric positive (semi)definite ``(N, d, d)`` blocks, each Jacobi-scaled to
     unit diagonal and pivot-floored (``10·d·ε``) first, so a zero or singular block gives a finite inverse."""
     d = blocks.shape[-1]
@@ -179,16 +204,27 @@ class PCG(AbstractGraphLinearSolver):
     any backend and under ``vmap``. Where CG breaks down (a singular system: an unanchored graph's gauge
     directions) lineax returns NaN; the step is then the preconditioned right-hand side
     :math:`M^{-1} b` (a scaled steepest-descent step), which the outer loop judges like any other.
+
+    Attributes:
+        rtol: relative residual tolerance, default 1e-6.
+        max_steps: CG iteration limit per step, default 500.
+        structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
     rtol: float = 1e-6
     max_steps: int = 500
 
-    def solve_system(self, operator, rhs):
+    def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         return conjugate_gradient(operator.times, _block_jacobi(operator), rhs, self.rtol, self.max_steps)
 
 
-def conjugate_gradient(matvec, precondition, rhs, rtol, max_steps):
+def conjugate_gradient(
+    matvec: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+    precondition: Callable[[Float[Array, " n"]], Float[Array, " n"]],
+    rhs: Float[Array, " n"],
+    rtol: float,
+    max_steps: int,
+) -> Float[Array, " n"]:
     """Preconditioned CG (``lineax.CG``) from 0 for a symmetric positive (semi)definite operator (one
     problem): ``‖A x - b‖ ≤ rtol·‖b‖`` or ``max_steps``; where CG breaks down (NaN from lineax: a singular
     system) the preconditioned right-hand side instead."""
@@ -214,9 +250,12 @@ class SparseDirect(AbstractGraphLinearSolver):
     about half of SuperLU's time for the same matrix in a timing on this machine). Under ``vmap``
     the problems are factored one after another. Requires ``qdldl`` (a dependency; wheels on PyPI).
     CPU-side: on an accelerator every iteration copies the matrix to the host and back.
+
+    Attributes:
+        structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
-    def solve_system(self, operator, rhs):
+    def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         structure = operator.structure
         diagonal = operator.diagonal()
         # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host: np.bincount

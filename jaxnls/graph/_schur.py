@@ -24,9 +24,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from ..linear import pivot_floor
-from ._linear import AbstractGraphLinearSolver, conjugate_gradient, invert_blocks
+from ._linear import AbstractGraphLinearSolver, NormalOperator, conjugate_gradient, invert_blocks
 
 
 class _Elimination:
@@ -82,13 +83,20 @@ class SchurPCG(AbstractGraphLinearSolver):
     system by conjugate gradients preconditioned with its own block diagonal (module docstring).
     Stops at ``‖residual‖ ≤ rtol·‖rhs‖`` of the reduced system or after ``max_steps`` iterations.
     Pure JAX (any backend, ``vmap``). Raises at trace time if a cost term connects two variables of
-    the eliminated kind (their block of :math:`H` would not be block diagonal)."""
+    the eliminated kind (their block of :math:`H` would not be block diagonal).
+
+    Attributes:
+        eliminate: the variable kind eliminated (static, default ``"point"``).
+        rtol: relative residual tolerance of CG on the reduced system, default 1e-8.
+        max_steps: CG iteration limit per step, default 500.
+        structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
+    """
 
     eliminate: str = eqx.field(static=True, default="point")
     rtol: float = 1e-8
     max_steps: int = 500
 
-    def solve_system(self, operator, rhs):
+    def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         elimination = _Elimination(operator, self.eliminate, "SchurPCG")
         rhs_parts = operator.structure.flat_to_kinds(rhs)
 
@@ -109,24 +117,31 @@ class SchurPCG(AbstractGraphLinearSolver):
 
 class SchurDirect(AbstractGraphLinearSolver):
     r"""Eliminate the variables of kind ``eliminate`` (default ``"point"``) and solve the reduced camera
-        system :math:`S δ_c = b_c - A_{cp}A_{pp}^{-1}b_p` by a dense factorisation of
-        :math:`S = A_{cc} - A_{cp}A_{pp}^{-1}A_{pc}` (Ceres' ``DENSE_SCHUR``): exact, pure JAX (jit, vmap, any
-        backend; no host round trip), for problems whose kept unknowns number up to a few thousand
-        (:math:`S` is dense: ``n_c²`` memory, ``n_c³/3`` flops per step).
+    system :math:`S δ_c = b_c - A_{cp}A_{pp}^{-1}b_p` by a dense factorisation of
+    :math:`S = A_{cc} - A_{cp}A_{pp}^{-1}A_{pc}` (Ceres' ``DENSE_SCHUR``): exact, pure JAX (jit, vmap, any
+    backend; no host round trip), for problems whose kept unknowns number up to a few thousand
+    (:math:`S` is dense: ``n_c²`` memory, ``n_c³/3`` flops per step).
 
-        :math:`S` is assembled from its parts: :math:`A_{cc}` from the terms' ``J_eᵀJ_e`` blocks over the kept
-        variables, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as :math:`\sum_p\sum_{e,e'
-    i p} W_e A_{pp}^{-1}W_{e'}^	op`
-        over the pairs of terms that see the same eliminated variable (listed once per structure, on the host),
-        accumulated in chunks of ``chunk`` pairs so that memory stays bounded. Jacobi-scaled, shifted by
-        ``10·n·ε`` like the dense solvers' pivots, and factored by LU (the implicit adjoint's exact Hessian, which
-        these solves also serve, need not be positive definite).
+    :math:`S` is assembled from its parts: :math:`A_{cc}` from the terms' ``J_eᵀJ_e`` blocks over the kept
+    variables, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as
+    :math:`\sum_p\sum_{e,e' \ni p} W_e A_{pp}^{-1}W_{e'}^\top` over the pairs of terms that see the same
+    eliminated variable (listed once per structure, on the host), accumulated in chunks of ``chunk`` pairs so
+    that memory stays bounded. Jacobi-scaled, shifted by ``10·n·ε`` like the dense solvers' pivots, and
+    factored by LU (the implicit adjoint's exact Hessian, which these solves also serve, need not be positive
+    definite).
+
+    Attributes:
+        eliminate: the variable kind eliminated (static, default ``"point"``); no cost term may connect two
+            variables of this kind.
+        chunk: the pairs of terms accumulated at a time into :math:`S` (static, default 65536): bounds the
+            memory of the assembly.
+        structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
     eliminate: str = eqx.field(static=True, default="point")
     chunk: int = eqx.field(static=True, default=65536)
 
-    def solve_system(self, operator, rhs):
+    def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         elimination = _Elimination(operator, self.eliminate, "SchurDirect")
         rhs_parts = operator.structure.flat_to_kinds(rhs)
         reduced = _reduced_camera_matrix(operator, elimination, self.chunk)

@@ -7,6 +7,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
@@ -64,7 +65,10 @@ def solve(
             every array of the cost groups' ``data`` / ``sqrt_information`` leads with the batch axis;
             indices are shared. Each graph has its own damping and termination; a diverging one never
             changes its neighbours.
-        verbose, throw, callback, history: as in :func:`jaxnls.solve`.
+        verbose: as in :func:`jaxnls.solve`.
+        throw: as in :func:`jaxnls.solve`.
+        callback: as in :func:`jaxnls.solve`.
+        history: as in :func:`jaxnls.solve`.
         adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
             graph's floating arrays — the cost groups' ``data`` (measurements, stacked groups too),
             ``sqrt_information``, the losses' ``scale`` and the values of ``fixed`` variables — as in

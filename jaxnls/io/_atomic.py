@@ -15,6 +15,16 @@ def write_atomically(path: str | os.PathLike, text: str, encoding: str = "ascii"
     whatever was at ``path`` untouched (and no temporary file behind). The file gets the mode of the one it
     replaces, or the usual mode under the umask. An existing ``path`` that is not a regular file (a
     directory, a device such as /dev/full, a FIFO) is refused rather than replaced.
+
+    Args:
+        path: the file to create or replace.
+        text: its whole new content.
+        encoding: the text encoding (default ``"ascii"``: the readers' formats are plain ASCII).
+
+    Raises:
+        OSError: ``path`` exists and is not a regular file, or the write, flush or rename failed (``path``
+            is then unchanged).
+        UnicodeEncodeError: ``text`` does not fit ``encoding`` (``path`` is then unchanged).
     """
     path = os.fspath(path)
     try:

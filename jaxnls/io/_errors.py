@@ -5,7 +5,13 @@ from __future__ import annotations
 
 class FileFormatError(ValueError):
     """A problem file that does not follow its format. ``str(err)`` is ``"FILE, line N: what"``; the
-    parts are kept as ``path``, ``line`` and ``reason``."""
+    parts are kept as ``path``, ``line`` and ``reason``.
+
+    Args:
+        path: the file's name as shown in the message (``"<string>"`` for parsed text).
+        line: the 1-based number of the offending line.
+        message: what is wrong, kept as ``reason``.
+    """
 
     def __init__(self, path: str, line: int, message: str):
         self.path = path

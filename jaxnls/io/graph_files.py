@@ -58,12 +58,16 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ._atomic import write_atomically
 from ._errors import FileFormatError, ascii_lines
+
+if TYPE_CHECKING:
+    from jaxtyping import Float, Int
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = [
     "QUATERNION_TOLERANCE",
@@ -85,37 +89,50 @@ __all__ = [
     "write_toro",
 ]
 
-#: A quaternion read from a file may differ from unit norm by this much; it is then normalised.
 QUATERNION_TOLERANCE = 1e-3
+"""A quaternion read from a file may differ from unit norm by this much; it is then normalised."""
 
 
 class GraphFormatError(FileFormatError):
-    """A pose-graph or BAL file that does not follow its format. ``str(err)`` is ``"FILE, line N: what"``."""
+    """A pose-graph or BAL file that does not follow its format. ``str(err)`` is ``"FILE, line N: what"``.
+
+    Args:
+        path: the file's name as shown in the message (``"<string>"`` for parsed text).
+        line: the 1-based number of the offending line.
+        message: what is wrong, kept as ``reason``.
+    """
 
 
 # --------------------------------------------------------------------------------------------------
 # Data structures
 
 
-def _readonly(a, dtype=np.float64) -> np.ndarray:
+def _readonly(a: ArrayLike, dtype: DTypeLike = np.float64) -> np.ndarray:
     a = np.array(a, dtype=dtype)
     a.flags.writeable = False
     return a
 
 
-def _empty(*shape, dtype=np.float64) -> np.ndarray:
+def _empty(*shape: int, dtype: DTypeLike = np.float64) -> np.ndarray:
     return _readonly(np.zeros(shape, dtype=dtype), dtype)
 
 
 class _PoseGraph:
     """What the 2-D and 3-D pose graphs share."""
 
+    # fields of both dataclasses (annotations only: this base is not a dataclass, so they add no field)
+    pose_ids: Int[np.ndarray, " N"]
+    edges: Int[np.ndarray, "E 2"]
+    information: Float[np.ndarray, "E d d"]
+
     @property
     def num_poses(self) -> int:
+        """N, the number of poses."""
         return int(self.pose_ids.shape[0])
 
     @property
     def num_edges(self) -> int:
+        """E, the number of pose-to-pose edges."""
         return int(self.edges.shape[0])
 
     def index_of(self, pose_id: int) -> int:
@@ -152,18 +169,18 @@ class PoseGraph2D(_PoseGraph):
             the nearest positive-definite one (``repair_information=True`` only; else such a file is refused).
     """
 
-    pose_ids: np.ndarray
-    poses: np.ndarray
-    edges: np.ndarray
-    measurements: np.ndarray
-    information: np.ndarray
-    landmark_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
-    landmarks: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2))
-    landmark_edges: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
-    landmark_measurements: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2))
-    landmark_information: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, 2))
-    fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
-    equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    pose_ids: Int[np.ndarray, " N"]
+    poses: Float[np.ndarray, "N 3"]
+    edges: Int[np.ndarray, "E 2"]
+    measurements: Float[np.ndarray, "E 3"]
+    information: Float[np.ndarray, "E 3 3"]
+    landmark_ids: Int[np.ndarray, " L"] = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    landmarks: Float[np.ndarray, "L 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2))
+    landmark_edges: Int[np.ndarray, "K 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    landmark_measurements: Float[np.ndarray, "K 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2))
+    landmark_information: Float[np.ndarray, "K 2 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2, 2))
+    fixed_ids: Int[np.ndarray, " F"] = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    equivalences: Int[np.ndarray, "Q 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
     initialized_from_odometry: bool = False
     repaired_information: int = 0
@@ -194,15 +211,15 @@ class PoseGraph3D(_PoseGraph):
             the nearest positive-definite one (``repair_information=True`` only; else such a file is refused).
     """
 
-    pose_ids: np.ndarray
-    translations: np.ndarray
-    quaternions: np.ndarray
-    edges: np.ndarray
-    measurement_translations: np.ndarray
-    measurement_quaternions: np.ndarray
-    information: np.ndarray
-    fixed_ids: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
-    equivalences: np.ndarray = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
+    pose_ids: Int[np.ndarray, " N"]
+    translations: Float[np.ndarray, "N 3"]
+    quaternions: Float[np.ndarray, "N 4"]
+    edges: Int[np.ndarray, "E 2"]
+    measurement_translations: Float[np.ndarray, "E 3"]
+    measurement_quaternions: Float[np.ndarray, "E 4"]
+    information: Float[np.ndarray, "E 6 6"]
+    fixed_ids: Int[np.ndarray, " F"] = dataclasses.field(default_factory=lambda: _empty(0, dtype=np.int64))
+    equivalences: Int[np.ndarray, "Q 2"] = dataclasses.field(default_factory=lambda: _empty(0, 2, dtype=np.int64))
     path: str | None = None
     initialized_from_odometry: bool = False
     repaired_information: int = 0
@@ -236,23 +253,26 @@ class BALProblem:
         path: the file it was read from, if any.
     """
 
-    cameras: np.ndarray
-    points: np.ndarray
-    camera_index: np.ndarray
-    point_index: np.ndarray
-    observations: np.ndarray
+    cameras: Float[np.ndarray, "C 9"]
+    points: Float[np.ndarray, "P 3"]
+    camera_index: Int[np.ndarray, " M"]
+    point_index: Int[np.ndarray, " M"]
+    observations: Float[np.ndarray, "M 2"]
     path: str | None = None
 
     @property
     def num_cameras(self) -> int:
+        """C, the number of cameras."""
         return int(self.cameras.shape[0])
 
     @property
     def num_points(self) -> int:
+        """P, the number of points."""
         return int(self.points.shape[0])
 
     @property
     def num_observations(self) -> int:
+        """M, the number of observations."""
         return int(self.observations.shape[0])
 
 
@@ -263,12 +283,18 @@ def _index_of(ids: np.ndarray, vertex_id: int, what: str) -> int:
     return int(hits[0])
 
 
-def sqrt_information(information) -> np.ndarray:
+def sqrt_information(information: Float[ArrayLike, "*batch d d"]) -> Float[np.ndarray, "*batch d d"]:
     r"""Upper-triangular square root :math:`R` of information matrices, :math:`R^\top R = \Omega`.
 
     ``information`` has shape ``(..., n, n)``. The solver whitens a residual :math:`r` as :math:`R r`,
     so that :math:`\lVert R r\rVert^2 = r^\top \Omega r`. :math:`R` is the transposed lower Cholesky
     factor (positive diagonal), the same factor GTSAM's ``noiseModel.Gaussian.R()`` returns.
+
+    Args:
+        information: ``(..., n, n)`` symmetric positive-definite information matrices :math:`\Omega`.
+
+    Returns:
+        ``(..., n, n)`` float64 upper-triangular :math:`R`.
 
     Raises:
         ValueError: a matrix is not symmetric positive definite.
@@ -285,10 +311,21 @@ def sqrt_information(information) -> np.ndarray:
     return np.swapaxes(lower, -1, -2).copy()
 
 
-def nearest_positive_definite(information, relative_floor: float = 1e-9) -> np.ndarray:
+def nearest_positive_definite(
+    information: Float[ArrayLike, "*batch d d"], relative_floor: float = 1e-9
+) -> Float[np.ndarray, "*batch d d"]:
     r"""The symmetric matrix nearest to ``information`` in the Frobenius norm among those with every
     eigenvalue at least ``relative_floor`` times the largest magnitude (Higham 1988: the symmetric part with
-    its eigenvalues clipped); the floor keeps it invertible, so that its square root whitens."""
+    its eigenvalues clipped); the floor keeps it invertible, so that its square root whitens.
+
+    Args:
+        information: ``(..., n, n)`` matrices; only their symmetric part is used.
+        relative_floor: the smallest eigenvalue kept, relative to the largest eigenvalue magnitude of each
+            matrix (default 1e-9).
+
+    Returns:
+        ``(..., n, n)`` float64 symmetric positive-definite matrices (the identity for an all-zero matrix).
+    """
     info = np.asarray(information, dtype=np.float64)
     symmetric = 0.5 * (info + np.swapaxes(info, -1, -2))
     values, vectors = np.linalg.eigh(symmetric)
@@ -548,7 +585,7 @@ class _GraphParser:
             )
         if self.dimension is None:
             raise self.error(1, "the file contains no vertices or edges")
-        return self._build()
+        return self._build(self.dimension)
 
     def _line(self, number: int, tokens: list[str]):
         tag = tokens[0]
@@ -709,7 +746,7 @@ class _GraphParser:
             )
         return entry[1]
 
-    def _build(self) -> PoseGraph2D | PoseGraph3D:
+    def _build(self, dimension: int) -> PoseGraph2D | PoseGraph3D:
         self._check_information()
         chained = not self.vertices and bool(self.edges) and not self.landmark_edges
         if chained:
@@ -726,7 +763,7 @@ class _GraphParser:
             [(self._resolve(a, n, "pose"), self._resolve(b, n, "pose")) for a, b, n in self.equivalences],
             dtype=np.int64,
         ).reshape(-1, 2)
-        common = dict(
+        common: dict[str, Any] = dict(
             pose_ids=_readonly(self.pose_ids, np.int64),
             edges=_readonly(edges, np.int64),
             fixed_ids=_readonly(fixed, np.int64),
@@ -735,7 +772,7 @@ class _GraphParser:
             initialized_from_odometry=chained,
             repaired_information=self.repaired,
         )
-        n = self.dimension
+        n = dimension
         info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
         if n == 2:
             landmark_edges = np.array(
@@ -769,14 +806,41 @@ class _GraphParser:
 def parse_g2o(
     content: bytes | str, path: str = "<string>", *, repair_information: bool = False
 ) -> PoseGraph2D | PoseGraph3D:
-    """:func:`read_g2o` on a file's contents (``path`` is only used in error messages)."""
+    """:func:`read_g2o` on a file's contents (``path`` is only used in error messages).
+
+    Args:
+        content: the file's text or bytes (plain ASCII).
+        path: the name error messages give the file.
+        repair_information: replace information matrices that are not positive definite by the nearest
+            positive-definite ones (:func:`nearest_positive_definite`; counted in ``repaired_information``)
+            instead of refusing the file.
+
+    Returns:
+        A :class:`PoseGraph2D`, or a :class:`PoseGraph3D` for ``*_SE3:QUAT`` records.
+
+    Raises:
+        GraphFormatError: the content does not follow the format (the message names the line).
+    """
     return _GraphParser(path, _lines(content, path), "g2o", repair_information).parse()
 
 
 def parse_toro(
     content: bytes | str, path: str = "<string>", *, repair_information: bool = False
 ) -> PoseGraph2D | PoseGraph3D:
-    """:func:`read_toro` on a file's contents (``path`` is only used in error messages)."""
+    """:func:`read_toro` on a file's contents (``path`` is only used in error messages).
+
+    Args:
+        content: the file's text or bytes (plain ASCII).
+        path: the name error messages give the file.
+        repair_information: replace information matrices that are not positive definite by the nearest
+            positive-definite ones (counted in ``repaired_information``) instead of refusing the file.
+
+    Returns:
+        A :class:`PoseGraph2D` (``VERTEX2``/``EDGE2``) or :class:`PoseGraph3D` (``VERTEX3``/``EDGE3``).
+
+    Raises:
+        GraphFormatError: the content does not follow the format (the message names the line).
+    """
     return _GraphParser(path, _lines(content, path), "toro", repair_information).parse()
 
 
@@ -799,6 +863,15 @@ def read_g2o(path: str | os.PathLike, *, repair_information: bool = False) -> Po
     ``manhattan.g2o``) starts from the chained odometry: the lowest id at the identity, the others composed
     along a breadth-first spanning tree of the edges in file order (``initialized_from_odometry`` is then
     True); otherwise every vertex an edge uses must be defined.
+
+    Args:
+        path: the file.
+        repair_information: replace information matrices that are not positive definite by the nearest
+            positive-definite ones (:func:`nearest_positive_definite`; counted in ``repaired_information``)
+            instead of refusing the file.
+
+    Returns:
+        A :class:`PoseGraph2D`, or a :class:`PoseGraph3D` for ``*_SE3:QUAT`` records.
 
     Raises:
         GraphFormatError: the file does not follow the format (the message names the line).
@@ -823,6 +896,14 @@ def read_toro(path: str | os.PathLike, *, repair_information: bool = False) -> P
     examples start such files (``initialized_from_odometry`` says so); otherwise every vertex an edge uses
     must be defined.
 
+    Args:
+        path: the file.
+        repair_information: replace information matrices that are not positive definite by the nearest
+            positive-definite ones (counted in ``repaired_information``) instead of refusing the file.
+
+    Returns:
+        A :class:`PoseGraph2D` (``VERTEX2``/``EDGE2``) or :class:`PoseGraph3D` (``VERTEX3``/``EDGE3``).
+
     Raises:
         GraphFormatError: the file does not follow the format (the message names the line).
         OSError: the file cannot be read.
@@ -832,9 +913,21 @@ def read_toro(path: str | os.PathLike, *, repair_information: bool = False) -> P
 
 
 def read_pose_graph(path: str | os.PathLike, *, repair_information: bool = False) -> PoseGraph2D | PoseGraph3D:
-    """Read a g2o or TORO file, whichever :func:`detect_format` says it is. ``repair_information``: replace
-    information matrices that are not positive definite by the nearest positive-definite ones (counted in
-    ``repaired_information``) instead of refusing the file."""
+    """Read a g2o or TORO file, whichever :func:`detect_format` says it is.
+
+    Args:
+        path: the file.
+        repair_information: replace information matrices that are not positive definite by the nearest
+            positive-definite ones (counted in ``repaired_information``) instead of refusing the file.
+
+    Returns:
+        A :class:`PoseGraph2D` or :class:`PoseGraph3D`.
+
+    Raises:
+        GraphFormatError: the file is not a pose graph (a BAL or NIST file, or no format fits) or does not
+            follow its format.
+        OSError: the file cannot be read.
+    """
     fmt = detect_format(path)
     if fmt == "g2o":
         return read_g2o(path, repair_information=repair_information)
@@ -854,6 +947,12 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
     first non-blank line), or the record tags. Files whose only tags are ``VERTEX2``/``EDGE2`` -- valid
     in both pose-graph formats, with different information orders -- are g2o when the name ends in
     ``.g2o`` and TORO otherwise.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``"g2o"``, ``"toro"``, ``"bal"`` or ``"nist"``.
 
     Raises:
         GraphFormatError: none of the formats fits (or the file mixes g2o-only and TORO-only tags).
@@ -926,6 +1025,10 @@ def _write(path: str | os.PathLike, lines: list[str]):
 def write_g2o(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> None:
     """Write ``graph`` as a g2o file (``VERTEX_SE2``/``EDGE_SE2``/... or ``*_SE3:QUAT``, then ``FIX``).
 
+    Args:
+        path: the file, replaced atomically (:func:`write_atomically`).
+        graph: the pose graph; its file ids are written, its dense indices mapped back to them.
+
     Raises:
         ValueError: the graph has TORO ``EQUIV`` constraints (g2o has no such record) or non-finite values.
     """
@@ -959,6 +1062,10 @@ def write_toro(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> Non
 
     3-D rotations are written as roll, pitch, yaw, so reading the file back reproduces the rotations
     to rounding (~1e-16), not bit for bit, and the quaternions possibly with the opposite sign.
+
+    Args:
+        path: the file, replaced atomically (:func:`write_atomically`).
+        graph: the pose graph; its file ids are written, its dense indices mapped back to them.
 
     Raises:
         ValueError: the graph has landmarks or ``FIX`` anchors (TORO has no record for them) or
@@ -1019,7 +1126,18 @@ def _bal_fast(tokens: list[str], num_cameras: int, num_points: int, num_obs: int
 
 
 def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
-    """:func:`read_bal` on a file's contents (``path`` is only used in error messages)."""
+    """:func:`read_bal` on a file's contents (``path`` is only used in error messages).
+
+    Args:
+        content: the file's text or bytes (plain ASCII).
+        path: the name error messages give the file.
+
+    Returns:
+        The :class:`BALProblem`.
+
+    Raises:
+        GraphFormatError: the content does not follow the format (the message names the line).
+    """
     lines = _lines(content, path)
     tokens: list[str] = []
     where: list[int] = []
@@ -1126,6 +1244,12 @@ def read_bal(path: str | os.PathLike) -> BALProblem:
         rx ry rz tx ty tz f k1 k2             (num_cameras times)
         X Y Z                                 (num_points times)
 
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`BALProblem`.
+
     Raises:
         GraphFormatError: the file does not follow the format (the message names the line of the
             offending number).
@@ -1138,6 +1262,10 @@ def read_bal(path: str | os.PathLike) -> BALProblem:
 def write_bal(path: str | os.PathLike, problem: BALProblem) -> None:
     """Write ``problem`` as a BAL file (one observation per line, one number per line for the parameters,
     as the BAL distribution does).
+
+    Args:
+        path: the file, replaced atomically (:func:`write_atomically`).
+        problem: the problem to write.
 
     Raises:
         ValueError: non-finite values.

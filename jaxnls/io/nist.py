@@ -25,17 +25,28 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import FileFormatError, ascii_lines
 
+if TYPE_CHECKING:
+    from jaxtyping import Array, Float
+    from numpy.typing import ArrayLike
+
 __all__ = ["NistFormatError", "NistModel", "NistProblem", "log_relative_error", "parse_nist", "read_nist"]
 
 
 class NistFormatError(FileFormatError):
-    """A NIST StRD file that does not follow the format. ``str(err)`` is ``"FILE, line N: what"``."""
+    """A NIST StRD file that does not follow the format. ``str(err)`` is ``"FILE, line N: what"``.
+
+    Args:
+        path: the file's name as shown in the message (``"<string>"`` for parsed text).
+        line: the 1-based number of the offending line.
+        message: what is wrong, kept as ``reason``.
+    """
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +90,19 @@ class NistModel:
     ``x`` has shape ``(n,)`` with one predictor or ``(n, p)`` with several (columns in the order of
     :attr:`predictors`). Two models with the same text and names compare equal and hash alike, so
     re-reading a file reuses jaxnls' compiled solve.
+
+    Built by :func:`parse_nist` / :func:`read_nist`, which check the expressions and compile the trees.
+
+    Args:
+        lhs_text: the left-hand side as written (``"y"``, or ``"log[y]"`` for Nelson).
+        rhs_text: the right-hand side as written, without ``+ e``.
+        parameters: the parameter names in order (``b1``, ..., ``bk``).
+        predictors: the predictor names in the order of the columns of ``x``.
+        response: the response name (``y``).
+        constants: the named constants the expressions may use and their values: ``pi`` and those the
+            file's ``Model:`` section defines.
+        lhs_tree: the compiled left-hand side.
+        rhs_tree: the compiled right-hand side.
     """
 
     def __init__(
@@ -118,7 +142,12 @@ class NistModel:
     def __repr__(self):
         return f"NistModel({self.lhs_text} = {self.rhs_text})"
 
-    def predict(self, params, x, xp=None):
+    def predict(
+        self,
+        params: Float[Array | np.ndarray, " k"],
+        x: Float[Array | np.ndarray, "n ..."],
+        xp: ModuleType | None = None,
+    ) -> Float[Array | np.ndarray, " n"]:
         """The right-hand side ``f(b, x)`` (for Nelson: the model of ``log[y]``)."""
         xp = _array_module(xp)
         names = {name: params[i] for i, name in enumerate(self.parameters)}
@@ -129,20 +158,32 @@ class NistModel:
                 names[name] = x[..., j]
         return _evaluate(self._rhs, names, self.constants, xp)
 
-    def transform_response(self, y, xp=None):
+    def transform_response(
+        self, y: Float[ArrayLike, " n"], xp: ModuleType | None = None
+    ) -> Float[Array | np.ndarray, " n"]:
         """The left-hand side ``g(y)`` the model is fitted to (``y`` itself, or ``log[y]``)."""
         return _evaluate(self._lhs, {self.response: y}, self.constants, _array_module(xp))
 
-    def residuals(self, params, x, y, xp=None):
+    def residuals(
+        self,
+        params: Float[Array | np.ndarray, " k"],
+        x: Float[Array | np.ndarray, "n ..."],
+        y: Float[ArrayLike, " n"],
+        xp: ModuleType | None = None,
+    ) -> Float[Array | np.ndarray, " n"]:
         """``g(y) - f(b, x)``, the NIST residuals."""
         return self.transform_response(y, xp) - self.predict(params, x, xp)
 
-    def __call__(self, params, args):
+    def __call__(
+        self,
+        params: Float[Array | np.ndarray, " k"],
+        args: tuple[Float[Array | np.ndarray, "n ..."], Float[ArrayLike, " n"]],
+    ) -> Float[Array | np.ndarray, " n"]:
         x, y = args
         return self.residuals(params, x, y)
 
 
-def _array_module(xp):
+def _array_module(xp: ModuleType | None) -> ModuleType:
     if xp is None:
         import jax.numpy as jnp
 
@@ -276,7 +317,8 @@ class NistProblem:
         certified_rss: certified residual sum of squares.
         certified_residual_sd: certified residual standard deviation.
         degrees_of_freedom: as stated in the file.
-        predictor_names / response_name: column names from the data header (``x`` or ``x1, x2``; ``y``).
+        predictor_names: the predictors' column names from the data header (``("x",)`` or ``("x1", "x2")``).
+        response_name: the response's column name (``y``).
         x: ``(n,)`` predictor values, or ``(n, p)`` with several predictors.
         y: ``(n,)`` responses.
         residual_fn: ``residual_fn(params, args)`` for :func:`jaxnls.solve`, with ``params`` the
@@ -289,48 +331,58 @@ class NistProblem:
     model_class: str
     model: str
     parameter_names: tuple[str, ...]
-    starts: np.ndarray
-    certified_values: np.ndarray
-    certified_std_devs: np.ndarray
+    starts: Float[np.ndarray, "2 k"]
+    certified_values: Float[np.ndarray, " k"]
+    certified_std_devs: Float[np.ndarray, " k"]
     certified_rss: float
     certified_residual_sd: float
     degrees_of_freedom: int
     predictor_names: tuple[str, ...]
     response_name: str
-    x: np.ndarray
-    y: np.ndarray
+    x: Float[np.ndarray, "n ..."]
+    y: Float[np.ndarray, " n"]
     residual_fn: NistModel
     path: str
 
     @property
     def num_params(self) -> int:
+        """k, the number of parameters."""
         return len(self.parameter_names)
 
     @property
     def num_observations(self) -> int:
+        """n, the number of observations."""
         return int(self.y.shape[0])
 
     @property
-    def args(self) -> tuple[np.ndarray, np.ndarray]:
+    def args(self) -> tuple[Float[np.ndarray, "n ..."], Float[np.ndarray, " n"]]:
         """``(x, y)``, the ``args`` of :attr:`residual_fn`."""
         return (self.x, self.y)
 
-    def rss(self, params, xp=np) -> float | Any:
+    def rss(self, params: Float[Array | np.ndarray, " k"], xp: ModuleType = np) -> float | Any:
         """Residual sum of squares at ``params`` (NumPy float64 by default; ``xp=jax.numpy`` to trace)."""
         r = self.residual_fn.residuals(params, self.x, self.y, xp=xp)
         return xp.sum(r * r)
 
-    def lre(self, params, cap: float = 15.0) -> np.ndarray:
+    def lre(self, params: Float[ArrayLike, " k"], cap: float = 15.0) -> Float[np.ndarray, " k"]:
         """Log relative error of each parameter against the certified values (see :func:`log_relative_error`)."""
         return log_relative_error(params, self.certified_values, cap)
 
 
-def log_relative_error(estimate, certified, cap: float = 15.0) -> np.ndarray:
+def log_relative_error(estimate: ArrayLike, certified: ArrayLike, cap: float = 15.0) -> np.ndarray:
     r"""NIST's LRE, :math:`-\log_{10}(|q - c| / |c|)`: the number of agreeing significant digits.
 
     Absolute error where ``c == 0``; ``cap`` for an exact match; 0 for a non-finite estimate or one with
     no agreeing digit. The certified values carry 11 significant digits, so about 10-11 is the most that
     can be measured.
+
+    Args:
+        estimate: the estimates :math:`q`, any shape broadcasting with ``certified``.
+        certified: the certified values :math:`c`.
+        cap: the LRE of an exact match and the largest value returned (default 15).
+
+    Returns:
+        The LRE of each entry, float64 in ``[0, cap]``.
     """
     q = np.asarray(estimate, dtype=np.float64)
     c = np.asarray(certified, dtype=np.float64)
@@ -362,6 +414,12 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def read_nist(path: str | os.PathLike) -> NistProblem:
     """Read and validate a NIST StRD nonlinear-regression ``.dat`` file.
 
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`NistProblem`.
+
     Raises:
         NistFormatError: the file does not follow the StRD layout (the message names the line).
         OSError: the file cannot be read.
@@ -373,7 +431,18 @@ def read_nist(path: str | os.PathLike) -> NistProblem:
 
 
 def parse_nist(content: bytes | str, path: str = "<string>") -> NistProblem:
-    """:func:`read_nist` on the file's contents (``path`` is only used in error messages)."""
+    """:func:`read_nist` on the file's contents (``path`` is only used in error messages).
+
+    Args:
+        content: the file's text or bytes (plain ASCII).
+        path: the name error messages give the file.
+
+    Returns:
+        The :class:`NistProblem`.
+
+    Raises:
+        NistFormatError: the content does not follow the StRD layout (the message names the line).
+    """
     if isinstance(content, str):
         content = content.encode("utf-8", errors="surrogateescape")
     return _Parser(path, ascii_lines(content, path, NistFormatError, "a NIST StRD file")).parse()
@@ -442,7 +511,7 @@ class _Parser:
     # ------------------------------------------------------------------
     def _name(self) -> str:
         number, match = self.find(re.compile(r"^\s*Dataset\s+Name:\s*(\S*)"))
-        if number is None:
+        if number is None or match is None:
             raise self.error(min(2, len(self.lines)), "missing section: no 'Dataset Name:' line")
         if not _IDENT.fullmatch(match.group(1)):
             raise self.error(number, f"invalid dataset name {match.group(1)!r}")
@@ -454,7 +523,7 @@ class _Parser:
         blocks = {}
         for label, pattern in _DECLARATION.items():
             number, match = self.find(pattern)
-            if number is None:
+            if number is None or match is None:
                 raise self.error(
                     where, f"missing section: no '{label} (lines A to B)' declaration in the File Format header"
                 )
@@ -471,23 +540,23 @@ class _Parser:
 
     def _data_description(self, stop: int) -> tuple[int, int, str]:
         number, match = self.find(re.compile(r"^\s*(?:Data:)?\s*(\S+)\s+Observations\s*$"), 1, stop)
-        if number is None:
+        if number is None or match is None:
             raise self.error(1, "missing section: no 'N Observations' line in the Data description")
         num_obs = _integer(match.group(1), self.path, number, "the number of observations")
         if num_obs == 0:
             raise self.error(number, "zero observations")
         level_line, level = self.find(re.compile(r"\b(Lower|Average|Higher)\s+Level\s+of\s+Difficulty"), 1, stop)
-        if level_line is None:
+        if level_line is None or level is None:
             raise self.error(number, "missing section: no '... Level of Difficulty' line in the Data description")
         return num_obs, number, level.group(1)
 
     def _model_header(self, stop: int) -> tuple[int, str, int, int]:
         model_line, match = self.find(re.compile(r"^\s*Model:\s*(.*?)\s*$"), 1, stop)
-        if model_line is None:
+        if model_line is None or match is None:
             raise self.error(1, f"missing section: no 'Model:' section before line {stop}")
         model_class = match.group(1)
         k_line, k_match = self.find(re.compile(r"^\s*(\S+)\s+Parameters?\s*\((.*)\)\s*$"), model_line, stop)
-        if k_line is None:
+        if k_line is None or k_match is None:
             raise self.error(model_line, "missing the 'k Parameters (b1 to bk)' line in the Model section")
         k = _integer(k_match.group(1), self.path, k_line, "the number of parameters")
         if k > 1000:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._spectral import _check_square, _symmetrize
@@ -27,16 +28,27 @@ def _inverse_gaps(values, tolerance):
     return jnp.where(tied, 0.0, 1.0 / jnp.where(tied, 1.0, gaps))
 
 
-def eigh(a: Float[Array, "... n n"], tie_tolerance: float | None = None):
+def eigh(
+    a: Float[Array, "... n n"], tie_tolerance: float | None = None
+) -> tuple[Float[Array, "... n"], Float[Array, "... n n"]]:
     r"""Eigenvalues (ascending) and eigenvectors of a symmetric matrix, with a derivative finite at ties.
 
     :math:`\dot λ_i = u_i^\top \dot A u_i`, :math:`\dot U = U (K \circ U^\top \dot A U)` with
     :math:`K_{ij} = 1/(λ_j - λ_i)` for :math:`|λ_j - λ_i| >` ``tie_tolerance``·max|λ| (default √eps) and 0
     otherwise.
+
+    Args:
+        a: ``(..., n, n)`` symmetric floating matrices (only the symmetric part is used).
+        tie_tolerance: eigenvalues closer than this times max|λ| count as tied; None (default): √ε of
+            ``a``'s dtype.
+
+    Returns:
+        ``(eigenvalues, eigenvectors)``: ``(..., n)`` ascending and ``(..., n, n)`` with the eigenvectors as
+        columns, as :func:`jax.numpy.linalg.eigh`.
     """
     a = jnp.asarray(a)
     _check_square(a)
-    tolerance = float(jnp.sqrt(jnp.finfo(a.dtype).eps)) if tie_tolerance is None else tie_tolerance
+    tolerance = float(np.sqrt(jnp.finfo(a.dtype).eps)) if tie_tolerance is None else tie_tolerance
 
     @jax.custom_jvp
     def decompose(a):
@@ -54,7 +66,9 @@ def eigh(a: Float[Array, "... n n"], tie_tolerance: float | None = None):
     return decompose(a)
 
 
-def svd(a: Float[Array, "... m n"], tie_tolerance: float | None = None):
+def svd(
+    a: Float[Array, "... m n"], tie_tolerance: float | None = None
+) -> tuple[Float[Array, "... m k"], Float[Array, "... k"], Float[Array, "... k n"]]:
     r"""Thin SVD ``a = U diag(s) Vᵀ`` (s descending) with a derivative finite at repeated and zero singular values.
 
     With :math:`P = U^\top \dot A V`, :math:`\dot s = \mathrm{diag}(P)`, and (m ≥ n; the transpose otherwise)
@@ -67,6 +81,15 @@ def svd(a: Float[Array, "... m n"], tie_tolerance: float | None = None):
     :math:`G_{ij} = 1/(s_j - s_i)`, :math:`H_{ij} = 1/(s_i + s_j)`, only G is singular at a tie and only it is
     set to 0 there: the rotation part stays exact, so e.g. the polar factor :math:`UV^\top` is differentiated
     exactly even at repeated singular values.
+
+    Args:
+        a: ``(..., m, n)`` floating matrices.
+        tie_tolerance: singular values closer than this times max s count as tied, and those at most this
+            times max s as zero; None (default): √ε of ``a``'s dtype.
+
+    Returns:
+        ``(u, s, vt)``: ``(..., m, k)``, ``(..., k)`` descending and ``(..., k, n)``, k = min(m, n), as
+        ``jax.numpy.linalg.svd(a, full_matrices=False)``.
     """
     a = jnp.asarray(a)
     if a.ndim < 2 or not jnp.issubdtype(a.dtype, jnp.floating):
@@ -74,14 +97,14 @@ def svd(a: Float[Array, "... m n"], tie_tolerance: float | None = None):
     if a.shape[-2] < a.shape[-1]:
         u, s, vt = svd(jnp.swapaxes(a, -1, -2), tie_tolerance)
         return jnp.swapaxes(vt, -1, -2), s, jnp.swapaxes(u, -1, -2)
-    tolerance = float(jnp.sqrt(jnp.finfo(a.dtype).eps)) if tie_tolerance is None else tie_tolerance
+    tolerance = float(np.sqrt(jnp.finfo(a.dtype).eps)) if tie_tolerance is None else tie_tolerance
 
     @jax.custom_jvp
-    def decompose(a):
-        return jnp.linalg.svd(a, full_matrices=False)
+    def decompose(a: Array) -> tuple[Array, Array, Array]:
+        return jnp.linalg.svd(a, full_matrices=False, compute_uv=True)
 
     @decompose.defjvp
-    def decompose_jvp(primals, tangents):
+    def decompose_jvp(primals, tangents) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
         (a,), (a_dot,) = primals, tangents
         u, s, vt = jnp.linalg.svd(a, full_matrices=False)
         v = jnp.swapaxes(vt, -1, -2)

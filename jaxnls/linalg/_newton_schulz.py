@@ -18,6 +18,13 @@ def sqrtm_newton_schulz(a: Float[Array, "... n n"], num_iterations: int = 10) ->
     ones: a badly conditioned A needs more iterations (compare with :func:`sqrtm_spd`, exact up to
     rounding). Differentiated by ordinary autodiff through the products — no eigendecomposition, so
     nothing divides by an eigenvalue gap; well suited to accelerators.
+
+    Args:
+        a: ``(..., n, n)`` symmetric positive-(semi)definite matrices with a positive trace.
+        num_iterations: N, the number of iterations, >= 1 (default 10).
+
+    Returns:
+        ``(..., n, n)``, :math:`\sqrt{\mathrm{tr} A}\, Y_N`.
     """
     a = jnp.asarray(a)
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:

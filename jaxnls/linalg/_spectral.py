@@ -44,7 +44,18 @@ def _log1p_ratio(x):
 
 
 class SpectralFunction:
-    """A scalar function applied to the eigenvalues of a symmetric matrix, with its divided difference."""
+    r"""A scalar function applied to the eigenvalues of a symmetric matrix, with its divided difference.
+
+    ``F(a)`` is :func:`matrix_function` with :math:`f` = ``value`` and :math:`L` from ``divided_difference``;
+    :data:`logm_spd`, :data:`expm_sym` and :data:`sqrtm_spd` are instances.
+
+    Args:
+        value: :math:`f`, applied elementwise to the ``(..., n)`` eigenvalues.
+        divided_difference: ``divided_difference(λ_i, λ_j)``, broadcasting, giving
+            :math:`(f(λ_i) - f(λ_j))/(λ_i - λ_j)` and :math:`f'(λ_i)` where :math:`λ_i = λ_j`, evaluated
+            without cancellation near ties.
+        name: the function's ``__name__``.
+    """
 
     def __init__(self, value: Callable, divided_difference: Callable, name: str):
         self.value = value
@@ -69,7 +80,19 @@ def _apply(fn: SpectralFunction, a):
 def matrix_function(a: Float[Array, "... n n"], spectrum: Callable) -> Float[Array, "... n n"]:
     r"""``U diag(f) Uᵀ`` for ``a = U diag(λ) Uᵀ``, with ``(f, L) = spectrum(λ)`` giving the new eigenvalues and
     the Loewner matrix of divided differences :math:`L_{ij} = (f_i - f_j)/(λ_i - λ_j)` (``f'`` on ties)
-    that defines the derivative :math:`\dot F = U (L \circ U^\top \dot A U) U^\top`."""
+    that defines the derivative :math:`\dot F = U (L \circ U^\top \dot A U) U^\top`.
+
+    Args:
+        a: ``(..., n, n)`` symmetric floating matrices (only the symmetric part is used).
+        spectrum: ``spectrum(λ) -> (f, L)``: from the ``(..., n)`` ascending eigenvalues, the new
+            eigenvalues ``(..., n)`` and the Loewner matrix ``(..., n, n)``.
+
+    Returns:
+        ``(..., n, n)``, :math:`F(A) = U\,\mathrm{diag}(f)\,U^\top`.
+
+    Raises:
+        ValueError: ``a`` is not a (batch of) square floating matrices.
+    """
     a = jnp.asarray(a)
     _check_square(a)
 
@@ -100,6 +123,13 @@ def top_k_projector(a: Float[Array, "... n n"], k: int) -> Float[Array, "... n n
     repeated eigenvalues inside the top k or inside the rest are harmless; the projector itself is not
     differentiable (nor continuous) when :math:`λ_{n-k} = λ_{n-k+1}`, and its derivative grows as the inverse
     of that gap.
+
+    Args:
+        a: ``(..., n, n)`` symmetric floating matrices.
+        k: how many of the largest eigenvalues' eigenvectors span the projector, 1 to n.
+
+    Returns:
+        ``(..., n, n)``, the rank-k projector :math:`U_k U_k^\top`.
     """
     n = jnp.shape(a)[-1]
     if not 1 <= k <= n:
@@ -132,16 +162,45 @@ def _sqrt_divided_difference(li, lj):
 
 
 logm_spd = SpectralFunction(jnp.log, _log_divided_difference, "logm_spd")
-logm_spd.__doc__ = "Matrix logarithm of a symmetric positive-definite matrix (Daleckii–Krein derivative)."
+logm_spd.__doc__ = """Matrix logarithm of a symmetric positive-definite matrix (Daleckii–Krein derivative).
+
+Args:
+    a: ``(..., n, n)`` symmetric positive-definite floating matrices.
+
+Returns:
+    ``(..., n, n)``, ``U diag(log λ) Uᵀ``.
+"""
 expm_sym = SpectralFunction(jnp.exp, _exp_divided_difference, "expm_sym")
-expm_sym.__doc__ = "Matrix exponential of a symmetric matrix (Daleckii–Krein derivative)."
+expm_sym.__doc__ = """Matrix exponential of a symmetric matrix (Daleckii–Krein derivative).
+
+Args:
+    a: ``(..., n, n)`` symmetric floating matrices.
+
+Returns:
+    ``(..., n, n)``, ``U diag(exp λ) Uᵀ``.
+"""
 sqrtm_spd = SpectralFunction(jnp.sqrt, _sqrt_divided_difference, "sqrtm_spd")
-sqrtm_spd.__doc__ = "Principal square root of a symmetric positive-definite matrix (Daleckii–Krein derivative)."
+sqrtm_spd.__doc__ = """Principal square root of a symmetric positive-definite matrix (Daleckii–Krein derivative).
+
+Args:
+    a: ``(..., n, n)`` symmetric positive-definite floating matrices.
+
+Returns:
+    ``(..., n, n)``, ``U diag(√λ) Uᵀ``, symmetric positive definite.
+"""
 
 
 def powm_spd(a: Float[Array, "... n n"], power: float) -> Float[Array, "... n n"]:
     r"""``A^p`` for symmetric positive-definite A, real p, with the Daleckii–Krein derivative
-    (divided difference :math:`λ_j^{p-1}\,\mathrm{expm1}(p\,\mathrm{log1p}(δ/λ_j))/(δ/λ_j)`)."""
+    (divided difference :math:`λ_j^{p-1}\,\mathrm{expm1}(p\,\mathrm{log1p}(δ/λ_j))/(δ/λ_j)`).
+
+    Args:
+        a: ``(..., n, n)`` symmetric positive-definite floating matrices.
+        power: the real exponent p.
+
+    Returns:
+        ``(..., n, n)``, :math:`U\,\mathrm{diag}(λ^p)\,U^\top`.
+    """
 
     def divided_difference(li, lj):
         ratio = (li - lj) / lj

@@ -16,11 +16,12 @@ is solved to working precision.
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, DTypeLike, Float, PyTree
 
 from .._numerics import safe_sqrt
 
@@ -37,7 +38,10 @@ class AbstractLinearization(eqx.Module):
     implementation exist.
     """
 
-    # every implementation has the field ``gradient: Float[Array, " n"]`` (Jᵀr)
+    # every implementation has the field ``gradient: Float[Array, " n"]`` (Jᵀr); declared for type checkers
+    # only (a field here would be one of every subclass, an eqx.AbstractVar needs unstringified annotations)
+    if TYPE_CHECKING:
+        gradient: Float[Array, " n"]
 
     @abc.abstractmethod
     def diagonal(self) -> Float[Array, " n"]:
@@ -65,6 +69,12 @@ class Linearization(AbstractLinearization):
     ``jacobian``/``residual`` are kept only by solvers that need them (QR); the normal-equation
     solver keeps ``Jᵀr`` and ``JᵀJ`` alone, which is what keeps the batched loop's memory at O(n²) per
     problem.
+
+    Attributes:
+        gradient: ``Jᵀr``, ``(n,)``.
+        gram: ``JᵀJ``, ``(n, n)``.
+        jacobian: ``J``, ``(m, n)``, or None where the solver does not keep it.
+        residual: ``r``, ``(m,)``, or None where the solver does not keep it.
     """
 
     gradient: Float[Array, " n"]  # Jᵀ r
@@ -102,15 +112,18 @@ class Linearization(AbstractLinearization):
         return jnp.sum(v[:, None] * self.gram * v[None, :])
 
 
-class AbstractLinearSolver(eqx.Module):
+_LinearizationT = TypeVar("_LinearizationT", bound=AbstractLinearization)
+
+
+class AbstractLinearSolver(eqx.Module, Generic[_LinearizationT]):
     """Solves the damped Gauss-Newton system of one problem."""
 
     @abc.abstractmethod
-    def linearize(self, residual: Float[Array, " m"], jacobian: Float[Array, "m n"]) -> Linearization:
+    def linearize(self, residual: Float[Array, " m"], jacobian: PyTree) -> _LinearizationT:
         """Keep what :meth:`solve` needs of the linearisation at the current point."""
 
     @abc.abstractmethod
-    def solve(self, lin: Linearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
+    def solve(self, lin: _LinearizationT, damping: Float[Array, " n"]) -> Float[Array, " n"]:
         """Return δ solving ``(JᵀJ + diag(damping)) δ = -Jᵀr``."""
 
 
@@ -138,9 +151,17 @@ def _contract(a: Array, b: Array, axis_a: int, axis_b: int) -> Array:
     return jax.lax.dot_general(a, b, (((axis_a,), (axis_b,)), ((), ())))
 
 
-def pivot_floor(n: int, dtype) -> float:
+def pivot_floor(n: int, dtype: DTypeLike) -> float:
     """The step solvers' relative pivot floor, ``10·n·ε``: a pivot of a unit-diagonal ``n×n`` matrix below
-    it is rounding noise, not information."""
+    it is rounding noise, not information.
+
+    Args:
+        n: the size of the system.
+        dtype: the floating dtype whose machine epsilon ε is used.
+
+    Returns:
+        ``10·n·ε`` as a Python float.
+    """
     return 10.0 * n * float(jnp.finfo(dtype).eps)
 
 
@@ -155,17 +176,17 @@ def _unrolled_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floo
     dozen vectorised elementwise operations instead of a loop of LAPACK calls.
     """
     n = a.shape[0]
-    lower = [[None] * n for _ in range(n)]
+    lower: list[list[Any]] = [[None] * n for _ in range(n)]
     for j in range(n):
         pivot = a[j, j] - sum((lower[j][k] ** 2 for k in range(j)), start=jnp.zeros((), a.dtype))
         lower[j][j] = jnp.sqrt(jnp.maximum(pivot, floor))
         for i in range(j + 1, n):
             off = a[i, j] - sum((lower[i][k] * lower[j][k] for k in range(j)), start=jnp.zeros((), a.dtype))
             lower[i][j] = off / lower[j][j]
-    y = [None] * n
+    y: list[Any] = [None] * n
     for i in range(n):
         y[i] = (b[i] - sum((lower[i][k] * y[k] for k in range(i)), start=jnp.zeros((), a.dtype))) / lower[i][i]
-    x = [None] * n
+    x: list[Any] = [None] * n
     for i in reversed(range(n)):
         x[i] = (y[i] - sum((lower[k][i] * x[k] for k in range(i + 1, n)), start=jnp.zeros((), a.dtype))) / lower[i][i]
     return jnp.stack(x)
@@ -180,18 +201,18 @@ def _lapack_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor:
     return jnp.where(jnp.all(jnp.isfinite(x)), x, b)
 
 
-class Cholesky(AbstractLinearSolver):
+class Cholesky(AbstractLinearSolver[Linearization]):
     r"""Normal equations ``(JᵀJ + diag(d)) δ = -Jᵀr`` by Jacobi-scaled Cholesky.
 
     Fast and memory-light (O(n²) per problem); squares the condition number of ``J``. For n ≤ 8 the
     factorisation is unrolled into elementwise operations, which vectorise across a batch.
     """
 
-    def linearize(self, residual, jacobian):
+    def linearize(self, residual: Float[Array, " m"], jacobian: Float[Array, "m n"]) -> Linearization:
         gradient, gram = _normal_products(residual, jacobian)
         return Linearization(gradient=gradient, gram=gram, jacobian=None, residual=None)
 
-    def solve(self, lin, damping):
+    def solve(self, lin: Linearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
         gram = lin.gram
         n = gram.shape[0]
         scale = _column_scale(jnp.diagonal(gram) + damping)
@@ -202,7 +223,7 @@ class Cholesky(AbstractLinearSolver):
         return solve(scaled, rhs, floor) * scale
 
 
-class QR(AbstractLinearSolver):
+class QR(AbstractLinearSolver[Linearization]):
     r"""Least squares on ``[J; diag(√d)] δ ≈ [-r; 0]`` by Householder QR.
 
     Works with ``J`` itself, so its accuracy is governed by cond(J), not cond(J)²: the choice for
@@ -210,14 +231,16 @@ class QR(AbstractLinearSolver):
     As with :class:`Cholesky`, a batch gives every problem the bits it gets alone.
     """
 
-    def linearize(self, residual, jacobian):
+    def linearize(self, residual: Float[Array, " m"], jacobian: Float[Array, "m n"]) -> Linearization:
         # JᵀJ only for its diagonal and the trust-region search: the step and the model's curvature
         # use J itself
         gradient, gram = _normal_products(residual, jacobian)
         return Linearization(gradient=gradient, gram=gram, jacobian=jacobian, residual=residual)
 
-    def solve(self, lin, damping):
-        jac = lin.jacobian
+    def solve(self, lin: Linearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
+        jac, residual = lin.jacobian, lin.residual
+        if jac is None or residual is None:
+            raise TypeError("QR.solve takes the linearisation of QR.linearize, which keeps J and r")
         n = jac.shape[1]
         # a zero column without damping (a coordinate held by a bound, or one r does not depend on) leaves
         # its coordinate undetermined; a unit damping row there gives it the minimum-norm value 0 (a
@@ -225,7 +248,7 @@ class QR(AbstractLinearSolver):
         damping = jnp.where((lin.diagonal() == 0) & (damping == 0), 1.0, damping)
         scale = _column_scale(lin.diagonal() + damping)
         stacked = jnp.concatenate([jac * scale[None, :], jnp.diag(safe_sqrt(damping) * scale)], axis=0)
-        rhs = jnp.concatenate([-lin.residual, jnp.zeros((n,), jac.dtype)])
+        rhs = jnp.concatenate([-residual, jnp.zeros((n,), jac.dtype)])
         # R of the matrix augmented with the right-hand side holds Qᵀ·rhs in its last column, so Q
         # itself is never formed
         augmented = jnp.linalg.qr(jnp.concatenate([stacked, rhs[:, None]], axis=1), mode="r")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import lineax as lx
 from jax.flatten_util import ravel_pytree
@@ -41,7 +42,10 @@ def implicit_hypergradient(
         theta_star: the inner minimiser (a pytree of floating arrays).
         eta: the meta-parameters (a pytree of floating arrays).
         batch: data passed to ``inner_loss`` unchanged.
-        rtol, atol, max_steps: conjugate-gradient tolerances (``max_steps`` defaults to 10·dim θ).
+        rtol: relative tolerance of the conjugate gradients on :math:`Hw = ∇_θ F` (lineax's ``CG``: per
+            component, ``atol + rtol·|b_i|``), default 1e-10.
+        atol: their absolute tolerance, default 1e-12.
+        max_steps: their iteration limit; None (default): 10·dim θ.
 
     Returns:
         The hypergradient, a pytree like ``eta``.

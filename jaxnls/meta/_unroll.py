@@ -30,8 +30,10 @@ import optax
 from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import PyTree
 
-#: The name under which ``mode="mixed"`` saves the inner gradients for the backward pass.
 INNER_GRADIENT = "jaxnls_inner_gradient"
+"""The ``checkpoint_name`` under which ``unroll(..., mode="mixed")`` saves the inner gradients for the
+backward pass: its rematerialised steps keep exactly the values of this name
+(``jax.checkpoint_policies.save_only_these_names``)."""
 
 InnerLoss = Callable[[PyTree, PyTree, PyTree], jax.Array]
 
@@ -56,6 +58,12 @@ def mixed_mode_gradient(inner_loss: InnerLoss) -> Callable[[PyTree, PyTree, PyTr
     (θ, η): no reverse pass over the reverse pass. ``batch`` gets a zero cotangent: data are not
     meta-parameters; put anything learnable in η. ``inner_loss`` must not close over traced values
     (JAX then raises ``CustomVJPException``; pass them in η instead).
+
+    Args:
+        inner_loss: ``inner_loss(θ, η, batch) -> scalar``.
+
+    Returns:
+        ``gradient(θ, η, batch) -> ∇_θ inner_loss``, a pytree like θ, with the derivative rule above.
     """
 
     def gradient_of_both(theta, eta, batch):
@@ -129,8 +137,9 @@ def unroll(
             step = jax.checkpoint(step, policy=jax.checkpoint_policies.save_only_these_names(INNER_GRADIENT))
         carry = (theta0, optimizer.init(theta0))
         if truncate is not None and truncate < num_steps:
-            head = jax.tree_util.tree_map(lambda b: b[: num_steps - truncate], batches)
-            batches = jax.tree_util.tree_map(lambda b: b[num_steps - truncate :], batches)
+            split = num_steps - truncate
+            head = jax.tree_util.tree_map(lambda b: b[:split], batches)
+            batches = jax.tree_util.tree_map(lambda b: b[split:], batches)
             carry, _ = jax.lax.scan(step, carry, head)
             carry = jax.lax.stop_gradient(carry)
         (theta, _), _ = jax.lax.scan(step, carry, batches)

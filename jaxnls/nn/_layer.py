@@ -27,8 +27,12 @@ class NLLSLayer(eqx.Module):
 
     Attributes:
         residual_fn: function or Equinox module ``(params, args) -> residuals``.
-        solver, adjoint, max_steps, batched, args_axes: as in :func:`jaxnls.solve` (``args_axes`` refers
-            to ``args``; the residual module's own arrays are shared by every problem of a batch).
+        solver: as in :func:`jaxnls.solve` (default :class:`~jaxnls.LevenbergMarquardt`).
+        adjoint: as in :func:`jaxnls.solve` (default :class:`~jaxnls.Implicit`).
+        max_steps: as in :func:`jaxnls.solve` (default 256; static).
+        batched: as in :func:`jaxnls.solve` (default False; static).
+        args_axes: as in :func:`jaxnls.solve`, for ``args`` (static); the residual module's own arrays are
+            shared by every problem of a batch.
     """
 
     residual_fn: Callable[[PyTree, Any], PyTree]

@@ -51,7 +51,7 @@ class NLLSLayer(nnx.Module):
 
             data = (state, args)
         else:
-            residual, data = (lambda params, fn_and_args: self.residual_fn(params, fn_and_args[1])), (None, args)
+            residual, data = (lambda params, state_and_args: self.residual_fn(params, state_and_args[1])), (None, args)
         args_axes = resolve_args_axes(self.args_axes, args, self.batched)
         return solve(
             residual,

@@ -12,7 +12,7 @@ Multi-stage transformations are ``optax.GradientTransformationExtraArgs`` and ar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +23,24 @@ ScalarOrSchedule = float | jax.Array | optax.Schedule
 
 
 def euler(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
-    r"""Forward Euler, :math:`θ_{n+1} = θ_n - h\,g_n`: exactly ``optax.sgd(learning_rate)`` (the same transformation)."""
+    r"""Forward Euler, :math:`θ_{n+1} = θ_n - h\,g_n`: exactly ``optax.sgd(learning_rate)`` (the same transformation).
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+
+    Returns:
+        An ``optax.GradientTransformation`` whose updates are :math:`-h\,g_n`.
+    """
     return optax.scale_by_learning_rate(learning_rate)
 
 
 class _StepState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  # shadows tuple.count, as in optax's states
 
 
-def _step_size(learning_rate, count):
-    return learning_rate(count) if callable(learning_rate) else learning_rate
+def _step_size(learning_rate: ScalarOrSchedule, count: jax.Array) -> jax.Array | float:
+    # (optax types a schedule's value as chex.Numeric, any array-like)
+    return cast(jax.Array, learning_rate(count)) if callable(learning_rate) else learning_rate
 
 
 def _axpy(a, x, y):
@@ -58,18 +66,27 @@ def _runge_kutta(name: str, stages: Callable, learning_rate: ScalarOrSchedule) -
     def init(params):
         return _StepState(jnp.zeros((), jnp.int32))
 
-    def update(grads, state, params=None, *, grad_fn: Callable[[PyTree], PyTree] | None = None, **extra):
+    def update(updates, state, params=None, *, grad_fn: Callable[[PyTree], PyTree] | None = None, **extra):
         _require_grad_fn(name, grad_fn, params)
         h = _step_size(learning_rate, state.count)
-        direction = stages(grads, params, grad_fn, h)
+        direction = stages(updates, params, grad_fn, h)
         updates = jax.tree_util.tree_map(lambda d: -h * d, direction)
-        return updates, _StepState(optax.safe_increment(state.count))
+        return updates, _StepState(cast(jax.Array, optax.safe_increment(state.count)))
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def heun(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Heun's method (explicit trapezoid, order 2): :math:`k_2 = g(θ - h k_1)`, step :math:`-\tfrac h2 (k_1 + k_2)`."""
+    r"""Heun's method (explicit trapezoid, order 2): :math:`k_2 = g(θ - h k_1)`, step :math:`-\tfrac h2 (k_1 + k_2)`.
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` called as ``update(grads, state, params, grad_fn=f)``,
+        ``f(params) -> grads`` on the current minibatch; its updates are to be applied with
+        ``optax.apply_updates``.
+    """
 
     def stages(k1, params, grad_fn, h):
         k2 = grad_fn(_axpy(-h, k1, params))
@@ -79,7 +96,16 @@ def heun(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraAr
 
 
 def midpoint(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Explicit midpoint (order 2): step :math:`-h\, g(θ - \tfrac h2 k_1)`."""
+    r"""Explicit midpoint (order 2): step :math:`-h\, g(θ - \tfrac h2 k_1)`.
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` called as ``update(grads, state, params, grad_fn=f)``,
+        ``f(params) -> grads`` on the current minibatch; its updates are to be applied with
+        ``optax.apply_updates``.
+    """
 
     def stages(k1, params, grad_fn, h):
         return grad_fn(_axpy(-0.5 * h, k1, params))
@@ -88,7 +114,16 @@ def midpoint(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExt
 
 
 def rk4(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Classical Runge–Kutta (order 4): four gradient evaluations per step, weights (1, 2, 2, 1)/6."""
+    r"""Classical Runge–Kutta (order 4): four gradient evaluations per step, weights (1, 2, 2, 1)/6.
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` called as ``update(grads, state, params, grad_fn=f)``,
+        ``f(params) -> grads`` on the current minibatch; its updates are to be applied with
+        ``optax.apply_updates``.
+    """
 
     def stages(k1, params, grad_fn, h):
         k2 = grad_fn(_axpy(-0.5 * h, k1, params))
@@ -101,7 +136,16 @@ def rk4(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArg
 
 def taylor2(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     r"""Second-order Taylor step of the flow: :math:`θ - h g + \tfrac{h^2}{2} H g`, with :math:`Hg` one
-    forward-over-reverse product ``jax.jvp(grad_fn, (θ,), (g,))`` (no Hessian is formed)."""
+    forward-over-reverse product ``jax.jvp(grad_fn, (θ,), (g,))`` (no Hessian is formed).
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` called as ``update(grads, state, params, grad_fn=f)``,
+        ``f(params) -> grads`` on the current minibatch; its updates are to be applied with
+        ``optax.apply_updates``.
+    """
 
     def stages(g, params, grad_fn, h):
         hessian_g = jax.jvp(grad_fn, (params,), (g,))[1]
@@ -111,7 +155,7 @@ def taylor2(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtr
 
 
 class _MultistepState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  # shadows tuple.count, as in optax's states
     history: tuple  # past gradients, newest first
 
 
@@ -124,7 +168,19 @@ def adams_bashforth(learning_rate: ScalarOrSchedule, order: int = 2) -> optax.Gr
     (:math:`b = (3/2, -1/2)` or :math:`(23, -16, 5)/12`), one gradient per step; the first steps use the
     lower orders (Euler, then AB2), which keeps the global error of AB3 at O(h²) (its local error from an
     exact history is O(h⁴)). Past gradients are kept in the state. A constant step is assumed (with a
-    schedule the coefficients are those of the current step)."""
+    schedule the coefficients are those of the current step).
+
+    Args:
+        learning_rate: the step h: a number, or an optax schedule ``count -> h`` of the step count.
+        order: 2 (default) or 3.
+
+    Returns:
+        An ``optax.GradientTransformation`` (no ``grad_fn`` needed) whose state holds the last
+        ``order - 1`` gradients.
+
+    Raises:
+        ValueError: ``order`` is not 2 or 3.
+    """
     if order not in (2, 3):
         raise ValueError(f"order must be 2 or 3, got {order!r}")
 
@@ -132,9 +188,9 @@ def adams_bashforth(learning_rate: ScalarOrSchedule, order: int = 2) -> optax.Gr
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return _MultistepState(jnp.zeros((), jnp.int32), tuple(zeros for _ in range(order - 1)))
 
-    def update(grads, state, params=None):
+    def update(updates, state, params=None):
         h = _step_size(learning_rate, state.count)
-        gradients = (grads,) + state.history
+        gradients = (updates,) + state.history
         available = jnp.minimum(state.count + 1, order)  # how many gradients this step may use
 
         def step_with(k):
@@ -146,6 +202,6 @@ def adams_bashforth(learning_rate: ScalarOrSchedule, order: int = 2) -> optax.Gr
                 lambda new, old, k=k: jnp.where(available >= k, new, old), step_with(k), direction
             )
         updates = jax.tree_util.tree_map(lambda d: -h * d, direction)
-        return updates, _MultistepState(optax.safe_increment(state.count), gradients[: order - 1])
+        return updates, _MultistepState(cast(jax.Array, optax.safe_increment(state.count)), gradients[: order - 1])
 
     return optax.GradientTransformation(init, update)

@@ -17,21 +17,22 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from .._numerics import norm
-from ..linear import AbstractLinearSolver, Cholesky, Linearization
+from ..linear import AbstractLinearization, AbstractLinearSolver, Cholesky
 
 
-def initial_radius(factor: float, scale, x):
+def initial_radius(factor: float, scale: Float[Array, " n"], x: Float[Array, " n"]) -> Float[Array, ""]:
     """MINPACK's first trust radius: ``factor · ‖D x₀‖``, or ``factor`` itself at ``D x₀ = 0``."""
     size = norm(jnp.sqrt(scale) * x)
     return factor * jnp.where(size > 0, size, 1.0)
 
 
-def radius_exhausted(radius, x, scale):
+def radius_exhausted(radius: Float[Array, ""], x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
     """The trust radius is below machine precision relative to ``‖D x‖``: no step can change x."""
     return radius <= jnp.finfo(radius.dtype).eps * norm(jnp.sqrt(scale) * x) + jnp.finfo(radius.dtype).tiny
 
@@ -42,8 +43,14 @@ _SQRT_EPS = float(np.sqrt(np.finfo(np.float64).eps))
 
 
 def check_option(
-    owner, name: str, value, *, lower: float | None = None, upper: float | None = None, strict: bool = False
-):
+    owner: object,
+    name: str,
+    value: object,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    strict: bool = False,
+) -> None:
     """Raise a ValueError / TypeError naming ``owner``'s option ``name`` unless ``value`` is a real, finite
     number within ``[lower, upper]`` (``(lower, upper]`` with ``strict``). A traced value (a solver built
     inside a transformation) cannot be checked and passes."""
@@ -94,6 +101,20 @@ class AbstractLeastSquaresSolver(eqx.Module):
     ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
     NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
     MGH10 from start 1 needing 7,656).
+
+    Attributes:
+        rtol: relative parameter tolerance (table above), default 1e-8.
+        atol: absolute parameter tolerance (table above), default 1e-8.
+        ftol: function tolerance (table above); None (default): derived from ``rtol``
+            (:attr:`function_tolerance`).
+        gtol: gradient tolerance (table above); None (default): ``rtol``.
+        linear_solver: the solver of the step's linear system: :class:`~jaxnls.Cholesky` (default) or
+            :class:`~jaxnls.QR` for :func:`jaxnls.solve`; a graph solver (:class:`~jaxnls.graph.SparseDirect`,
+            :class:`~jaxnls.graph.PCG`, :class:`~jaxnls.graph.SchurDirect`, :class:`~jaxnls.graph.SchurPCG`)
+            for :func:`jaxnls.graph.solve`.
+        scaling: the scaling D of the damping / trust region: ``"running_max"`` (default), the running
+            maximum of diag(JᵀJ) over accepted points (MINPACK); ``"current"``, diag(JᵀJ) at the current
+            point clamped to [1e-6, 1e32] (Ceres).
     """
 
     rtol: float = 1e-8
@@ -166,12 +187,12 @@ class AbstractLeastSquaresSolver(eqx.Module):
         return jnp.where(accepted | ~started, jnp.clip(trial_diagonal, 1e-6, 1e32), scale)
 
     @abc.abstractmethod
-    def init_control(self, lin: Linearization, scale: Float[Array, " n"], x: Float[Array, " n"]) -> PyTree:
+    def init_control(self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]) -> PyTree:
         """Initial damping / radius / step length."""
 
     @abc.abstractmethod
     def propose(
-        self, lin: Linearization, scale: Float[Array, " n"], control: PyTree
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], control: PyTree
     ) -> tuple[Float[Array, " n"], PyTree]:
         """A step δ from the model at the current point, and the control as it stands after choosing it
         (what :meth:`update_control` then sees). ``scale`` is the running max of diag(JᵀJ)."""
@@ -199,7 +220,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
         trial would be accepted."""
         return jnp.zeros((), bool)
 
-    def radius_within_tolerance(self, radius, x, scale) -> Bool[Array, ""]:
+    def radius_within_tolerance(
+        self, radius: Float[Array, ""], x: Float[Array, " n"], scale: Float[Array, " n"]
+    ) -> Bool[Array, ""]:
         r"""A trust region :math:`\|Dδ\| \le Δ` bounds every component, :math:`|δ_j| \le Δ/D_j`; when
         that is within ``rtol·|x_j| + atol`` for every j, no step it allows can fail the parameter test."""
         return radius <= jnp.min(jnp.sqrt(scale) * (self.rtol * jnp.abs(x) + self.atol))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
 
 from .._numerics import norm, safe_sqrt
+from ..linear import AbstractLinearization
 from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, radius_exhausted
 
 
@@ -23,6 +25,18 @@ class Dogleg(AbstractLeastSquaresSolver):
     ρ > 3/4 gives :math:`Δ \leftarrow \max(Δ, 3\|dδ\|)`. The first radius is
     ``initial_radius_factor · ‖d ⊙ x₀‖`` (or the factor itself at x₀ = 0). Stalls once Δ is below
     machine precision relative to ``‖d ⊙ x‖``.
+
+    Attributes:
+        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
+            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
+        atol: absolute parameter tolerance, default 1e-8.
+        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
+        gtol: gradient tolerance; None (default): ``rtol``.
+        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
+            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
+        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
+            :class:`~jaxnls.AbstractLeastSquaresSolver`).
+        initial_radius_factor: the first radius in units of ``‖d ⊙ x₀‖``, > 0, default 100 (MINPACK's).
     """
 
     initial_radius_factor: float = 100.0
@@ -32,10 +46,14 @@ class Dogleg(AbstractLeastSquaresSolver):
     def __check_init__(self):
         check_option(self, "initial_radius_factor", self.initial_radius_factor, lower=0.0, strict=True)
 
-    def init_control(self, lin, scale, x):
+    def init_control(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
+    ) -> Float[Array, ""]:
         return initial_radius(self.initial_radius_factor, scale, x)
 
-    def propose(self, lin, scale, control):
+    def propose(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], control: Float[Array, ""]
+    ) -> tuple[Float[Array, " n"], Float[Array, ""]]:
         radius = control
         d = jnp.sqrt(scale)
         gauss_newton = self.linear_solver.solve(lin, jnp.zeros_like(scale))
@@ -58,17 +76,26 @@ class Dogleg(AbstractLeastSquaresSolver):
         )
         return step, control
 
-    def update_control(self, control, accepted, ratio, step, scale):
+    def update_control(
+        self,
+        control: Float[Array, ""],
+        accepted: Bool[Array, ""],
+        ratio: Float[Array, ""],
+        step: Float[Array, " n"],
+        scale: Float[Array, " n"],
+    ) -> Float[Array, ""]:
         step_size = norm(jnp.sqrt(scale) * step)
         shrunk = 0.5 * jnp.minimum(control, step_size)
         grown = jnp.maximum(control, 3.0 * step_size)
         return jnp.where(~accepted | (ratio < 0.25), shrunk, jnp.where(ratio > 0.75, grown, control))
 
-    def stalled(self, control, x, scale):
+    def stalled(self, control: Float[Array, ""], x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         return radius_exhausted(control, x, scale)
 
-    def steps_within_tolerance(self, control, x, scale):
+    def steps_within_tolerance(
+        self, control: Float[Array, ""], x: Float[Array, " n"], scale: Float[Array, " n"]
+    ) -> Bool[Array, ""]:
         return self.radius_within_tolerance(control, x, scale)
 
-    def control_value(self, control):
+    def control_value(self, control: Float[Array, ""]) -> Float[Array, ""]:
         return control

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
 
+from ..linear import AbstractLinearization
 from ._base import AbstractLeastSquaresSolver, check_option
 
 
@@ -15,6 +17,18 @@ class GaussNewton(AbstractLeastSquaresSolver):
     The full step (α = 1) is tried first; a trial that does not decrease the cost halves α, an accepted
     one doubles it back towards 1. On a rank-deficient :math:`J^\top J` the step solver's pivot floor
     gives a finite minimum-norm-like step. Stalls when α falls below ``min_step_length``.
+
+    Attributes:
+        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
+            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
+        atol: absolute parameter tolerance, default 1e-8.
+        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
+        gtol: gradient tolerance; None (default): ``rtol``.
+        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
+            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
+        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
+            :class:`~jaxnls.AbstractLeastSquaresSolver`).
+        min_step_length: the smallest step length α, in (0, 1], default 1e-10: the solve stalls below it.
     """
 
     min_step_length: float = 1e-10
@@ -25,17 +39,28 @@ class GaussNewton(AbstractLeastSquaresSolver):
     def __check_init__(self):
         check_option(self, "min_step_length", self.min_step_length, lower=0.0, upper=1.0, strict=True)
 
-    def init_control(self, lin, scale, x):
+    def init_control(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
+    ) -> Float[Array, ""]:
         return jnp.asarray(1.0, scale.dtype)
 
-    def propose(self, lin, scale, control):
+    def propose(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], control: Float[Array, ""]
+    ) -> tuple[Float[Array, " n"], Float[Array, ""]]:
         return control * self.linear_solver.solve(lin, jnp.zeros_like(scale)), control
 
-    def update_control(self, control, accepted, ratio, step, scale):
+    def update_control(
+        self,
+        control: Float[Array, ""],
+        accepted: Bool[Array, ""],
+        ratio: Float[Array, ""],
+        step: Float[Array, " n"],
+        scale: Float[Array, " n"],
+    ) -> Float[Array, ""]:
         return jnp.where(accepted, jnp.minimum(2.0 * control, 1.0), 0.5 * control)
 
-    def stalled(self, control, x, scale):
+    def stalled(self, control: Float[Array, ""], x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         return control < self.min_step_length
 
-    def control_value(self, control):
+    def control_value(self, control: Float[Array, ""]) -> Float[Array, ""]:
         return control

@@ -6,11 +6,12 @@ import dataclasses
 from typing import ClassVar
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._numerics import norm
-from ..linear import Linearization, pivot_floor
+from ..linear import AbstractLinearization, Linearization, pivot_floor
 from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, radius_exhausted
 
 #: The first damping where ``initial_damping`` is not given, by problem kind (see LevenbergMarquardt).
@@ -20,6 +21,11 @@ _INITIAL_DAMPING = {"dense": 0.1, "graph": 1e-8}
 _RADIUS_FIT = 0.1
 #: ... or after this many Newton iterations on the secular equation (MINPACK's limit).
 _SEARCH_ITERATIONS = 10
+
+# the strategies' controls: LevenbergMarquardt's (damping λ, growth ν), IndirectLevenbergMarquardt's
+# (radius Δ, damping λ, first step?)
+_DampingControl = tuple[Float[Array, ""], Float[Array, ""]]
+_RadiusControl = tuple[Float[Array, ""], Float[Array, ""], Bool[Array, ""]]
 
 
 class LevenbergMarquardt(AbstractLeastSquaresSolver):
@@ -55,6 +61,21 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
       144.867382 in 13 (GTSAM 8); sphere2500 4475 / 3516 after 200, 1133.0231 in 82, 1132.9936 in 41
       (GTSAM 26, 1133.0184); w100 11 / 7 / 4 / 4 (GTSAM 3); pose3example 15 / 13 / 13 / 13 (GTSAM 7).
       (GTSAM damps with λ·I, λ0 = 1e-5, far below the diagonal of these systems.)
+
+    Attributes:
+        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
+            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
+        atol: absolute parameter tolerance, default 1e-8.
+        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
+        gtol: gradient tolerance; None (default): ``rtol``.
+        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
+            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
+        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
+            :class:`~jaxnls.AbstractLeastSquaresSolver`).
+        initial_damping: λ0, > 0; None (default): by problem kind, as above.
+        min_damping: the floor of λ after accepted steps, >= 0, default 0.
+        max_damping: the ceiling of λ, above ``min_damping``, default 1e32: the solve stalls once λ
+            exceeds it.
     """
 
     initial_damping: float | None = None
@@ -83,16 +104,27 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
             return self
         return dataclasses.replace(self, initial_damping=_INITIAL_DAMPING[kind])
 
-    def init_control(self, lin, scale, x):
+    def init_control(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
+    ) -> _DampingControl:
         dtype = scale.dtype
         damping = _INITIAL_DAMPING["dense"] if self.initial_damping is None else self.initial_damping
         return (jnp.asarray(damping, dtype), jnp.asarray(2.0, dtype))
 
-    def propose(self, lin, scale, control):
+    def propose(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], control: _DampingControl
+    ) -> tuple[Float[Array, " n"], _DampingControl]:
         damping, _ = control
         return self.linear_solver.solve(lin, damping * scale), control
 
-    def update_control(self, control, accepted, ratio, step, scale):
+    def update_control(
+        self,
+        control: _DampingControl,
+        accepted: Bool[Array, ""],
+        ratio: Float[Array, ""],
+        step: Float[Array, " n"],
+        scale: Float[Array, " n"],
+    ) -> _DampingControl:
         damping, growth = control
         # ρ outside [0, 1] gives the same factor as its end point; clipping keeps the unused branch
         # finite (ρ = -inf marks an inconsistent trial) so an unrolled backward pass stays NaN-free
@@ -102,12 +134,12 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         # D is a running maximum, so far-out starts can need λ many decades below its start; a
         # rejection restarts a λ that has shrunk towards zero from eps instead of staying stuck there
         bad = (jnp.maximum(damping * growth, jnp.finfo(damping.dtype).eps), growth * 2.0)
-        return tuple(jnp.where(accepted, g, b) for g, b in zip(good, bad))
+        return jnp.where(accepted, good[0], bad[0]), jnp.where(accepted, good[1], bad[1])
 
-    def stalled(self, control, x, scale):
+    def stalled(self, control: _DampingControl, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         return control[0] > self.max_damping
 
-    def control_value(self, control):
+    def control_value(self, control: _DampingControl) -> Float[Array, ""]:
         return control[0]
 
 
@@ -197,6 +229,18 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     every run; 100 and 10 miss two (BoxBOD and MGH09 from start 1: long first steps land on a plateau
     or in a far valley), 0.5 and 3 miss MGH10 start 1, whose outcome depends on exactly where the
     early steps land. The default is 1.
+
+    Attributes:
+        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
+            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
+        atol: absolute parameter tolerance, default 1e-8.
+        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
+        gtol: gradient tolerance; None (default): ``rtol``.
+        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`. Dense
+            problems only (the damping search needs an eigendecomposition of JᵀJ).
+        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
+            :class:`~jaxnls.AbstractLeastSquaresSolver`).
+        initial_radius_factor: the first radius in units of ``‖D x₀‖``, > 0, default 1.
     """
 
     initial_radius_factor: float = 1.0
@@ -206,18 +250,31 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     def __check_init__(self):
         check_option(self, "initial_radius_factor", self.initial_radius_factor, lower=0.0, strict=True)
 
-    def init_control(self, lin, scale, x):
+    def init_control(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
+    ) -> _RadiusControl:
         # (radius Δ, damping λ, first step?): the first step's length also caps the first radius
         return initial_radius(self.initial_radius_factor, scale, x), jnp.zeros((), scale.dtype), jnp.asarray(True)
 
-    def propose(self, lin, scale, control):
+    def propose(
+        self, lin: AbstractLinearization, scale: Float[Array, " n"], control: _RadiusControl
+    ) -> tuple[Float[Array, " n"], _RadiusControl]:
+        if not isinstance(lin, Linearization):  # (jaxnls.graph.solve rejects this strategy up front)
+            raise TypeError("IndirectLevenbergMarquardt needs a dense linearisation (JᵀJ for its eigendecomposition)")
         radius, guess, first = control
         # λ is a choice of step length, not a function of the data to differentiate; the step solved
         # with it is, through ``lin``
         damping = trust_region_damping(lin, scale, radius, guess)
         return self.linear_solver.solve(lin, damping * scale), (radius, damping, first)
 
-    def update_control(self, control, accepted, ratio, step, scale):
+    def update_control(
+        self,
+        control: _RadiusControl,
+        accepted: Bool[Array, ""],
+        ratio: Float[Array, ""],
+        step: Float[Array, " n"],
+        scale: Float[Array, " n"],
+    ) -> _RadiusControl:
         radius, damping, first = control
         length = norm(jnp.sqrt(scale) * step)
         radius = jnp.where(first, jnp.minimum(radius, length), radius)
@@ -227,11 +284,13 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
         damping = jnp.where(poor, 2.0 * damping, jnp.where(good, 0.5 * damping, damping))
         return radius, damping, jnp.zeros_like(first)
 
-    def stalled(self, control, x, scale) -> Bool[Array, ""]:
+    def stalled(self, control: _RadiusControl, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         return radius_exhausted(control[0], x, scale)
 
-    def steps_within_tolerance(self, control, x, scale):
+    def steps_within_tolerance(
+        self, control: _RadiusControl, x: Float[Array, " n"], scale: Float[Array, " n"]
+    ) -> Bool[Array, ""]:
         return self.radius_within_tolerance(control[0], x, scale)
 
-    def control_value(self, control):
+    def control_value(self, control: _RadiusControl) -> Float[Array, ""]:
         return control[0]

@@ -25,13 +25,14 @@ import json
 import math
 import os
 from functools import partial
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray
 
 from ._family import (
     ACTIVATIONS,
@@ -61,7 +62,7 @@ class _EncoderBlock(eqx.Module):
     mlp_norm: eqx.nn.LayerNorm
     mlp: eqx.nn.MLP
 
-    def __init__(self, width: int, heads: int, key: PRNGKeyArray, dtype):
+    def __init__(self, width: int, heads: int, key: PRNGKeyArray, dtype: DTypeLike):
         k_attention, k_mlp = jax.random.split(key)
         self.attention_norm = eqx.nn.LayerNorm(width, dtype=dtype)
         self.attention = eqx.nn.MultiheadAttention(heads, width, key=k_attention, dtype=dtype)
@@ -80,6 +81,21 @@ class SwatAutoencoder(eqx.Module):
 
     The four decoders have the same shape and are stored stacked (leading axis = depth − 1), so all
     depths decode in one ``vmap``. Decoder D fills layers 1..D of the padded family arrays.
+
+    Args:
+        key: a JAX PRNG key for the initial weights.
+        latent_size: d, the latent dimension (default 32).
+        width: the encoder's token width (default 32).
+        heads: attention heads per encoder block (default 4).
+        num_blocks: encoder blocks (default 1).
+        decoder_width: hidden width of each decoder MLP (default 128).
+        decoder_depth: hidden layers of each decoder MLP (default 2).
+        dtype: the floating dtype of the parameters (default float32).
+
+    Attributes:
+        latent_size: d (static).
+        options: the keyword arguments above as ``(name, value)`` pairs (static; what
+            :func:`save_autoencoder` writes to rebuild the model).
     """
 
     embed: eqx.nn.Linear
@@ -90,7 +106,8 @@ class SwatAutoencoder(eqx.Module):
     to_latent: eqx.nn.Linear
     decoders: eqx.nn.MLP  # stacked over the 4 depths
     latent_size: int = eqx.field(static=True)
-    options: tuple = eqx.field(static=True)  # the constructor's keyword arguments, to rebuild it on loading
+    # the constructor's keyword arguments, to rebuild it on loading
+    options: tuple[tuple[str, int | str], ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -102,7 +119,7 @@ class SwatAutoencoder(eqx.Module):
         num_blocks: int = 1,
         decoder_width: int = 128,
         decoder_depth: int = 2,
-        dtype=jnp.float32,
+        dtype: DTypeLike = jnp.float32,
     ):
         k_embed, k_probe, k_pos, k_blocks, k_latent, k_decoders = jax.random.split(key, 6)
         self.embed = eqx.nn.Linear(TOKEN_FEATURES, width, key=k_embed, dtype=dtype)
@@ -139,20 +156,24 @@ class SwatAutoencoder(eqx.Module):
         pooled = jnp.sum(h * valid[:, None], axis=0) / jnp.sum(valid)
         return jnp.tanh(self.to_latent(pooled))
 
-    def decode_at(self, z: Float[Array, " d"], depth, temperature: float | None = None) -> MLPSpec:
+    def decode_at(
+        self, z: Float[Array, " d"], depth: int | Int[Array, ""], temperature: float | Float[Array, ""] | None = None
+    ) -> MLPSpec:
         """The depth-``depth`` decoding of ``z`` (``depth`` in 1..4, may be traced). Neuron masks are
         σ(logit / temperature) (0/1 for ``temperature=None``)."""
         params, static = eqx.partition(self.decoders, eqx.is_array)
         decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], params), static)
         return _spec_from_outputs(decoder(z), depth, temperature)
 
-    def decode(self, z: Float[Array, " d"], temperature: float | None = None) -> MLPSpec:
+    def decode(self, z: Float[Array, " d"], temperature: float | Float[Array, ""] | None = None) -> MLPSpec:
         """All four decodings of ``z`` (:meth:`decode_at`), stacked: leaf shapes gain a leading axis of 4
         (depth 1..4)."""
         return jax.vmap(lambda depth: self.decode_at(z, depth, temperature))(jnp.arange(1, MAX_DEPTH + 1))
 
 
-def relaxed_mask(logits, temperature: float | None):
+def relaxed_mask(
+    logits: Float[Array, "*shape"], temperature: float | Float[Array, ""] | None
+) -> Float[Array, "*shape"]:
     """σ(logits / temperature), the 0/1 step for ``temperature=None``: the neuron-mask counterpart of
     the activation softmax, annealed with it so that the relaxed network becomes the hard one."""
     if temperature is None:
@@ -160,7 +181,9 @@ def relaxed_mask(logits, temperature: float | None):
     return jax.nn.sigmoid(logits / temperature)
 
 
-def _spec_from_outputs(out: Float[Array, " P"], depth, temperature: float | None) -> MLPSpec:
+def _spec_from_outputs(
+    out: Float[Array, " P"], depth: int | Int[Array, ""], temperature: float | Float[Array, ""] | None
+) -> MLPSpec:
     hidden = out[: -(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
     used = used_layers(depth, out.dtype)
     return MLPSpec(
@@ -178,12 +201,23 @@ def reconstruction_errors(
     model: SwatAutoencoder,
     spec: MLPSpec,
     x: Float[Array, "K 2"],
-    temperature: float | None = None,
+    temperature: float | Float[Array, ""] | None = None,
     latent_shift: Float[Array, " d"] | None = None,
 ) -> Float[Array, " 4"]:
     """Per-depth functional error :math:`\\frac1K\\sum_k(\\hat f_D(x_k) - f(x_k))^2` of one network
     (decoded hard for ``temperature=None``, else relaxed at that temperature), optionally with
-    the latent point shifted by ``latent_shift``."""
+    the latent point shifted by ``latent_shift``.
+
+    Args:
+        model: the autoencoder.
+        spec: the network f (one member).
+        x: ``(K, 2)`` evaluation points.
+        temperature: None for hard decodings, else the relaxation temperature.
+        latent_shift: ``(d,)`` added to the encoding before decoding, or None.
+
+    Returns:
+        ``(4,)``, the error of the decoding of each depth D = 1..4.
+    """
     target = forward(spec, x)
     z = model.encode(spec)
     if latent_shift is not None:
@@ -203,7 +237,7 @@ def train_autoencoder(
     min_temperature: float = 0.05,
     model: SwatAutoencoder | None = None,
     log_every: int = 0,
-    **model_options,
+    **model_options: Any,
 ) -> tuple[SwatAutoencoder, Float[Array, " steps"]]:
     """Train on a fresh batch of random members (:func:`random_mlp`) and fresh points each step, with
     Adam (cosine-decayed learning rate) on the functional loss. Returns the model and the loss curve.
@@ -212,7 +246,28 @@ def train_autoencoder(
     noise of standard deviation ``latent_noise`` (so that a neighbourhood of an encoding decodes to
     similar functions and the search meets a smooth landscape, not isolated good points), and each is
     decoded at a temperature drawn log-uniformly from [``min_temperature``, 1] (so that decoded networks
-    stay good while the search anneals towards hard activations)."""
+    stay good while the search anneals towards hard activations).
+
+    Args:
+        key: a JAX PRNG key (the model's initial weights and the data).
+        steps: Adam steps, >= 1 (default 2000).
+        batch_size: random members per step (default 64).
+        num_points: evaluation points per member (default 64).
+        learning_rate: the peak of the cosine-decayed learning rate (default 2e-3).
+        latent_noise: the standard deviation of the latent shifts, >= 0 (default 0.05).
+        min_temperature: the lowest decoding temperature, in (0, 1] (default 0.05).
+        model: an autoencoder to continue training; None (default): a new one from ``model_options``.
+        log_every: print the loss every this many steps (0, the default: never).
+        **model_options: keyword arguments of :class:`SwatAutoencoder` for a new model (not with
+            ``model``).
+
+    Returns:
+        ``(model, losses)``: the trained model and the ``(steps,)`` functional loss per step.
+
+    Raises:
+        ValueError: a count is not positive, a noise or temperature is out of range, or ``model_options``
+            come with a ``model``.
+    """
     if steps < 1 or batch_size < 1 or num_points < 1:
         raise ValueError(f"steps, batch_size and num_points must be positive, got {steps}, {batch_size}, {num_points}")
     if not 0 < min_temperature <= 1 or latent_noise < 0:
@@ -258,7 +313,15 @@ def evaluate_reconstruction(
     as the search's final networks are) beside the trivial baseline: predicting each network's own
     mean output, whose error is the output variance.
 
-    Returns ``{"reconstruction": mean min-over-depth MSE, "baseline": mean output variance}``."""
+    Args:
+        model: the autoencoder.
+        key: a JAX PRNG key (the members and points).
+        num_networks: held-out random members (default 256).
+        num_points: evaluation points per member, uniform on [-1, 1]² (default 256).
+
+    Returns:
+        ``{"reconstruction": mean min-over-depth MSE, "baseline": mean output variance}``.
+    """
     reconstruction, baseline = _evaluate_reconstruction(model, key, num_networks, num_points)
     return {"reconstruction": float(reconstruction), "baseline": float(baseline)}
 
@@ -274,19 +337,32 @@ def _evaluate_reconstruction(model, key, num_networks: int, num_points: int):
     return jnp.mean(jnp.min(errors, axis=-1)), jnp.mean(jnp.var(targets, axis=-1))
 
 
-#: The architecture of the shipped model (``load_pretrained``), trained by benchmarks/swat.py.
 PRETRAINED_OPTIONS = dict(latent_size=32, width=32, heads=4, num_blocks=1, decoder_width=128, decoder_depth=2)
+"""The architecture of the shipped model (:func:`load_pretrained`), trained by benchmarks/swat.py."""
 PRETRAINED_PATH = os.path.join(os.path.dirname(__file__), "pretrained.eqx")
 
 
 def save_autoencoder(path: str, model: SwatAutoencoder) -> None:
-    """One JSON line with the constructor options, then the arrays (equinox's leaf serialisation)."""
+    """One JSON line with the constructor options, then the arrays (equinox's leaf serialisation).
+
+    Args:
+        path: the file to write (replaced if it exists).
+        model: the autoencoder.
+    """
     with open(path, "wb") as f:
         f.write((json.dumps(dict(model.options)) + "\n").encode())
         eqx.tree_serialise_leaves(f, model)
 
 
 def load_autoencoder(path: str) -> SwatAutoencoder:
+    """Read an autoencoder written by :func:`save_autoencoder`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The :class:`SwatAutoencoder`, rebuilt from the stored options and filled with the stored arrays.
+    """
     with open(path, "rb") as f:
         options = json.loads(f.readline().decode())
         options["dtype"] = jnp.dtype(options["dtype"])
@@ -297,7 +373,11 @@ def load_autoencoder(path: str) -> SwatAutoencoder:
 def load_pretrained() -> SwatAutoencoder:
     """The shipped autoencoder: ``PRETRAINED_OPTIONS``, trained on the functional loss by
     ``python benchmarks/swat.py --train 2000 --save jaxnls/swat/pretrained.eqx`` (benchmarks/README.md
-    records its held-out reconstruction error)."""
+    records its held-out reconstruction error).
+
+    Returns:
+        The :class:`SwatAutoencoder` read from ``jaxnls/swat/pretrained.eqx``.
+    """
     return load_autoencoder(PRETRAINED_PATH)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray
 
 MAX_DEPTH = 4
 MAX_WIDTH = 7
@@ -34,12 +34,26 @@ TOKEN_FEATURES = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
 NUM_TOKENS = MAX_DEPTH * MAX_WIDTH + 1
 
 
-def used_layers(depth, dtype) -> Float[Array, "4 1"]:
+def used_layers(depth: int | Int[Array, ""], dtype: DTypeLike) -> Float[Array, "4 1"]:
     """1 for the hidden layers a network of ``depth`` uses, 0 for the padding, as a (4, 1) column."""
     return (jnp.arange(MAX_DEPTH) < depth).astype(dtype)[:, None]
 
 
 class MLPSpec(eqx.Module):
+    """A member of the MLP family, padded to the maximal shape (module docstring); a batch of members has
+    a leading axis on every field.
+
+    Attributes:
+        weights: ``(4, 7, 7)``: layer l's incoming weights, row j for neuron j (layer 0 reads the 2 inputs
+            from its first 2 columns).
+        biases: ``(4, 7)``.
+        activation_logits: ``(4, 7, 3)``: per neuron, logits of sigmoid, tanh and leaky-ReLU.
+        neuron_mask: ``(4, 7)``: 1 for a neuron in use, 0 for one switched off (in ``[0, 1]`` when relaxed).
+        output_weights: ``(7,)``, reading the last hidden layer used.
+        output_bias: ``()``.
+        depth: ``()`` int, the hidden layers used, 1 to 4; layers from ``depth`` on are skipped.
+    """
+
     weights: Float[Array, "4 7 7"]
     biases: Float[Array, "4 7"]
     activation_logits: Float[Array, "4 7 3"]
@@ -54,9 +68,20 @@ def _activations(pre):
 
 
 @eqx.filter_jit
-def forward(spec: MLPSpec, x: Float[Array, "N 2"], temperature: float | None = None) -> Float[Array, " N"]:
+def forward(
+    spec: MLPSpec, x: Float[Array, "N 2"], temperature: float | Float[Array, ""] | None = None
+) -> Float[Array, " N"]:
     """Evaluate a member on points ``x``. ``temperature=None``: each neuron uses its arg-max activation;
-    otherwise the softmax(logits / temperature) mixture of the three (the relaxation used in search)."""
+    otherwise the softmax(logits / temperature) mixture of the three (the relaxation used in search).
+
+    Args:
+        spec: the member (one, not a batch: ``jax.vmap`` over members).
+        x: ``(N, 2)`` input points.
+        temperature: None for the hard network, or the softmax temperature > 0 of the relaxed one.
+
+    Returns:
+        The ``(N,)`` outputs.
+    """
     h = jnp.zeros((x.shape[0], MAX_WIDTH), x.dtype).at[:, :NUM_INPUTS].set(x)
     for layer in range(MAX_DEPTH):
         w = spec.weights[layer]
@@ -74,12 +99,20 @@ def forward(spec: MLPSpec, x: Float[Array, "N 2"], temperature: float | None = N
 
 
 @functools.partial(jax.jit, static_argnames="dtype")
-def random_mlp(key, dtype=jnp.float32) -> MLPSpec:
+def random_mlp(key: PRNGKeyArray, dtype: DTypeLike = jnp.float32) -> MLPSpec:
     """A random member: depth uniform in 1..4, each layer's width uniform in 1..7 (the rest masked off),
     weights N(0, 4/fan-in), biases N(0, ¼), activations uniform. The output layer is then scaled so
     that on [-1, 1]² the output has a standard deviation uniform in [0.2, 0.6] and a mean uniform in
     [-0.3, 0.3] (measured on an 8×8 grid): without it most random members are nearly constant (median
-    output variance 0.003 at unit gain), and with it they cover the range of the [-1, 1]-scaled tasks."""
+    output variance 0.003 at unit gain), and with it they cover the range of the [-1, 1]-scaled tasks.
+
+    Args:
+        key: a JAX PRNG key.
+        dtype: the floating dtype of the arrays (static; default float32).
+
+    Returns:
+        The random :class:`MLPSpec` (hard: one-hot activation logits scaled by 4, a 0/1 neuron mask).
+    """
     # one uniform draw, cut into the pieces below: every separate jax.random call compiles its own
     # threefry kernel, and eight of them made this function take seconds to compile
     sizes = (
@@ -122,7 +155,15 @@ def random_mlp(key, dtype=jnp.float32) -> MLPSpec:
 
 
 def encode(spec: MLPSpec) -> tuple[Float[Array, "29 12"], Float[Array, " 29"]]:
-    """Row-wise tokens and their validity mask (see the module docstring)."""
+    """Row-wise tokens and their validity mask (see the module docstring).
+
+    Args:
+        spec: one member.
+
+    Returns:
+        ``(tokens, valid)``: ``(29, 12)`` tokens (28 hidden neurons layer by layer, then the output
+        token) and ``(29,)``, 1 for the tokens of used layers and the output token, 0 for the rest.
+    """
     hidden = jnp.concatenate(
         [spec.weights, spec.biases[..., None], spec.activation_logits, spec.neuron_mask[..., None]], axis=-1
     ).reshape(MAX_DEPTH * MAX_WIDTH, TOKEN_FEATURES)
@@ -140,7 +181,18 @@ def encode(spec: MLPSpec) -> tuple[Float[Array, "29 12"], Float[Array, " 29"]]:
 
 
 def decode(tokens: Float[Array, "29 12"], depth: Int[Array, ""]) -> MLPSpec:
-    """The inverse of :func:`encode` for a given depth."""
+    """The inverse of :func:`encode` for a given depth.
+
+    Args:
+        tokens: ``(29, 12)`` tokens as :func:`encode` lays them out.
+        depth: the member's number of hidden layers, 1 to 4 (the tokens do not carry it).
+
+    Returns:
+        The :class:`MLPSpec`.
+
+    Raises:
+        ValueError: ``tokens`` is not ``(29, 12)``.
+    """
     if tokens.shape != (NUM_TOKENS, TOKEN_FEATURES):
         raise ValueError(f"tokens must have shape {(NUM_TOKENS, TOKEN_FEATURES)}, got {tokens.shape}")
     hidden = tokens[:-1].reshape(MAX_DEPTH, MAX_WIDTH, TOKEN_FEATURES)

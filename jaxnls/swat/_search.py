@@ -30,14 +30,31 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray, PyTree
 
 from ._autoencoder import SwatAutoencoder, relaxed_mask
 from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp, used_layers
 
 
 class SearchConfig(eqx.Module):
-    """Settings of :func:`search` and :func:`refine`."""
+    r"""Settings of :func:`search` and :func:`refine` (the objective is in the module docstring).
+
+    Attributes:
+        steps: Adam steps per run, over which the temperature is annealed (static, default 1000).
+        starts: random starting points per depth in :func:`search` (static, default 4).
+        batch_size: training points per Adam step, drawn with replacement (static, default 256; at most
+            the number of points).
+        learning_rate: Adam's learning rate (default 0.02).
+        initial_threshold: :math:`t_0`, the threshold's starting value and unit: :math:`t = t_0|u|` with
+            :math:`u` trained from 1 (default 0.02).
+        sharpness: :math:`s` of the gates :math:`σ(s(|w| - t))` (default 200).
+        temperature_start: the activation temperature :math:`τ` of the first step (default 1).
+        temperature_end: :math:`τ` of the last step, reached geometrically (default 0.01).
+        sparsity_weight: :math:`λ_s`, the weight of the surviving connections (default 1e-4; larger trades
+            error for fewer weights).
+        binarization_weight: :math:`λ_b`, the weight of the undecided masks (default 1e-4).
+        compactness_weight: :math:`λ_c`, the weight of the active neurons (default 1e-4).
+    """
 
     steps: int = eqx.field(static=True, default=1000)
     starts: int = eqx.field(static=True, default=4)
@@ -56,7 +73,16 @@ class SearchConfig(eqx.Module):
 
 
 class SearchResult(eqx.Module):
-    """The chosen hard network and how the search went."""
+    """The chosen hard network and how the search went.
+
+    Attributes:
+        network: the hard :class:`MLPSpec`: thresholded weights, 0/1 neuron masks, one-hot activation logits.
+        threshold: the learned weight threshold t.
+        latent: the chosen run's latent point z, ``(d,)``.
+        loss_history: ``(steps,)``, the chosen run's relaxed objective per step.
+        initial_train_mse: the training MSE of the chosen run's hard network at its starting point (after
+            :func:`refine`: that of the search's hard network).
+    """
 
     network: MLPSpec  # hard: thresholded weights, 0/1 neuron masks, one-hot activation logits
     threshold: Float[Array, ""]
@@ -85,9 +111,19 @@ def _last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
 
 @eqx.filter_jit
 def soft_threshold(
-    spec: MLPSpec, threshold, sharpness: float
+    spec: MLPSpec, threshold: float | Float[Array, ""], sharpness: float
 ) -> tuple[MLPSpec, Float[Array, "4 7 7"], Float[Array, " 7"]]:
-    """Weights scaled by their gates σ(s(|w| − t)); returns the spec and the hidden/output gates."""
+    """Weights scaled by their gates σ(s(|w| − t)); returns the spec and the hidden/output gates.
+
+    Args:
+        spec: one member.
+        threshold: t.
+        sharpness: s.
+
+    Returns:
+        ``(soft, gate, output_gate)``: the member with gated hidden and output weights, the ``(4, 7, 7)``
+        hidden gates and the ``(7,)`` output gates.
+    """
     gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.weights) - threshold))
     output_gate = jax.nn.sigmoid(sharpness * (jnp.abs(spec.output_weights) - threshold))
     soft = eqx.tree_at(
@@ -97,9 +133,20 @@ def soft_threshold(
 
 
 @eqx.filter_jit
-def regularizers(spec: MLPSpec, gate, output_gate) -> dict[str, Float[Array, ""]]:
+def regularizers(
+    spec: MLPSpec, gate: Float[Array, "4 7 7"], output_gate: Float[Array, " 7"]
+) -> dict[str, Float[Array, ""]]:
     """Sparsity (surviving connections), binarisation (undecided masks) and compactness (active
-    neurons), each a mean over what exists in a network of ``spec.depth``."""
+    neurons), each a mean over what exists in a network of ``spec.depth``.
+
+    Args:
+        spec: one (relaxed) member.
+        gate: its ``(4, 7, 7)`` hidden weight gates (:func:`soft_threshold`).
+        output_gate: its ``(7,)`` output weight gates.
+
+    Returns:
+        ``{"sparsity": ..., "binarization": ..., "compactness": ...}``, scalars in [0, 1].
+    """
     dtype = spec.weights.dtype
     exists = _connections(spec.depth, dtype)
     presence = gate * spec.neuron_mask[:, :, None] * _source_masks(spec)[:, None, :] * exists
@@ -115,9 +162,17 @@ def regularizers(spec: MLPSpec, gate, output_gate) -> dict[str, Float[Array, ""]
 
 
 @eqx.filter_jit
-def harden(spec: MLPSpec, threshold) -> MLPSpec:
+def harden(spec: MLPSpec, threshold: float | Float[Array, ""]) -> MLPSpec:
     """The discrete network: |w| < t → 0, masks > ½ → 1 else 0, one-hot arg-max activation logits, and
-    every weight into or out of an inactive neuron (or a layer beyond the depth) zeroed."""
+    every weight into or out of an inactive neuron (or a layer beyond the depth) zeroed.
+
+    Args:
+        spec: one (relaxed) member.
+        threshold: t.
+
+    Returns:
+        The hard :class:`MLPSpec`.
+    """
     dtype = spec.weights.dtype
     mask = (spec.neuron_mask > 0.5).astype(dtype) * used_layers(spec.depth, dtype)
     hard = eqx.tree_at(lambda s: s.neuron_mask, spec, mask)
@@ -130,14 +185,34 @@ def harden(spec: MLPSpec, threshold) -> MLPSpec:
 
 @eqx.filter_jit
 def network_size(hard: MLPSpec) -> dict[str, Int[Array, ""]]:
-    """Active neurons and non-zero connection weights of a hard network (biases not counted)."""
+    """Active neurons and non-zero connection weights of a hard network (biases not counted).
+
+    Args:
+        hard: a hard member (:func:`harden`).
+
+    Returns:
+        ``{"active_neurons": ..., "nonzeros": ...}``, int32 scalars.
+    """
     return {
         "active_neurons": jnp.sum(hard.neuron_mask > 0).astype(jnp.int32),
         "nonzeros": (jnp.sum(hard.weights != 0) + jnp.sum(hard.output_weights != 0)).astype(jnp.int32),
     }
 
 
-def mse(spec: MLPSpec, x: Float[Array, "N 2"], y: Float[Array, " N"], temperature=None) -> Float[Array, ""]:
+def mse(
+    spec: MLPSpec, x: Float[Array, "N 2"], y: Float[Array, " N"], temperature: float | Float[Array, ""] | None = None
+) -> Float[Array, ""]:
+    r"""Mean squared error of a member on a data set.
+
+    Args:
+        spec: one member.
+        x: ``(N, 2)`` inputs.
+        y: ``(N,)`` targets.
+        temperature: as in :func:`forward`: None for the hard network, else the relaxed one's temperature.
+
+    Returns:
+        :math:`\frac1N\sum_i (f(x_i) - y_i)^2`.
+    """
     return jnp.mean((forward(spec, x, temperature) - y) ** 2)
 
 
@@ -157,7 +232,7 @@ def _temperatures(config: SearchConfig) -> Float[Array, " steps"]:
     return config.temperature_start * (config.temperature_end / config.temperature_start) ** fraction
 
 
-def _run_adam(loss_fn, params, x, y, key, config: SearchConfig):
+def _run_adam(loss_fn, params, x, y, key, config: SearchConfig) -> tuple[PyTree, Float[Array, " steps"]]:
     """Adam over the annealed temperatures, each step on a random minibatch of the training points;
     ``loss_fn(params, x, y, temperature)``. Returns the final params and the loss history."""
     optimizer = optax.adam(config.learning_rate)
@@ -201,7 +276,21 @@ def search(
 ) -> SearchResult:
     r"""Fit ``y ≈ f(x)`` by Adam on a latent point and a weight threshold, for ``config.starts`` starting
     points (encodings of random members of the family) × every depth, all in one compiled ``vmap``;
-    keep the run whose hard network has the lowest training MSE."""
+    keep the run whose hard network has the lowest training MSE.
+
+    Args:
+        model: the trained autoencoder (e.g. :func:`load_pretrained`).
+        x: ``(N, 2)`` training inputs.
+        y: ``(N,)`` training targets.
+        key: a JAX PRNG key (starting points and minibatches).
+        config: the settings (:class:`SearchConfig`).
+
+    Returns:
+        The :class:`SearchResult` of the best run.
+
+    Raises:
+        ValueError: ``x`` / ``y`` are not ``(N, 2)`` / ``(N,)`` or not finite.
+    """
     x, y = _check_task(x, y, model.positions.dtype)
     return _search(model, x, y, key, config)
 
@@ -243,8 +332,24 @@ def refine(
 ) -> SearchResult:
     """Continue the same objective (annealed again) on the parameters of the network decoded at the
     found latent point — weights, biases, activation logits and neuron-mask logits — and the
-    threshold; the depth is kept. Returns the new hard network, or the search's own when that fits
-    the training data better; ``initial_train_mse`` is then the search's hard training error."""
+    threshold; the depth is kept.
+
+    Args:
+        model: the autoencoder the search used.
+        result: the search's result.
+        x: ``(N, 2)`` training inputs.
+        y: ``(N,)`` training targets.
+        key: a JAX PRNG key (minibatches).
+        config: the settings (:class:`SearchConfig`).
+
+    Returns:
+        A :class:`SearchResult` with the new hard network, or the search's own when that fits the
+        training data better; ``latent`` is the search's, ``loss_history`` this run's and
+        ``initial_train_mse`` the search's hard training error.
+
+    Raises:
+        ValueError: ``x`` / ``y`` are not ``(N, 2)`` / ``(N,)`` or not finite.
+    """
     x, y = _check_task(x, y, model.positions.dtype)
     depth = result.network.depth
     # the decoder's own mask logits (a temperature of 1 leaves them as they are)
@@ -279,10 +384,10 @@ def refine(
     # the re-annealed objective can end on a worse hard network than it started from (the penalties
     # and the temperature schedule act on the relaxed one); keep whichever fits the training data better
     better = mse(hard, x, y) <= before
-    chosen = jax.tree_util.tree_map(
+    network, threshold = jax.tree_util.tree_map(
         lambda new, old: jnp.where(better, new, old), (hard, threshold), (result.network, result.threshold)
     )
-    return SearchResult(*chosen, result.latent, history, before)
+    return SearchResult(network, threshold, result.latent, history, before)
 
 
 def train_dense(
@@ -292,11 +397,28 @@ def train_dense(
     depth: int,
     config: SearchConfig = SearchConfig(),
     activation: int = 1,
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> MLPSpec:
     """The comparison point: a fully connected member of the same depth with all 7 neurons per layer on
     and one activation everywhere (default tanh), trained by the same Adam schedule (minibatches,
-    steps, learning rate) on the MSE alone."""
+    steps, learning rate) on the MSE alone.
+
+    Args:
+        x: ``(N, 2)`` training inputs.
+        y: ``(N,)`` training targets.
+        key: a JAX PRNG key (initial weights and minibatches).
+        depth: hidden layers, 1 to 4.
+        config: the settings; only ``steps``, ``batch_size`` and ``learning_rate`` are used.
+        activation: the index in ``("sigmoid", "tanh", "leaky_relu")`` of every neuron's activation
+            (default 1, tanh).
+        dtype: the floating dtype (default float32).
+
+    Returns:
+        The trained :class:`MLPSpec` (hard: all masks 1 in the used layers).
+
+    Raises:
+        ValueError: ``depth`` outside 1..4, or ``x`` / ``y`` malformed or not finite.
+    """
     x, y = _check_task(x, y, dtype)
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"depth must be in 1..{MAX_DEPTH}, got {depth}")

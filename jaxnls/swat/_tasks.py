@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+from jaxtyping import Float
 
 
 def _ackley(x, y):
@@ -61,11 +62,17 @@ def _branin(x, y):
 
 @dataclasses.dataclass(frozen=True)
 class TaskFunction:
+    """A 2-D test function and the input domain it is sampled on.
+
+    Attributes:
+        formula: ``formula(x, y) -> values``, elementwise on NumPy arrays.
+        domain: ``((x_low, x_high), (y_low, y_high))``.
+    """
+
     formula: Callable[[np.ndarray, np.ndarray], np.ndarray]
     domain: tuple[tuple[float, float], tuple[float, float]]
 
 
-#: name -> formula and its customary input domain.
 TEST_FUNCTIONS: dict[str, TaskFunction] = {
     "ackley": TaskFunction(_ackley, ((-5.0, 5.0), (-5.0, 5.0))),
     "rastrigin": TaskFunction(_rastrigin, ((-5.12, 5.12), (-5.12, 5.12))),
@@ -78,19 +85,43 @@ TEST_FUNCTIONS: dict[str, TaskFunction] = {
     "six_hump_camel": TaskFunction(_six_hump_camel, ((-3.0, 3.0), (-2.0, 2.0))),
     "branin": TaskFunction(_branin, ((-5.0, 10.0), (0.0, 15.0))),
 }
+"""The task suite: name -> formula and its customary input domain (the names :func:`make_task` takes)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class RegressionTask:
+    """One sampled task: train and test splits, inputs and outputs scaled to [-1, 1] by the training split.
+
+    Attributes:
+        name: the test function's name (a key of :data:`TEST_FUNCTIONS`).
+        x_train: ``(n_train, 2)`` inputs in [-1, 1].
+        y_train: ``(n_train,)`` outputs, spanning [-1, 1] exactly.
+        x_test: ``(n_test, 2)`` inputs in [-1, 1].
+        y_test: ``(n_test,)`` outputs, on the training split's scale (possibly slightly beyond [-1, 1]).
+    """
+
     name: str
-    x_train: np.ndarray  # (n_train, 2) in [-1, 1]
-    y_train: np.ndarray  # (n_train,) in [-1, 1]
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: Float[np.ndarray, "n_train 2"]  # in [-1, 1]
+    y_train: Float[np.ndarray, " n_train"]  # in [-1, 1]
+    x_test: Float[np.ndarray, "n_test 2"]
+    y_test: Float[np.ndarray, " n_test"]
 
 
 def make_task(name: str, seed: int = 0, num_train: int = 3750, num_test: int = 1250) -> RegressionTask:
-    """Sample one task: uniform inputs on the function's domain, inputs and outputs scaled to [-1, 1]."""
+    """Sample one task: uniform inputs on the function's domain, inputs and outputs scaled to [-1, 1].
+
+    Args:
+        name: a key of :data:`TEST_FUNCTIONS`, e.g. ``"ackley"``.
+        seed: the NumPy random seed (the same seed gives the same task).
+        num_train: training points, >= 2 (default 3750).
+        num_test: test points, >= 1 (default 1250).
+
+    Returns:
+        The :class:`RegressionTask` (float64 NumPy arrays).
+
+    Raises:
+        ValueError: an unknown ``name``, or too few points.
+    """
     if name not in TEST_FUNCTIONS:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TEST_FUNCTIONS)}")
     if num_train < 2 or num_test < 1:
