@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxnls
+
 # --------------------------------------------------------------------------------------------------
 # Timing
 
@@ -54,7 +56,8 @@ def time_calls(call: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     out = jax.block_until_ready(call())
     first = time.perf_counter() - t0
     times = []
-    for _ in range(repeats):
+    # a bar on a terminal for rows slow enough to wait for (drawn between the timed calls)
+    for _ in jaxnls.progress(range(repeats), label="timing", delay=2.0):
         t0 = time.perf_counter()
         out = jax.block_until_ready(call())
         times.append(time.perf_counter() - t0)

@@ -2,7 +2,7 @@
 
 from ._callback import IterationInfo
 from ._covariance import Covariance, covariance
-from ._progress import ProgressLine
+from ._progress import Progress, ProgressLine, progress
 from ._solution import History, Solution
 from ._solve import solve
 from ._status import Status
@@ -25,6 +25,7 @@ __all__ = [
     "IndirectLevenbergMarquardt",
     "IterationInfo",
     "LevenbergMarquardt",
+    "Progress",
     "ProgressLine",
     "Solution",
     "Status",
@@ -37,6 +38,7 @@ __all__ = [
     "meta",
     "nn",
     "optim",
+    "progress",
     "solve",
 ]
 

@@ -1,14 +1,21 @@
-"""A live progress line for long solves, built on the per-iteration callback."""
+"""Live progress on a terminal or in a notebook, silent in logs: a line for long solves (built on the
+per-iteration callback) and a bar for training loops and benchmark runs."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Iterable, Iterator
+from typing import Generic, TextIO, TypeVar
 
 import numpy as np
 
 from ._callback import IterationInfo
+
+Item = TypeVar("Item")
+
+#: Characters of the bar drawn by :class:`Progress`.
+_BAR_WIDTH = 24
 
 
 class ProgressLine:
@@ -45,10 +52,8 @@ class ProgressLine:
 
     @property
     def live(self) -> bool:
-        """Whether the stream is a terminal or a Jupyter output stream (which redraws on a carriage return);
-        otherwise nothing is drawn."""
-        isatty = getattr(self.stream, "isatty", None)
-        return bool(isatty and isatty()) or type(self.stream).__module__.startswith("ipykernel")
+        """Whether anything is drawn: :func:`is_live` of the stream."""
+        return is_live(self.stream)
 
     def __call__(self, info: IterationInfo) -> None:
         now = time.perf_counter()
@@ -83,3 +88,129 @@ class ProgressLine:
             self.stream.flush()
         self._width = 0
         self._start = None
+
+
+def is_live(stream: object) -> bool:
+    """Whether ``stream`` redraws a line on a carriage return: a terminal, or a Jupyter kernel's output
+    stream. Logs, pipes and CI output are not.
+
+    Args:
+        stream: a text stream (``sys.stderr``, a file, ...).
+
+    Returns:
+        True where a progress display should be drawn.
+    """
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) or type(stream).__module__.startswith("ipykernel")
+
+
+class Progress(Generic[Item]):
+    r"""A progress bar over an iterable, for training loops and benchmark runs::
+
+        bar = jaxnls.progress(range(60), label="training")
+        for step in bar:
+            params, state, loss = train_step(params, state)
+            bar.note(loss=loss)          # figures shown after the bar
+
+    draws ``training  37/60 ━━━━━━━━━━━━━━━━━━──────────  loss 1.234e-02  2.1 s, ~1.3 s left`` on one line,
+    redrawn at most every ``interval`` seconds, and a final line when the iteration ends (nothing at all
+    if it ends within ``delay`` seconds). Like
+    :class:`ProgressLine` it draws only on a terminal or in a notebook (:func:`is_live`): in a log file, a
+    pipe or CI output it writes nothing and costs one clock read per item.
+
+    Args:
+        iterable: what to iterate over.
+        total: the number of items, where ``len(iterable)`` does not say (without it: no bar, a count).
+        label: printed before the bar.
+        stream: where to draw (default ``sys.stderr``).
+        interval: least time between redraws, in seconds.
+        delay: seconds before the first redraw.
+    """
+
+    def __init__(
+        self,
+        iterable: Iterable[Item],
+        *,
+        total: int | None = None,
+        label: str = "",
+        stream: TextIO | None = None,
+        interval: float = 0.1,
+        delay: float = 0.0,
+    ):
+        for name, value in (("interval", interval), ("delay", delay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"progress({name}=...) must be a finite number of seconds >= 0, got {value!r}")
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+            raise ValueError(f"progress(total=...) must be an int >= 0, got {total!r}")
+        self.iterable = iterable
+        self.total = total
+        self.label = label
+        self.stream = sys.stderr if stream is None else stream
+        self.interval = float(interval)
+        self.delay = float(delay)
+        self.count = 0
+        self.figures: dict[str, float] = {}
+        self._width = 0
+
+    def note(self, **figures: float) -> None:
+        """Show these figures (e.g. ``loss=...``) after the bar from the next redraw on; a JAX scalar is
+        read only when the line is drawn, so on a log or pipe nothing waits for the device."""
+        self.figures.update(figures)
+
+    def __iter__(self) -> Iterator[Item]:
+        live = is_live(self.stream)
+        start = time.perf_counter()
+        drawn_at = -np.inf
+        for item in self.iterable:
+            yield item
+            self.count += 1
+            if live:
+                now = time.perf_counter()
+                if now - start >= self.delay and now - drawn_at >= self.interval:
+                    self._draw(now - start)
+                    drawn_at = now
+        if live and self._width:
+            self._draw(time.perf_counter() - start)
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self, elapsed: float) -> None:
+        figures = "".join(f"  {name} {float(value):.4g}" for name, value in self.figures.items())
+        if self.total:
+            done = min(self.count / self.total, 1.0)
+            filled = round(done * _BAR_WIDTH)
+            bar = f"{self.count}/{self.total} {'━' * filled}{'─' * (_BAR_WIDTH - filled)}"
+            left = f", ~{elapsed / done - elapsed:.1f} s left" if 0 < done < 1 else ""
+        else:
+            bar, left = f"{self.count}", ""
+        text = f"{self.label + '  ' if self.label else ''}{bar}{figures}  {elapsed:.1f} s{left}"
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._width = len(text)
+
+
+def progress(
+    iterable: Iterable[Item],
+    *,
+    total: int | None = None,
+    label: str = "",
+    stream: TextIO | None = None,
+    interval: float = 0.1,
+    delay: float = 0.0,
+) -> Progress[Item]:
+    """A :class:`Progress` bar over ``iterable`` (see there); iterate over the returned object.
+
+    Args:
+        iterable: what to iterate over.
+        total: the number of items where ``len(iterable)`` does not say.
+        label: printed before the bar.
+        stream: where to draw (default ``sys.stderr``); nothing is drawn unless it is a terminal or a notebook.
+        interval: least time between redraws, in seconds.
+        delay: seconds before the first redraw (a loop that ends sooner draws nothing).
+
+    Returns:
+        The :class:`Progress` object: iterate over it, call its :meth:`~Progress.note` to show figures.
+    """
+    return Progress(iterable, total=total, label=label, stream=stream, interval=interval, delay=delay)

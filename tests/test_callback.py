@@ -265,3 +265,53 @@ def test_progress_line_draws_in_a_jupyter_output_stream():
     jaxnls.solve(residual, STARTS[2], (T, Y), callback=line)
     line.close()
     assert stream.getvalue().startswith("\riter 0   cost ")
+
+
+# --------------------------------------------------------------------------------------------------
+# jaxnls.progress: the bar for training loops and benchmark runs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_progress_bar_draws_on_a_terminal_with_its_figures_and_yields_every_item():
+    terminal = FakeTerminal()
+    bar = jaxnls.progress(range(5), label="training", stream=terminal, interval=0.0)
+    seen = []
+    for step in bar:
+        seen.append(step)
+        bar.note(loss=jnp.asarray(1.0 / (step + 1)))
+    assert seen == list(range(5)) and bar.count == 5
+    text = terminal.getvalue()
+    assert text.endswith("\n")
+    redraws = text.rstrip("\n").split("\r")[1:]
+    # one redraw per item (interval 0) and the closing one
+    assert len(redraws) == 6
+    assert redraws[0].startswith("training  1/5 ") and "left" in redraws[0]
+    last = redraws[-1].rstrip()
+    assert last.startswith("training  5/5 " + "━" * 24) and "loss 0.2  " in last and "left" not in last
+
+
+def test_progress_bar_is_silent_in_a_pipe_and_counts_without_a_length():
+    pipe = io.StringIO()
+    assert list(jaxnls.progress(iter("abc"), stream=pipe, interval=0.0)) == ["a", "b", "c"]
+    assert pipe.getvalue() == ""
+    terminal = FakeTerminal()
+    bar = jaxnls.progress((i for i in range(3)), stream=terminal, interval=0.0)
+    assert bar.total is None and list(bar) == [0, 1, 2]
+    assert terminal.getvalue().rstrip("\n").split("\r")[-1].startswith("3  ")  # a count, no bar
+    sized = jaxnls.progress((i for i in range(4)), total=4, stream=FakeTerminal(), interval=0.0)
+    list(sized)
+    assert sized.stream.getvalue().rstrip("\n").split("\r")[-1].startswith("4/4 ")
+
+
+def test_progress_bar_draws_nothing_for_a_loop_shorter_than_its_delay():
+    terminal = FakeTerminal()
+    assert list(jaxnls.progress(range(3), stream=terminal, delay=3600.0)) == [0, 1, 2]
+    assert terminal.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "option", [dict(interval=-0.5), dict(interval=True), dict(delay=float("inf")), dict(total=-1), dict(total=2.0)]
+)
+def test_progress_bar_rejects_bad_options(option):
+    with pytest.raises(ValueError, match=r"progress\("):
+        jaxnls.progress(range(3), **option)

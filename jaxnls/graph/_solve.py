@@ -88,9 +88,11 @@ def solve(
         stay groups).
 
     Raises:
-        ValueError / TypeError at call time for inconsistent shapes, indices out of range and
-        (outside ``jit``, unbatched) non-finite starting values; in a batch a non-finite start is
-        reported in that problem's ``Solution.status`` (``NONFINITE_START``) and its neighbours solve.
+        ValueError: at call time for inconsistent shapes, indices out of range and (outside ``jit``,
+            unbatched) non-finite starting values; in a batch a non-finite start is reported in that
+            problem's ``Solution.status`` (``NONFINITE_START``) and its neighbours solve.
+        TypeError: for arguments of the wrong kind (a graph that is not a :class:`FactorGraph`, a dense
+            linear solver).
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")

@@ -14,7 +14,8 @@ from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, rad
 
 class Dogleg(AbstractLeastSquaresSolver):
     r"""Dogleg: within the trust region :math:`\|d \odot δ\| \le Δ`, :math:`d_j = \sqrt{D_j}`
-    (:math:`D` the running max of diag(JᵀJ), as in MINPACK's ``hybrd``), take
+    (:math:`D` the running max of diag(JᵀJ), as in MINPACK's ``hybrd``; with ``scaling="current"`` the
+    current diagonal), take
 
     - the Gauss-Newton step :math:`δ_{GN}` if it fits;
     - else the scaled steepest-descent step cut at the boundary if the Cauchy point

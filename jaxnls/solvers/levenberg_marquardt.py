@@ -34,7 +34,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     .. math::  (J^\top J + λ\,\mathrm{diag}(D))\,δ = -J^\top r,
 
     where :math:`D_j` is the running maximum of :math:`(J^\top J)_{jj}` (Marquardt's scaling, kept
-    monotone as in MINPACK so that the damping means the same thing from one iteration to the next).
+    monotone as in MINPACK so that the damping means the same thing from one iteration to the next;
+    ``scaling="current"`` uses the current diagonal instead).
     The damping :math:`λ` is per problem and follows Nielsen (1999): after an accepted step
     :math:`λ \leftarrow λ \max(1/3,\, 1-(2ρ-1)^3)`, :math:`ν \leftarrow 2`; after a rejected one
     :math:`λ \leftarrow λν`, :math:`ν \leftarrow 2ν`. Steps that beat the model (ρ > 1) are accepted
@@ -215,11 +216,13 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     the solve has converged in the parameters (MINPACK's ``delta <= xtol·xnorm``); it stalls
     (``Status.STALLED``) if Δ falls below machine precision relative to ``‖Dx‖`` first.
 
-    Controlling the step length rather than λ is what carries the method across changes of scale. On
-    NIST MGH10 from start 1 the columns of J shrink by more than 10⁵⁰ below their running maximum D on
-    the way to the minimum; :class:`LevenbergMarquardt`'s λ, updated by factors of at most 3, needs
-    7,701 steps to follow, while here the radius is re-read from each accepted step and the solve
-    takes ~300. The price: an n×n eigendecomposition per step besides the step solve (on the benchmark
+    Controlling the step length rather than λ decides where the first steps land. On NIST MGH10
+    (:math:`b_1 e^{b_2/(x+b_3)}`) from start 1, :class:`LevenbergMarquardt`'s damped first steps fit the
+    level by shrinking :math:`b_1` to ~1e-53 and then follow the valley :math:`b_1 e^{b_2/(x+b_3)} \approx y`
+    back up: along it :math:`b_1` must climb 50 decades, and each (by then nearly undamped, λ ~ 1e-90)
+    Gauss-Newton step, a straight line across a valley that is exponential in :math:`b_1`, gains a factor
+    of ~1.02, so it needs 7,656 steps. Here the first radius admits a Gauss-Newton step into a different
+    valley (:math:`b_2 < 0`), from which the solve takes ~300. The price: an n×n eigendecomposition per step besides the step solve (on the benchmark
     curve fit about 1.8× the time per iteration of :class:`LevenbergMarquardt`), and on well-started
     problems it takes longer Gauss-Newton steps, with MINPACK's outcomes (see benchmarks/README.md).
 

@@ -5,7 +5,7 @@ Besides the 29 row tokens, the encoder reads one *probe token*: the network's ou
 grid of [-1, 1]². Weights alone determine the function only through a deep composition the encoder
 would have to learn to evaluate; with the probe token the functional loss falls several times faster
 (measured on this family, width 32, one block, 1,500 steps of 32 networks: 0.10 without it against
-an output-variance baseline of 0.14; see tests/test_swat_autoencoder.py for the figure with it).
+an output-variance baseline of 0.14).
 
 Training is *functional*: a decoded network is judged by what it computes, not by its weights (many
 weight settings compute the same function — neurons permute, masked neurons carry arbitrary weights).
@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray
 
+from .._progress import progress
 from ._family import (
     ACTIVATIONS,
     MAX_DEPTH,
@@ -257,7 +258,8 @@ def train_autoencoder(
         latent_noise: the standard deviation of the latent shifts, >= 0 (default 0.05).
         min_temperature: the lowest decoding temperature, in (0, 1] (default 0.05).
         model: an autoencoder to continue training; None (default): a new one from ``model_options``.
-        log_every: print the loss every this many steps (0, the default: never).
+        log_every: print the loss every this many steps (0, the default: never; a progress bar is drawn
+            instead, on a terminal or in a notebook only).
         **model_options: keyword arguments of :class:`SwatAutoencoder` for a new model (not with
             ``model``).
 
@@ -298,9 +300,14 @@ def train_autoencoder(
         return optax.apply_updates(params, updates), opt_state, loss
 
     losses = []
-    for i, k in enumerate(jax.random.split(k_data, steps)):
+    keys = jax.random.split(k_data, steps)
+    # a bar on a terminal or in a notebook (nothing in logs), unless lines are printed every log_every steps
+    bar = None if log_every else progress(keys, label="SWAT autoencoder")
+    for i, k in enumerate(keys if bar is None else bar):
         params, opt_state, loss = step(params, opt_state, k)
         losses.append(loss)
+        if bar is not None:
+            bar.note(loss=loss)
         if log_every and (i % log_every == 0 or i == steps - 1):
             print(f"step {i:5d}  functional loss {float(loss):.4e}")
     return eqx.combine(params, static), jnp.stack(losses)
