@@ -71,9 +71,11 @@ def test_wheel_installs_in_a_fresh_environment_and_runs_the_demo(wheel, tmp_path
     _run([sys.executable, "-m", "venv", "--without-pip", str(environment)])
     python = environment / "bin" / "python"
     own_site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    # the dependencies from this interpreter's site-packages, after the fresh environment's own
-    (own_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # the wheel first, while the environment sees nothing else (pip would take a jaxnls installed in this
+    # interpreter's site-packages for the requirement already satisfied) ...
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)])
+    # ... then the dependencies from this interpreter's site-packages, after the fresh environment's own
+    (own_site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     located = _run([python, "-c", "import jaxnls; print(jaxnls.__file__, jaxnls.__version__)"], cwd=tmp_path)
     imported_from, version = located.stdout.split()

@@ -44,13 +44,18 @@ def test_pyright_reports_no_errors():
     except json.JSONDecodeError:
         pytest.fail(f"pyright did not run (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
     errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
+    if importlib.util.find_spec("flax") is None:
+        # flax is an optional extra ("jaxnls[flax]"); without it pyright resolves ``from flax import nnx`` in
+        # jaxnls/nn/flax.py to that file itself and cannot know nnx's types: that module is checked where
+        # flax is installed
+        errors = [d for d in errors if Path(d["file"]).resolve() != ROOT / "jaxnls" / "nn" / "flax.py"]
     lines = [
         f"{Path(d['file']).relative_to(ROOT)}:{d['range']['start']['line'] + 1}:"
         f"{d['range']['start']['character'] + 1}: {d['message']} ({d.get('rule', 'no rule')})"
         for d in errors
     ]
     assert report["summary"]["filesAnalyzed"] > 0, result.stdout
-    assert report["summary"]["errorCount"] == 0, f"pyright {report['version']}:\n" + "\n".join(lines)
+    assert not errors, f"pyright {report['version']}:\n" + "\n".join(lines)
 
 
 def test_ruff_check_passes():
