@@ -56,8 +56,10 @@ def time_calls(call: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     out = jax.block_until_ready(call())
     first = time.perf_counter() - t0
     times = []
-    # a bar on a terminal for rows slow enough to wait for (drawn between the timed calls)
-    for _ in jaxnls.progress(range(repeats), label="timing", delay=2.0):
+    # a bar on a terminal for rows slow enough to wait for (drawn between the timed calls); a plain loop
+    # where an earlier jaxnls without it is measured (benchmarks/before_after.sh)
+    repeat = getattr(jaxnls, "progress", lambda items, **_: items)
+    for _ in repeat(range(repeats), label="timing", delay=2.0):
         t0 = time.perf_counter()
         out = jax.block_until_ready(call())
         times.append(time.perf_counter() - t0)

@@ -68,3 +68,98 @@ def test_ruff_format_check_passes():
     _require("ruff")
     result = _run("ruff", "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _public_modules():
+    import pkgutil
+
+    import jaxnls
+
+    modules = [jaxnls]
+    for info in pkgutil.walk_packages(jaxnls.__path__, "jaxnls."):
+        if any(part.startswith("_") for part in info.name.split(".")) or importlib.util.find_spec(info.name) is None:
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra's module (jaxnls.nn.flax without flax)
+            continue
+        if hasattr(module, "__all__"):
+            modules.append(module)
+    return modules
+
+
+def _unannotated(qualname: str, function) -> list[str]:
+    """The parameters (but self / cls) and the return of ``function`` that carry no annotation."""
+    import inspect
+
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
+    missing = [
+        f"{qualname}: parameter {name}"
+        for name, parameter in signature.parameters.items()
+        if name not in ("self", "cls") and parameter.annotation is inspect.Parameter.empty
+    ]
+    if signature.return_annotation is inspect.Signature.empty and function.__name__ != "__init__":
+        missing.append(f"{qualname}: return")
+    return missing
+
+
+def _api_annotation_gaps(names: dict[str, object]) -> list[str]:
+    """Every public function, hand-written constructor and public method (properties included) of the
+    given ``qualified name -> object`` map that lacks an annotation. Module fields need no check here:
+    Equinox modules and dataclasses declare every field with its type."""
+    import enum
+    import inspect
+    import types
+
+    gaps = []
+    for qualname, obj in names.items():
+        if isinstance(obj, types.ModuleType):
+            continue
+        if inspect.isfunction(obj):
+            gaps += _unannotated(qualname, obj)
+        elif inspect.isclass(obj) and not issubclass(obj, enum.Enum):
+            for name, member in vars(obj).items():
+                if name.startswith("_") and name != "__init__":
+                    continue
+                function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                generated = getattr(function, "__module__", None) != obj.__module__  # a dataclass's __init__
+                if inspect.isfunction(function) and not generated:
+                    gaps += _unannotated(f"{qualname}.{name}", function)
+    return gaps
+
+
+def test_public_api_is_annotated():
+    names = {f"{m.__name__}.{n}": getattr(m, n) for m in _public_modules() for n in m.__all__}
+    assert len(names) > 100, sorted(names)
+    gaps = _api_annotation_gaps(names)
+    assert not gaps, "unannotated public API:\n" + "\n".join(sorted(set(gaps)))
+
+
+def test_the_annotation_check_finds_gaps():
+    def typed(x: int, *, y: float = 0.0) -> float:
+        return x + y
+
+    def untyped(x, y: float = 0.0):
+        return x
+
+    class Config:
+        def __init__(self, size):
+            self.size = size
+
+        def scaled(self, factor: float) -> float:
+            return self.size * factor
+
+        @property
+        def doubled(self):
+            return 2 * self.size
+
+    gaps = _api_annotation_gaps({"typed": typed, "untyped": untyped, "Config": Config})
+    assert sorted(gaps) == [
+        "Config.__init__: parameter size",
+        "Config.doubled: return",
+        "untyped: parameter x",
+        "untyped: return",
+    ]
