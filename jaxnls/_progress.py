@@ -18,6 +18,12 @@ Item = TypeVar("Item")
 _BAR_WIDTH = 24
 
 
+def _check_seconds(owner: str, **options: float) -> None:
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{owner}({name}=...) must be a finite number of seconds >= 0, got {value!r}")
+
+
 class ProgressLine:
     r"""``callback=ProgressLine()``: one line on a terminal, rewritten in place as the solve runs::
 
@@ -38,9 +44,7 @@ class ProgressLine:
     """
 
     def __init__(self, stream: TextIO | None = None, interval: float = 0.2, delay: float = 0.0, label: str = ""):
-        for name, value in (("interval", interval), ("delay", delay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"ProgressLine({name}=...) must be a finite number of seconds >= 0, got {value!r}")
+        _check_seconds("ProgressLine", interval=interval, delay=delay)
         self.stream = sys.stderr if stream is None else stream
         self.interval = float(interval)
         self.delay = float(delay)
@@ -112,11 +116,10 @@ class Progress(Generic[Item]):
             params, state, loss = train_step(params, state)
             bar.note(loss=loss)          # figures shown after the bar
 
-    draws ``training  37/60 ━━━━━━━━━━━━━━━━━━──────────  loss 1.234e-02  2.1 s, ~1.3 s left`` on one line,
-    redrawn at most every ``interval`` seconds, and a final line when the iteration ends (nothing at all
-    if it ends within ``delay`` seconds). Like
-    :class:`ProgressLine` it draws only on a terminal or in a notebook (:func:`is_live`): in a log file, a
-    pipe or CI output it writes nothing and costs one clock read per item.
+    draws ``training  37/60 ━━━━━━━━━━━━━━━━━━──────  loss 0.01234  2.1 s, ~1.3 s left`` on one line, redrawn
+    at most every ``interval`` seconds, and a final line when the iteration ends (nothing at all if it ends
+    within ``delay`` seconds). Like :class:`ProgressLine` it draws only on a terminal or in a notebook
+    (:func:`is_live`): in a log file, a pipe or CI output it writes nothing and reads no figure.
 
     Args:
         iterable: what to iterate over.
@@ -137,9 +140,7 @@ class Progress(Generic[Item]):
         interval: float = 0.1,
         delay: float = 0.0,
     ):
-        for name, value in (("interval", interval), ("delay", delay)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise ValueError(f"progress({name}=...) must be a finite number of seconds >= 0, got {value!r}")
+        _check_seconds("progress", interval=interval, delay=delay)
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
