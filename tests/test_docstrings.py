@@ -15,7 +15,9 @@ module (a module of ``jaxnls`` whose dotted name has no part starting with ``_``
   every ``Args:`` entry is a parameter, and there is a ``Returns:`` section unless it returns None (return
   annotation, or no ``return <value>`` in its source); a generator has ``Yields:``;
 * a class: its docstring documents every constructor parameter (``__init__``, the generated one of an
-  Equinox module or dataclass, a NamedTuple's fields) under ``Args:`` or ``Attributes:``; every ``Args:``
+  Equinox module or dataclass, a NamedTuple's fields) under ``Args:`` or ``Attributes:``, or inherits the
+  field from a jaxnls base whose ``Attributes:`` documents it (the solvers' shared tolerances are written
+  once, on ``AbstractLeastSquaresSolver``); every ``Args:``
   entry is a constructor parameter, every ``Attributes:`` entry a constructor parameter or an attribute of
   the class (fields, properties, ``self.name = ...`` in its methods); every public method, property or
   class method it defines itself, or inherits from a private (``_``-named) jaxnls base, has a docstring
@@ -320,6 +322,16 @@ def _public_members(cls: type) -> dict[str, object]:
     return members
 
 
+def _documented_by_bases(cls: type, package: str) -> set[str]:
+    """The names in the ``Attributes:`` of the bases of ``cls`` defined in ``package`` (a field inherited
+    from such a base is documented there)."""
+    names: set[str] = set()
+    for base in cls.__mro__[1:]:
+        if base.__module__.split(".")[0] == package and _own_class_doc(base):
+            names |= _entries(_sections(_own_class_doc(base)).get("Attributes", []), base.__qualname__, [])
+    return names
+
+
 def _check_class(qualname: str, cls: type, doc: str, problems: list[str]) -> None:
     sections = _sections(doc)
     args: set[str] = set()
@@ -336,7 +348,8 @@ def _check_class(qualname: str, cls: type, doc: str, problems: list[str]) -> Non
         if stale:
             problems.append(f"{qualname}: documented names that are neither members nor attributes: {', '.join(stale)}")
     else:
-        missing = [name for name in parameters if name not in args | attributes]
+        inherited = _documented_by_bases(cls, "jaxnls")
+        missing = [name for name in parameters if name not in args | attributes | inherited]
         if missing:
             problems.append(f"{qualname}: constructor parameters missing from Args:/Attributes: {', '.join(missing)}")
         stale_args = sorted(args - set(parameters))
@@ -537,6 +550,24 @@ def test_the_rules_catch_what_they_claim():
         x: int
 
     assert not _own_class_doc(Generated)  # "Generated(x: int)" is not documentation
+
+    class Base:
+        """Shared settings.
+
+        Attributes:
+            tolerance: shared.
+        """
+
+    class Derived(Base):
+        """More settings.
+
+        Attributes:
+            size: own.
+        """
+
+    here = Derived.__module__.split(".")[0]
+    assert _documented_by_bases(Derived, here) == {"tolerance"}
+    assert _documented_by_bases(Derived, "jaxnls") == set()  # only the package's own bases count
 
     @dataclasses.dataclass
     class Config:

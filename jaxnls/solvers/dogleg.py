@@ -27,16 +27,10 @@ class Dogleg(AbstractLeastSquaresSolver):
     ``initial_radius_factor · ‖d ⊙ x₀‖`` (or the factor itself at x₀ = 0). Stalls once Δ is below
     machine precision relative to ``‖d ⊙ x‖``.
 
+    The tolerances (``rtol``, ``atol``, ``ftol``, ``gtol``), ``linear_solver`` and ``scaling`` are those of
+    :class:`~jaxnls.AbstractLeastSquaresSolver`.
+
     Attributes:
-        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
-            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
-        atol: absolute parameter tolerance, default 1e-8.
-        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
-        gtol: gradient tolerance; None (default): ``rtol``.
-        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
-            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
-        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
-            :class:`~jaxnls.AbstractLeastSquaresSolver`).
         initial_radius_factor: the first radius in units of ``‖d ⊙ x₀‖``, > 0, default 100 (MINPACK's).
     """
 

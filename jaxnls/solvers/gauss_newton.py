@@ -18,16 +18,10 @@ class GaussNewton(AbstractLeastSquaresSolver):
     one doubles it back towards 1. On a rank-deficient :math:`J^\top J` the step solver's pivot floor
     gives a finite minimum-norm-like step. Stalls when α falls below ``min_step_length``.
 
+    The tolerances (``rtol``, ``atol``, ``ftol``, ``gtol``), ``linear_solver`` and ``scaling`` are those of
+    :class:`~jaxnls.AbstractLeastSquaresSolver`.
+
     Attributes:
-        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
-            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
-        atol: absolute parameter tolerance, default 1e-8.
-        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
-        gtol: gradient tolerance; None (default): ``rtol``.
-        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
-            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
-        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
-            :class:`~jaxnls.AbstractLeastSquaresSolver`).
         min_step_length: the smallest step length α, in (0, 1], default 1e-10: the solve stalls below it.
     """
 

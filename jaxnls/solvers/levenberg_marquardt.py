@@ -63,16 +63,10 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
       (GTSAM 26, 1133.0184); w100 11 / 7 / 4 / 4 (GTSAM 3); pose3example 15 / 13 / 13 / 13 (GTSAM 7).
       (GTSAM damps with λ·I, λ0 = 1e-5, far below the diagonal of these systems.)
 
+    The tolerances (``rtol``, ``atol``, ``ftol``, ``gtol``), ``linear_solver`` and ``scaling`` are those of
+    :class:`~jaxnls.AbstractLeastSquaresSolver`.
+
     Attributes:
-        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
-            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
-        atol: absolute parameter tolerance, default 1e-8.
-        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
-        gtol: gradient tolerance; None (default): ``rtol``.
-        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`; a graph
-            solver (:class:`~jaxnls.graph.SparseDirect`, ...) for :func:`jaxnls.graph.solve`.
-        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
-            :class:`~jaxnls.AbstractLeastSquaresSolver`).
         initial_damping: λ0, > 0; None (default): by problem kind, as above.
         min_damping: the floor of λ after accepted steps, >= 0, default 0.
         max_damping: the ceiling of λ, above ``min_damping``, default 1e32: the solve stalls once λ
@@ -233,16 +227,10 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     or in a far valley), 0.5 and 3 miss MGH10 start 1, whose outcome depends on exactly where the
     early steps land. The default is 1.
 
+    The tolerances (``rtol``, ``atol``, ``ftol``, ``gtol``), ``linear_solver`` and ``scaling`` are those of
+    :class:`~jaxnls.AbstractLeastSquaresSolver` (dense problems only: the damping search needs an eigendecomposition of JᵀJ).
+
     Attributes:
-        rtol: relative parameter tolerance, default 1e-8 (:class:`~jaxnls.AbstractLeastSquaresSolver` has the
-            tests ``rtol``, ``atol``, ``ftol`` and ``gtol`` make).
-        atol: absolute parameter tolerance, default 1e-8.
-        ftol: function tolerance; None (default): ``rtol`` down to √ε, quadratically smaller below it.
-        gtol: gradient tolerance; None (default): ``rtol``.
-        linear_solver: the solver of the step's linear system, default :class:`~jaxnls.Cholesky`. Dense
-            problems only (the damping search needs an eigendecomposition of JᵀJ).
-        scaling: ``"running_max"`` (default) or ``"current"``: the scaling D (see
-            :class:`~jaxnls.AbstractLeastSquaresSolver`).
         initial_radius_factor: the first radius in units of ``‖D x₀‖``, > 0, default 1.
     """
 
