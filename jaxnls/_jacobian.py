@@ -25,14 +25,17 @@ def residual_and_jacobian(
 ) -> tuple[Float[Array, " m"], Float[Array, "m n"]]:
     """Evaluate ``r(x)`` and ``J(x)`` together: the residual is the primal of the same autodiff pass.
 
-    Forward mode (``jacfwd``: n tangents) when ``m >= n``, reverse mode (``jacrev``: m cotangents)
-    when there are fewer residuals than parameters.
+    Forward mode (``jacfwd``: n tangents) unless there are fewer than half as many residuals as parameters,
+    then reverse mode (``jacrev``: m cotangents). A cotangent costs about twice a tangent, so the break-even
+    sits near m = n/2; measured on vmapped factor-graph terms (2 cores): a BAL reprojection (m = 2, n = 12)
+    31 ms reverse vs 54 ms forward for 83,718 terms, an SE(3) between factor (m = 6, n = 12) 54 ms reverse
+    vs 40 ms forward for 4,949 terms.
     """
 
     def with_aux(z):
         r = fn(z, args)
         return r, r
 
-    mode = jax.jacfwd if num_residuals >= x.shape[0] else jax.jacrev
+    mode = jax.jacrev if 2 * num_residuals < x.shape[0] else jax.jacfwd
     jacobian, residual = mode(with_aux, has_aux=True)(x)
     return residual, jacobian

@@ -143,3 +143,93 @@ def test_a_solve_with_schur_direct_differentiates_like_central_differences():
     h = 1e-6
     central = (cost(observations + h * direction) - cost(observations - h * direction)) / (2 * h)
     np.testing.assert_allclose(float(derivative), float(central), rtol=1e-6)
+
+
+def _mixed_graph(seed=3):
+    """Three kinds of different widths (camera 6, lens 3, point 3) with the point eliminated: reprojection-like
+    terms over (camera, lens, point), a term between two cameras (two kept arguments of one kind), a lens
+    prior (no eliminated argument) and camera 0 held fixed."""
+    rng = np.random.default_rng(seed)
+    cameras, lenses, points = 4, 2, 9
+
+    def observe(camera, lens, point, data):
+        moved = jnp.tanh(camera[:3]) * point + camera[3:] + lens[0] * jnp.sin(point)
+        return jnp.stack([moved[0] / (2.0 + moved[2] ** 2), moved[1] * lens[1] + lens[2] * moved[0]]) - data
+
+    def tie(a, b, data):
+        return a - 0.9 * b - data
+
+    def prior(lens, data):
+        return lens - data
+
+    seen = np.array([(c, c % lenses, p) for p in range(points) for c in range(cameras) if (p + c) % 3 != 0])
+    ties = np.array([(c, c + 1) for c in range(cameras - 1)])
+    truth = {
+        "camera": rng.normal(scale=0.5, size=(cameras, 6)),
+        "lens": rng.normal(scale=0.5, size=(lenses, 3)),
+        "point": rng.normal(size=(points, 3)),
+    }
+
+    def measured(fn, indices, kinds):
+        clean = jax.vmap(lambda *args: fn(*args, 0.0))(*(jnp.asarray(truth[k][i]) for k, i in zip(kinds, indices.T)))
+        return clean + 0.01 * rng.normal(size=clean.shape)
+
+    kinds = (("camera", "lens", "point"), ("camera", "camera"), ("lens",))
+    indices = (seen, ties, np.arange(lenses)[:, None])
+    functions = (observe, tie, prior)
+    return jg.FactorGraph(
+        {kind: jnp.asarray(value + 0.05 * rng.normal(size=value.shape)) for kind, value in truth.items()},
+        [
+            jg.CostGroup(fn, kind, index, jnp.asarray(measured(fn, index, kind)))
+            for fn, kind, index in zip(functions, kinds, indices)
+        ],
+        fixed={"camera": [0]},
+    )
+
+
+@pytest.mark.parametrize("given", ["jacobians", "products"])
+def test_schur_direct_reduced_matrix_with_mixed_kinds_equals_the_dense_schur_complement(given):
+    """Kept kinds of different widths, kept-kept terms of one and of two kinds, a fixed variable, and the
+    operator given as Jacobians (steps) or as symmetric blocks (the implicit adjoint): S against numpy's dense
+    Schur complement of the full matrix assembled here from jacfwd of the whole residual."""
+    from jaxnls.graph._linear import NormalOperator, block_products
+    from jaxnls.graph._schur import _Elimination, _reduced_camera_matrix
+
+    graph = _mixed_graph()
+    structure = validate(graph, False)
+    blocks = []
+    for cost, group in zip(graph.costs, structure.groups):
+        variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
+        blocks.append(term_evaluator(cost, group, jnp.float64)(variables, cost.data, None, None)[1])
+    damping = jnp.asarray(np.random.default_rng(0).uniform(0.1, 1.0, structure.n))
+    if given == "jacobians":
+        operator = NormalOperator(structure=structure, jacobians=tuple(blocks), products=None, damping=damping)
+    else:
+        products = tuple(block_products(jac, jac) for jac in blocks)
+        operator = NormalOperator(structure=structure, jacobians=None, products=products, damping=damping)
+    reduced = np.asarray(_reduced_camera_matrix(operator, _Elimination(operator, "point", "test"), chunk=5))
+
+    # the dense matrix, in the structure's coordinates (kinds sorted: camera, lens, point)
+    def residual(x):
+        parts = structure.flat_to_kinds(x)
+        out = []
+        for cost in graph.costs:
+            args = [parts[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
+            out.append(jnp.ravel(jax.vmap(cost.residual_fn)(*args, cost.data)))
+        return jnp.concatenate(out)
+
+    x = structure.kinds_to_flat(dict(graph.variables))
+    jac = np.array(jax.jacfwd(residual)(x))
+    jac[:, structure.fixed_diagonal > 0] = 0.0  # fixed coordinates: zero columns, an identity in A
+    a = jac.T @ jac + np.diag(np.asarray(damping) + structure.fixed_diagonal)
+    kept = structure.offset["point"]
+    expected = a[:kept, :kept] - a[:kept, kept:] @ np.linalg.solve(a[kept:, kept:], a[kept:, :kept])
+    np.testing.assert_allclose(reduced, expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+
+
+def test_schur_direct_solves_the_mixed_graph_like_sparse_direct():
+    graph = _mixed_graph()
+    direct = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SparseDirect()), max_steps=200)
+    schur = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurDirect()), max_steps=200)
+    assert bool(direct.converged) and bool(schur.converged)
+    np.testing.assert_allclose(float(schur.cost), float(direct.cost), rtol=1e-9)

@@ -76,7 +76,6 @@ ONE_GRAPH = textwrap.dedent(
                           (jax.tree_util.tree_map(lambda a: jax.device_put(a, terms), cost.data),
                            jax.device_put(cost.sqrt_information, terms)))
     assert {s.data.shape[0] for s in sharded.costs[0].sqrt_information.addressable_shards} == {cost.num_terms // 4}
-    # (tight tolerances, so that both answers are the minimum to far better than the comparison below)
     solver = jaxnls.LevenbergMarquardt(rtol=1e-10, atol=1e-10, linear_solver=jg.PCG(rtol=1e-13))
     solve = jax.jit(lambda g: jg.solve(g, solver=solver))
     hlo = solve.lower(sharded).compile().as_text()
@@ -86,9 +85,18 @@ ONE_GRAPH = textwrap.dedent(
     assert "all-reduce" in hlo, "no cross-device reduction in the compiled solve"
     assert bool(distributed.converged) and bool(alone.converged)
     np.testing.assert_allclose(float(distributed.cost), float(alone.cost), rtol=1e-8)
-    a = np.asarray(distributed.params["pose"].parameters())
-    b = np.asarray(alone.params["pose"].parameters())
-    np.testing.assert_allclose(a, b, atol=1e-7)
+    # The converged poses agree in the metric of the problem's own curvature: ½ dᵀ H d, d the tangent difference
+    # (b = a ⊕ d), is the cost one answer is above the other's quadratic model, and must be within the costs'
+    # agreement. (Not coordinate by coordinate: w100's softest mode has a marginal variance of ~2e3, so
+    # moving 1e-3 along it costs 4e-10, the size of the rounding-driven wander of the last steps, and the
+    # devices order their sums differently.)
+    n = graph.variables["pose"].parameters().shape[0]
+    d = np.asarray(jax.vmap(lambda x, y: (y.inverse() @ x).log())(distributed.params["pose"], alone.params["pose"]))
+    at_solution = eqx.tree_at(lambda g: g.variables, graph, alone.params)
+    covariance = np.asarray(jg.marginal_covariance(at_solution, [("pose", i) for i in range(1, n)]))  # pose 0 fixed
+    assert np.all(d[0] == 0.0)
+    gap = 0.5 * d[1:].ravel() @ np.linalg.solve(covariance, d[1:].ravel())
+    assert gap <= 1e-8 * float(alone.cost), (gap, float(alone.cost))
     print("ONE-GRAPH-OK")
     """
 )

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
+from .._jacobian import residual_and_jacobian
 from .._numerics import split_by_sizes
 from ..losses import linearize_block
 from ..manifolds import is_group, retract
@@ -258,20 +259,6 @@ class GraphStructure:
         """J v as per-group pieces (E_g, k_g)."""
         return [jnp.einsum("ekd,ed->ek", jac, v[group["columns"]]) for jac, group in zip(blocks, self.groups)]
 
-    def block_diagonal(self, products):
-        """The d×d diagonal blocks of Σₑ Sₑᵀ Pₑ Sₑ for per-term ``(E, D, D)`` blocks Pₑ, per kind (N, d, d)."""
-        out = {
-            kind: jnp.zeros((self.count[kind], self.dim[kind], self.dim[kind]), products[0].dtype)
-            for kind in self.kinds
-        }
-        for product, group in zip(products, self.groups):
-            cost_idx = group["indices"]
-            start = 0
-            for j, (kind, d) in enumerate(zip(group["kinds"], group["dims"])):
-                out[kind] = out[kind].at[cost_idx[:, j]].add(product[:, start : start + d, start : start + d])
-                start += d
-        return out
-
     def flat_to_kinds(self, v):
         return {
             kind: v[self.offset[kind] : self.offset[kind] + self.count[kind] * self.dim[kind]].reshape(
@@ -390,7 +377,11 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
     zero = jnp.zeros((sum(group["dims"]),), dtype)
 
     def one_term(variables, data, sqrt_information, loss):
-        jac, r = jax.jacfwd(lambda d: (residual(variables, d, data, sqrt_information),) * 2, has_aux=True)(zero)
+        def fn(delta, _):
+            return residual(variables, delta, data, sqrt_information)
+
+        k = jax.eval_shape(fn, zero, None).shape[0]
+        r, jac = residual_and_jacobian(fn, zero, None, k)
         return linearize_block(loss, r, jac)
 
     def evaluate(variables, data, sqrt_information, loss):

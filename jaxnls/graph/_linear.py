@@ -82,7 +82,7 @@ class NormalOperator(eqx.Module):
         """The blocks :math:`P_e`, ``(E, D, D)`` per cost group."""
         if self.products is not None:
             return list(self.products)
-        return [jnp.einsum("eka,ekb->eab", jac, jac) for jac in self._jacobians()]
+        return [block_products(jac, jac) for jac in self._jacobians()]
 
     def _jacobians(self) -> tuple[Float[Array, "E k D"], ...]:
         if self.jacobians is None:
@@ -103,15 +103,18 @@ class NormalOperator(eqx.Module):
             applied = structure.transpose_times(self._jacobians(), structure.times(self._jacobians(), v))
         return applied + self.diagonal() * v
 
-    def block_diagonal(self) -> dict[str, Float[Array, "N d d"]]:
-        """The ``d×d`` diagonal blocks of A, per variable kind ``(N, d, d)``."""
+    def block_diagonal(self, kinds: Sequence[str] | None = None) -> dict[str, Float[Array, "N d d"]]:
+        """The ``d×d`` diagonal blocks of A, per variable kind ``(N, d, d)``, for ``kinds`` (default: all)."""
         structure = self.structure
-        out = structure.block_diagonal(self.term_products())
+        kinds = structure.kinds if kinds is None else kinds
+        dtype = self.damping.dtype
         diagonal = structure.flat_to_kinds(self.diagonal())
-        return {
-            kind: out[kind] + diagonal[kind][:, :, None] * jnp.eye(structure.dim[kind], dtype=self.damping.dtype)[None]
-            for kind in structure.kinds
-        }
+        out = {kind: diagonal[kind][:, :, None] * jnp.eye(structure.dim[kind], dtype=dtype)[None] for kind in kinds}
+        for g, group in enumerate(structure.groups):
+            for j, kind in enumerate(group["kinds"]):
+                if kind in out:
+                    out[kind] = out[kind].at[group["indices"][:, j]].add(self.coupling(g, j, j))
+        return out
 
     def coupling(self, group: int, row: int, column: int) -> Float[Array, "E a b"]:
         """The blocks of :math:`P_e` between argument ``row`` and argument ``column`` of every term of cost
@@ -123,7 +126,7 @@ class NormalOperator(eqx.Module):
         if self.products is not None:
             return self.products[group][:, rows, columns]
         jac = self._jacobians()[group]
-        return jnp.einsum("eka,ekb->eab", jac[:, :, rows], jac[:, :, columns])
+        return block_products(jac[:, :, rows], jac[:, :, columns])
 
 
 class AbstractGraphLinearSolver(AbstractLinearSolver[BlockSparseLinearization]):
@@ -182,6 +185,16 @@ def _block_jacobi(operator: NormalOperator) -> Callable[[Float[Array, " n"]], Fl
     return apply
 
 
+def block_products(a: Float[Array, "E k p"], b: Float[Array, "E k q"]) -> Float[Array, "E p q"]:
+    r""":math:`a_e^\top b_e` for every term :math:`e`, summed as :math:`k` outer products of rows: for the
+    small blocks of factor graphs XLA:CPU runs this 2-3× faster than the batched ``einsum`` (measured:
+    83,718 terms of 2×12, 42 → 24 ms; 60,000 of 6×12, 45 → 17 ms)."""
+    k = a.shape[1]
+    if not 0 < k <= 16:  # past a few rows the unrolled sum only lengthens the program
+        return jnp.sum(a[:, :, :, None] * b[:, :, None, :], axis=1)
+    return sum((a[:, i, :, None] * b[:, i, None, :] for i in range(1, k)), start=a[:, 0, :, None] * b[:, 0, None, :])
+
+
 def invert_blocks(blocks: Float[Array, "N d d"]) -> Float[Array, "N d d"]:
     """Inverses of a stack of symmetric positive (semi)definite ``(N, d, d)`` blocks, each Jacobi-scaled to
     unit diagonal and pivot-floored (``10·d·ε``) first, so a zero or singular block gives a finite inverse."""
@@ -190,7 +203,34 @@ def invert_blocks(blocks: Float[Array, "N d d"]) -> Float[Array, "N d d"]:
     diag = jnp.diagonal(blocks, axis1=1, axis2=2)
     scale = jnp.where(diag > 0, jax.lax.rsqrt(jnp.where(diag > 0, diag, 1.0)), 1.0)
     scaled = blocks * scale[:, :, None] * scale[:, None, :] + pivot_floor(d, blocks.dtype) * eye[None]
-    return jnp.linalg.inv(scaled) * scale[:, :, None] * scale[:, None, :]
+    inverse = _cofactor_inverse(scaled) if d <= 3 else jnp.linalg.inv(scaled)
+    return inverse * scale[:, :, None] * scale[:, None, :]
+
+
+def _cofactor_inverse(blocks: Float[Array, "N d d"]) -> Float[Array, "N d d"]:
+    """Inverses of ``(N, d, d)`` blocks, d ≤ 3, as adjugate / determinant: elementwise operations that
+    vectorise over N (a batched LAPACK inverse of 22,106 3×3 blocks takes 6 ms, this 0.2 ms); exact for
+    any nonsingular block, definite or not."""
+    d = blocks.shape[-1]
+    if d == 1:
+        return 1.0 / blocks
+    if d == 2:
+        a, b, c, e = blocks[:, 0, 0], blocks[:, 0, 1], blocks[:, 1, 0], blocks[:, 1, 1]
+        adjugate = jnp.stack([jnp.stack([e, -b], -1), jnp.stack([-c, a], -1)], -2)
+        return adjugate / (a * e - b * c)[:, None, None]
+    m = [[blocks[:, i, j] for j in range(3)] for i in range(3)]
+
+    def cofactor(i, j):
+        rows = [r for r in range(3) if r != i]
+        cols = [c for c in range(3) if c != j]
+        minor = m[rows[0]][cols[0]] * m[rows[1]][cols[1]] - m[rows[0]][cols[1]] * m[rows[1]][cols[0]]
+        return minor if (i + j) % 2 == 0 else -minor
+
+    cofactors = [[cofactor(i, j) for j in range(3)] for i in range(3)]
+    determinant = m[0][0] * cofactors[0][0] + m[0][1] * cofactors[0][1] + m[0][2] * cofactors[0][2]
+    # the adjugate is the transposed cofactor matrix
+    adjugate = jnp.stack([jnp.stack([cofactors[j][i] for j in range(3)], -1) for i in range(3)], -2)
+    return adjugate / determinant[:, None, None]
 
 
 class PCG(AbstractGraphLinearSolver):

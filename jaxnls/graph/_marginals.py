@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from ..manifolds import ProductSpace
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, validate
-from ._linear import SparseDirect, jacobi_scaled_upper, sparse_modules
+from ._linear import SparseDirect, block_products, jacobi_scaled_upper, sparse_modules
 
 
 def marginal_covariance(
@@ -94,7 +94,7 @@ def _term_products(graph: FactorGraph, structure) -> list[np.ndarray]:
     @jax.jit
     def products(anchor, cost_args):
         _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
-        return [jnp.einsum("eka,ekb->eab", jac, jac) for jac in jacobians]
+        return [block_products(jac, jac) for jac in jacobians]
 
     return [np.asarray(p, np.float64) for p in products(anchor, cost_args)]
 

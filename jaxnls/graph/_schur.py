@@ -27,7 +27,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..linear import pivot_floor
-from ._linear import AbstractGraphLinearSolver, NormalOperator, conjugate_gradient, invert_blocks
+from ..linear._dense import lu_solve
+from ._linear import AbstractGraphLinearSolver, NormalOperator, block_products, conjugate_gradient, invert_blocks
 
 
 class _Elimination:
@@ -39,8 +40,7 @@ class _Elimination:
         _check_eliminable(structure, eliminated, owner)
         self.operator, self.structure, self.eliminated = operator, structure, eliminated
         self.kept = [kind for kind in structure.kinds if kind != eliminated]
-        self.diagonal_blocks = operator.block_diagonal()
-        self.hpp_inverse = invert_blocks(self.diagonal_blocks[eliminated])
+        self.hpp_inverse = invert_blocks(operator.block_diagonal([eliminated])[eliminated])
 
     def zeros(self, kind, dtype):
         return jnp.zeros((self.structure.count[kind], self.structure.dim[kind]), dtype)
@@ -122,13 +122,16 @@ class SchurDirect(AbstractGraphLinearSolver):
     backend; no host round trip), for problems whose kept unknowns number up to a few thousand
     (:math:`S` is dense: ``n_c²`` memory, ``n_c³/3`` flops per step).
 
-    :math:`S` is assembled from its parts: :math:`A_{cc}` from the terms' ``J_eᵀJ_e`` blocks over the kept
-    variables, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as
+    :math:`S` is assembled block by block over the kept variables: :math:`A_{cc}` from the terms' own
+    :math:`J_{e,i}^\top J_{e,j}` blocks, and :math:`A_{cp}A_{pp}^{-1}A_{pc}` as
     :math:`\sum_p\sum_{e,e' \ni p} W_e A_{pp}^{-1}W_{e'}^\top` over the pairs of terms that see the same
-    eliminated variable (listed once per structure, on the host), accumulated in chunks of ``chunk`` pairs so
-    that memory stays bounded. Jacobi-scaled, shifted by ``10·n·ε`` like the dense solvers' pivots, and
-    factored by LU (the implicit adjoint's exact Hessian, which these solves also serve, need not be positive
-    definite).
+    eliminated variable, only for blocks on or above the diagonal. The pairs are listed once per structure on
+    the host and sorted by the block they land in, so that each run of them is summed in one fused reduction
+    and one block scattered per run (Ceres accumulates the same sum point by point), ``chunk`` pairs at a time
+    so that memory stays bounded. Then Jacobi-scaled, shifted by ``10·n·ε`` like the dense solvers' pivots,
+    and factored by LU with partial pivoting (the implicit adjoint's exact Hessian, which these solves also
+    serve, need not be positive definite): in XLA operations up to 256 kept unknowns, by LAPACK above, whose
+    threads would otherwise compete with XLA's on CPU (the module's ``_XLA_LU_MAX``).
 
     Attributes:
         eliminate: the variable kind eliminated (static, default ``"point"``); no cost term may connect two
@@ -150,81 +153,209 @@ class SchurDirect(AbstractGraphLinearSolver):
         scale = jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 1.0)
         scaled = reduced * scale[:, None] * scale[None, :] + pivot_floor(n, rhs.dtype) * jnp.eye(n, dtype=rhs.dtype)
         # (LU, not Cholesky: the implicit adjoint's exact Hessian need not be positive definite)
-        camera = jnp.linalg.solve(scaled, elimination.reduced_rhs(rhs_parts) * scale) * scale
+        solve = lu_solve if n <= _XLA_LU_MAX else jnp.linalg.solve
+        camera = solve(scaled, elimination.reduced_rhs(rhs_parts) * scale) * scale
         return elimination.full_step(elimination.unflatten(camera), rhs_parts)
 
 
-def _kept_positions(structure, kept) -> np.ndarray:
-    """For every flat tangent coordinate its place among the kept kinds' coordinates (flatten's order), or
-    the dummy place n_kept for the eliminated kind's."""
-    n_kept = sum(structure.count[kind] * structure.dim[kind] for kind in kept)
-    positions = np.full(structure.n, n_kept, np.int64)
-    start = 0
-    for kind in kept:
-        size = structure.count[kind] * structure.dim[kind]
-        positions[structure.offset[kind] : structure.offset[kind] + size] = np.arange(start, start + size)
-        start += size
-    return positions
+def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, chunk: int):
+    r"""S = A_cc - A_cp A_pp⁻¹ A_pc, dense over the kept coordinates (``flatten``'s order).
 
+    S is accumulated block by block over the kept variables (each padded to the widest kept kind, ``w``):
+    a term's own blocks :math:`J_{e,i}^\top J_{e,j}` between the kept variables it connects, and for every
+    ordered pair of terms :math:`(e, e')` that see the same eliminated variable :math:`p`,
+    :math:`-W_e A_{pp}^{-1} W_{e'}^\top` (:math:`W_e = J_{e,c}^\top J_{e,p}`). The pairs are listed once per
+    structure on the host, grouped by the block of S they land in and summed there as one matrix product
+    per run of pairs (:class:`_BlockSums`), only for blocks on or above the diagonal: the rest is their
+    transpose."""
+    structure = elimination.structure
+    plan = structure.host_cache.get(("schur", elimination.eliminated, chunk))
+    if plan is None:
+        plan = structure.host_cache[("schur", elimination.eliminated, chunk)] = _ReductionPlan(
+            structure, elimination.eliminated, elimination.kept, chunk
+        )
+    dtype = operator.damping.dtype
+    size, width = plan.num_variables, plan.width
+    blocks = jnp.zeros((size, size, width, width), dtype)
 
-def _reduced_camera_matrix(operator, elimination, chunk: int):
-    """S = A_cc - A_cp A_pp⁻¹ A_pc, dense over the kept coordinates."""
-    structure, eliminated = elimination.structure, elimination.eliminated
-    positions = _kept_positions(structure, elimination.kept)
-    n_kept = sum(structure.count[kind] * structure.dim[kind] for kind in elimination.kept)
-    products = operator.term_products()
-    dtype = products[0].dtype
-    size = n_kept + 1  # one dummy row/column that collects every eliminated coordinate's entries
-    matrix = jnp.zeros((size, size), dtype)
-    for product, group in zip(products, structure.groups):
-        place = positions[group["columns"]]  # (E, D)
-        matrix = matrix.at[place[:, :, None], place[:, None, :]].add(product)
-    diagonal = operator.diagonal()
-    kept_diagonal = jnp.zeros((size,), dtype).at[positions].add(diagonal)
-    matrix = matrix + jnp.diag(kept_diagonal)
-
-    # the terms' camera-point blocks W (slots), padded to one width, and the pairs that share a point
-    slots, slot_places, slot_points = [], [], []
-    width = max(structure.dim[kind] for kind in elimination.kept)
-    d_point = structure.dim[eliminated]
-    for g, group in enumerate(structure.groups):
-        if eliminated not in group["kinds"]:
+    # the terms' own blocks between kept variables
+    for g, arguments in enumerate(plan.kept_arguments):
+        if not arguments:
             continue
-        j_point = group["kinds"].index(eliminated)
-        starts = np.cumsum((0,) + group["dims"])
-        for j, kind in enumerate(group["kinds"]):
-            if kind == eliminated:
-                continue
-            coupling = operator.coupling(g, j, j_point)  # (E, d_j, d_point)
-            pad = width - coupling.shape[1]
-            slots.append(jnp.pad(coupling, ((0, 0), (0, pad), (0, 0))))
-            place = positions[group["columns"][:, starts[j] : starts[j + 1]]]
-            slot_places.append(np.pad(place, ((0, 0), (0, pad)), constant_values=n_kept))
-            slot_points.append(group["indices"][:, j_point])
-    if not slots:
-        return matrix[:n_kept, :n_kept]
-    slots = jnp.concatenate(slots + [jnp.zeros((1, width, d_point), dtype)])  # + one zero slot for padding
-    slot_places = np.concatenate(slot_places + [np.full((1, width), n_kept)])
-    slot_points = np.concatenate(slot_points + [np.zeros(1, np.int64)])
-    first, second = _pairs_sharing_a_point(slot_points[:-1], structure.count[eliminated])
-    total = first.size
-    chunks = max(1, -(-total // chunk))
-    padding = chunks * chunk - total
-    dummy = slots.shape[0] - 1
-    first = np.concatenate([first, np.full(padding, dummy)]).reshape(chunks, chunk)
-    second = np.concatenate([second, np.full(padding, dummy)]).reshape(chunks, chunk)
-    hpp_inverse = elimination.hpp_inverse
+        if operator.jacobians is not None:
+            jac = operator.jacobians[g]
+            stacked = jnp.concatenate([_pad_columns(jac[:, :, plan.columns(g, j)], width) for j in arguments])
+            blocks = plan.direct[g](stacked, stacked, blocks)
+        else:
+            for j in arguments:
+                for i in arguments:
+                    block = operator.coupling(g, j, i)
+                    block = jnp.pad(block, ((0, 0), (0, width - block.shape[1]), (0, width - block.shape[2])))
+                    blocks = _add_blocks(blocks, plan.variable[g][j], plan.variable[g][i], block)
 
-    def accumulate(matrix, pair):
-        a, b = pair
-        inverse = hpp_inverse[jnp.asarray(slot_points)[a]]
-        block = jnp.einsum("pik,pkl,pjl->pij", slots[a], inverse, slots[b])
-        rows = jnp.asarray(slot_places)[a][:, :, None]
-        columns = jnp.asarray(slot_places)[b][:, None, :]
-        return matrix.at[rows, columns].add(-block), None
+    # minus the eliminated variables' share, on and above the diagonal, then mirrored
+    if plan.pairs is not None:
+        couplings = []  # W_eᵀ per (term, kept argument): (E, d_p, w), slot order of the plan
+        for g, j, j_point in plan.slot_arguments:
+            coupling = operator.coupling(g, j_point, j)
+            couplings.append(jnp.pad(coupling, ((0, 0), (0, 0), (0, width - coupling.shape[2]))))
+        couplings = jnp.concatenate(couplings)
+        inverse = elimination.hpp_inverse[plan.slot_points]
+        reduced = block_products(jnp.swapaxes(inverse, 1, 2), couplings)  # A_pp⁻¹ W_eᵀ
+        upper = plan.pairs(reduced, -couplings, jnp.zeros_like(blocks))
+        off_diagonal = ~np.eye(size, dtype=bool)[:, :, None, None]
+        blocks = blocks + upper + jnp.where(off_diagonal, jnp.swapaxes(upper, 0, 1).swapaxes(2, 3), 0.0)
 
-    matrix, _ = jax.lax.scan(accumulate, matrix, (jnp.asarray(first), jnp.asarray(second)))
-    return matrix[:n_kept, :n_kept]
+    matrix = blocks.transpose(0, 2, 1, 3).reshape(size * width, size * width)
+    if plan.coordinates is not None:
+        matrix = matrix[plan.coordinates[:, None], plan.coordinates[None, :]]
+    kept_diagonal = elimination.flatten(structure.flat_to_kinds(operator.diagonal()))
+    return matrix + jnp.diag(kept_diagonal)
+
+
+def _add_blocks(out, rows, columns, blocks):
+    """``out[rows[i], columns[i]] += blocks[i]`` for ``out`` of ``(V, V, w, w)`` blocks, scattered entry by
+    entry into the flattened array: under ``vmap`` XLA:CPU runs the equivalent scatter of whole blocks as a
+    loop of one small update per block (~3 µs each), the element-wise one as one kernel."""
+    size, width = out.shape[1], out.shape[-1]
+    flat = (rows * size + columns)[:, None] * width**2 + jnp.arange(width**2)[None, :]
+    return out.ravel().at[flat.ravel()].add(blocks.ravel()).reshape(out.shape)
+
+
+def _pad_columns(block, width: int):
+    return jnp.pad(block, ((0, 0), (0, 0), (0, width - block.shape[2])))
+
+
+class _BlockSums:
+    r"""A host-side plan for ``out[u_i, v_i] += X[left_i]ᵀ Y[right_i]`` over items :math:`i` (``X``, ``Y``
+    stacks of ``(c, w)`` blocks, ``out`` of ``(w, w)`` blocks).
+
+    The items are sorted by their target block and each block's items padded (with a zero block) to a
+    multiple of ``run``, so that ``run`` items of one block are summed by one matrix product over
+    ``run·c`` rows and only one ``(w, w)`` block per run is scattered: XLA:CPU scatters whole blocks quickly,
+    element-indexed ones ~100× slower. ``chunk`` items per step of a ``lax.scan`` bound the gathered memory."""
+
+    def __init__(self, left, right, u, v, num_variables: int, run: int, chunk: int):
+        key = u.astype(np.int64) * num_variables + v
+        order = np.argsort(key, kind="stable")
+        unique, counts = np.unique(key[order], return_counts=True)
+        padded = -(-counts // run) * run
+        total_runs = int(padded.sum()) // run
+        steps = max(1, -(-total_runs // max(1, chunk // run)))
+        runs_per_step = max(1, -(-total_runs // steps))  # the runs spread evenly over the steps
+        # the dummy item (-1) reads the zero block appended to X and Y
+        self.left = np.full(steps * runs_per_step * run, -1, np.int64)
+        self.right = np.full_like(self.left, -1)
+        destination = np.repeat(np.cumsum(padded) - padded, counts) + (
+            np.arange(order.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        self.left[destination] = left[order]
+        self.right[destination] = right[order]
+        run_keys = np.zeros(steps * runs_per_step, np.int64)
+        run_keys[:total_runs] = np.repeat(unique, padded // run)  # padding runs add zero to block (0, 0)
+        self.u, self.v = (run_keys // num_variables).astype(np.int32), (run_keys % num_variables).astype(np.int32)
+        self.shape = (steps, runs_per_step, run)
+
+    def __call__(self, x, y, out):
+        zero = jnp.zeros((1,) + x.shape[1:], x.dtype)
+        x, y = jnp.concatenate([x, zero]), jnp.concatenate([y, zero])
+        steps, runs, run = self.shape
+
+        def accumulate(out, where):
+            left, right, u, v = where
+            # a fused multiply-and-reduce: XLA:CPU runs the equivalent batched einsum as one small matrix
+            # product per run, ~4× slower here
+            block = jnp.sum(x[left][..., :, None] * y[right][..., None, :], axis=(1, 2))
+            return _add_blocks(out, u, v, block), None
+
+        where = (
+            jnp.asarray(self.left.reshape(steps, runs, run)),
+            jnp.asarray(self.right.reshape(steps, runs, run)),
+            jnp.asarray(self.u.reshape(steps, runs)),
+            jnp.asarray(self.v.reshape(steps, runs)),
+        )
+        out, _ = jax.lax.scan(accumulate, out, where)
+        return out
+
+
+#: Reduced systems up to this size are factored by XLA operations (``lu_solve``), larger ones by LAPACK. On 2
+#: cores a 144-unknown LU takes 0.8 ms in the loop and 0.16 ms in LAPACK alone, but LAPACK's OpenBLAS threads
+#: then compete with XLA's for the cores: benchmarks/README.md (r)'s BAL solve took 0.95 s with LAPACK and
+#: 0.63 s with the loop. At 441 unknowns the loop's n³ masked updates take 73 ms (LAPACK 2 ms).
+_XLA_LU_MAX = 256
+
+#: items (pairs of terms) summed together per run in SchurDirect's assembly; 8 to 64 measured alike on a
+#: 16-camera BAL problem
+_RUN = 16
+
+
+class _ReductionPlan:
+    """Where S's pieces come from and land, for one structure (host side, built once and cached)."""
+
+    def __init__(self, structure, eliminated: str, kept: list[str], chunk: int):
+        self.width = max(structure.dim[kind] for kind in kept)
+        base, start = {}, 0
+        for kind in kept:
+            base[kind], start = start, start + structure.count[kind]
+        self.num_variables = start
+        # S's real coordinates among the padded blocks (None where no kind is narrower than the widest)
+        coordinates = np.concatenate(
+            [
+                (
+                    (base[kind] + np.arange(structure.count[kind]))[:, None] * self.width
+                    + np.arange(structure.dim[kind])
+                ).ravel()
+                for kind in kept
+            ]
+        )
+        uniform = all(structure.dim[kind] == self.width for kind in kept)
+        self.coordinates = None if uniform else coordinates
+        self._structure = structure
+        self.kept_arguments, self.variable, self.direct = [], [], []
+        self.slot_arguments, slot_variables, slot_points = [], [], []
+        for g, group in enumerate(structure.groups):
+            arguments = [j for j, kind in enumerate(group["kinds"]) if kind != eliminated]
+            variable = {j: (base[group["kinds"][j]] + group["indices"][:, j]).astype(np.int32) for j in arguments}
+            self.kept_arguments.append(arguments)
+            self.variable.append(variable)
+            num_terms = group["num_terms"]
+            terms = np.arange(num_terms)
+            # a term's own blocks: every ordered pair of its kept arguments, rows of the stacked Jacobians
+            pairs = [(a, b) for a in range(len(arguments)) for b in range(len(arguments))]
+            self.direct.append(
+                _BlockSums(
+                    np.concatenate([a * num_terms + terms for a, _ in pairs]) if pairs else np.zeros(0, np.int64),
+                    np.concatenate([b * num_terms + terms for _, b in pairs]) if pairs else np.zeros(0, np.int64),
+                    np.concatenate([variable[arguments[a]] for a, _ in pairs]) if pairs else np.zeros(0, np.int64),
+                    np.concatenate([variable[arguments[b]] for _, b in pairs]) if pairs else np.zeros(0, np.int64),
+                    self.num_variables,
+                    _RUN,
+                    chunk,
+                )
+                if arguments
+                else None
+            )
+            if eliminated in group["kinds"]:
+                j_point = group["kinds"].index(eliminated)
+                for j in arguments:
+                    self.slot_arguments.append((g, j, j_point))
+                    slot_variables.append(variable[j])
+                    slot_points.append(group["indices"][:, j_point])
+        self.pairs, self.slot_points = None, None
+        if self.slot_arguments:
+            slot_variables, slot_points = np.concatenate(slot_variables), np.concatenate(slot_points)
+            first, second = _pairs_sharing_a_point(slot_points, structure.count[eliminated])
+            upper = slot_variables[first] <= slot_variables[second]
+            first, second = first[upper], second[upper]
+            self.pairs = _BlockSums(
+                first, second, slot_variables[first], slot_variables[second], self.num_variables, _RUN, chunk
+            )
+            self.slot_points = slot_points
+
+    def columns(self, g: int, j: int) -> slice:
+        dims = self._structure.groups[g]["dims"]
+        start = sum(dims[:j])
+        return slice(start, start + dims[j])
 
 
 def _pairs_sharing_a_point(slot_points: np.ndarray, num_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +387,7 @@ def _check_eliminable(structure, eliminated: str, owner: str):
 def _schur_jacobi(operator, elimination):
     """v ↦ (block diagonal of S)⁻¹ v."""
     structure, eliminated = operator.structure, elimination.eliminated
-    blocks = {kind: elimination.diagonal_blocks[kind] for kind in elimination.kept}
+    blocks = operator.block_diagonal(elimination.kept)
     for g, group in enumerate(structure.groups):
         if eliminated not in group["kinds"]:
             continue

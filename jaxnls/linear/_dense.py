@@ -201,6 +201,39 @@ def _lapack_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor:
     return jnp.where(jnp.all(jnp.isfinite(x)), x, b)
 
 
+def lu_solve(a: Float[Array, "n n"], b: Float[Array, " n"]) -> Float[Array, " n"]:
+    """``a⁻¹ b`` for one square matrix by LU with partial pivoting, written in XLA operations (a loop of
+    ``n`` masked rank-1 updates, then the two triangular sweeps).
+
+    For matrices up to a few hundred rows inside a compiled loop on CPU: LAPACK's ``getrf`` is faster
+    alone, but its OpenBLAS threads then compete with XLA's for the same cores (measured on 2 cores: a
+    144×144 solve per iteration cost a bundle-adjustment solve 0.2 s of its 0.95 s). Work grows as n³ per
+    masked update, so larger systems belong to LAPACK.
+    """
+    n = a.shape[0]
+    index = jnp.arange(n)
+
+    def eliminate(k, carry):
+        a, order = carry
+        pivot_row = jnp.argmax(jnp.where(index >= k, jnp.abs(a[:, k]), -1.0))
+        swap = jnp.where(index == k, pivot_row, jnp.where(index == pivot_row, k, index))
+        a, order = a[swap], order[swap]
+        multipliers = jnp.where(index > k, a[:, k] / a[k, k], 0.0)
+        a = a - multipliers[:, None] * jnp.where(index > k, a[k], 0.0)[None, :]
+        return a.at[:, k].set(jnp.where(index > k, multipliers, a[:, k])), order
+
+    factors, order = jax.lax.fori_loop(0, n, eliminate, (a, index))
+
+    def forward(i, y):  # L y = P b, L unit lower triangular
+        return y.at[i].add(-jnp.dot(jnp.where(index < i, factors[i], 0.0), y))
+
+    def backward(j, x):  # U x = y
+        i = n - 1 - j
+        return x.at[i].set((x[i] - jnp.dot(jnp.where(index > i, factors[i], 0.0), x)) / factors[i, i])
+
+    return jax.lax.fori_loop(0, n, backward, jax.lax.fori_loop(0, n, forward, b[order]))
+
+
 class Cholesky(AbstractLinearSolver[Linearization]):
     r"""Normal equations ``(JᵀJ + diag(d)) δ = -Jᵀr`` by Jacobi-scaled Cholesky.
 
