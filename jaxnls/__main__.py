@@ -329,7 +329,12 @@ def _solve_graph(args, kind: str) -> int:
     strategy = {"lm": jaxnls.LevenbergMarquardt, "gn": jaxnls.GaussNewton, "dogleg": jaxnls.Dogleg}[
         args.solver or "dogleg"
     ]
-    linear = graph.PCG() if args.linear_solver == "pcg" else graph.SparseDirect()
+    linear = {
+        "auto": lambda: graph.default_linear_solver(factor_graph),
+        "direct": graph.SparseDirect,
+        "schur": graph.SchurDirect,
+        "pcg": graph.PCG,
+    }[args.linear_solver]()
     solver = strategy(linear_solver=linear)
     max_steps = args.max_steps or GRAPH_MAX_STEPS
     verbose = args.verbose and not args.json
@@ -506,9 +511,11 @@ def main(argv=None) -> int:
     )
     solve.add_argument(
         "--linear-solver",
-        choices=("direct", "pcg"),
-        default="direct",
-        help="graphs: sparse direct (LDLᵀ) or block-Jacobi preconditioned CG (default direct)",
+        choices=("auto", "direct", "schur", "pcg"),
+        default="auto",
+        help="graphs: sparse direct (LDLᵀ), the points eliminated and the reduced camera system factored "
+        "densely (schur; BAL files), or block-Jacobi preconditioned CG; default auto: schur for BAL "
+        "files with up to 2,500 camera unknowns, direct otherwise (jaxnls.graph.default_linear_solver)",
     )
     solve.add_argument(
         "--max-steps",

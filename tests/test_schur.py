@@ -4,6 +4,8 @@ where the sparse direct solver's does, and misuse is rejected clearly."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -233,3 +235,48 @@ def test_schur_direct_solves_the_mixed_graph_like_sparse_direct():
     schur = jg.solve(graph, solver=LevenbergMarquardt(linear_solver=jg.SchurDirect()), max_steps=200)
     assert bool(direct.converged) and bool(schur.converged)
     np.testing.assert_allclose(float(schur.cost), float(direct.cost), rtol=1e-9)
+
+
+# -- the default linear solver ------------------------------------------------------------------------
+
+
+def test_default_linear_solver_eliminates_points_in_bundle_adjustment_and_not_in_pose_graphs():
+    from jaxnls.io import read_pose_graph
+
+    data = Path(__file__).parent / "data" / "graphs"
+    assert jg.default_linear_solver(_problem()) == jg.SchurDirect(eliminate="point")
+    # the kind with the most unknowns among those no term connects twice: points (27) over lenses (6)
+    assert jg.default_linear_solver(_mixed_graph()) == jg.SchurDirect(eliminate="point")
+    poses = jg.pose_graph_problem(read_pose_graph(data / "w100.graph"))
+    assert jg.default_linear_solver(poses) == jg.SparseDirect()
+
+    # whichever kind has more unknowns is eliminated (cameras too are never connected to each other) ...
+    def shape_only(cameras, points):
+        pairs = [(c, (3 * c + k) % points) for c in range(cameras) for k in range(3)]
+        variables = {"camera": jnp.zeros((cameras, 9)), "point": jnp.ones((points, 3))}
+        return jg.FactorGraph(
+            variables, [jg.CostGroup(bal_reprojection, ("camera", "point"), pairs, jnp.zeros((len(pairs), 2)))]
+        )
+
+    assert jg.default_linear_solver(shape_only(300, 20)) == jg.SchurDirect(eliminate="camera")
+    # ... unless the rest keeps more than SCHUR_KEPT_MAX unknowns: the dense reduced system would be too large
+    assert jg.default_linear_solver(shape_only(300, 1000)) == jg.SparseDirect()  # 2,700 camera unknowns kept
+    # a solve without a solver uses it
+    solved = jg.solve(_problem(), max_steps=50)
+    assert solved.method == "Dogleg, SchurDirect"
+
+
+def test_the_command_line_eliminates_the_points_of_a_bal_file_by_default(capsys):
+    import json
+
+    from jaxnls.__main__ import main
+
+    path = Path(__file__).parent / "data" / "graphs" / "dubrovnik-3-7-pre.txt"
+    reports = {}
+    for choice in ("auto", "direct"):
+        assert main(["solve", str(path), "--json", "--linear-solver", choice]) == 0
+        reports[choice] = json.loads(capsys.readouterr().out)
+    assert reports["auto"]["linear_solver"] == "SchurDirect"
+    assert reports["direct"]["linear_solver"] == "SparseDirect"
+    # (the file's minimum is an exact fit: both reach rounding level from an initial cost of ~1e3)
+    assert reports["auto"]["final_cost"] < 1e-20 and reports["direct"]["final_cost"] < 1e-20

@@ -31,7 +31,7 @@ from ._graph import CostGroup, FactorGraph
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
 from ._marginals import marginal_covariance
 from ._schur import SchurDirect, SchurPCG
-from ._solve import solve
+from ._solve import default_linear_solver, solve
 
 __all__ = [
     "PCG",
@@ -46,6 +46,7 @@ __all__ = [
     "bal_graph_problem",
     "bal_reprojection",
     "between",
+    "default_linear_solver",
     "from_gtsam_pose3",
     "marginal_covariance",
     "point_in_frame",

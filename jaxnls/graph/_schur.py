@@ -371,6 +371,23 @@ def _pairs_sharing_a_point(slot_points: np.ndarray, num_points: int) -> tuple[np
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
+def largest_eliminable_kind(structure) -> str | None:
+    """The variable kind with the most tangent unknowns that a Schur solver can eliminate: one of at least two
+    kinds, seen by some cost term, and never connected to another variable of its kind by one; None if no
+    kind qualifies (a pose graph)."""
+    if len(structure.kinds) < 2:
+        return None
+    candidates = [
+        kind
+        for kind in structure.kinds
+        if any(kind in group["kinds"] for group in structure.groups)
+        and all(list(group["kinds"]).count(kind) <= 1 for group in structure.groups)
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda kind: structure.count[kind] * structure.dim[kind])
+
+
 def _check_eliminable(structure, eliminated: str, owner: str):
     if eliminated not in structure.kinds:
         raise ValueError(f"{owner}(eliminate={eliminated!r}): no variable kind of that name among {structure.kinds}")
