@@ -96,7 +96,9 @@ def test_cli_json_and_output_round_trip(tmp_path):
     result = _cli(DATA / "w100.graph", "--json", "--output", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["status"].startswith("CONVERGED") and report["iterations"] > 0 and report["seconds"] > 0
+    assert report["status"].startswith("CONVERGED") and report["iterations"] > 0
+    # the one solve call timed whole, and the part of it JAX reports spending on compilation (tracing at least)
+    assert 0 < report["compile_seconds"] <= report["seconds"]
     factor_graph, values = gtsam.load2D(str(DATA / "w100.graph"), noiseFormat=gtsam.NoiseFormat.NoiseFormatTORO)
     np.testing.assert_allclose(report["initial_cost"], factor_graph.error(values), rtol=1e-10)
     # the written file starts where the solve ended (GTSAM evaluates it)
