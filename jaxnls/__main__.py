@@ -420,9 +420,9 @@ class _CompileClock:
     def __init__(self):
         self.seconds = 0.0
 
-    def _listen(self, event: str, duration: float, **_) -> None:
+    def _listen(self, event: str, duration_secs: float, **kwargs: str | int) -> None:
         if event in self.EVENTS:
-            self.seconds += duration
+            self.seconds += duration_secs
 
     def __enter__(self) -> _CompileClock:
         import jax.monitoring
