@@ -66,6 +66,19 @@ def time_calls(call: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     return Timing(first, times), out
 
 
+def load_bal(path: str, note: str = ""):
+    """``(BALProblem, FactorGraph)`` of a BAL file, after printing its size (and ``note``) on one line."""
+    from jaxnls.graph import bal_graph_problem
+    from jaxnls.io import read_bal
+
+    problem = read_bal(path)
+    print(
+        f"{path}: {problem.num_cameras} cameras, {problem.num_points} points, "
+        f"{problem.num_observations} observations{note}"
+    )
+    return problem, bal_graph_problem(problem)
+
+
 def aot_compile_time(fn: Callable, *args) -> dict:
     """``jax.jit(fn).lower(*args)`` and ``.compile()`` timed separately, on a fresh ``jax.jit`` object.
 

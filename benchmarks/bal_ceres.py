@@ -24,12 +24,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from _common import time_calls  # noqa: E402
+from _common import load_bal, time_calls  # noqa: E402
 
 import jaxnls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
-from jaxnls.graph import bal_graph_problem  # noqa: E402
-from jaxnls.io import read_bal  # noqa: E402
 
 
 def run_ceres(binary: str, path: str, threads: int, repeats: int) -> dict:
@@ -66,12 +64,7 @@ def main(argv=None):
     parser.add_argument("--only", default=None, help="comma-separated jaxnls row names")
     args = parser.parse_args(argv)
 
-    problem = read_bal(args.file)
-    graph = bal_graph_problem(problem)
-    print(
-        f"{args.file}: {problem.num_cameras} cameras, {problem.num_points} points, "
-        f"{problem.num_observations} observations"
-    )
+    _, graph = load_bal(args.file)
     rows = []
     for threads in (1, 2):
         result = run_ceres(args.ceres, args.file, threads, args.repeats)

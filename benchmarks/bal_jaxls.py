@@ -21,11 +21,10 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import time_calls  # noqa: E402
+from _common import load_bal, time_calls  # noqa: E402
 
 from jaxnls import graph as jg  # noqa: E402
-from jaxnls.graph import bal_graph_problem, bal_reprojection  # noqa: E402
-from jaxnls.io import read_bal  # noqa: E402
+from jaxnls.graph import bal_reprojection  # noqa: E402
 
 
 def half_squared_error(problem, cameras, points) -> float:
@@ -83,13 +82,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    problem = read_bal(args.file)
-    graph = bal_graph_problem(problem)
-    print(
-        f"{args.file}: {problem.num_cameras} cameras, {problem.num_points} points, "
-        f"{problem.num_observations} observations; initial cost "
-        f"{half_squared_error(problem, problem.cameras, problem.points):.8e}"
-    )
+    problem, graph = load_bal(args.file)
+    print(f"initial ½Σ‖r‖² {half_squared_error(problem, problem.cameras, problem.points):.8e}")
     timing, sol = time_calls(lambda: jg.solve(graph), args.repeats)
     rows = [
         (

@@ -124,7 +124,10 @@ def test_schur_direct_reduced_matrix_equals_the_dense_schur_complement():
     _solver, lin, structure = _linearization(graph, jg.SchurDirect)
     damping = jnp.full((structure.n,), 0.5)
     operator = NormalOperator(structure=structure, jacobians=lin.blocks, products=None, damping=damping)
-    reduced = np.asarray(_reduced_camera_matrix(operator, _Elimination(operator, "point", "test"), chunk=5))
+    # (compiled: run op by op, the assembly's scan takes ~10 s)
+    reduced = np.asarray(
+        eqx.filter_jit(lambda op: _reduced_camera_matrix(op, _Elimination(op, "point", "test"), chunk=5))(operator)
+    )
     a = np.asarray(dense.T @ dense) + 0.5 * np.eye(structure.n)
     c = structure.count["camera"] * structure.dim["camera"]
     expected = a[:c, :c] - a[:c, c:] @ np.linalg.solve(a[c:, c:], a[c:, :c])
@@ -209,7 +212,10 @@ def test_schur_direct_reduced_matrix_with_mixed_kinds_equals_the_dense_schur_com
     else:
         products = tuple(block_products(jac, jac) for jac in blocks)
         operator = NormalOperator(structure=structure, jacobians=None, products=products, damping=damping)
-    reduced = np.asarray(_reduced_camera_matrix(operator, _Elimination(operator, "point", "test"), chunk=5))
+    # (compiled: run op by op, the assembly's scan takes ~10 s)
+    reduced = np.asarray(
+        eqx.filter_jit(lambda op: _reduced_camera_matrix(op, _Elimination(op, "point", "test"), chunk=5))(operator)
+    )
 
     # the dense matrix, in the structure's coordinates (kinds sorted: camera, lens, point)
     def residual(x):
