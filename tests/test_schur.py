@@ -286,3 +286,20 @@ def test_the_command_line_eliminates_the_points_of_a_bal_file_by_default(capsys)
     assert reports["direct"]["linear_solver"] == "SparseDirect"
     # (the file's minimum is an exact fit: both reach rounding level from an initial cost of ~1e3)
     assert reports["auto"]["final_cost"] < 1e-20 and reports["direct"]["final_cost"] < 1e-20
+
+
+def test_the_reduced_systems_lu_matches_numpy_on_indefinite_matrices_that_need_pivoting():
+    """``lu_solve`` (SchurDirect's factorisation up to 256 unknowns): partial pivoting is exercised by a zero
+    leading entry, and symmetric indefinite matrices (the implicit adjoint's exact Hessian) are solved."""
+    from jaxnls.linear._dense import lu_solve
+
+    rng = np.random.default_rng(4)
+    solve = jax.jit(lu_solve)
+    for n in (1, 2, 7, 40):
+        a = rng.standard_normal((n, n))
+        a = a + a.T  # symmetric, indefinite
+        if n > 1:
+            a[0, 0] = 0.0  # no factorisation without a row exchange
+        b = rng.standard_normal(n)
+        expected = np.linalg.solve(a, b)
+        np.testing.assert_allclose(solve(jnp.asarray(a), jnp.asarray(b)), expected, rtol=1e-9, atol=1e-12)

@@ -165,7 +165,7 @@ def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, 
     a term's own blocks :math:`J_{e,i}^\top J_{e,j}` between the kept variables it connects, and for every
     ordered pair of terms :math:`(e, e')` that see the same eliminated variable :math:`p`,
     :math:`-W_e A_{pp}^{-1} W_{e'}^\top` (:math:`W_e = J_{e,c}^\top J_{e,p}`). The pairs are listed once per
-    structure on the host, grouped by the block of S they land in and summed there as one matrix product
+    structure on the host, grouped by the block of S they land in and summed there by one fused reduction
     per run of pairs (:class:`_BlockSums`), only for blocks on or above the diagonal: the rest is their
     transpose."""
     structure = elimination.structure
@@ -231,9 +231,9 @@ class _BlockSums:
     stacks of ``(c, w)`` blocks, ``out`` of ``(w, w)`` blocks).
 
     The items are sorted by their target block and each block's items padded (with a zero block) to a
-    multiple of ``run``, so that ``run`` items of one block are summed by one matrix product over
-    ``run·c`` rows and only one ``(w, w)`` block per run is scattered: XLA:CPU scatters whole blocks quickly,
-    element-indexed ones ~100× slower. ``chunk`` items per step of a ``lax.scan`` bound the gathered memory."""
+    multiple of ``run``, so that the ``run`` items of one block are summed by one fused multiply-and-reduce
+    over ``run·c`` rows and one ``(w, w)`` block per run, not per item, is added to ``out``. ``chunk`` items
+    per step of a ``lax.scan`` bound the gathered memory."""
 
     def __init__(self, left, right, u, v, num_variables: int, run: int, chunk: int):
         key = u.astype(np.int64) * num_variables + v
@@ -324,10 +324,10 @@ class _ReductionPlan:
             pairs = [(a, b) for a in range(len(arguments)) for b in range(len(arguments))]
             self.direct.append(
                 _BlockSums(
-                    np.concatenate([a * num_terms + terms for a, _ in pairs]) if pairs else np.zeros(0, np.int64),
-                    np.concatenate([b * num_terms + terms for _, b in pairs]) if pairs else np.zeros(0, np.int64),
-                    np.concatenate([variable[arguments[a]] for a, _ in pairs]) if pairs else np.zeros(0, np.int64),
-                    np.concatenate([variable[arguments[b]] for _, b in pairs]) if pairs else np.zeros(0, np.int64),
+                    np.concatenate([a * num_terms + terms for a, _ in pairs]),
+                    np.concatenate([b * num_terms + terms for _, b in pairs]),
+                    np.concatenate([variable[arguments[a]] for a, _ in pairs]),
+                    np.concatenate([variable[arguments[b]] for _, b in pairs]),
                     self.num_variables,
                     _RUN,
                     chunk,
