@@ -58,7 +58,7 @@ def time_calls(call: Callable[[], Any], repeats: int) -> tuple[Timing, Any]:
     times = []
     # a bar on a terminal for rows slow enough to wait for (drawn between the timed calls); a plain loop
     # where an earlier jaxnls without it is measured (benchmarks/before_after.sh)
-    repeat = getattr(jaxnls, "progress", lambda items, **_: items)
+    repeat = getattr(jaxnls, "Progress", lambda items, **_: items)
     for _ in repeat(range(repeats), label="timing", delay=2.0):
         t0 = time.perf_counter()
         out = jax.block_until_ready(call())

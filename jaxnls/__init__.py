@@ -2,7 +2,7 @@
 
 from ._callback import IterationInfo
 from ._covariance import Covariance, covariance
-from ._progress import Progress, ProgressLine, progress
+from ._progress import Progress, ProgressLine
 from ._solution import History, Solution
 from ._solve import solve
 from ._status import Status
@@ -38,7 +38,6 @@ __all__ = [
     "meta",
     "nn",
     "optim",
-    "progress",
     "solve",
 ]
 

@@ -111,7 +111,7 @@ def is_live(stream: object) -> bool:
 class Progress(Generic[Item]):
     r"""A progress bar over an iterable, for training loops and benchmark runs::
 
-        bar = jaxnls.progress(range(60), label="training")
+        bar = jaxnls.Progress(range(60), label="training")
         for step in bar:
             params, state, loss = train_step(params, state)
             bar.note(loss=loss)          # figures shown after the bar
@@ -140,11 +140,11 @@ class Progress(Generic[Item]):
         interval: float = 0.1,
         delay: float = 0.0,
     ):
-        _check_seconds("progress", interval=interval, delay=delay)
+        _check_seconds("Progress", interval=interval, delay=delay)
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
-            raise ValueError(f"progress(total=...) must be an int >= 0, got {total!r}")
+            raise ValueError(f"Progress(total=...) must be an int >= 0, got {total!r}")
         self.iterable = iterable
         self.total = total
         self.label = label
@@ -190,28 +190,3 @@ class Progress(Generic[Item]):
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)
-
-
-def progress(
-    iterable: Iterable[Item],
-    *,
-    total: int | None = None,
-    label: str = "",
-    stream: TextIO | None = None,
-    interval: float = 0.1,
-    delay: float = 0.0,
-) -> Progress[Item]:
-    """A :class:`Progress` bar over ``iterable`` (see there); iterate over the returned object.
-
-    Args:
-        iterable: what to iterate over.
-        total: the number of items where ``len(iterable)`` does not say.
-        label: printed before the bar.
-        stream: where to draw (default ``sys.stderr``); nothing is drawn unless it is a terminal or a notebook.
-        interval: least time between redraws, in seconds.
-        delay: seconds before the first redraw (a loop that ends sooner draws nothing).
-
-    Returns:
-        The :class:`Progress` object: iterate over it, call its :meth:`~Progress.note` to show figures.
-    """
-    return Progress(iterable, total=total, label=label, stream=stream, interval=interval, delay=delay)

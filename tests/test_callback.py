@@ -268,13 +268,13 @@ def test_progress_line_draws_in_a_jupyter_output_stream():
 
 
 # --------------------------------------------------------------------------------------------------
-# jaxnls.progress: the bar for training loops and benchmark runs
+# jaxnls.Progress: the bar for training loops and benchmark runs
 # --------------------------------------------------------------------------------------------------
 
 
 def test_progress_bar_draws_on_a_terminal_with_its_figures_and_yields_every_item():
     terminal = FakeTerminal()
-    bar = jaxnls.progress(range(5), label="training", stream=terminal, interval=0.0)
+    bar = jaxnls.Progress(range(5), label="training", stream=terminal, interval=0.0)
     seen = []
     for step in bar:
         seen.append(step)
@@ -292,20 +292,20 @@ def test_progress_bar_draws_on_a_terminal_with_its_figures_and_yields_every_item
 
 def test_progress_bar_is_silent_in_a_pipe_and_counts_without_a_length():
     pipe = io.StringIO()
-    assert list(jaxnls.progress(iter("abc"), stream=pipe, interval=0.0)) == ["a", "b", "c"]
+    assert list(jaxnls.Progress(iter("abc"), stream=pipe, interval=0.0)) == ["a", "b", "c"]
     assert pipe.getvalue() == ""
     terminal = FakeTerminal()
-    bar = jaxnls.progress((i for i in range(3)), stream=terminal, interval=0.0)
+    bar = jaxnls.Progress((i for i in range(3)), stream=terminal, interval=0.0)
     assert bar.total is None and list(bar) == [0, 1, 2]
     assert terminal.getvalue().rstrip("\n").split("\r")[-1].startswith("3  ")  # a count, no bar
-    sized = jaxnls.progress((i for i in range(4)), total=4, stream=FakeTerminal(), interval=0.0)
+    sized = jaxnls.Progress((i for i in range(4)), total=4, stream=FakeTerminal(), interval=0.0)
     list(sized)
     assert sized.stream.getvalue().rstrip("\n").split("\r")[-1].startswith("4/4 ")
 
 
 def test_progress_bar_draws_nothing_for_a_loop_shorter_than_its_delay():
     terminal = FakeTerminal()
-    assert list(jaxnls.progress(range(3), stream=terminal, delay=3600.0)) == [0, 1, 2]
+    assert list(jaxnls.Progress(range(3), stream=terminal, delay=3600.0)) == [0, 1, 2]
     assert terminal.getvalue() == ""
 
 
@@ -313,5 +313,5 @@ def test_progress_bar_draws_nothing_for_a_loop_shorter_than_its_delay():
     "option", [dict(interval=-0.5), dict(interval=True), dict(delay=float("inf")), dict(total=-1), dict(total=2.0)]
 )
 def test_progress_bar_rejects_bad_options(option):
-    with pytest.raises(ValueError, match=r"progress\("):
-        jaxnls.progress(range(3), **option)
+    with pytest.raises(ValueError, match=r"Progress\("):
+        jaxnls.Progress(range(3), **option)

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray
 
-from .._progress import progress
+from .._progress import Progress
 from ._family import (
     ACTIVATIONS,
     MAX_DEPTH,
@@ -302,7 +302,7 @@ def train_autoencoder(
     losses = []
     keys = jax.random.split(k_data, steps)
     # a bar on a terminal or in a notebook (nothing in logs), unless lines are printed every log_every steps
-    bar = None if log_every else progress(keys, label="SWAT autoencoder")
+    bar = None if log_every else Progress(keys, label="SWAT autoencoder")
     for i, k in enumerate(keys if bar is None else bar):
         params, opt_state, loss = step(params, opt_state, k)
         losses.append(loss)
