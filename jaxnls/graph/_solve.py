@@ -107,8 +107,9 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
+    structure = validate(graph, batched)
     if solver is None:
-        solver = Dogleg(linear_solver=default_linear_solver(graph, batched))
+        solver = Dogleg(linear_solver=_default_for(structure))
     max_steps = check_options(
         solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback, history=history
     )
@@ -116,10 +117,9 @@ def solve(
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(
             f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
-            "solver; factor graphs need jaxnls.graph.SparseDirect() or jaxnls.graph.PCG(), e.g. "
-            f"{type(solver).__name__}(linear_solver=jaxnls.graph.SparseDirect())"
+            "solver; factor graphs need a graph linear solver (jaxnls.graph.SparseDirect(), SchurDirect(), "
+            f"PCG(), ...), e.g. {type(solver).__name__}(linear_solver=jaxnls.graph.default_linear_solver(graph))"
         )
-    structure = validate(graph, batched)
     if not batched:
         _check_finite(graph)
     # as in jaxnls.solve: a small problem is dominated by its compilation, so its kernels are generated
@@ -160,7 +160,10 @@ def default_linear_solver(graph: FactorGraph, batched: bool = False) -> Abstract
     Returns:
         An unbound graph linear solver, e.g. for ``jaxnls.LevenbergMarquardt(linear_solver=...)``.
     """
-    structure = validate(graph, batched)
+    return _default_for(validate(graph, batched))
+
+
+def _default_for(structure) -> AbstractGraphLinearSolver:
     kind = largest_eliminable_kind(structure)
     if kind is not None and structure.n - structure.count[kind] * structure.dim[kind] <= SCHUR_KEPT_MAX:
         return SchurDirect(eliminate=kind)
