@@ -1,7 +1,14 @@
 """Shared test set-up: float64 on, strict rank promotion, and central-difference helpers."""
 
+import atexit
 import os
+import shutil
 import tempfile
+
+# Two pytest-xdist workers share the cores. OpenBLAS (scipy's LAPACK, which JAX's CPU eigh, Cholesky and LU call)
+# would start a thread per core in each worker and spin against the other worker's threads: a notebook cell that
+# takes 4 s alone took 26 s beside another worker. Set before numpy / scipy load it; notebook kernels inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
 import numpy as np
@@ -13,7 +20,9 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 # the command line's persistent compilation cache goes to a temporary folder, not the user's ~/.cache
-os.environ.setdefault("JAXNLS_CACHE_DIR", tempfile.mkdtemp(prefix="jaxnls-test-cache-"))
+if "JAXNLS_CACHE_DIR" not in os.environ:
+    os.environ["JAXNLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxnls-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXNLS_CACHE_DIR"], ignore_errors=True)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
