@@ -1,6 +1,8 @@
 """Factor graphs: GTSAM's factor errors and LM results as truth, the dense Jacobian of the flattened
 problem for the block-sparse structure, independent solves for batches."""
 
+import importlib.util
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,8 @@ jaxlie = pytest.importorskip("jaxlie")
 import jaxnls  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
 from jaxnls.io import sqrt_information  # noqa: E402
+
+HAS_SPARSAX = importlib.util.find_spec("sparsax") is not None
 
 SOLVERS = {
     "sparse-direct": jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect()),
@@ -250,9 +254,55 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
                 at = structure.offset[kind] + i * structure.dim[kind] + np.arange(structure.dim[kind])
                 np.testing.assert_allclose(diagonal_blocks[kind][i], normal[np.ix_(at, at)], atol=1e-10)
     expected = -jnp.linalg.solve(dense.T @ dense + jnp.diag(damping), dense.T @ residual)
-    for solver in (jg.PCG(rtol=1e-13, structure=structure), jg.SparseDirect(structure=structure)):
+    factorizations = ["cholmod", "qdldl"] if HAS_SPARSAX else ["qdldl"]
+    for solver in (
+        jg.PCG(rtol=1e-13, structure=structure),
+        *[jg.SparseDirect(factorization=f, structure=structure) for f in factorizations],
+    ):
         step = eqx.filter_jit(lambda lin, d, solver=solver: solver.solve(lin, d))(lin, damping)
         np.testing.assert_allclose(step, expected, rtol=1e-8)
+    # systems of symmetric blocks (the implicit adjoint's Hessian, possibly indefinite) go to QDLDL under "auto"
+    direct = jg.SparseDirect(structure=structure)
+    rhs = -lin.gradient
+    np.testing.assert_allclose(direct.solve_operator(from_products, rhs), np.linalg.solve(normal, rhs), rtol=1e-8)
+
+
+@pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
+def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked():
+    """With CHOLMOD the step solve lowers to sparsax's FFI call and no host callback (the program can be kept in
+    JAX's persistent cache); with QDLDL to a host callback. An unknown factorisation is refused by name."""
+    graph = _tiny_graph()
+    x = {kind: value for kind, value in graph.variables.items()}
+
+    def lowered(factorization):
+        solver = jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect(factorization=factorization))
+        return jax.jit(lambda v: jg.solve(jg.FactorGraph(v, graph.costs, graph.fixed), solver=solver).cost).lower(x)
+
+    cholmod, qdldl = lowered("cholmod").as_text(), lowered("qdldl").as_text()
+    assert "sparsax_solve" in cholmod and "callback" not in cholmod
+    assert "callback" in qdldl and "sparsax" not in qdldl
+    with pytest.raises(ValueError, match="factorization must be one of 'auto', 'cholmod', 'qdldl', got 'superlu'"):
+        jg.SparseDirect(factorization="superlu")
+
+
+@pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
+def test_a_cholmod_failure_is_retried_with_qdldl_and_said(monkeypatch):
+    """sparsax stops the computation on a non-positive pivot; graph.solve then warns and solves with QDLDL,
+    which gives what a QDLDL solve gives."""
+    import sparsax
+
+    graph = _tiny_graph()
+    # tolerances no other test uses: a program compiled earlier in this process would not call the patched solve
+    solver = jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect(), rtol=1.25e-9, atol=1.25e-12)
+    expected = jg.solve(
+        graph, solver=eqx.tree_at(lambda s: s.linear_solver, solver, jg.SparseDirect(factorization="qdldl"))
+    )
+    real = sparsax.solve
+    monkeypatch.setattr(sparsax, "solve", lambda rows, columns, values, rhs: real(rows, columns, -values, rhs))
+    with pytest.warns(RuntimeWarning, match="numerically indefinite.*factorization='qdldl'"):
+        sol = jg.solve(graph, solver=solver)
+    np.testing.assert_array_equal(sol.params["landmark"], expected.params["landmark"])
+    assert int(sol.num_steps) == int(expected.num_steps)
 
 
 # -- batches -------------------------------------------------------------------------------------------

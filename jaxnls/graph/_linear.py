@@ -8,8 +8,8 @@ per-term blocks (``(E, k, D)`` per cost group, with their column indices). Nothi
   (:math:`v \mapsto J^\top(Jv) + d \odot v`, two block products and one scatter-add), preconditioned
   by the inverses of the ``d×d`` diagonal blocks of :math:`J^\top J + \mathrm{diag}(d)` (block Jacobi).
 - :class:`SparseDirect`: :math:`J^\top J + \mathrm{diag}(d)` assembled from the blocks (its pattern is
-  computed once on the host from the graph's indices) and factored as :math:`LDL^\top` by QDLDL (AMD
-  ordering and symbolic analysis once per structure) through ``jax.pure_callback``.
+  computed once on the host from the graph's indices) and factored by CHOLMOD inside the compiled program
+  (``sparsax``'s FFI) or by QDLDL through ``jax.pure_callback`` (symbolic analysis once per structure).
 """
 
 from __future__ import annotations
@@ -279,53 +279,159 @@ def conjugate_gradient(
 
 
 class SparseDirect(AbstractGraphLinearSolver):
-    r"""Sparse :math:`LDL^\top` factorisation (QDLDL, the factorisation inside OSQP) of
-    :math:`J^\top J + \mathrm{diag}(d)`.
+    r"""Sparse direct factorisation of :math:`A = J^\top J + \mathrm{diag}(d)`: supernodal Cholesky by CHOLMOD
+    (SuiteSparse, through ``sparsax``'s XLA FFI) or :math:`LDL^\top` by QDLDL (the factorisation inside OSQP).
 
-    The matrix is assembled in CSC from the per-term products :math:`J_e^\top J_e` (summed on the host
-    into the pattern computed once from the graph's indices), Jacobi-scaled to unit diagonal, its pivots
-    floored at ``10·n·ε`` like the dense solvers', and factored on the host through
-    ``jax.pure_callback``. The fill-reducing ordering (AMD) and the symbolic factorisation are computed
-    once per graph structure; each iteration only refactors numerically (on w10000, 30,000 unknowns:
-    about half of SuperLU's time for the same matrix in a timing on this machine). Under ``vmap``
-    the problems are factored one after another. Requires ``qdldl`` (a dependency; wheels on PyPI).
-    CPU-side: on an accelerator every iteration copies the matrix to the host and back.
+    Both factor :math:`A` Jacobi-scaled to unit diagonal with its pivots floored at ``10·n·ε`` like the dense
+    solvers'; the fill-reducing ordering and the symbolic factorisation are computed once per graph
+    structure, and each iteration only refactors numerically.
+
+    - **CHOLMOD** (``factorization="cholmod"``): :math:`A` is assembled inside the compiled program (its
+      upper triangle, summed over the terms' :math:`J_e^\top J_e` blocks) and factored by an FFI call: the loop
+      never leaves XLA, the program can be kept in JAX's persistent compilation cache (``jaxnls solve``'s
+      second run of a file does not recompile), and a batch is factored in one call. Per refactorisation, 2
+      cores: sphere2500 (15,000 unknowns) 65 ms against QDLDL's 88, torus3D (30,000) 155 against 289,
+      w10000 (30,000, a 2-D chain) 40 against 30. Needs ``sparsax`` (a dependency on Linux x86-64) and
+      float64.
+    - **QDLDL** (``factorization="qdldl"``): :math:`A` is summed and factored on the host through
+      ``jax.pure_callback``; under ``vmap`` the problems are factored one after another; on an accelerator
+      every iteration copies the matrix to the host and back. It also factors indefinite matrices, so it
+      is what every :math:`A` built from symmetric blocks (``NormalOperator.products``: the implicit
+      adjoint's exact Hessian) uses under either setting.
+
+    ``"auto"`` (default) takes CHOLMOD where it applies (float64, ``sparsax`` importable) and QDLDL
+    elsewhere. Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
+    step is the scaled gradient direction :math:`\mathrm{diag}(A)^{-1} b`, which the outer loop judges like
+    any other; a problem's failure never reaches its neighbours in a batch. CHOLMOD stops the whole
+    computation with an error if the floored, scaled matrix is numerically indefinite, which rounding can
+    only cause for a positive semi-definite :math:`J^\top J + \mathrm{diag}(d)` near the floor;
+    :func:`jaxnls.graph.solve` then repeats the solve with QDLDL and warns (inside a caller's ``jit`` the
+    error propagates: pass ``factorization="qdldl"`` there if it happens).
 
     Attributes:
+        factorization: ``"auto"``, ``"cholmod"`` or ``"qdldl"``.
         structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
+    factorization: str = "auto"
+
+    def __check_init__(self):
+        if self.factorization not in _FACTORIZATIONS:
+            raise ValueError(
+                f"SparseDirect: factorization must be one of {', '.join(map(repr, _FACTORIZATIONS))}, "
+                f"got {self.factorization!r}"
+            )
+
+    def uses_cholmod(self, dtype) -> bool:
+        r"""Whether the step systems (:math:`J^\top J + \mathrm{diag}(d)`) of a ``dtype`` problem go to CHOLMOD."""
+        if self.factorization == "qdldl":
+            return False
+        available = jnp.dtype(dtype) == jnp.float64 and cholmod_available()
+        if self.factorization == "cholmod" and not available:
+            raise ValueError(
+                "SparseDirect(factorization='cholmod') needs the sparsax package (pip install sparsax; wheels "
+                f"for Linux x86-64 and Windows) and a float64 problem (this one is {jnp.dtype(dtype).name}); "
+                "factorization='qdldl' works everywhere"
+            )
+        return available
+
     def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
-        structure = operator.structure
-        diagonal = operator.diagonal()
-        # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host: np.bincount
-        # over the static positions takes ~15 ms on w10000 (2.3M contributions), XLA:CPU's scatter-add ~120 ms
-        contributions = jnp.concatenate([product.ravel() for product in operator.term_products()] + [diagonal])
-        n = structure.n
-        floor = pivot_floor(n, diagonal.dtype)
-        dtype = diagonal.dtype
+        if operator.jacobians is not None and self.uses_cholmod(rhs.dtype):
+            return _cholmod_solve(operator, rhs)
+        return _qdldl_solve(operator, rhs)
 
-        def host_solve(contributions, rhs):
-            qdldl, _ = sparse_modules()
-            matrix, scale, _ = jacobi_scaled_upper(structure, np.asarray(contributions, np.float64), floor)
-            rhs = np.asarray(rhs, np.float64)
-            try:
-                factor = structure.host_cache.get("ldl")
-                if factor is None:  # AMD ordering + symbolic factorisation, once per structure
-                    factor = structure.host_cache["ldl"] = qdldl.Solver(matrix)
-                else:
-                    factor.update(matrix)
-                x = factor.solve(rhs * scale) * scale
-            except (ValueError, RuntimeError):  # a zero pivot beyond the floor: the scaled gradient direction
-                structure.host_cache.pop("ldl", None)
-                x = rhs * scale**2
-            if not np.all(np.isfinite(x)):
-                x = rhs * scale**2
-            return x.astype(dtype)
 
-        return jax.pure_callback(
-            host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs, vmap_method="sequential"
-        )
+_FACTORIZATIONS = ("auto", "cholmod", "qdldl")
+
+#: The message of sparsax's FFI when CHOLMOD meets a non-positive pivot (it stops the computation).
+CHOLMOD_NOT_POSITIVE_DEFINITE = "sparsax: matrix is not positive definite"
+
+
+def cholmod_available() -> bool:
+    """Whether CHOLMOD can be called from inside ``jit``: ``sparsax`` importable and float64 enabled."""
+    if not jax.config.read("jax_enable_x64"):
+        return False
+    try:
+        import sparsax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _contributions(operator: NormalOperator) -> Float[Array, " c"]:
+    """``[vec(P_e) for every term e of every group, d]``: what :meth:`GraphStructure.pattern`'s ``position`` sums."""
+    return jnp.concatenate([product.ravel() for product in operator.term_products()] + [operator.diagonal()])
+
+
+class _UpperAssembly:
+    """Host-side plan, once per structure: which contributions fall on or above the diagonal, the upper entry
+    each is summed into, and those entries' coordinates (COO, row ≤ column) and diagonal slots."""
+
+    def __init__(self, structure):
+        _, indices, rows, position, diagonal_at = structure.pattern()
+        upper_entries = np.flatnonzero(indices <= rows)
+        slot = np.full(indices.shape[0], -1, np.int64)
+        slot[upper_entries] = np.arange(upper_entries.shape[0])
+        self.keep = np.flatnonzero(slot[position] >= 0).astype(np.int32)
+        self.segment = slot[position[self.keep]].astype(np.int32)
+        self.num_entries = int(upper_entries.shape[0])
+        self.row = indices[upper_entries].astype(np.int32)
+        self.column = rows[upper_entries].astype(np.int32)
+        self.diagonal = slot[diagonal_at].astype(np.int32)
+
+
+def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+    import sparsax
+
+    structure = operator.structure
+    plan = structure.host_cache.get("cholmod")
+    if plan is None:
+        plan = structure.host_cache["cholmod"] = _UpperAssembly(structure)
+    contributions = _contributions(operator)
+    data = jax.ops.segment_sum(contributions[plan.keep], plan.segment, num_segments=plan.num_entries)
+    diagonal = data[plan.diagonal]
+    scale = jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 1.0)
+    scaled = (data * scale[plan.row] * scale[plan.column]).at[plan.diagonal].add(pivot_floor(structure.n, rhs.dtype))
+    fallback = rhs * scale**2
+    # a problem whose matrix is not finite is given the identity instead: CHOLMOD would stop the whole batch
+    finite = jnp.all(jnp.isfinite(scaled)) & jnp.all(jnp.isfinite(rhs))
+    identity = jnp.zeros_like(scaled).at[plan.diagonal].set(1.0)
+    x = sparsax.solve(plan.row, plan.column, jnp.where(finite, scaled, identity), jnp.where(finite, rhs * scale, 0.0))
+    x = x * scale
+    return jnp.where(finite & jnp.all(jnp.isfinite(x)), x, fallback)
+
+
+def _qdldl_solve(operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
+    structure = operator.structure
+    diagonal = operator.diagonal()
+    # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host by np.bincount over the
+    # static positions, with the rest of the host-side work
+    contributions = _contributions(operator)
+    n = structure.n
+    floor = pivot_floor(n, diagonal.dtype)
+    dtype = diagonal.dtype
+
+    def host_solve(contributions, rhs):
+        qdldl, _ = sparse_modules()
+        matrix, scale, _ = jacobi_scaled_upper(structure, np.asarray(contributions, np.float64), floor)
+        rhs = np.asarray(rhs, np.float64)
+        try:
+            factor = structure.host_cache.get("ldl")
+            if factor is None:  # AMD ordering + symbolic factorisation, once per structure
+                factor = structure.host_cache["ldl"] = qdldl.Solver(matrix)
+            else:
+                factor.update(matrix)
+            x = factor.solve(rhs * scale) * scale
+        except (ValueError, RuntimeError):  # a zero pivot beyond the floor: the scaled gradient direction
+            structure.host_cache.pop("ldl", None)
+            x = rhs * scale**2
+        if not np.all(np.isfinite(x)):
+            x = rhs * scale**2
+        return x.astype(dtype)
+
+    return jax.pure_callback(
+        host_solve, jax.ShapeDtypeStruct((n,), dtype), contributions, rhs, vmap_method="sequential"
+    )
 
 
 def jacobi_scaled_upper(structure, contributions: np.ndarray, shift: float = 0.0):

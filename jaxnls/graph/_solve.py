@@ -2,6 +2,7 @@ r"""``jaxnls.graph.solve``: the loop of :func:`jaxnls.solve` on a block-sparse l
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..manifolds import ProductSpace, is_group
 from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
-from ._linear import AbstractGraphLinearSolver, SparseDirect
+from ._linear import CHOLMOD_NOT_POSITIVE_DEFINITE, AbstractGraphLinearSolver, SparseDirect
 from ._schur import SchurDirect, largest_eliminable_kind
 
 #: The default solver eliminates a kind (SchurDirect) when at most this many tangent unknowns are kept. On 2
@@ -129,20 +130,39 @@ def solve(
         for c, k, g in zip(graph.costs, residual_size(graph, batched), structure.groups)
     )
     batch = _batch(graph) if batched else 1
-    return call_compiled(
-        compiled(_solve_jit, nested=is_traced(graph), jacobian_entries=batch * entries),
-        graph,
-        solver,
-        max_steps,
-        batched,
-        verbose,
-        throw,
-        adjoint,
-        callback,
-        int(history),
-        callback=callback,
-        caller="jaxnls.graph.solve",
-    )
+    nested = is_traced(graph)
+
+    def run(solver):
+        return call_compiled(
+            compiled(_solve_jit, nested=nested, jacobian_entries=batch * entries),
+            graph,
+            solver,
+            max_steps,
+            batched,
+            verbose,
+            throw,
+            adjoint,
+            callback,
+            int(history),
+            callback=callback,
+            caller="jaxnls.graph.solve",
+        )
+
+    linear_solver = solver.linear_solver
+    if nested or not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
+        return run(solver)
+    try:  # CHOLMOD's refusal of a numerically indefinite matrix surfaces when the results are ready
+        return jax.block_until_ready(run(solver))
+    except Exception as err:
+        if CHOLMOD_NOT_POSITIVE_DEFINITE not in str(err):
+            raise
+        warnings.warn(
+            f"jaxnls.graph.solve: CHOLMOD found a damped normal matrix numerically indefinite ({err}); "
+            "solving again with SparseDirect(factorization='qdldl')",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return run(eqx.tree_at(lambda s: s.linear_solver, solver, SparseDirect(factorization="qdldl")))
 
 
 def default_linear_solver(graph: FactorGraph, batched: bool = False) -> AbstractGraphLinearSolver:
@@ -168,6 +188,10 @@ def _default_for(structure) -> AbstractGraphLinearSolver:
     if kind is not None and structure.n - structure.count[kind] * structure.dim[kind] <= SCHUR_KEPT_MAX:
         return SchurDirect(eliminate=kind)
     return SparseDirect()
+
+
+def _dtype(graph):
+    return jnp.result_type(*[value.parameters() if is_group(value) else value for value in graph.variables.values()])
 
 
 def _batch(graph) -> int:
