@@ -8,7 +8,8 @@ for a BAL file when its binary is given.
 
 Each command runs in a fresh process ``--repeats`` times after one warm-up run (which also fills jaxnls'
 persistent compilation cache, in a temporary folder); reported: the median wall time and the largest peak
-resident memory (GNU time's ``%M``). GTSAM files are looked up in the gtsam wheel's Data folder; a 3-D TORO file is first rewritten as g2o
+resident memory (GNU time's ``%M``). A name that is not a path is looked up in the gtsam wheel's Data folder; a
+3-D TORO file is first rewritten as g2o
 (``jaxnls.io.write_g2o``), because GTSAM orders a TORO ``EDGE3``'s information differently, and both processes
 read that.
 """
@@ -26,8 +27,9 @@ import time
 GTSAM_SCRIPT = """
 import sys, gtsam
 path = sys.argv[1] if sys.argv[1].startswith("/") else gtsam.findExampleDataFile(sys.argv[1])
-is3d = not sys.argv[1].endswith(".graph")
-graph, initial = gtsam.readG2o(path, is3d) if is3d else gtsam.load2D(path)
+text = open(path).read()
+is3d = any(tag in text for tag in ("SE3", "EDGE3", "VERTEX3"))
+graph, initial = gtsam.readG2o(path, is3d) if is3d or "EDGE_SE2" in text else gtsam.load2D(path)
 if initial.size() == 0:  # edges only: the chained odometry, as jaxnls starts
     values, pose = gtsam.Values(), gtsam.Pose3() if is3d else gtsam.Pose2()
     odometry = {f.keys()[0]: f.measured() for f in (graph.at(i) for i in range(graph.size()))
@@ -64,7 +66,7 @@ def measure(command: list[str], repeats: int, env: dict) -> tuple[float, float]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--files", nargs="*", default=[], help="GTSAM example files (pose graphs)")
+    parser.add_argument("--files", nargs="*", default=[], help="pose-graph files: paths, or GTSAM example names")
     parser.add_argument("--bal", default=None, help="a BAL file, compared with --ceres")
     parser.add_argument("--ceres", default=None, help="Ceres' bundle_adjuster (benchmarks/ceres/build.sh)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -78,7 +80,7 @@ def main(argv=None):
 
             from jaxnls.io import PoseGraph3D, read_pose_graph, write_g2o
 
-            path = gtsam.findExampleDataFile(name)
+            path = os.path.abspath(name) if os.path.exists(name) else gtsam.findExampleDataFile(name)
             graph = read_pose_graph(path)
             if isinstance(graph, PoseGraph3D) and not name.endswith(".g2o"):
                 # GTSAM reads a TORO EDGE3's information matrix in another order than TORO's (see

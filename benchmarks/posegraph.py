@@ -22,6 +22,7 @@ jaxlie).
 from __future__ import annotations
 
 import argparse
+import os
 
 import jax
 
@@ -42,9 +43,11 @@ PRIOR_SIGMA = 1e-6
 def load(name: str, first_poses: int | None = None):
     """GTSAM's example file as (gtsam graph with prior, gtsam initial, our FactorGraph); with
     ``first_poses`` only the poses with keys below it and the edges among them."""
-    is3d = not name.endswith(".graph")
-    path = gtsam.findExampleDataFile(name)
-    factors, initial = gtsam.readG2o(path, True) if is3d else gtsam.load2D(path)
+    path = name if os.path.exists(name) else gtsam.findExampleDataFile(name)
+    with open(path) as file:
+        text = file.read()
+    is3d = any(tag in text for tag in ("SE3", "EDGE3", "VERTEX3"))
+    factors, initial = gtsam.readG2o(path, is3d) if is3d or "EDGE_SE2" in text else gtsam.load2D(path)
     if initial.size() == 0:  # an edges-only file (sphere2500.txt): start from the chained odometry
         initial = chained_odometry(factors, is3d)
     if first_poses is not None:
@@ -255,7 +258,9 @@ LINEAR_SOLVERS = {"SparseDirect": jg.SparseDirect, "PCG": jg.PCG}
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--file", default="w10000.graph", help="a GTSAM example file (TORO .graph / g2o .txt)")
+    parser.add_argument(
+        "--file", default="w10000.graph", help="a GTSAM example file (TORO .graph / g2o .txt) or a path"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument(

@@ -543,7 +543,7 @@ def main(argv=None) -> int:
         "--linear-solver",
         choices=("auto", "direct", "schur", "pcg"),
         default="auto",
-        help="graphs: sparse direct (LDLᵀ), the points eliminated and the reduced camera system factored "
+        help="graphs: sparse direct (Cholesky by CHOLMOD, or LDLᵀ by QDLDL), the points eliminated and the reduced camera system factored "
         "densely (schur; BAL files), or block-Jacobi preconditioned CG; default auto: schur for BAL "
         "files with up to 2,500 camera unknowns, direct otherwise (jaxnls.graph.default_linear_solver)",
     )

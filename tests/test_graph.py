@@ -283,6 +283,10 @@ def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked(
     assert "callback" in qdldl and "sparsax" not in qdldl
     with pytest.raises(ValueError, match="factorization must be one of 'auto', 'cholmod', 'qdldl', got 'superlu'"):
         jg.SparseDirect(factorization="superlu")
+    # float32 problems are factored by QDLDL; asking for CHOLMOD there is refused, naming the dtype
+    assert not jg.SparseDirect().uses_cholmod(jnp.float32) and jg.SparseDirect().uses_cholmod(jnp.float64)
+    with pytest.raises(ValueError, match="a float64 problem \\(this one is float32\\)"):
+        jg.SparseDirect(factorization="cholmod").uses_cholmod(jnp.float32)
 
 
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")

@@ -11,7 +11,7 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
             jaxnls.graph.CostGroup(jaxnls.graph.prior, ("pose",), [[0]], anchor, 1e6 * jnp.eye(3)[None]),
         ],
     )
-    sol = jaxnls.graph.solve(graph)                                    # Dogleg + sparse direct (LDLᵀ, QDLDL)
+    sol = jaxnls.graph.solve(graph)                                    # Dogleg + sparse direct (CHOLMOD or QDLDL)
     sol = jaxnls.graph.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jaxnls.graph.PCG()))
     jax.grad(lambda m: loss(jaxnls.graph.solve(graph_from(m)).params))(measured)   # implicit adjoint
 

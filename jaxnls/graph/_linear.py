@@ -299,8 +299,8 @@ class SparseDirect(AbstractGraphLinearSolver):
       is what every :math:`A` built from symmetric blocks (``NormalOperator.products``: the implicit
       adjoint's exact Hessian) uses under either setting.
 
-    ``"auto"`` (default) takes CHOLMOD where it applies (float64, ``sparsax`` importable) and QDLDL
-    elsewhere. Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
+    ``"auto"`` (default) takes CHOLMOD where it applies (float64, ``sparsax`` importable, the CPU as JAX's
+    default backend) and QDLDL elsewhere. Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
     step is the scaled gradient direction :math:`\mathrm{diag}(A)^{-1} b`, which the outer loop judges like
     any other; a problem's failure never reaches its neighbours in a batch. CHOLMOD stops the whole
     computation with an error if the floored, scaled matrix is numerically indefinite, which rounding can
@@ -330,8 +330,9 @@ class SparseDirect(AbstractGraphLinearSolver):
         if self.factorization == "cholmod" and not available:
             raise ValueError(
                 "SparseDirect(factorization='cholmod') needs the sparsax package (pip install sparsax; wheels "
-                f"for Linux x86-64 and Windows) and a float64 problem (this one is {jnp.dtype(dtype).name}); "
-                "factorization='qdldl' works everywhere"
+                f"for Linux x86-64 and Windows), a float64 problem (this one is {jnp.dtype(dtype).name}) and the "
+                f"CPU as JAX's default backend (it is {jax.default_backend()!r}); factorization='qdldl' works "
+                "everywhere"
             )
         return available
 
@@ -348,8 +349,9 @@ CHOLMOD_NOT_POSITIVE_DEFINITE = "sparsax: matrix is not positive definite"
 
 
 def cholmod_available() -> bool:
-    """Whether CHOLMOD can be called from inside ``jit``: ``sparsax`` importable and float64 enabled."""
-    if not jax.config.read("jax_enable_x64"):
+    """Whether CHOLMOD can be called from inside ``jit``: ``sparsax`` importable, float64 enabled and the default
+    backend the CPU (``sparsax`` registers its FFI for the CPU only; on an accelerator QDLDL is the direct solver)."""
+    if not jax.config.read("jax_enable_x64") or jax.default_backend() != "cpu":
         return False
     try:
         import sparsax  # noqa: F401

@@ -52,7 +52,7 @@ def solve(
     group with one ``vmap`` (residuals and ``(E, k, D)`` Jacobian blocks w.r.t. the connected
     variables' tangent perturbations), and the strategy's damped system
     :math:`(J^\top J + λ\,\mathrm{diag}(D))δ = -J^\top r` is solved by the solver's graph linear solver:
-    :class:`SparseDirect` (sparse LDLᵀ by QDLDL), :class:`SchurDirect` / :class:`SchurPCG` (one kind of
+    :class:`SparseDirect` (sparse Cholesky: CHOLMOD in the program, or QDLDL on the host), :class:`SchurDirect` / :class:`SchurPCG` (one kind of
     variable eliminated: bundle adjustment's points) or :class:`PCG` (matrix-free, pure JAX). Without a
     ``solver`` the linear solver is :func:`default_linear_solver`'s choice for the graph.
 
