@@ -26,16 +26,19 @@ MAX_STEPS_LIMIT = 2**31 - 2
 
 # XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
 # about half the time its newer MLIR fusion emitters take, and the loop runs as fast (measured in
-# benchmarks/README.md). The option only matters on CPU, and JAX accepts compiler options only on the
+# benchmarks/README.md). The options only matter on CPU, and JAX accepts compiler options only on the
 # outermost jit: inside a caller's jax.jit the caller's options apply.
 _COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#: Graph solves also leave out XLA:CPU's YNNPACK fusions: they run a graph's many small per-term element-wise
+#: kernels slower than XLA's own loops (parking-garage, 5 Dogleg steps: 0.28 s with them, 0.15 s without),
+#: while the batched dense fits run 13-15 % faster with them (benchmarks/README.md (s)).
+_GRAPH_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type": ""}
 #: A solve whose Jacobian, over the whole batch, has fewer entries than this is dominated by its
 #: compilation (a NIST fit: ~0.5 s to compile, ~1 ms to run), so its kernels are generated without
 #: LLVM optimisation, which halves XLA:CPU's compile time and at most doubles a run that costs
 #: milliseconds (measured on 10 NIST problems: backend compile 4.2 s vs 8.0-8.8 s; second fits 79 ms vs
 #: 31-39 ms in all). Larger solves keep the default: there the run time matters.
 SMALL_JACOBIAN = 2**16
-_SMALL_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_backend_optimization_level": 0}
 
 
 def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None, history=0) -> int:
@@ -98,21 +101,25 @@ def is_traced(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+def _options(small: bool, graph: bool) -> dict:
+    options = _GRAPH_COMPILER_OPTIONS if graph else _COMPILER_OPTIONS
+    return {**options, "xla_backend_optimization_level": 0} if small else options
+
+
 @functools.cache
-def _knows_compiler_options(small: bool) -> bool:
-    options = _SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
+def _knows_compiler_options(small: bool, graph: bool) -> bool:
     try:
-        jax.jit(lambda x: x + 1, compiler_options=options).lower(0.0).compile()
+        jax.jit(lambda x: x + 1, compiler_options=_options(small, graph)).lower(0.0).compile()
     except jax.errors.JaxRuntimeError:  # an XLA build that does not know the options: its defaults
         return False
     return True
 
 
 @functools.cache
-def _top_level(fn, small: bool):
-    if _knows_compiler_options(small):
+def _top_level(fn, small: bool, graph: bool):
+    if _knows_compiler_options(small, graph):
         return eqx.filter_jit(  # pyright: ignore[reportCallIssue]  # its overloads omit the **jitkwargs it passes to jax.jit
-            fn, compiler_options=_SMALL_COMPILER_OPTIONS if small else _COMPILER_OPTIONS
+            fn, compiler_options=_options(small, graph)
         )
     return eqx.filter_jit(fn)
 
@@ -122,14 +129,14 @@ def _nested(fn):
     return eqx.filter_jit(fn)
 
 
-def compiled(fn, *, nested: bool, jacobian_entries: int | None):
+def compiled(fn, *, nested: bool, jacobian_entries: int | None, graph: bool = False):
     """``fn`` jit-compiled: inside a caller's transformation (``nested``) a plain ``eqx.filter_jit``; at
     the top level with the compiler options (checked on first use, so that importing jaxnls does not
-    initialise a backend), without LLVM optimisation for a batch Jacobian under :data:`SMALL_JACOBIAN`
-    entries."""
+    initialise a backend; a factor ``graph``'s solve has its own), without LLVM optimisation for a batch
+    Jacobian under :data:`SMALL_JACOBIAN` entries."""
     if nested:
         return _nested(fn)
-    return _top_level(fn, jacobian_entries is not None and jacobian_entries < SMALL_JACOBIAN)
+    return _top_level(fn, jacobian_entries is not None and jacobian_entries < SMALL_JACOBIAN, graph)
 
 
 def call_compiled(fn, *args, callback, caller: str):

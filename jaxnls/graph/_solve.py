@@ -134,7 +134,7 @@ def solve(
 
     def run(solver):
         return call_compiled(
-            compiled(_solve_jit, nested=nested, jacobian_entries=batch * entries),
+            compiled(_solve_jit, nested=nested, jacobian_entries=batch * entries, graph=True),
             graph,
             solver,
             max_steps,
