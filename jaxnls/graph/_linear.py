@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, DTypeLike, Float
 
 from .._numerics import split_by_sizes
 from ..linear import AbstractLinearization, AbstractLinearSolver, pivot_floor
@@ -322,7 +322,7 @@ class SparseDirect(AbstractGraphLinearSolver):
                 f"got {self.factorization!r}"
             )
 
-    def uses_cholmod(self, dtype) -> bool:
+    def uses_cholmod(self, dtype: DTypeLike) -> bool:
         r"""Whether the step systems (:math:`J^\top J + \mathrm{diag}(d)`) of a ``dtype`` problem go to CHOLMOD."""
         if self.factorization == "qdldl":
             return False
