@@ -405,13 +405,12 @@ def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[A
 
 def _qdldl_solve(operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
     structure = operator.structure
-    diagonal = operator.diagonal()
     # the per-term products JₑᵀJₑ (and d) are summed into the matrix data on the host by np.bincount over the
     # static positions, with the rest of the host-side work
     contributions = _contributions(operator)
     n = structure.n
-    floor = pivot_floor(n, diagonal.dtype)
-    dtype = diagonal.dtype
+    dtype = rhs.dtype
+    floor = pivot_floor(n, dtype)
 
     def host_solve(contributions, rhs):
         qdldl, _ = sparse_modules()
