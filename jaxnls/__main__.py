@@ -281,7 +281,7 @@ def _solve_graph(args, kind: str) -> int:
     from jaxnls import graph
     from jaxnls.graph import bal_graph_problem, pose_graph_problem, updated_bal, updated_pose_graph
 
-    from .io import BALProblem, read_bal, read_pose_graph, write_bal, write_g2o, write_toro
+    from .io import BALProblem, read_bal, read_g2o, read_toro, write_bal, write_g2o, write_toro
 
     if kind == "bal":
         problem = read_bal(args.file)
@@ -303,7 +303,8 @@ def _solve_graph(args, kind: str) -> int:
             f"{problem.points.shape[0]} points, {problem.observations.shape[0]} observations"
         )
     else:
-        problem = read_pose_graph(args.file, repair_information=args.repair_information)
+        read = read_g2o if kind == "g2o" else read_toro  # (the format _solve_command detected)
+        problem = read(args.file, repair_information=args.repair_information)
         if problem.repaired_information:
             print(
                 f"jaxnls: {args.file}: {problem.repaired_information} information matrices were not positive "

@@ -3,6 +3,7 @@ ships, exact write -> read round trips, and only line-numbered GraphFormatErrors
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from jaxnls.io import (
     PoseGraph2D,
     PoseGraph3D,
     detect_format,
+    graph_files,
     parse_bal,
     parse_g2o,
     parse_toro,
@@ -593,6 +595,138 @@ def test_fuzz_mutations(case):
         assert 1 <= int(match.group(1)) <= n_lines + 1, (str(err), n_lines)
         return
     _check_valid(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# The two readings of a file: in bulk (plain files, fast) and token by token (everything else, naming the
+# line of a fault) must give the same graph or problem, or the same error
+
+
+def _read_both(parse, text, monkeypatch):
+    """``parse(text)`` with the columnar reading allowed, then with it disabled: each a graph or an error."""
+    outcomes = []
+    for columns in (True, False):
+        with monkeypatch.context() as patch:
+            if not columns:
+                patch.setattr(graph_files._GraphParser, "_read_columns", lambda self: None)
+                patch.setattr(graph_files, "_bal_bulk", lambda text: None)
+            try:
+                outcomes.append(parse(text, "f.txt"))
+            except GraphFormatError as err:
+                outcomes.append(str(err))
+    return outcomes
+
+
+def _assert_same_outcome(a, b):
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+        return
+    assert type(a) is type(b)
+    for field in dataclasses.fields(a):
+        x, y = getattr(a, field.name), getattr(b, field.name)
+        if isinstance(x, np.ndarray):
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), field.name
+        else:
+            assert x == y, field.name
+
+
+@pytest.mark.parametrize("name", G2O_2D + G2O_3D + TORO_2D + BAL)
+def test_both_readings_give_the_same_result_bit_for_bit(name, monkeypatch):
+    parse = parse_toro if name in TORO_2D else parse_bal if name in BAL else parse_g2o
+    text = (DATA / name).read_text()
+    bulk, by_token = _read_both(parse, text, monkeypatch)
+    _assert_same_outcome(bulk, by_token)
+    # the bulk reading did read it: a plain file is not handed to the token-by-token reading
+    if name in BAL:
+        assert graph_files._bal_bulk(text.encode()) is not None
+    else:
+        parser = graph_files._GraphParser("f.txt", text.splitlines(), "toro" if name in TORO_2D else "g2o")
+        assert parser._read_columns() is not None
+
+
+def test_a_short_line_and_a_long_line_do_not_cancel_out(monkeypatch):
+    # one EDGE2 record a token short and the next a token long: the block has the right number of
+    # numbers, but not line by line
+    lines = (DATA / "w100.graph").read_text().splitlines()
+    edges = [k for k, line in enumerate(lines) if line.startswith("EDGE2")]
+    lines[edges[0]] = lines[edges[0]].rsplit(" ", 1)[0]
+    lines[edges[1]] += " 1"
+    columns, by_line = _read_both(parse_toro, "\n".join(lines), monkeypatch)
+    assert columns == by_line and f"line {edges[0] + 1}: wrong token count" in columns
+
+
+# tokens that a float parser might take although the format does not (and some it does)
+NEAR_NUMBERS = [
+    "1e3",
+    "1_000",
+    "+-1",
+    "1e",
+    ".",
+    "1.2.3",
+    "1-2",
+    "+1",
+    "1.0",
+    "0x1p3",
+    "1e+5",
+    "-0",
+    "1e-400",
+    "5.",
+    ".5",
+]
+
+
+@pytest.mark.parametrize("key", ["g2o2", "g2o3", "toro2", "toro3", "bal1"])
+def test_both_readings_agree_on_every_odd_id(key, monkeypatch):
+    # each id-like token of the first records (vertex and edge ids; BAL's header and observation indices)
+    # replaced by every odd token in turn
+    parse, text = SAMPLES[key]
+    lines = [line for line in text.splitlines() if not line.startswith("FIX")]
+    places = [(i, j) for i in range(min(len(lines), 12)) for j in range(len(lines[i].split())) if j < 3]
+    for i, j in places:
+        for junk in [*NEAR_NUMBERS, *JUNK, "99999999999999999999", "9007199254740993", "7"]:
+            tokens = lines[i].split()
+            tokens[j] = junk
+            mutated = "\n".join([*lines[:i], " ".join(tokens), *lines[i + 1 :]])
+            _assert_same_outcome(*_read_both(parse, mutated, monkeypatch))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(key=st.sampled_from(["g2o2", "g2o3", "toro2", "toro3", "bal1", "bal3"]), data=st.data())
+def test_both_readings_agree_on_mutated_files(key, data, monkeypatch):
+    parse, text = SAMPLES[key]
+    lines = [line for line in text.splitlines() if not line.startswith("FIX")]
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(lines) - 1))
+        tokens = lines[i].split()
+        # (mostly the ids and numbers after the tag: the part the columnar reading parses itself)
+        j = data.draw(st.integers(min(1, len(tokens) - 1) if data.draw(st.booleans()) else 0, max(len(tokens) - 1, 0)))
+        junk = data.draw(st.sampled_from(NEAR_NUMBERS) if data.draw(st.booleans()) else st.sampled_from(JUNK))
+        op = data.draw(
+            st.sampled_from(["replace", "replace", "insert", "delete", "drop_line", "dup_line", "swap", "spaces"])
+        )
+        if op == "replace" and tokens:
+            tokens[j] = junk
+        elif op == "insert":
+            tokens.insert(j, junk)
+        elif op == "delete" and tokens:
+            del tokens[j]
+        elif op == "drop_line" and len(lines) > 1:
+            del lines[i]
+            continue
+        elif op == "dup_line":
+            lines.insert(i, lines[i])
+            continue
+        elif op == "swap":
+            k = data.draw(st.integers(0, len(lines) - 1))
+            lines[i], lines[k] = lines[k], lines[i]
+            continue
+        elif op == "spaces":
+            lines[i] = "\t " + "  \t".join(tokens) + " \t"
+            continue
+        lines[i] = " ".join(tokens)
+    _assert_same_outcome(*_read_both(parse, "\n".join(lines) + "\n", monkeypatch))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -357,6 +357,53 @@ def _number(token: str, path: str, line: int, what: str) -> float:
 
 _FLOATS = re.compile(rf"{_FLOAT.pattern}(?: {_FLOAT.pattern})*")
 
+# The only bytes a text of plain numbers holds; ids above 2^53 are not exact in float64.
+_PLAIN_NUMBER_BYTES = b"0123456789+-.eE \t\n"
+_EXACT_IDS = 2**53
+
+
+@dataclasses.dataclass(frozen=True)
+class _BulkNumbers:
+    """Every whitespace-separated token of a text, parsed at once (see :func:`_bulk_numbers`)."""
+
+    values: np.ndarray  # (T,) float64, one per token
+    data: np.ndarray  # the text's bytes
+    token: np.ndarray  # per byte, the index of the token it belongs to (or, for white space, follows)
+    space: np.ndarray  # per byte, whether it is white space
+
+    def tokens_per_line(self) -> np.ndarray:
+        """How many tokens each line of the text holds."""
+        ends = np.flatnonzero(self.data == 10)
+        return np.diff(np.concatenate([[0], self.token[ends] + 1, [self.values.shape[0]]]))
+
+    def are_ids(self, selected: np.ndarray) -> bool:
+        """Whether the tokens ``selected`` (a mask over the tokens) are written as ids: digits with an optional
+        leading ``+``, below 2^53 (the token-by-token readers' ids; the rest they would reject or read exactly)."""
+        written = self.data[~self.space & selected[np.maximum(self.token, 0)]]
+        digits = ((written >= 48) & (written <= 57)) | (written == 43)
+        return bool(np.all(digits) and np.all(self.values[selected] < _EXACT_IDS))
+
+
+def _bulk_numbers(text: bytes) -> _BulkNumbers | None:
+    """The tokens of ``text`` when every one is a finite decimal number as the token-by-token readers accept
+    it (no nan, inf, hex or digit separators: the bytes are checked first, and a token the parser does not
+    read whole fails it), else None -- the fast path of the readers, which re-read anything else token by
+    token to name the line of the fault."""
+    if not text or text.translate(None, _PLAIN_NUMBER_BYTES):
+        return None
+    data = np.frombuffer(text, np.uint8)
+    space = (data == 32) | (data == 9) | (data == 10)
+    starts = ~space
+    starts[1:] &= space[:-1]
+    token = np.cumsum(starts, dtype=np.int64) - 1
+    try:
+        values = np.fromstring(text, sep=" ")
+    except ValueError:
+        return None
+    if values.shape[0] != token[-1] + 1 or not np.all(np.isfinite(values)):
+        return None
+    return _BulkNumbers(values, data, token, space)
+
 
 def _numbers(tokens: Sequence[str], path: str, line: int, what: str) -> list[float]:
     # Fast path: one regex over the whole run of tokens; the slow path finds the bad token.
@@ -403,22 +450,6 @@ def _read(path: str | os.PathLike) -> tuple[bytes, str]:
 # Rotations
 
 
-def _unit_quaternion(xyzw: Sequence[float], path: str, line: int, what: str) -> np.ndarray:
-    """``[w, x, y, z]`` from a file's ``x y z w``, normalised; rejected if far from unit norm."""
-    x, y, z, w = xyzw
-    q = np.array([w, x, y, z], dtype=np.float64)
-    norm = float(np.sqrt(np.dot(q, q)))
-    if not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
-        raise GraphFormatError(
-            path, line, f"the quaternion of {what} has norm {norm:.6g}; it must be 1 within {QUATERNION_TOLERANCE:g}"
-        )
-    # Already-unit quaternions (e.g. ones this module wrote) are kept bit for bit, so that
-    # write -> read is exact; dividing by a norm of 1 +- 1 ulp would perturb the last bits.
-    if abs(norm - 1.0) > 1e-14:
-        q = q / norm
-    return q
-
-
 def _se2_compose(a, b) -> np.ndarray:
     """``a ∘ b`` for 2-D poses ``[x, y, theta]`` (theta wrapped to [-pi, pi))."""
     c, s_ = math.cos(a[2]), math.sin(a[2])
@@ -458,21 +489,6 @@ def _se3_compose(t_a, q_a, t_b, q_b):
 def _se3_inverse(t, q):
     conjugate = np.asarray(q, np.float64) * [1, -1, -1, -1]
     return -_rotate(conjugate, np.asarray(t, np.float64)), conjugate
-
-
-def _rpy_to_wxyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Quaternion of :math:`R_z(\\text{yaw}) R_y(\\text{pitch}) R_x(\\text{roll})` (GTSAM's ``Rot3.Ypr``)."""
-    cr, sr = math.cos(roll / 2), math.sin(roll / 2)
-    cp, sp = math.cos(pitch / 2), math.sin(pitch / 2)
-    cy, sy = math.cos(yaw / 2), math.sin(yaw / 2)
-    return np.array(
-        [
-            cr * cp * cy + sr * sp * sy,
-            sr * cp * cy - cr * sp * sy,
-            cr * sp * cy + sr * cp * sy,
-            cr * cp * sy - sr * sp * cy,
-        ]
-    )
 
 
 def _wxyz_to_rpy(q: np.ndarray) -> tuple[float, float, float]:
@@ -526,56 +542,164 @@ _TORO_VALUE_NAMES = {
 }
 
 
-_TRIU = {n: np.triu_indices(n) for n in (2, 3, 6)}
+def _symmetric_index(n: int) -> np.ndarray:
+    """``(n, n)`` positions in a row-by-row upper triangle: ``values[..., index]`` is the symmetric matrix."""
+    index = np.zeros((n, n), dtype=np.intp)
+    rows, columns = np.triu_indices(n)
+    index[rows, columns] = index[columns, rows] = np.arange(rows.size)
+    return index
 
 
-def _upper(values: Sequence[float], n: int) -> np.ndarray:
-    """Symmetric ``n x n`` matrix from its upper triangle, row by row."""
-    m = np.zeros((n, n))
-    m[_TRIU[n]] = values
-    return m + np.triu(m, 1).T
+# Where each entry of a symmetric information matrix sits among a record's information numbers: g2o writes
+# the upper triangle row by row; TORO's 2-D order is I11 I12 I22 I33 I13 I23 (TORO's loader and GTSAM's
+# NoiseFormatTORO agree).
+_UPPER_INDEX = {n: _symmetric_index(n) for n in (2, 3, 6)}
+_TORO_2D_INDEX = np.array([[0, 1, 4], [1, 2, 5], [4, 5, 3]])
+# How many of a record's values are vertex ids, by kind.
+_ID_COLUMNS = {"v2": 1, "xy": 1, "v3": 1, "e2": 2, "exy": 2, "e3": 2, "equiv": 2}
 
 
-def _toro_info2(v: Sequence[float]) -> np.ndarray:
-    # TORO's order I11 I12 I22 I33 I13 I23 (TORO's loader and GTSAM's NoiseFormatTORO agree).
-    i11, i12, i22, i33, i13, i23 = v
-    return np.array([[i11, i12, i13], [i12, i22, i23], [i13, i23, i33]])
+def _unit_quaternions(xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([w, x, y, z], norm)`` of a file's ``x y z w`` rows, normalised where the norm is off 1 by more than
+    1e-14 (already-unit quaternions, e.g. ones this module wrote, are kept bit for bit, so that write -> read
+    is exact)."""
+    q = xyzw[:, [3, 0, 1, 2]]
+    norm = np.sqrt(np.sum(q * q, axis=1))
+    return np.where(np.abs(norm - 1.0)[:, None] > 1e-14, q / norm[:, None], q), norm
+
+
+def _rpy_to_wxyz(rpy: np.ndarray) -> np.ndarray:
+    """Quaternions of :math:`R_z(\\text{yaw}) R_y(\\text{pitch}) R_x(\\text{roll})` (GTSAM's ``Rot3.Ypr``) for
+    ``(k, 3)`` rows of roll, pitch, yaw."""
+    cr, cp, cy = np.cos(rpy / 2).T
+    sr, sp, sy = np.sin(rpy / 2).T
+    return np.stack(
+        [
+            cr * cp * cy + sr * sp * sy,
+            sr * cp * cy - cr * sp * sy,
+            cr * sp * cy + sr * cp * sy,
+            cr * cp * sy - sr * sp * cy,
+        ],
+        axis=1,
+    )
+
+
+@dataclasses.dataclass
+class _Records:
+    """One kind of record, in file order: the vertex ids it names, the numbers after them, the line of each
+    record and its tag."""
+
+    ids: np.ndarray  # (R, w) int64
+    values: np.ndarray  # (R, c) float64
+    lines: np.ndarray  # (R,) int64
+    tags: np.ndarray  # (R,) str
+
+    @classmethod
+    def empty(cls, kind: str) -> _Records:
+        # as wide as the widest record (EDGE_SE3:QUAT's 28 numbers), so that every slice of a kind's
+        # columns exists
+        return cls(
+            np.zeros((0, _ID_COLUMNS[kind]), np.int64), np.zeros((0, 28)), np.zeros(0, np.int64), np.zeros(0, str)
+        )
+
+    def __len__(self) -> int:
+        return self.lines.shape[0]
 
 
 class _GraphParser:
+    """Reads a g2o or TORO file into a pose graph in two stages: the records of each kind as arrays (by
+    columns, or line by line), then one assembly that checks what spans records (ids, quaternions,
+    information matrices) and converts them.
+
+    The columnar reading handles the regular files quickly (the lines of each tag parsed as one block of
+    numbers); it declines -- and the line-by-line reading, which names the line of any fault, takes over --
+    as soon as a file is anything but plain: ``FIX`` lines, an unknown tag, mixed dimensions, a token that is
+    not a plain number, a line with the wrong token count, an id beyond 2^53, a non-finite value."""
+
     def __init__(self, path: str, lines: list[str], fmt: Literal["g2o", "toro"], repair: bool = False):
         self.path = path
         self.lines = lines
         self.fmt = fmt
         self.tags = _G2O_TAGS if fmt == "g2o" else _TORO_TAGS
         self.dimension: int | None = None
-        self.dimension_line = 0
-        # id -> (kind "pose"/"landmark", dense index, line)
-        self.vertices: dict[int, tuple[str, int, int]] = {}
-        self.pose_ids: list[int] = []
-        self.poses: list = []
-        self.quats: list = []
-        self.landmark_ids: list[int] = []
-        self.landmarks: list = []
-        # (id1, id2, line, measurement, quaternion or None, information, tag)
-        self.edges: list = []
-        self.landmark_edges: list = []
-        self.fixed: list[tuple[int, int]] = []
-        self.equivalences: list[tuple[int, int, int]] = []
+        self.dimension_line = 0  # the line that set the dimension (line by line)
+        self.fixed: list[tuple[int, int]] = []  # (vertex id, line)
         self.repair = repair
-        self.repaired = 0
 
     def error(self, line: int, message: str) -> GraphFormatError:
         return GraphFormatError(self.path, line, message)
 
     def parse(self) -> PoseGraph2D | PoseGraph3D:
+        records = self._read_columns()
+        if records is None:
+            records = self._read_lines()
+        return self._build(records)
+
+    # -- the records, by columns ------------------------------------------------------------------
+
+    def _read_columns(self) -> dict[str, _Records] | None:
+        """The records of a plain file, parsed tag by tag as blocks of numbers; None for anything else."""
+        numbers_by_tag: dict[str, list[int]] = {}
+        for number, text in enumerate(self.lines, start=1):
+            head = text.split(None, 1)
+            if head and head[0][0] != "#":
+                numbers_by_tag.setdefault(head[0], []).append(number)
+        if not numbers_by_tag or any(tag not in self.tags for tag in numbers_by_tag):
+            return None  # (this includes FIX, which is not in the tag tables)
+        dimensions = {_DIMENSION.get(self.tags[tag][0]) for tag in numbers_by_tag} - {None}
+        if len(dimensions) != 1:
+            return None
+        blocks: dict[str, list[_Records]] = {}
+        for tag, numbers in numbers_by_tag.items():
+            kind, count = self.tags[tag]
+            block = self._block(tag, numbers, count, _ID_COLUMNS[kind])
+            if block is None:
+                return None
+            blocks.setdefault(kind, []).append(block)
+        self.dimension = dimensions.pop()
+        records = {}
+        for kind, parts in blocks.items():
+            if len(parts) == 1:
+                records[kind] = parts[0]
+                continue
+            # (g2o's two spellings of one kind, EDGE2 and EDGE_SE2: back into file order)
+            order = np.argsort(np.concatenate([p.lines for p in parts]), kind="stable")
+            records[kind] = _Records(
+                *(np.concatenate([getattr(p, f.name) for p in parts])[order] for f in dataclasses.fields(_Records))
+            )
+        return records
+
+    def _block(self, tag: str, numbers: list[int], count: int, id_columns: int) -> _Records | None:
+        """The lines ``numbers`` (all ``tag`` records) as one block, or None unless every line holds exactly
+        ``count`` plain numbers, the first ``id_columns`` of them non-negative integers below 2^53."""
+        skip = len(tag)
+        bulk = _bulk_numbers("\n".join(self.lines[n - 1].lstrip()[skip:] for n in numbers).encode("ascii"))
+        if bulk is None:
+            return None
+        per_line = bulk.tokens_per_line()
+        if per_line.shape[0] != len(numbers) or np.any(per_line != count):
+            return None
+        if not bulk.are_ids(np.arange(bulk.values.shape[0]) % count < id_columns):
+            return None
+        values = bulk.values.reshape(len(numbers), count)
+        return _Records(
+            values[:, :id_columns].astype(np.int64),
+            values[:, id_columns:],
+            np.asarray(numbers, np.int64),
+            np.full(len(numbers), tag),
+        )
+
+    # -- the records, line by line ----------------------------------------------------------------
+
+    def _read_lines(self) -> dict[str, _Records]:
+        rows: dict[str, list] = {}
         content_lines = 0
         for number, text in enumerate(self.lines, start=1):
             tokens = text.split()
             if not tokens or tokens[0].startswith("#"):
                 continue
             content_lines += 1
-            self._line(number, tokens)
+            self._line(number, tokens, rows)
         if content_lines == 0:
             raise self.error(
                 1,
@@ -585,9 +709,18 @@ class _GraphParser:
             )
         if self.dimension is None:
             raise self.error(1, "the file contains no vertices or edges")
-        return self._build(self.dimension)
+        records = {}
+        for kind, kind_rows in rows.items():
+            ids, values, lines, tags = zip(*kind_rows, strict=True)
+            records[kind] = _Records(
+                np.array(ids, np.int64),
+                np.array(values, np.float64).reshape(len(kind_rows), -1),
+                np.array(lines, np.int64),
+                np.array(tags),
+            )
+        return records
 
-    def _line(self, number: int, tokens: list[str]):
+    def _line(self, number: int, tokens: list[str], rows: dict[str, list]):
         tag = tokens[0]
         if tag == "FIX" and self.fmt == "g2o":
             if len(tokens) < 2:
@@ -604,80 +737,150 @@ class _GraphParser:
         if len(values) != count:
             names = (_VALUE_NAMES if self.fmt == "g2o" else _TORO_VALUE_NAMES)[kind]
             raise self.error(number, f"wrong token count: {tag} takes {count} values ({names}), found {len(values)}")
-        if kind == "equiv":
-            a = _index(values[0], self.path, number, "vertex id")
-            b = _index(values[1], self.path, number, "vertex id")
-            self.equivalences.append((a, b, number))
-            return
-        dim = _DIMENSION[kind]
-        if self.dimension is None:
-            self.dimension, self.dimension_line = dim, number
-        elif dim != self.dimension:
-            raise self.error(
-                number,
-                f"{tag} is a {dim}-D record but the file is {self.dimension}-D (from line "
-                f"{self.dimension_line}); mixed 2-D and 3-D graphs are not supported",
-            )
-        what = f"the {tag} record"
-        if kind in ("v2", "xy", "v3"):
-            vid = _index(values[0], self.path, number, "vertex id")
-            nums = _numbers(values[1:], self.path, number, what)
-            if vid in self.vertices:
-                raise self.error(number, f"duplicate vertex id {vid} (first defined on line {self.vertices[vid][2]})")
-            if kind == "xy":
-                self.vertices[vid] = ("landmark", len(self.landmark_ids), number)
-                self.landmark_ids.append(vid)
-                self.landmarks.append(nums)
-                return
-            self.vertices[vid] = ("pose", len(self.pose_ids), number)
-            self.pose_ids.append(vid)
-            if kind == "v2":
-                self.poses.append(nums)
-            elif self.fmt == "g2o":
-                self.poses.append(nums[:3])
-                self.quats.append(_unit_quaternion(nums[3:7], self.path, number, f"vertex {vid}"))
-            else:
-                self.poses.append(nums[:3])
-                self.quats.append(_rpy_to_wxyz(*nums[3:6]))
-            return
-        id1 = _index(values[0], self.path, number, "vertex id")
-        id2 = _index(values[1], self.path, number, "vertex id")
-        nums = _numbers(values[2:], self.path, number, what)
-        if kind == "e2":
-            info = _upper(nums[3:], 3) if self.fmt == "g2o" else _toro_info2(nums[3:])
-            self.edges.append((id1, id2, number, nums[:3], None, info, tag))
-        elif kind == "exy":
-            info = _upper(nums[2:], 2)
-            self.landmark_edges.append((id1, id2, number, nums[:2], None, info, tag))
-        elif self.fmt == "g2o":
-            q = _unit_quaternion(nums[3:7], self.path, number, f"the edge {id1} -> {id2}")
-            info = _upper(nums[7:], 6)
-            self.edges.append((id1, id2, number, nums[:3], q, info, tag))
-        else:
-            info = _upper(nums[6:], 6)
-            self.edges.append((id1, id2, number, nums[:3], _rpy_to_wxyz(*nums[3:6]), info, tag))
+        id_columns = _ID_COLUMNS[kind]
+        ids = [_index(token, self.path, number, "vertex id") for token in values[:id_columns]]
+        if kind != "equiv":
+            dim = _DIMENSION[kind]
+            if self.dimension is None:
+                self.dimension, self.dimension_line = dim, number
+            elif dim != self.dimension:
+                raise self.error(
+                    number,
+                    f"{tag} is a {dim}-D record but the file is {self.dimension}-D (from line "
+                    f"{self.dimension_line}); mixed 2-D and 3-D graphs are not supported",
+                )
+        nums = _numbers(values[id_columns:], self.path, number, f"the {tag} record")
+        rows.setdefault(kind, []).append((ids, nums, number, tag))
 
-    def _check_information(self):
+    # -- the assembly -----------------------------------------------------------------------------
+
+    def _build(self, records: dict[str, _Records]) -> PoseGraph2D | PoseGraph3D:
+        dimension = self.dimension
+        assert dimension is not None
+
+        def get(kind: str) -> _Records:
+            return records[kind] if kind in records else _Records.empty(kind)
+
+        vertices, edges = get("v2" if dimension == 2 else "v3"), get("e2" if dimension == 2 else "e3")
+        landmarks, landmark_edges, equivalences = get("xy"), get("exy"), get("equiv")
+        self._check_unique(vertices, landmarks)
+
+        if dimension == 2:
+            measurements, quaternions = edges.values[:, :3], None
+            info = edges.values[:, 3:][:, _UPPER_INDEX[3] if self.fmt == "g2o" else _TORO_2D_INDEX]
+        elif self.fmt == "g2o":
+            self._check_quaternions(vertices, edges)
+            measurements, quaternions = edges.values[:, :3], _unit_quaternions(edges.values[:, 3:7])[0]
+            info = edges.values[:, 7:][:, _UPPER_INDEX[6]]
+        else:
+            measurements, quaternions = edges.values[:, :3], _rpy_to_wxyz(edges.values[:, 3:6])
+            info = edges.values[:, 6:][:, _UPPER_INDEX[6]]
+        landmark_info = landmark_edges.values[:, 2:][:, _UPPER_INDEX[2]]
+        info, landmark_info, repaired = self._check_information((edges, info), (landmark_edges, landmark_info))
+
+        chained = not len(vertices) and bool(len(edges)) and not len(landmark_edges)
+        if chained:
+            pose_ids, pose_values = self._chain_odometry(edges, measurements, quaternions)
+            vertices = _Records(
+                pose_ids[:, None], pose_values, np.zeros(len(pose_ids), np.int64), np.full(len(pose_ids), "")
+            )
+        table = _VertexTable(vertices, landmarks)
+        edge_indices = self._resolve(table, edges, ("pose", "pose"))
+        fixed = []
+        for vid, number in self.fixed:
+            if table.find(vid) is None:
+                raise self.error(number, f"FIX references vertex {vid}, which the file does not define")
+            fixed.append(vid)
+        common: dict[str, Any] = dict(
+            pose_ids=_readonly(vertices.ids[:, 0], np.int64),
+            edges=_readonly(edge_indices, np.int64),
+            fixed_ids=_readonly(fixed, np.int64),
+            equivalences=_readonly(self._resolve(table, equivalences, ("pose", "pose")), np.int64),
+            information=_readonly(info),
+            path=self.path,
+            initialized_from_odometry=chained,
+            repaired_information=repaired,
+        )
+        if dimension == 2:
+            return PoseGraph2D(
+                poses=_readonly(vertices.values[:, :3].reshape(-1, 3)),
+                measurements=_readonly(measurements.reshape(-1, 3)),
+                landmark_ids=_readonly(landmarks.ids[:, 0], np.int64),
+                landmarks=_readonly(landmarks.values.reshape(-1, 2)),
+                landmark_edges=_readonly(self._resolve(table, landmark_edges, ("pose", "landmark")), np.int64),
+                landmark_measurements=_readonly(landmark_edges.values[:, :2].reshape(-1, 2)),
+                landmark_information=_readonly(landmark_info.reshape(-1, 2, 2)),
+                **common,
+            )
+        if chained or self.fmt == "g2o":
+            pose_quaternions = _unit_quaternions(vertices.values[:, 3:7])[0]
+        else:
+            pose_quaternions = _rpy_to_wxyz(vertices.values[:, 3:6])
+        assert quaternions is not None
+        return PoseGraph3D(
+            translations=_readonly(vertices.values[:, :3].reshape(-1, 3)),
+            quaternions=_readonly(pose_quaternions.reshape(-1, 4)),
+            measurement_translations=_readonly(measurements.reshape(-1, 3)),
+            measurement_quaternions=_readonly(quaternions.reshape(-1, 4)),
+            **common,
+        )
+
+    def _check_unique(self, vertices: _Records, landmarks: _Records):
+        ids = np.concatenate([vertices.ids[:, 0], landmarks.ids[:, 0]])
+        lines = np.concatenate([vertices.lines, landmarks.lines])
+        order = np.argsort(lines, kind="stable")
+        ids, lines = ids[order], lines[order]
+        unique, first = np.unique(ids, return_index=True)
+        if unique.shape[0] == ids.shape[0]:
+            return
+        repeated = np.ones(ids.shape[0], bool)
+        repeated[first] = False
+        k = int(np.argmax(repeated))  # the earliest line that repeats an id
+        original = lines[first[np.searchsorted(unique, ids[k])]]
+        raise self.error(int(lines[k]), f"duplicate vertex id {ids[k]} (first defined on line {original})")
+
+    def _check_quaternions(self, vertices: _Records, edges: _Records):
+        """Every g2o quaternion of unit norm within :data:`QUATERNION_TOLERANCE`, else an error naming the
+        first bad one in the file."""
+        bad = []
+        for records, is_vertex in ((vertices, True), (edges, False)):
+            norms = _unit_quaternions(records.values[:, 3:7])[1]
+            wrong = np.flatnonzero(~(np.abs(norms - 1.0) <= QUATERNION_TOLERANCE))
+            if wrong.size:
+                k = int(wrong[0])
+                what = (
+                    f"vertex {records.ids[k, 0]}"
+                    if is_vertex
+                    else f"the edge {records.ids[k, 0]} -> {records.ids[k, 1]}"
+                )
+                bad.append((int(records.lines[k]), what, float(norms[k])))
+        if bad:
+            number, what, norm = min(bad)
+            raise self.error(
+                number, f"the quaternion of {what} has norm {norm:.6g}; it must be 1 within {QUATERNION_TOLERANCE:g}"
+            )
+
+    def _check_information(self, *groups: tuple[_Records, np.ndarray]) -> list:
         """Every information matrix positive definite; else, for the first bad one in the file, an error with
         its line and smallest eigenvalue, or (``repair``) every bad one replaced by its nearest
-        positive-definite matrix."""
-        records = [r for r in (self.edges, self.landmark_edges) if r]
+        positive-definite matrix. Returns the groups' matrices and the number repaired."""
         try:
-            for group in records:
-                sqrt_information(np.array([r[5] for r in group]))  # one batched Cholesky per kind
-            return
+            for _, info in groups:
+                if info.shape[0]:
+                    sqrt_information(info)  # one batched Cholesky per kind
+            return [info for _, info in groups] + [0]
         except ValueError:
             pass
-        bad = []  # (line, group, position) of every matrix that is not positive definite
-        for group in records:
-            for k, record in enumerate(group):
+        bad = []  # (line, tag, group, position) of every matrix that is not positive definite
+        for g, (records, info) in enumerate(groups):
+            for k in range(info.shape[0]):
                 try:
-                    sqrt_information(record[5])
+                    sqrt_information(info[k])
                 except ValueError:
-                    bad.append((record[2], group, k))
+                    bad.append((int(records.lines[k]), str(records.tags[k]), g, k))
         if not self.repair:
-            number, group, k = min(bad, key=lambda entry: entry[0])
-            info, tag = group[k][5], group[k][6]
+            number, tag, g, k = min(bad)
+            info = groups[g][1][k]
             smallest = float(np.linalg.eigvalsh(0.5 * (info + info.T))[0])
             raise self.error(
                 number,
@@ -686,121 +889,101 @@ class _GraphParser:
                 "refuses it (repair_information=True, or the command line's "
                 "--repair-information, replaces it by the nearest positive-definite matrix)",
             )
-        for _, group, k in bad:
-            a, b, number, translation, quaternion, info, tag = group[k]
-            group[k] = (a, b, number, translation, quaternion, nearest_positive_definite(info), tag)
-        self.repaired = len(bad)
+        matrices = [info.copy() for _, info in groups]
+        for _, _, g, k in bad:
+            matrices[g][k] = nearest_positive_definite(matrices[g][k])
+        return [*matrices, len(bad)]
 
-    def _chain_odometry(self):
+    def _chain_odometry(
+        self, edges: _Records, translations: np.ndarray, quaternions: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Vertices for a file of edges only, as GTSAM's examples start such files: the lowest id at the
         identity, every other pose composed along a breadth-first spanning tree of the edges
         (:math:`X_j = X_i Z_{ij}`, or :math:`X_i = X_j Z_{ij}^{-1}` against an edge's direction); the tree
-        follows the file's edge order, so consecutive odometry edges chain as written."""
+        follows the file's edge order, so consecutive odometry edges chain as written. Returns the sorted
+        ids and their values (2-D ``x y theta``; 3-D ``x y z qx qy qz qw``, as a g2o vertex record)."""
+        three_d = quaternions is not None
         neighbours: dict[int, list] = {}
-        for a, b, _, translation, quaternion, _, _ in self.edges:
-            neighbours.setdefault(a, []).append((b, translation, quaternion, False))
-            neighbours.setdefault(b, []).append((a, translation, quaternion, True))
+        for k, (a, b) in enumerate(edges.ids.tolist()):
+            quaternion = quaternions[k] if three_d else None
+            neighbours.setdefault(a, []).append((b, translations[k], quaternion, False))
+            neighbours.setdefault(b, []).append((a, translations[k], quaternion, True))
         ids = sorted(neighbours)
-        three_d = self.dimension == 3
-        poses = {ids[0]: (np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])) if three_d else (np.zeros(3), None)}
+        poses: dict[int, tuple[np.ndarray, Any]] = {
+            ids[0]: (np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])) if three_d else (np.zeros(3), None)
+        }
         queue = [ids[0]]
         for current in queue:
             for other, translation, quaternion, backwards in neighbours[current]:
                 if other in poses:
                     continue
-                step = (
-                    _se3_inverse(translation, quaternion)
-                    if three_d and backwards
-                    else (np.asarray(translation, np.float64), quaternion)
-                    if three_d
-                    else (_se2_inverse(translation) if backwards else np.asarray(translation, np.float64), None)
-                )
-                poses[other] = (
-                    _se3_compose(*poses[current], *step)
-                    if three_d
-                    else (_se2_compose(poses[current][0], step[0]), None)
-                )
+                if three_d:
+                    step = _se3_inverse(translation, quaternion) if backwards else (translation, quaternion)
+                    poses[other] = _se3_compose(*poses[current], *step)
+                else:
+                    step = _se2_inverse(translation) if backwards else translation
+                    poses[other] = (_se2_compose(poses[current][0], step), None)
                 queue.append(other)
         unreachable = [vid for vid in ids if vid not in poses]
         if unreachable:
-            first = next(n for a, b, n, *_ in self.edges if unreachable[0] in (a, b))
+            first = next(
+                int(n) for (a, b), n in zip(edges.ids.tolist(), edges.lines, strict=True) if unreachable[0] in (a, b)
+            )
             raise self.error(
                 first,
                 f"the file has no vertex records, and vertex {unreachable[0]} is not connected "
                 f"to vertex {ids[0]} by edges, so its start cannot be chained from the odometry",
             )
-        for vid in ids:
-            self.vertices[vid] = ("pose", len(self.pose_ids), 0)
-            self.pose_ids.append(vid)
-            self.poses.append(list(poses[vid][0]))
-            if three_d:
-                self.quats.append(poses[vid][1])
+        if three_d:
+            values = [np.concatenate([poses[v][0], poses[v][1][[1, 2, 3, 0]]]) for v in ids]
+        else:
+            values = [poses[v][0] for v in ids]
+        return np.array(ids, np.int64), np.array(values, np.float64)
 
-    def _resolve(self, vid: int, number: int, want: str) -> int:
-        entry = self.vertices.get(vid)
-        if entry is None:
-            raise self.error(number, f"the record references vertex {vid}, which the file does not define")
-        if entry[0] != want:
-            raise self.error(
-                number, f"vertex {vid} (line {entry[2]}) is a {entry[0]}, but this edge needs a {want} there"
-            )
-        return entry[1]
+    def _resolve(self, table: _VertexTable, records: _Records, wants: tuple[str, str]) -> np.ndarray:
+        """``(R, 2)`` dense indices of the records' two vertices, which must be of the kinds ``wants``; else
+        an error naming the first record (and, within it, the first vertex) that is not."""
+        if not len(records):
+            return np.zeros((0, 2), np.int64)
+        found, kinds, indices = zip(*(table.lookup(records.ids[:, c]) for c in (0, 1)), strict=True)
+        ok = [f & (k == (1 if want == "landmark" else 0)) for f, k, want in zip(found, kinds, wants, strict=True)]
+        bad = ~(ok[0] & ok[1])
+        if np.any(bad):
+            k = int(np.argmax(bad))
+            c = 0 if not ok[0][k] else 1
+            vid, number = int(records.ids[k, c]), int(records.lines[k])
+            if not found[c][k]:
+                raise self.error(number, f"the record references vertex {vid}, which the file does not define")
+            kind, line = table.find(vid) or ("?", 0)
+            raise self.error(number, f"vertex {vid} (line {line}) is a {kind}, but this edge needs a {wants[c]} there")
+        return np.stack(indices, axis=1)
 
-    def _build(self, dimension: int) -> PoseGraph2D | PoseGraph3D:
-        self._check_information()
-        chained = not self.vertices and bool(self.edges) and not self.landmark_edges
-        if chained:
-            self._chain_odometry()
-        edges = np.array(
-            [(self._resolve(a, n, "pose"), self._resolve(b, n, "pose")) for a, b, n, *_ in self.edges], dtype=np.int64
-        ).reshape(-1, 2)
-        fixed = []
-        for vid, number in self.fixed:
-            if vid not in self.vertices:
-                raise self.error(number, f"FIX references vertex {vid}, which the file does not define")
-            fixed.append(vid)
-        equivalences = np.array(
-            [(self._resolve(a, n, "pose"), self._resolve(b, n, "pose")) for a, b, n in self.equivalences],
-            dtype=np.int64,
-        ).reshape(-1, 2)
-        common: dict[str, Any] = dict(
-            pose_ids=_readonly(self.pose_ids, np.int64),
-            edges=_readonly(edges, np.int64),
-            fixed_ids=_readonly(fixed, np.int64),
-            equivalences=_readonly(equivalences, np.int64),
-            path=self.path,
-            initialized_from_odometry=chained,
-            repaired_information=self.repaired,
-        )
-        n = dimension
-        info = _readonly(np.array([e[5] for e in self.edges]).reshape(-1, 3 * n - 3, 3 * n - 3))
-        if n == 2:
-            landmark_edges = np.array(
-                [
-                    (self._resolve(a, n_, "pose"), self._resolve(b, n_, "landmark"))
-                    for a, b, n_, *_ in self.landmark_edges
-                ],
-                dtype=np.int64,
-            ).reshape(-1, 2)
-            return PoseGraph2D(
-                poses=_readonly(np.array(self.poses).reshape(-1, 3)),
-                measurements=_readonly(np.array([e[3] for e in self.edges]).reshape(-1, 3)),
-                information=info,
-                landmark_ids=_readonly(self.landmark_ids, np.int64),
-                landmarks=_readonly(np.array(self.landmarks).reshape(-1, 2)),
-                landmark_edges=_readonly(landmark_edges, np.int64),
-                landmark_measurements=_readonly(np.array([e[3] for e in self.landmark_edges]).reshape(-1, 2)),
-                landmark_information=_readonly(np.array([e[5] for e in self.landmark_edges]).reshape(-1, 2, 2)),
-                **common,
-            )
-        return PoseGraph3D(
-            translations=_readonly(np.array(self.poses).reshape(-1, 3)),
-            quaternions=_readonly(np.array(self.quats).reshape(-1, 4)),
-            measurement_translations=_readonly(np.array([e[3] for e in self.edges]).reshape(-1, 3)),
-            measurement_quaternions=_readonly(np.array([e[4] for e in self.edges]).reshape(-1, 4)),
-            information=info,
-            **common,
-        )
+
+class _VertexTable:
+    """The file's vertices by id: whether each is a pose or a landmark, its dense index and its line."""
+
+    def __init__(self, poses: _Records, landmarks: _Records):
+        ids = np.concatenate([poses.ids[:, 0], landmarks.ids[:, 0]])
+        self.order = np.argsort(ids)
+        self.ids = ids[self.order]
+        self.kinds = np.concatenate([np.zeros(len(poses), np.int64), np.ones(len(landmarks), np.int64)])[self.order]
+        self.indices = np.concatenate([np.arange(len(poses)), np.arange(len(landmarks))])[self.order]
+        self.lines = np.concatenate([poses.lines, landmarks.lines])[self.order]
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(found, kind 0 pose / 1 landmark, dense index) for each of ``ids``."""
+        position = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.shape[0] - 1, 0))
+        if not self.ids.shape[0]:
+            return np.zeros(ids.shape, bool), np.zeros(ids.shape, np.int64), np.zeros(ids.shape, np.int64)
+        return self.ids[position] == ids, self.kinds[position], self.indices[position]
+
+    def find(self, vid: int) -> tuple[str, int] | None:
+        """(``"pose"`` or ``"landmark"``, line) of vertex ``vid``, or None."""
+        found, kind, _ = self.lookup(np.array([vid]))
+        if not found[0]:
+            return None
+        position = int(np.searchsorted(self.ids, vid))
+        return ("pose", "landmark")[int(kind[0])], int(self.lines[position])
 
 
 def parse_g2o(
@@ -969,18 +1152,18 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
     _, tokens = first
     if len(tokens) >= 3 and all(re.fullmatch(r"[+-]?\d+", t) for t in tokens[:3]):
         return "bal"  # (a negative count is then reported by the BAL reader, naming it)
-    g2o_line = toro_line = None
+    first_line: dict[str, int] = {}  # each tag's first line
     for n, line in enumerate(lines, start=1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        if g2o_line is None and tokens[0] in _G2O_ONLY:
-            g2o_line = n
-        elif toro_line is None and tokens[0] in _TORO_ONLY:
-            toro_line = n
-        elif tokens[0] not in _G2O_TAGS and tokens[0] not in _TORO_TAGS and tokens[0] != "FIX":
-            shown = tokens[0] if len(tokens[0]) <= 40 else tokens[0][:40] + "..."
-            raise GraphFormatError(path, n, f"cannot tell the format: unknown tag {shown!r}")
+        head = line.split(None, 1)
+        if head and head[0] not in first_line and not head[0].startswith("#"):
+            first_line[head[0]] = n
+    unknown = [tag for tag in first_line if tag not in _G2O_TAGS and tag not in _TORO_TAGS and tag != "FIX"]
+    if unknown:
+        tag = min(unknown, key=first_line.__getitem__)
+        shown = tag if len(tag) <= 40 else tag[:40] + "..."
+        raise GraphFormatError(path, first_line[tag], f"cannot tell the format: unknown tag {shown!r}")
+    g2o_line = min((first_line[tag] for tag in first_line if tag in _G2O_ONLY), default=None)
+    toro_line = min((first_line[tag] for tag in first_line if tag in _TORO_ONLY), default=None)
     if g2o_line and toro_line:
         raise GraphFormatError(
             path,
@@ -1099,30 +1282,32 @@ def write_toro(path: str | os.PathLike, graph: PoseGraph2D | PoseGraph3D) -> Non
 # BAL
 
 
-_INTS = re.compile(r"\d{1,18}(?: \d{1,18})*")
-
-
-def _bal_fast(tokens: list[str], num_cameras: int, num_points: int, num_obs: int):
-    """The arrays in bulk when every token is well formed (the usual case), else None: the token-by-token
-    path then finds the first bad token and its line."""
+def _bal_bulk(text: bytes) -> BALProblem | None:
+    """The problem in bulk when every token is well formed and the counts and indices agree with the header
+    (the usual case), else None: the token-by-token reading then finds the first fault and its line."""
+    bulk = _bulk_numbers(text)
+    if bulk is None or bulk.values.shape[0] < 3:
+        return None
+    values = bulk.values
+    num_cameras, num_points, num_obs = (int(v) for v in values[:3])
     obs_end = 3 + 4 * num_obs
     cam_end = obs_end + 9 * num_cameras
-    indices = tokens[3:obs_end:4] + tokens[4:obs_end:4]
-    numbers = tokens[5:obs_end:4] + tokens[6:obs_end:4] + tokens[obs_end:]
-    if indices and not _INTS.fullmatch(" ".join(indices)):
+    if values.shape[0] != cam_end + 3 * num_points:
         return None
-    if numbers and not _FLOATS.fullmatch(" ".join(numbers)):
+    ids = np.zeros(values.shape[0], bool)
+    ids[:3] = ids[3:obs_end:4] = ids[4:obs_end:4] = True
+    if not bulk.are_ids(ids):
         return None
-    ints = np.fromiter(map(int, indices), dtype=np.int64, count=len(indices))
-    values = np.fromiter(map(float, numbers), dtype=np.float64, count=len(numbers))
-    camera_index, point_index = ints[:num_obs], ints[num_obs:]
-    if not (np.all(camera_index < num_cameras) and np.all(point_index < num_points) and np.all(np.isfinite(values))):
+    camera_index, point_index = values[3:obs_end:4].astype(np.int64), values[4:obs_end:4].astype(np.int64)
+    if not (np.all(camera_index < num_cameras) and np.all(point_index < num_points)):
         return None
-    observations = np.stack([values[:num_obs], values[num_obs : 2 * num_obs]], axis=1)
-    rest = values[2 * num_obs :]
-    cameras = rest[: cam_end - obs_end].reshape(num_cameras, 9)
-    points = rest[cam_end - obs_end :].reshape(num_points, 3)
-    return cameras, points, camera_index, point_index, observations
+    return BALProblem(
+        cameras=_readonly(values[obs_end:cam_end].reshape(num_cameras, 9)),
+        points=_readonly(values[cam_end:].reshape(num_points, 3)),
+        camera_index=_readonly(camera_index, np.int64),
+        point_index=_readonly(point_index, np.int64),
+        observations=_readonly(np.stack([values[5:obs_end:4], values[6:obs_end:4]], axis=1)),
+    )
 
 
 def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
@@ -1139,6 +1324,9 @@ def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
         GraphFormatError: the content does not follow the format (the message names the line).
     """
     lines = _lines(content, path)
+    bulk = _bal_bulk("\n".join(lines).encode("ascii"))
+    if bulk is not None:
+        return dataclasses.replace(bulk, path=path)
     tokens: list[str] = []
     where: list[int] = []
     for number, text in enumerate(lines, start=1):
@@ -1175,10 +1363,6 @@ def parse_bal(content: bytes | str, path: str = "<string>") -> BALProblem:
     # against what is there before anything of the announced size is allocated.
     obs_end = 3 + 4 * num_obs
     need(obs_end, "observations")
-    if len(tokens) == expected:
-        fast = _bal_fast(tokens, num_cameras, num_points, num_obs)
-        if fast is not None:
-            return BALProblem(*(_readonly(a, a.dtype) for a in fast), path=path)
     camera_index = np.empty(num_obs, dtype=np.int64)
     point_index = np.empty(num_obs, dtype=np.int64)
     observations = np.empty((num_obs, 2))
