@@ -26,6 +26,28 @@ def _random(group, key, batch=()):
 
 
 @pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.__name__)
+def test_parameter_array_is_jaxlies_parameters_without_compiling(group):
+    compiles = []
+
+    def listen(event, seconds, **kwargs):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    stacked = _random(group, jax.random.PRNGKey(3), (5 + GROUPS.index(group),))  # a shape no test used before
+    jax.block_until_ready(stacked)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        array = manifolds.parameter_array(stacked)
+        assert not compiles
+        np.testing.assert_array_equal(array, stacked.parameters())  # (this one compiles: the listener hears it)
+        assert compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    x = jnp.arange(3.0)
+    assert manifolds.parameter_array(x) is x
+
+
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.__name__)
 def test_retract_and_local_against_jaxlie(group):
     key1, key2 = jax.random.split(jax.random.PRNGKey(3))
     x = _random(group, key1, (4,))

@@ -30,7 +30,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 from .._jacobian import residual_and_jacobian
 from .._numerics import split_by_sizes
 from ..losses import linearize_block
-from ..manifolds import is_group, retract
+from ..manifolds import is_group, parameter_array, retract
 
 if TYPE_CHECKING:
     from jaxlie import MatrixLieGroup
@@ -171,7 +171,7 @@ class FactorGraph(eqx.Module):
 def _stack_count(leaf, batched: bool) -> tuple[int, int]:
     """(N, d) of a variable kind (without the batch axis)."""
     if is_group(leaf):
-        shape = leaf.parameters().shape[:-1]
+        shape = jnp.shape(parameter_array(leaf))[:-1]
         shape = shape[1:] if batched else shape
         if len(shape) != 1:
             raise ValueError(f"a variable kind must be a stack of N groups (batch axes {shape})")
@@ -404,8 +404,11 @@ def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
             return jax.tree_util.tree_map(lambda leaf: leaf[(0,) * lead], tree)
 
         lead = 2 if batched else 1
-        variables = [first(graph.variables[kind], lead) for kind in cost.kinds]
-        data = first(cost.data, lead)
-        out = jax.eval_shape(cost.residual_fn, *variables, data)
+
+        def first_residual(variables, data, lead=lead, cost=cost):
+            return cost.residual_fn(*(first(v, lead) for v in variables), first(data, lead))
+
+        # (the first term only traced, never run: indexing outside would compile a program per array)
+        out = jax.eval_shape(first_residual, [graph.variables[kind] for kind in cost.kinds], cost.data)
         sizes.append(int(math.prod(out.shape)))
     return sizes

@@ -18,7 +18,7 @@ from .._driver import attach_in_chart, call_compiled, check_options, compiled, i
 from .._loop import LoopProblem
 from .._solution import Solution
 from ..adjoint import AbstractAdjoint, Implicit
-from ..manifolds import ProductSpace, is_group
+from ..manifolds import ProductSpace, is_group, parameter_array
 from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
@@ -191,7 +191,7 @@ def _default_for(structure) -> AbstractGraphLinearSolver:
 
 
 def _dtype(graph):
-    return jnp.result_type(*[value.parameters() if is_group(value) else value for value in graph.variables.values()])
+    return jnp.result_type(*[parameter_array(value) for value in graph.variables.values()])
 
 
 def _batch(graph) -> int:
@@ -200,7 +200,7 @@ def _batch(graph) -> int:
 
 def _check_finite(graph: FactorGraph):
     for kind, value in graph.variables.items():
-        leaf = value.parameters() if is_group(value) else value
+        leaf = parameter_array(value)
         if isinstance(leaf, jax.core.Tracer):
             continue  # under jit: reported per problem as Status.NONFINITE_START
         bad = ~np.isfinite(np.asarray(leaf))
@@ -306,8 +306,8 @@ def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:
     parts = []
     for kind in sorted(template):
         value = template[kind]
-        leaf = value.parameters() if is_group(value) else value
-        mask = np.zeros(leaf.shape, bool)
+        leaf = parameter_array(value)
+        mask = np.zeros(jnp.shape(leaf), bool)
         mask[fixed.get(kind, np.zeros(0, np.int64))] = True
         parts.append(mask.ravel())
     return np.concatenate(parts)

@@ -59,8 +59,23 @@ def has_groups(tree: PyTree) -> bool:
     return any(is_group(leaf) for leaf in jax.tree_util.tree_leaves(tree, is_leaf=is_group))
 
 
+def parameter_array(leaf: MatrixLieGroup | ArrayLike) -> Array | ArrayLike:
+    """The array a leaf stores: a group's parameters (e.g. ``SE3``'s ``wxyz_xyz``), an array as it is.
+
+    A group's array is read from its pytree: jaxlie's ``parameters()`` is jitted, and outside ``jit`` each
+    call on a new shape compiles a program just to return the array.
+
+    Args:
+        leaf: a jaxlie group, possibly stacked, or an array.
+
+    Returns:
+        The group's parameter array (shape ``(*batch, parameters_dim)``), or ``leaf`` itself.
+    """
+    return jax.tree_util.tree_leaves(leaf)[0] if is_group(leaf) else leaf
+
+
 def _group_batch_shape(group: MatrixLieGroup) -> tuple[int, ...]:
-    return tuple(group.parameters().shape[:-1])
+    return tuple(jnp.shape(parameter_array(group))[:-1])
 
 
 def tangent_size(leaf: MatrixLieGroup | ArrayLike) -> int:
