@@ -290,6 +290,35 @@ def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked(
 
 
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
+def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
+    """At the top level graph.solve passes CHOLMOD's assembly plan into the compiled program as arguments
+    (reused for a graph of the same structure); inside a caller's jit the plan is built while tracing. Both
+    give the same solve, and so does QDLDL."""
+    from jaxnls.graph._graph import validate
+    from jaxnls.graph._linear import UpperAssembly, assembly_for
+
+    graph = _tiny_graph()
+    solver = jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect(factorization="cholmod"))
+    passed = jg.solve(graph, solver=solver)
+    built = jax.jit(lambda g: jg.solve(g, solver=solver))(graph)
+    qdldl = jg.solve(
+        graph, solver=eqx.tree_at(lambda s: s.linear_solver, solver, jg.SparseDirect(factorization="qdldl"))
+    )
+    assert int(passed.num_steps) == int(built.num_steps) == int(qdldl.num_steps)
+    flat = lambda solution: ravel_pytree(jax.tree_util.tree_map(jnp.asarray, solution.params))[0]
+    np.testing.assert_allclose(flat(passed), flat(built), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(flat(passed), flat(qdldl), rtol=1e-10, atol=1e-10)
+    # the plan is that of the structure, and one graph's structures share it; another graph's differ
+    first, again = validate(graph, False), validate(graph, False)
+    assert assembly_for(first) is assembly_for(again)
+    fresh = UpperAssembly.of(first)
+    for field in ("keep", "segment", "row", "column", "diagonal"):
+        np.testing.assert_array_equal(getattr(assembly_for(first), field), getattr(fresh, field))
+    other = jg.FactorGraph(graph.variables, graph.costs[:1], graph.fixed)
+    assert assembly_for(validate(other, False)) is not assembly_for(first)
+
+
+@pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
 def test_a_cholmod_failure_is_retried_with_qdldl_and_said(monkeypatch):
     """sparsax stops the computation on a non-positive pivot; graph.solve then warns and solves with QDLDL,
     which gives what a QDLDL solve gives."""

@@ -236,6 +236,12 @@ class GraphStructure:
         self.fixed_diagonal = np.concatenate([np.repeat(~free[kind], self.dim[kind]) for kind in kinds]).astype(
             np.float64
         )
+        # what the layout and the groups' columns (hence every host-side plan) are made from
+        self.key = (
+            batched,
+            tuple((kind, self.count[kind], self.dim[kind]) for kind in kinds),
+            tuple((tuple(cost.kinds), cost.indices) for cost in graph.costs),
+        )
         self._pattern = None
         self._upper = None
         # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)

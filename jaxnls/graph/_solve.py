@@ -2,6 +2,7 @@ r"""``jaxnls.graph.solve``: the loop of :func:`jaxnls.solve` on a block-sparse l
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from ..manifolds import ProductSpace, is_group, parameter_array
 from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
-from ._linear import CHOLMOD_NOT_POSITIVE_DEFINITE, AbstractGraphLinearSolver, SparseDirect
+from ._linear import CHOLMOD_NOT_POSITIVE_DEFINITE, AbstractGraphLinearSolver, SparseDirect, assembly_for
 from ._schur import SchurDirect, largest_eliminable_kind
 
 #: The default solver eliminates a kind (SchurDirect) when at most this many tangent unknowns are kept. On 2
@@ -151,6 +152,10 @@ def solve(
     linear_solver = solver.linear_solver
     if nested or not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
         return run(solver)
+    if linear_solver.assembly is None:  # (the plan as arguments of the compiled solve, not its constants)
+        solver = eqx.tree_at(
+            lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, assembly=assembly_for(structure))
+        )
     try:  # CHOLMOD's refusal of a numerically indefinite matrix surfaces when the results are ready
         return jax.block_until_ready(run(solver))
     except Exception as err:
@@ -283,7 +288,9 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
         structure=structure,
         space=space,
         residual_fns=tuple(c.residual_fn for c in graph.costs),
-        linear_solver=linear_solver,
+        # (the adjoint's systems come from the solution, not the loop: without the loop's plan, which is an
+        # argument of this program and cannot sit in the problem's static fields)
+        linear_solver=_without_assembly(linear_solver),
         dtype=dtype,
     )
     x, cost = attach_in_chart(adjoint, adjoint_problem, space, anchor, state, cost_args_differentiable, axes)
@@ -311,6 +318,12 @@ def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:
         mask[fixed.get(kind, np.zeros(0, np.int64))] = True
         parts.append(mask.ravel())
     return np.concatenate(parts)
+
+
+def _without_assembly(linear_solver):
+    if isinstance(linear_solver, SparseDirect) and linear_solver.assembly is not None:
+        return dataclasses.replace(linear_solver, assembly=None)
+    return linear_solver
 
 
 def _bind(linear_solver, structure):
