@@ -256,7 +256,12 @@ TIGHT_SOLVERS = [
 ]
 
 
-@pytest.mark.parametrize("solver", TIGHT_SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
+@pytest.mark.parametrize(
+    "solver",
+    # (the first in the default run; the other strategies, ~40 s of compilation, with -m slow)
+    [TIGHT_SOLVERS[0], *(pytest.param(s, marks=pytest.mark.slow) for s in TIGHT_SOLVERS[1:])],
+    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}",
+)
 def test_unrolled_iterations_reach_the_implicit_derivative_at_convergence(solver):
     y, p0, weights = curve_data(13, 1)
 
