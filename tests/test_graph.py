@@ -315,7 +315,13 @@ def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
     for field in ("keep", "segment", "row", "column", "diagonal"):
         np.testing.assert_array_equal(getattr(assembly_for(first), field), getattr(fresh, field))
     other = jg.FactorGraph(graph.variables, graph.costs[:1], graph.fixed)
-    assert assembly_for(validate(other, False)) is not assembly_for(first)
+    foreign = assembly_for(validate(other, False))
+    assert foreign is not assembly_for(first)
+    # a plan made for another structure: graph.solve binds its own; a solve inside jit that keeps it refuses it
+    mistaken = jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect(factorization="cholmod", assembly=foreign))
+    np.testing.assert_array_equal(flat(jg.solve(graph, solver=mistaken)), flat(passed))
+    with pytest.raises(ValueError, match="assembly plan was made for another graph structure"):
+        jax.jit(lambda g: jg.solve(g, solver=mistaken))(graph)
 
 
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")

@@ -383,6 +383,7 @@ class UpperAssembly(eqx.Module):
         column: the column of each upper entry (at or right of its row).
         diagonal: the upper entry of each diagonal element.
         num_entries: how many upper entries there are.
+        structure_key: the :attr:`GraphStructure.key` of the structure it was made for.
     """
 
     keep: Int[np.ndarray, " k"]
@@ -391,6 +392,7 @@ class UpperAssembly(eqx.Module):
     column: Int[np.ndarray, " u"]
     diagonal: Int[np.ndarray, " n"]
     num_entries: int = eqx.field(static=True)
+    structure_key: tuple = eqx.field(static=True)
 
     @classmethod
     def of(cls, structure: GraphStructure) -> UpperAssembly:
@@ -414,6 +416,7 @@ class UpperAssembly(eqx.Module):
             column=rows[upper_entries].astype(np.int32),
             diagonal=slot[diagonal_at].astype(np.int32),
             num_entries=int(upper_entries.shape[0]),
+            structure_key=structure.key,
         )
 
 
@@ -442,6 +445,8 @@ def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"], plan: Uppe
         plan = structure.host_cache.get("cholmod")
         if plan is None:
             plan = structure.host_cache["cholmod"] = UpperAssembly.of(structure)
+    elif plan.structure_key != structure.key:
+        raise ValueError("SparseDirect: its assembly plan was made for another graph structure (leave assembly=None)")
     contributions = _contributions(operator)
     data = jax.ops.segment_sum(contributions[plan.keep], plan.segment, num_segments=plan.num_entries)
     diagonal = data[plan.diagonal]

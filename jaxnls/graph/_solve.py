@@ -152,10 +152,10 @@ def solve(
     linear_solver = solver.linear_solver
     if nested or not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
         return run(solver)
-    if linear_solver.assembly is None:  # (the plan as arguments of the compiled solve, not its constants)
-        solver = eqx.tree_at(
-            lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, assembly=assembly_for(structure))
-        )
+    # the plan as arguments of the compiled solve, not its constants (bound here like the structure)
+    solver = eqx.tree_at(
+        lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, assembly=assembly_for(structure))
+    )
     try:  # CHOLMOD's refusal of a numerically indefinite matrix surfaces when the results are ready
         return jax.block_until_ready(run(solver))
     except Exception as err:
