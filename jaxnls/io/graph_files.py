@@ -17,6 +17,10 @@ Three plain-text formats are read into frozen dataclasses of read-only NumPy arr
 back to the same float64), so write -> read reproduces the arrays bit for bit; the one exception is
 TORO 3-D, whose roll-pitch-yaw angles are converted to and from quaternions (agreement to ~1e-16).
 
+The readers parse a plain file in bulk (each tag's lines as one block of numbers: w10000's 80,000 lines in
+~0.15 s) and fall back to reading token by token, which names the line of a fault, for anything else; both
+readings give the same arrays.
+
 Conventions
 -----------
 - **Edges** ``(i, j)`` are dense indices into the pose arrays. The measurement is the pose of ``j``
