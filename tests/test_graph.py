@@ -187,7 +187,7 @@ def _tiny_graph(key=0, noise=0.1):
 
 
 def test_block_sparse_linearization_equals_the_dense_jacobian():
-    from jaxnls.graph._graph import term_evaluator, validate
+    from jaxnls.graph._graph import residual_size, term_evaluator, validate
     from jaxnls.manifolds import ProductSpace
 
     graph = _tiny_graph()
@@ -219,12 +219,13 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
     def sparse(x):
         blocks, pieces = [], []
         values = space.unravel(x)
-        for cost, group in zip(graph.costs, structure.groups):
+        for cost, group, size in zip(graph.costs, structure.groups, residual_size(graph, False)):
             variables = [
                 jax.tree_util.tree_map(lambda leaf, c=c: leaf[c], values[k])
                 for k, c in zip(cost.kinds, group["indices"].T)
             ]
-            r, jac, _ = term_evaluator(cost, group, x.dtype)(variables, cost.data, cost.sqrt_information, cost.loss)
+            evaluate = term_evaluator(cost, group, x.dtype, size)
+            r, jac, _ = evaluate(variables, cost.data, cost.sqrt_information, cost.loss)
             blocks.append(jac)
             pieces.append(jnp.ravel(r))
         return blocks, pieces

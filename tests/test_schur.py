@@ -15,7 +15,7 @@ import pytest
 from jaxnls import LevenbergMarquardt
 from jaxnls import graph as jg
 from jaxnls.graph import bal_graph_problem, bal_reprojection
-from jaxnls.graph._graph import term_evaluator, validate
+from jaxnls.graph._graph import residual_size, term_evaluator, validate
 from jaxnls.io import BALProblem
 
 
@@ -51,7 +51,8 @@ def _linearization(graph, solver_cls=jg.SchurPCG, **options):
     structure = validate(graph, False)
     cost = graph.costs[0]
     variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
-    r, jac, _ = term_evaluator(cost, structure.groups[0], jnp.float64)(variables, cost.data, None, None)
+    k = residual_size(graph, False)[0]
+    r, jac, _ = term_evaluator(cost, structure.groups[0], jnp.float64, k)(variables, cost.data, None, None)
     solver = solver_cls(structure=structure, **options)
     return solver, solver.linearize(jnp.ravel(r), (jac,)), structure
 
@@ -203,9 +204,9 @@ def test_schur_direct_reduced_matrix_with_mixed_kinds_equals_the_dense_schur_com
     graph = _mixed_graph()
     structure = validate(graph, False)
     blocks = []
-    for cost, group in zip(graph.costs, structure.groups):
+    for cost, group, size in zip(graph.costs, structure.groups, residual_size(graph, False)):
         variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
-        blocks.append(term_evaluator(cost, group, jnp.float64)(variables, cost.data, None, None)[1])
+        blocks.append(term_evaluator(cost, group, jnp.float64, size)(variables, cost.data, None, None)[1])
     damping = jnp.asarray(np.random.default_rng(0).uniform(0.1, 1.0, structure.n))
     if given == "jacobians":
         operator = NormalOperator(structure=structure, jacobians=tuple(blocks), products=None, damping=damping)

@@ -375,10 +375,10 @@ def information_axis(sqrt_information):
     return None if sqrt_information is None or sqrt_information.ndim == 2 else 0
 
 
-def term_evaluator(cost: CostGroup, group: dict, dtype):
+def term_evaluator(cost: CostGroup, group: dict, dtype, k: int):
     r"""``(variables of E terms, data, L, loss) -> (r (E, k), J (E, k, D), cost)`` with one vmap over the
     terms; ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss), and
-    with a loss ``r``, ``J`` are Triggs-corrected."""
+    with a loss ``r``, ``J`` are Triggs-corrected. ``k`` is the group's residual size (:func:`residual_size`)."""
     residual = term_residual(cost.residual_fn, group, dtype)
     zero = jnp.zeros((sum(group["dims"]),), dtype)
 
@@ -386,7 +386,6 @@ def term_evaluator(cost: CostGroup, group: dict, dtype):
         def fn(delta, _):
             return residual(variables, delta, data, sqrt_information)
 
-        k = jax.eval_shape(fn, zero, None).shape[0]
         r, jac = residual_and_jacobian(fn, zero, None, k)
         return linearize_block(loss, r, jac)
 

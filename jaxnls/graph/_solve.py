@@ -230,7 +230,7 @@ def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, a
     linear_solver = _bind(solver.linear_solver, structure)
     solver = eqx.tree_at(lambda s: s.linear_solver, solver, linear_solver)
     sizes = residual_size(graph, batched)
-    evaluators = [term_evaluator(cost, group, dtype) for cost, group in zip(graph.costs, structure.groups)]
+    evaluators = [term_evaluator(c, group, dtype, k) for c, group, k in zip(graph.costs, structure.groups, sizes)]
     # what the derivatives are taken with respect to: per cost group (data, sqrt_information, loss)
     cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
     # vmap axes leaf by leaf (the adjoints read them per leaf): data and sqrt_information carry the batch
