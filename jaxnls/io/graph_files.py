@@ -429,13 +429,16 @@ def _index(token: str, path: str, line: int, what: str) -> int:
 
 
 _SUSPECT_BYTES = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
+_PRINTABLE_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n"
 
 
 def _lines(content: bytes | str, path: str) -> list[str]:
     """The file's lines, checked to be plain ASCII text (line ``k`` is ``lines[k - 1]``)."""
     if isinstance(content, str):
         content = content.encode("utf-8", errors="surrogateescape")
-    if not _SUSPECT_BYTES.search(content):
+    # (deleting the printable bytes is ~20x faster than the regex over a large file; \r is rare)
+    plain = not content.translate(None, _PRINTABLE_BYTES) or not _SUSPECT_BYTES.search(content)
+    if plain:
         # Plain printable ASCII (the usual case): no need to look at each line.
         lines = content.decode("ascii").replace("\r\n", "\n").split("\n")
         if len(lines) > 1 and lines[-1] == "":
