@@ -41,6 +41,25 @@ __all__ = [
     "solve",
 ]
 
-from . import graph, linalg, manifolds, meta, nn, optim
+from typing import TYPE_CHECKING
+
+from . import graph, linalg, manifolds
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from . import meta, nn, optim
 
 __version__ = "0.1.0"
+
+#: Subpackages imported on first use: they bring optax, which a least-squares solve never needs (~40 ms of
+#: every ``import jaxnls``, the command line's included).
+_ON_FIRST_USE = ("meta", "nn", "optim")
+
+
+def __getattr__(name: str) -> "ModuleType":
+    if name in _ON_FIRST_USE:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -84,3 +84,17 @@ def test_wheel_installs_in_a_fresh_environment_and_runs_the_demo(wheel, tmp_path
 
     demo = _run([environment / "bin" / "jaxnls", "demo"], cwd=tmp_path)
     assert "(1024 converged fits of 1024)" in demo.stdout, demo.stdout
+
+
+def test_importing_jaxnls_leaves_optax_until_a_subpackage_that_needs_it_is_used():
+    code = (
+        "import sys, jaxnls\n"
+        "assert 'optax' not in sys.modules and 'jaxnls.meta' not in sys.modules\n"
+        "from jaxnls import meta\n"
+        "assert 'optax' in sys.modules and jaxnls.meta is meta and jaxnls.optim.__name__ == 'jaxnls.optim'\n"
+        "assert jaxnls.nn is sys.modules['jaxnls.nn']\n"
+        "try:\n    jaxnls.no_such_name\nexcept AttributeError as err:\n    assert 'no_such_name' in str(err)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
