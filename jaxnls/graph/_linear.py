@@ -442,9 +442,7 @@ def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"], plan: Uppe
 
     structure = operator.structure
     if plan is None:  # (not passed in: inside a caller's jit, or a direct use of the solver)
-        plan = structure.host_cache.get("cholmod")
-        if plan is None:
-            plan = structure.host_cache["cholmod"] = UpperAssembly.of(structure)
+        plan = assembly_for(structure)
     elif plan.structure_key != structure.key:
         raise ValueError("SparseDirect: its assembly plan was made for another graph structure (leave assembly=None)")
     contributions = _contributions(operator)

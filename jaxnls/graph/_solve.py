@@ -327,6 +327,4 @@ def _without_assembly(linear_solver):
 
 
 def _bind(linear_solver, structure):
-    import dataclasses
-
     return dataclasses.replace(linear_solver, structure=structure)
