@@ -18,7 +18,7 @@ back to the same float64), so write -> read reproduces the arrays bit for bit; t
 TORO 3-D, whose roll-pitch-yaw angles are converted to and from quaternions (agreement to ~1e-16).
 
 The readers parse a plain file in bulk (each tag's lines as one block of numbers: w10000's 80,000 lines in
-~0.15 s) and fall back to reading token by token, which names the line of a fault, for anything else; both
+~0.1 s) and fall back to reading token by token, which names the line of a fault, for anything else; both
 readings give the same arrays.
 
 Conventions
@@ -971,26 +971,32 @@ class _VertexTable:
 
     def __init__(self, poses: _Records, landmarks: _Records):
         ids = np.concatenate([poses.ids[:, 0], landmarks.ids[:, 0]])
-        self.order = np.argsort(ids)
-        self.ids = ids[self.order]
-        self.kinds = np.concatenate([np.zeros(len(poses), np.int64), np.ones(len(landmarks), np.int64)])[self.order]
-        self.indices = np.concatenate([np.arange(len(poses)), np.arange(len(landmarks))])[self.order]
-        self.lines = np.concatenate([poses.lines, landmarks.lines])[self.order]
+        order = np.argsort(ids)
+        self.ids = ids[order]
+        self.kinds = np.concatenate([np.zeros(len(poses), np.int64), np.ones(len(landmarks), np.int64)])[order]
+        self.indices = np.concatenate([np.arange(len(poses)), np.arange(len(landmarks))])[order]
+        self.lines = np.concatenate([poses.lines, landmarks.lines])[order]
+
+    def _positions(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found, where in the table) for each of ``ids``; the table is not empty."""
+        position = np.minimum(np.searchsorted(self.ids, ids), self.ids.shape[0] - 1)
+        return self.ids[position] == ids, position
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found, kind 0 pose / 1 landmark, dense index) for each of ``ids``."""
-        position = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.shape[0] - 1, 0))
         if not self.ids.shape[0]:
             return np.zeros(ids.shape, bool), np.zeros(ids.shape, np.int64), np.zeros(ids.shape, np.int64)
-        return self.ids[position] == ids, self.kinds[position], self.indices[position]
+        found, position = self._positions(ids)
+        return found, self.kinds[position], self.indices[position]
 
     def find(self, vid: int) -> tuple[str, int] | None:
         """(``"pose"`` or ``"landmark"``, line) of vertex ``vid``, or None."""
-        found, kind, _ = self.lookup(np.array([vid]))
+        if not self.ids.shape[0]:
+            return None
+        found, position = self._positions(np.array([vid]))
         if not found[0]:
             return None
-        position = int(np.searchsorted(self.ids, vid))
-        return ("pose", "landmark")[int(kind[0])], int(self.lines[position])
+        return ("pose", "landmark")[int(self.kinds[position[0]])], int(self.lines[position[0]])
 
 
 def parse_g2o(
