@@ -293,8 +293,8 @@ def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked(
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
 def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
     """At the top level graph.solve passes CHOLMOD's assembly plan into the compiled program as arguments
-    (reused for a graph of the same structure); inside a caller's jit the plan is built while tracing. Both
-    give the same solve, and so does QDLDL."""
+    (reused for a graph of the same structure); inside a caller's jit the plan enters the program as
+    constants. Both give the same solve, and so does QDLDL, a different factorisation."""
     from jaxnls.graph._graph import validate
     from jaxnls.graph._linear import UpperAssembly, assembly_for
 

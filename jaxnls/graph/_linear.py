@@ -312,7 +312,7 @@ class SparseDirect(AbstractGraphLinearSolver):
     Attributes:
         factorization: ``"auto"``, ``"cholmod"`` or ``"qdldl"``.
         assembly: CHOLMOD's assembly plan (:class:`UpperAssembly`), passed in by :func:`jaxnls.graph.solve`
-            (keyword-only; leave it None: without it the plan is built while tracing).
+            (keyword-only; leave it None: without it the plan enters the program as constants).
         structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
     """
 
