@@ -18,6 +18,7 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
 Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
 """
 
+from ._blas import blas_in_use, use_blas
 from ._factors import between, from_gtsam_pose3, prior
 from ._files import (
     bal_graph_problem,
@@ -46,6 +47,7 @@ __all__ = [
     "bal_graph_problem",
     "bal_reprojection",
     "between",
+    "blas_in_use",
     "default_linear_solver",
     "from_gtsam_pose3",
     "marginal_covariance",
@@ -55,4 +57,5 @@ __all__ = [
     "solve",
     "updated_bal",
     "updated_pose_graph",
+    "use_blas",
 ]

@@ -1,0 +1,150 @@
+"""The BLAS behind CHOLMOD (jaxnls.graph.use_blas): the dynamic linker's own account (``LD_DEBUG=bindings``)
+of which library CHOLMOD's ``dgemm_``/``dpotrf_`` bind to, with and without a chosen BLAS; QDLDL's solve of
+the same graph as the reference answer; refusals named. Each case runs in a fresh process: a process binds
+CHOLMOD's symbols once."""
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("sparsax") is None or not sys.platform.startswith("linux"),
+    reason="sparsax (CHOLMOD) and glibc's LD_DEBUG are needed",
+)
+
+GRAPH = os.path.join(os.path.dirname(__file__), "data", "graphs", "Klaus3.g2o")
+
+# Solve one pose graph with CHOLMOD and with QDLDL (float64); print what a test compares.
+SOLVE = """
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import jaxnls
+import jaxnls.graph as jg
+from jaxnls.io import read_pose_graph
+problem = jg.pose_graph_problem(read_pose_graph(sys.argv[1]))
+costs = {}
+for factorization in ("cholmod", "qdldl"):
+    solver = jaxnls.Dogleg(linear_solver=jg.SparseDirect(factorization=factorization))
+    costs[factorization] = float(jg.solve(problem, solver=solver).cost)
+print(json.dumps({"costs": costs, "blas": jg.blas_in_use()}))
+"""
+
+
+def _run(script, *args, env=None):
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    return result
+
+
+def _bundled_blas_folder():
+    import sparsax
+
+    return os.path.join(os.path.dirname(os.path.dirname(sparsax.__file__)), "sparsax.libs")
+
+
+def _bindings(log_prefix, symbol):
+    """The files that libcholmod's references to ``symbol`` were bound to, from LD_DEBUG's log files."""
+    targets = set()
+    for log in glob.glob(log_prefix + ".*"):
+        with open(log, errors="replace") as lines:
+            for line in lines:
+                if "binding file" in line and "libcholmod" in line and f"`{symbol}'" in line:
+                    targets.add(line.split(" to ")[1].split(" [")[0])
+    return targets
+
+
+@pytest.mark.parametrize("chosen", [False, True], ids=["bundled", "chosen"])
+def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chosen):
+    """Without JAXNLS_BLAS, CHOLMOD's BLAS and LAPACK symbols bind to the ATLAS in sparsax.libs; with it set to a
+    copy of that library placed elsewhere (a BLAS that exists on every machine that has sparsax), they bind to
+    the copy. Either way the graph's CHOLMOD solve ends at QDLDL's cost."""
+    bundled = _bundled_blas_folder()
+    env = {"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "ld")}
+    script = SOLVE
+    if chosen:
+        copies = tmp_path / "blas"
+        copies.mkdir()
+        for name in ("libquadmath", "libgfortran"):
+            (original,) = glob.glob(os.path.join(bundled, name + "-*"))
+            shutil.copy(original, copies / ("copied-" + os.path.basename(original)))
+        (original,) = glob.glob(os.path.join(bundled, "libsatlas-*"))
+        blas = str(copies / "copied-blas.so")
+        with open(original, "rb") as source, open(blas, "wb") as copy:
+            # another soname of the same length, so that sparsax's own dependency on the bundled file is not
+            # met by the copy (glibc matches loaded libraries by soname): only the global scope can bind to it
+            image = source.read()
+            soname = os.path.basename(original).encode()
+            assert image.count(soname) == 1
+            copy.write(image.replace(soname, b"x" * len(soname)))
+        env["JAXNLS_BLAS"] = blas
+        # the copy's own dependencies are found by soname once loaded from the copies' folder
+        script = (
+            "import ctypes, glob\n"
+            f"for name in ('libquadmath', 'libgfortran'): ctypes.CDLL(glob.glob({str(copies)!r} + '/copied-' + name + '-*')[0])\n"
+            + textwrap.dedent(SOLVE)
+        )
+    result = _run(script, GRAPH, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["costs"]["cholmod"] == pytest.approx(report["costs"]["qdldl"], rel=1e-9)
+    for symbol in ("dgemm_", "dpotrf_", "dtrsm_"):
+        bound = _bindings(str(tmp_path / "ld"), symbol)
+        assert len(bound) == 1, (symbol, bound)
+        (target,) = bound
+        if chosen:
+            assert os.path.realpath(target) == os.path.realpath(blas) and report["blas"] == os.path.realpath(blas)
+        else:
+            assert os.path.dirname(os.path.realpath(target)) == os.path.realpath(bundled) and report["blas"] is None
+
+
+REFUSALS = """
+import glob, json, os, sys
+import jaxnls.graph as jg
+out = {}
+def attempt(name, library):
+    try:
+        jg.use_blas(library)
+        out[name] = "accepted"
+    except (ValueError, RuntimeError) as err:
+        out[name] = f"{type(err).__name__}: {err}"
+import scipy
+(prefixed,) = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs", "libscipy_openblas*.so"))
+attempt("prefixed", prefixed)
+attempt("missing file", "/no/such/libblas.so")
+attempt("unknown name", "no-such-blas-library")
+import sparsax
+attempt("after sparsax", prefixed)
+jg._blas._chosen = "/an/earlier/choice.so"  # as if a library had been chosen before sparsax loaded
+attempt("second choice", prefixed)
+out["blas_in_use"] = jg.blas_in_use()
+print(json.dumps(out))
+"""
+
+
+def test_a_blas_that_cannot_serve_is_refused_by_name():
+    """The scipy_-prefixed OpenBLAS inside SciPy's wheel lacks the plain names (refused, naming them, and nothing
+    is loaded globally); a missing file and an unknown name are named; once sparsax is loaded, or once a library
+    was chosen, CHOLMOD's BLAS is fixed and use_blas says so."""
+    result = _run(REFUSALS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["prefixed"].startswith("ValueError") and "does not export dgemm_, dsyrk_" in out["prefixed"]
+    assert "no such file: /no/such/libblas.so" in out["missing file"]
+    assert "no library named 'no-such-blas-library'" in out["unknown name"]
+    assert out["after sparsax"].startswith("RuntimeError") and "sparsax is already loaded" in out["after sparsax"]
+    assert "already chose /an/earlier/choice.so" in out["second choice"]
+    assert out["blas_in_use"] == "/an/earlier/choice.so"
