@@ -44,7 +44,7 @@ def _run(script, *args, env=None):
         [sys.executable, "-c", textwrap.dedent(script), *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={key: value for key, value in {**os.environ, **(env or {})}.items() if value is not None},
         timeout=300,
     )
     return result
@@ -67,15 +67,37 @@ def _bindings(log_prefix, symbol):
     return targets
 
 
-@pytest.mark.parametrize("chosen", [False, True], ids=["bundled", "chosen"])
+def _mkl_runtime():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        files = distribution("mkl").files or []
+    except PackageNotFoundError:
+        return None
+    (runtime,) = [f for f in files if os.path.basename(str(f)).startswith("libmkl_rt.so")]
+    return os.path.realpath(str(runtime.locate()))
+
+
+@pytest.mark.parametrize("chosen", ["bundled", "copy", "mkl"])
 def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chosen):
     """Without JAXNLS_BLAS, CHOLMOD's BLAS and LAPACK symbols bind to the ATLAS in sparsax.libs; with it set to a
     copy of that library placed elsewhere (a BLAS that exists on every machine that has sparsax), they bind to
-    the copy. Either way the graph's CHOLMOD solve ends at QDLDL's cost."""
+    the copy; with ``mkl`` (where the mkl wheel is installed: the ``mkl`` extra), to that wheel's runtime, switched
+    to its sequential layer (one thread). Every way the graph's CHOLMOD solve ends at QDLDL's cost."""
     bundled = _bundled_blas_folder()
-    env = {"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "ld")}
+    env: dict[str, str | None] = {"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "ld")}
     script = SOLVE
-    if chosen:
+    if chosen == "mkl":
+        blas = _mkl_runtime()
+        if blas is None:
+            pytest.skip("the mkl wheel is not installed (pip install 'jaxnls[mkl]')")
+        env["JAXNLS_BLAS"] = "mkl"
+        env["MKL_THREADING_LAYER"] = None  # (None: removed from the child's environment)
+        script = SOLVE + (
+            "import ctypes\n"
+            "assert ctypes.CDLL(jg.blas_in_use()).MKL_Get_Max_Threads() == 1, 'MKL not on its sequential layer'\n"
+        )
+    if chosen == "copy":
         copies = tmp_path / "blas"
         copies.mkdir()
         for name in ("libquadmath", "libgfortran"):
@@ -105,7 +127,7 @@ def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chos
         bound = _bindings(str(tmp_path / "ld"), symbol)
         assert len(bound) == 1, (symbol, bound)
         (target,) = bound
-        if chosen:
+        if chosen != "bundled":
             assert os.path.realpath(target) == os.path.realpath(blas) and report["blas"] == os.path.realpath(blas)
         else:
             assert os.path.dirname(os.path.realpath(target)) == os.path.realpath(bundled) and report["blas"] is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
 import sys
 from types import ModuleType
@@ -39,12 +40,13 @@ def use_blas(library: str) -> str:
 
     Call it before the first CHOLMOD solve of the process (or set ``JAXNLS_BLAS`` to the same value). The
     library must export the Fortran-style names (``dgemm_``, ``dpotrf_``, …): OpenBLAS
-    (``/usr/lib/x86_64-linux-gnu/libopenblas.so.0``) or MKL's ``libmkl_rt`` with ``MKL_THREADING_LAYER=SEQUENTIAL``
-    (its OpenMP layer competes with XLA's threads: ~15× slower here). Copies with renamed symbols, such as the
-    ``scipy_``-prefixed OpenBLAS inside NumPy and SciPy wheels, cannot serve.
+    (``/usr/lib/x86_64-linux-gnu/libopenblas.so.0``) or MKL's ``libmkl_rt``. Copies with renamed symbols, such as the
+    ``scipy_``-prefixed OpenBLAS inside NumPy and SciPy wheels, cannot serve. ``"mkl"`` names the ``mkl`` wheel's
+    runtime (``pip install "jaxnls[mkl]"``: a BLAS from wheels alone); MKL is switched to its sequential, LP64
+    layers unless ``MKL_THREADING_LAYER`` / ``MKL_INTERFACE_LAYER`` say otherwise.
 
     Args:
-        library: a path to the shared library, or a name that ``ctypes.util.find_library`` resolves
+        library: a path to the shared library, ``"mkl"``, or a name that ``ctypes.util.find_library`` resolves
             (``"openblas"``).
 
     Returns:
@@ -76,6 +78,8 @@ def use_blas(library: str) -> str:
             f"use_blas: {path} does not export {', '.join(missing)} (CHOLMOD calls the plain Fortran names; "
             "a BLAS built with prefixed or suffixed names cannot serve)"
         )
+    if hasattr(handle, "MKL_Set_Threading_Layer"):
+        _mkl_layers(handle)
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     _chosen = path
     return path
@@ -100,7 +104,35 @@ def import_sparsax() -> ModuleType:
     return sparsax
 
 
+def _mkl_layers(handle: ctypes.CDLL) -> None:
+    """MKL's single dynamic library picks its threading and integer layers at run time: the sequential one (its
+    OpenMP threads compete with XLA's: ~15× slower here) and LP64 (CHOLMOD passes 32-bit integers), unless the
+    user's environment says otherwise."""
+    if "MKL_INTERFACE_LAYER" not in os.environ:
+        handle.MKL_Set_Interface_Layer(0)  # MKL_INTERFACE_LP64
+    if "MKL_THREADING_LAYER" not in os.environ:
+        handle.MKL_Set_Threading_Layer(1)  # MKL_THREADING_SEQUENTIAL
+
+
+def _mkl_runtime() -> str:
+    """``libmkl_rt`` of the ``mkl`` wheel (``pip install "jaxnls[mkl]"``), else of the system."""
+    try:
+        distribution = importlib.metadata.distribution("mkl")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    else:
+        for file in distribution.files or []:
+            if os.path.basename(str(file)).startswith("libmkl_rt.so"):
+                return os.path.realpath(str(distribution.locate_file(file)))
+    found = ctypes.util.find_library("mkl_rt")
+    if found is None:
+        raise ValueError("use_blas('mkl'): neither the mkl wheel (pip install 'jaxnls[mkl]') nor a system libmkl_rt")
+    return found
+
+
 def _locate(library: str) -> str:
+    if library == "mkl":
+        return _mkl_runtime()
     if os.sep in library or os.path.exists(library):
         if not os.path.exists(library):
             raise ValueError(f"use_blas: no such file: {library}")
