@@ -5,6 +5,7 @@ anchoring; the written solution read back; clean errors for malformed files."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,14 @@ def test_cli_json_and_output_round_trip(tmp_path):
     assert report["status"].startswith("CONVERGED") and report["iterations"] > 0
     # the one solve call timed whole, and the part of it JAX reports spending on compilation (tracing at least)
     assert 0 < report["compile_seconds"] <= report["seconds"]
+    # CHOLMOD factored the steps, on the BLAS bundled with sparsax unless JAXNLS_BLAS chose another
+    assert report["linear_solver"] == "SparseDirect"
+    if not graph.SparseDirect().uses_cholmod("float64"):
+        assert report["cholmod_blas"] is None
+    elif "JAXNLS_BLAS" in os.environ:
+        assert report["cholmod_blas"] not in (None, "bundled ATLAS")
+    else:
+        assert report["cholmod_blas"] == "bundled ATLAS"
     factor_graph, values = gtsam.load2D(str(DATA / "w100.graph"), noiseFormat=gtsam.NoiseFormat.NoiseFormatTORO)
     np.testing.assert_allclose(report["initial_cost"], factor_graph.error(values), rtol=1e-10)
     # the written file starts where the solve ended (GTSAM evaluates it)
