@@ -286,6 +286,12 @@ def _solve_graph(args, kind: str) -> int:
 
     from .io import BALProblem, read_bal, read_g2o, read_toro, write_bal, write_g2o, write_toro
 
+    if os.environ.get(graph.BLAS_VARIABLE):  # a BLAS named for CHOLMOD: refused here, not inside the solve
+        try:
+            graph.use_blas(os.environ[graph.BLAS_VARIABLE])
+        except (ValueError, RuntimeError) as err:
+            print(f"jaxnls: {graph.BLAS_VARIABLE}: {err}", file=sys.stderr)
+            return 2
     if kind == "bal":
         problem = read_bal(args.file)
         counts = {

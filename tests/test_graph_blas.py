@@ -170,3 +170,18 @@ def test_a_blas_that_cannot_serve_is_refused_by_name():
     assert out["after sparsax"].startswith("RuntimeError") and "sparsax is already loaded" in out["after sparsax"]
     assert "already chose /an/earlier/choice.so" in out["second choice"]
     assert out["blas_in_use"] == "/an/earlier/choice.so"
+
+
+def test_the_command_line_refuses_a_blas_that_cannot_serve_before_solving():
+    """``JAXNLS_BLAS`` naming a missing library: ``jaxnls solve`` of a pose graph exits 2 with the variable and the
+    reason on stderr (a bad setting, like a bad option), not a traceback from inside the solve."""
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxnls", "solve", GRAPH],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAXNLS_BLAS": "/no/such/libblas.so"},
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "jaxnls: JAXNLS_BLAS: use_blas: no such file: /no/such/libblas.so" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
 Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
 """
 
-from ._blas import blas_in_use, use_blas
+from ._blas import BLAS_VARIABLE, blas_in_use, use_blas
 from ._factors import between, from_gtsam_pose3, prior
 from ._files import (
     bal_graph_problem,
@@ -35,6 +35,7 @@ from ._schur import SchurDirect, SchurPCG
 from ._solve import default_linear_solver, solve
 
 __all__ = [
+    "BLAS_VARIABLE",
     "PCG",
     "AbstractGraphLinearSolver",
     "BlockSparseLinearization",

@@ -18,12 +18,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.metadata
+import importlib.util
 import os
 import sys
 from types import ModuleType
 
-#: The environment variable that names a BLAS for CHOLMOD (a path, or a name such as ``openblas``).
 BLAS_VARIABLE = "JAXNLS_BLAS"
+"""The environment variable that names a BLAS for CHOLMOD, read when CHOLMOD is first needed (and by ``jaxnls
+solve`` at its start): what :func:`use_blas` takes — a path, ``mkl``, or a name such as ``openblas``."""
 
 #: What CHOLMOD's supernodal factorisation and solves call (BLAS level 2 and 3, LAPACK's Cholesky).
 _SYMBOLS = ("dgemm_", "dsyrk_", "dtrsm_", "dgemv_", "dtrsv_", "dpotrf_")
@@ -97,7 +99,7 @@ def blas_in_use() -> str | None:
 def import_sparsax() -> ModuleType:
     """``sparsax``, after loading the BLAS that ``JAXNLS_BLAS`` names (if set) so that CHOLMOD binds to it."""
     requested = os.environ.get(BLAS_VARIABLE)
-    if requested and _chosen is None:
+    if requested and _chosen is None and importlib.util.find_spec("sparsax") is not None:
         use_blas(requested)
     import sparsax
 
