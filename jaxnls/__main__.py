@@ -250,8 +250,9 @@ solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR
 (every step below that, relative) and ftol = gtol = 0; graphs use dogleg with the library's default
 tolerances (rtol = atol = 1e-8, ftol derived from rtol, gtol = rtol; see jaxnls.AbstractLeastSquaresSolver).
 
-environment: JAXNLS_BLAS names a BLAS (a path, or "openblas") for CHOLMOD's sparse Cholesky of pose graphs in
-place of the serial ATLAS bundled with sparsax (OpenBLAS: ~4x faster factorisations; jaxnls.graph.use_blas).
+environment: JAXNLS_BLAS names a BLAS (a path, "openblas", or "mkl" for the mkl wheel: pip install "jaxnls[mkl]")
+for CHOLMOD's sparse Cholesky of pose graphs in place of the serial ATLAS bundled with sparsax (3-4x faster
+factorisations; jaxnls.graph.use_blas).
 
 progress: on a terminal, a solve running longer than half a second redraws one line on stderr (iteration,
 cost, relative decrease, seconds); nothing with --json or --verbose, or when stderr is not a terminal.

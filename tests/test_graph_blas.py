@@ -146,6 +146,12 @@ def attempt(name, library):
 import scipy
 (prefixed,) = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs", "libscipy_openblas*.so"))
 attempt("prefixed", prefixed)
+import pathlib
+attempt("prefixed as a Path", pathlib.Path(prefixed))
+try:
+    jg.use_blas(None)
+except TypeError as err:
+    out["None"] = str(err)
 attempt("missing file", "/no/such/libblas.so")
 attempt("unknown name", "no-such-blas-library")
 import sparsax
@@ -165,6 +171,8 @@ def test_a_blas_that_cannot_serve_is_refused_by_name():
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["prefixed"].startswith("ValueError") and "does not export dgemm_, dsyrk_" in out["prefixed"]
+    assert out["prefixed as a Path"] == out["prefixed"]
+    assert out["None"] == "use_blas: library must be a path or a name, got NoneType"
     assert "no such file: /no/such/libblas.so" in out["missing file"]
     assert "no library named 'no-such-blas-library'" in out["unknown name"]
     assert out["after sparsax"].startswith("RuntimeError") and "sparsax is already loaded" in out["after sparsax"]

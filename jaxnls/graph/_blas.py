@@ -36,7 +36,7 @@ _EXTENSION = "sparsax_cpp"
 _chosen: str | None = None
 
 
-def use_blas(library: str) -> str:
+def use_blas(library: str | os.PathLike[str]) -> str:
     """Make CHOLMOD (``SparseDirect``'s factorisation) call ``library``'s BLAS and LAPACK instead of the serial
     ATLAS bundled with ``sparsax``.
 
@@ -55,11 +55,15 @@ def use_blas(library: str) -> str:
         The path or soname that was loaded.
 
     Raises:
+        TypeError: ``library`` is neither a string nor a path.
         ValueError: the library cannot be found or loaded, or lacks one of the symbols CHOLMOD calls.
         RuntimeError: ``sparsax`` is already loaded, or another library was chosen before (a process binds
             CHOLMOD's symbols once).
     """
     global _chosen
+    if not isinstance(library, (str, os.PathLike)):
+        raise TypeError(f"use_blas: library must be a path or a name, got {type(library).__name__}")
+    library = os.fspath(library)
     path = _locate(library)
     if _chosen == path:
         return path
