@@ -170,7 +170,7 @@ def main_batch(args, factors, graph):
     batched = batch_of(graph, starts)
     print(
         f"batch of {args.batch} graphs ({args.file}, {len(graph.variables['pose'].parameters())} poses, "
-        f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}"
+        f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'bundled ATLAS'}"
     )
     print(
         f"{'method':<36}{'max final cost':>16}{'max iters':>10}{'compile s':>11}{'total s':>10}"
@@ -283,7 +283,7 @@ def main(argv=None):
         return main_batch(args, factors, graph)
     print(
         f"{args.file}: {len(graph.variables['pose'].parameters())} poses, {graph.costs[0].num_terms} edges, "
-        f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}"
+        f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'bundled ATLAS'}"
     )
     rows = {
         "gtsam LM (default params)": lambda: run_gtsam(factors, initial, False, args.repeats),
