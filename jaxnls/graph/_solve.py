@@ -29,8 +29,9 @@ from ._schur import SchurDirect, largest_eliminable_kind
 #: The default solver eliminates a kind (SchurDirect) when at most this many tangent unknowns are kept. On 2
 #: cores, synthetic bundle adjustment (benchmarks/bundle.py, Dogleg, 4 views per point), SchurDirect against
 #: SparseDirect: 40 cameras (360 kept) 0.31 vs 0.70 s, 100 cameras (900) 0.27 vs 0.64 s, 250 cameras
-#: (2,250) 1.10 vs 12.7 s; a real BAL problem with 16 cameras 0.67 vs 2.8 s. Beyond a few thousand the dense
-#: reduced system's n³ factorisation takes over.
+#: (2,250) 1.10 vs 12.7 s with QDLDL (1.02 vs 1.39 s since SparseDirect factors by CHOLMOD, benchmarks (u)); a
+#: real BAL problem with 16 cameras 0.67 vs 2.8 s. Beyond a few thousand the dense reduced system's n³
+#: factorisation takes over.
 SCHUR_KEPT_MAX = 2500
 
 
