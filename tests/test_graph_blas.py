@@ -143,8 +143,12 @@ def attempt(name, library):
         out[name] = "accepted"
     except (ValueError, RuntimeError) as err:
         out[name] = f"{type(err).__name__}: {err}"
-import scipy
-(prefixed,) = glob.glob(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs", "libscipy_openblas*.so"))
+import numpy
+# the renamed OpenBLAS that SciPy's or NumPy's wheel bundles (scipy.libs / numpy.libs beside the packages)
+site = os.path.dirname(os.path.dirname(numpy.__file__))
+prefixed = sorted(glob.glob(os.path.join(site, "scipy.libs", "libscipy_openblas*.so*")))
+prefixed += sorted(glob.glob(os.path.join(site, "numpy.libs", "libscipy_openblas*.so*")))
+prefixed = prefixed[0]
 attempt("prefixed", prefixed)
 import pathlib
 attempt("prefixed as a Path", pathlib.Path(prefixed))
