@@ -291,6 +291,74 @@ def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked(
 
 
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
+def test_sparse_direct_steps_equal_the_dense_solve_when_a_term_names_one_variable_twice():
+    """Terms naming one variable twice (their off-diagonal products land on its diagonal block twice), a
+    variable no term touches, and two kinds of different sizes: SparseDirect's iterates (CHOLMOD and
+    QDLDL), step for step, are those of jaxnls.solve on the same residual written densely."""
+
+    def pair(a, b, d):
+        return jnp.sin(a) + 2.0 * b[:2] * b[2] - d
+
+    def single(b, d):
+        return b - d
+
+    x0 = jnp.asarray(np.random.default_rng(3).normal(size=(5, 2)))
+    y0 = jnp.asarray(np.random.default_rng(4).normal(size=(3, 3)))
+    pairs = np.array([[0, 1], [2, 2], [1, 1], [3, 0]])  # x4 and y... : kinds x (N, 2) and y (N, 3)
+    data = jnp.asarray(np.random.default_rng(5).normal(size=(4, 2)))
+    graph = jg.FactorGraph(
+        {"x": x0, "y": y0},
+        [
+            jg.CostGroup(pair, ("x", "y"), pairs[:, [0, 1]] % [5, 3], data),
+            jg.CostGroup(lambda a, b, d: a - b - d, ("x", "x"), np.array([[1, 1], [2, 3]]), jnp.ones((2, 2))),
+            jg.CostGroup(single, "y", [[0], [2]], jnp.zeros((2, 3))),
+        ],
+    )
+    cost_args = [(c.residual_fn, np.asarray(c.indices.array), c.kinds, c.data) for c in graph.costs]
+
+    def dense_residual(params, _):
+        out = []
+        for fn, idx, kinds, d in cost_args:
+            picked = [params[kind][idx[:, j]] for j, kind in enumerate(kinds)]
+            out.append(jax.vmap(fn)(*picked, d).ravel())
+        return jnp.concatenate(out)
+
+    # the diagonal blocks of JᵀJ (the block-Jacobi preconditioner's) against the dense Jacobian's
+    from jaxnls.graph._graph import validate
+    from jaxnls.graph._linear import NormalOperator
+
+    flat, unravel = ravel_pytree({"x": x0, "y": y0})
+    dense_jacobian = jax.jacfwd(lambda v: dense_residual(unravel(v), None))(flat)
+    normal = dense_jacobian.T @ dense_jacobian
+    structure = validate(graph, False)
+    blocks = [
+        jax.vmap(jax.jacfwd(lambda *a, fn=fn: fn(*a[:-1], a[-1]), argnums=tuple(range(len(kinds)))))(
+            *[jnp.asarray(graph.variables[kind])[idx[:, j]] for j, kind in enumerate(kinds)], d
+        )
+        for fn, idx, kinds, d in cost_args
+    ]
+    blocks = tuple(jnp.concatenate(b, axis=-1) for b in blocks)
+    operator = NormalOperator(structure=structure, jacobians=blocks, products=None, damping=jnp.zeros(structure.n))
+    for kind, block in operator.block_diagonal().items():
+        start, dim = structure.offset[kind], structure.dim[kind]
+        for v in range(structure.count[kind]):
+            where = slice(start + v * dim, start + (v + 1) * dim)
+            np.testing.assert_allclose(block[v], normal[where, where], rtol=1e-12, atol=1e-12, err_msg=f"{kind}{v}")
+
+    options = dict(initial_damping=1e-2)
+    dense = jaxnls.solve(
+        dense_residual, {"x": x0, "y": y0}, None, solver=jaxnls.LevenbergMarquardt(**options), max_steps=4, throw=False
+    )
+    for factorization in ("cholmod", "qdldl"):
+        if factorization == "cholmod" and not jg.SparseDirect(factorization="auto").uses_cholmod(jnp.float64):
+            continue
+        solver = jaxnls.LevenbergMarquardt(linear_solver=jg.SparseDirect(factorization=factorization), **options)
+        sparse = jg.solve(graph, solver=solver, max_steps=4, throw=False)
+        assert int(sparse.num_steps) == int(dense.num_steps)
+        for kind in ("x", "y"):
+            np.testing.assert_allclose(sparse.params[kind], dense.params[kind], rtol=1e-9, atol=1e-12, err_msg=factorization)
+
+
 def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
     """At the top level graph.solve passes CHOLMOD's assembly plan into the compiled program as arguments
     (reused for a graph of the same structure); inside a caller's jit the plan enters the program as

@@ -220,6 +220,14 @@ class GraphStructure:
                 columns.append(self.offset[kind] + col[:, None] * d + np.arange(d)[None, :])
                 masks.append(np.repeat(free[kind][col][:, None], d, axis=1))
             mask = np.concatenate(masks, axis=1)
+            # argument pairs that name one variable in some terms (a term may connect a variable to itself):
+            # there the variable's Jacobian column is the sum of the two arguments' columns
+            shared = tuple(
+                (i, j, (idx[:, i] == idx[:, j]).astype(np.float64))
+                for i in range(len(cost.kinds))
+                for j in range(i + 1, len(cost.kinds))
+                if cost.kinds[i] == cost.kinds[j] and np.any(idx[:, i] == idx[:, j])
+            )
             self.groups.append(
                 dict(
                     kinds=cost.kinds,
@@ -228,6 +236,7 @@ class GraphStructure:
                     mask=None if mask.all() else mask.astype(np.float64),
                     num_terms=idx.shape[0],
                     indices=idx,
+                    shared=shared,
                 )
             )
         # 1.0 at the tangent coordinates of fixed variables: the step systems put an identity there (those
@@ -248,6 +257,12 @@ class GraphStructure:
         self.host_cache = {}
 
     # -- products with J (one problem) ---------------------------------------------------------------
+
+    def argument_columns(self, group: int, argument: int) -> slice:
+        """Where argument ``argument`` of cost group ``group`` sits among a term's ``D`` Jacobian columns."""
+        dims = self.groups[group]["dims"]
+        start = sum(dims[:argument])
+        return slice(start, start + dims[argument])
 
     def transpose_times(self, blocks, pieces):
         """Jᵀu for ``pieces[g]`` of shape (E_g, k_g)."""

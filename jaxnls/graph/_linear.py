@@ -46,7 +46,16 @@ class BlockSparseLinearization(AbstractLinearization):
     structure: GraphStructure = eqx.field(static=True)
 
     def diagonal(self) -> Float[Array, " n"]:
-        return self.structure.scatter([jnp.sum(jac**2, axis=1) for jac in self.blocks])
+        structure = self.structure
+        per_column = []
+        for g, (jac, group) in enumerate(zip(self.blocks, structure.groups)):
+            squares = jnp.sum(jac**2, axis=1)
+            for i, j, same in group["shared"]:  # one variable in arguments i and j: its column is their sum
+                first, second = structure.argument_columns(g, i), structure.argument_columns(g, j)
+                cross = jnp.sum(jac[:, :, first] * jac[:, :, second], axis=1)
+                squares = squares.at[:, first].add(2.0 * jnp.asarray(same, jac.dtype)[:, None] * cross)
+            per_column.append(squares)
+        return structure.scatter(per_column)
 
     def curvature(self, v: Float[Array, " n"]) -> Float[Array, ""]:
         return sum((jnp.sum(piece**2) for piece in self.structure.times(self.blocks, v)), start=jnp.zeros((), v.dtype))
@@ -116,15 +125,18 @@ class NormalOperator(eqx.Module):
             for j, kind in enumerate(group["kinds"]):
                 if kind in out:
                     out[kind] = out[kind].at[group["indices"][:, j]].add(self.coupling(g, j, j))
+            for i, j, same in group["shared"]:  # one variable in arguments i and j: their couplings are its own
+                kind = group["kinds"][i]
+                if kind in out:
+                    cross = self.coupling(g, i, j) + self.coupling(g, j, i)
+                    out[kind] = out[kind].at[group["indices"][:, i]].add(jnp.asarray(same, dtype)[:, None, None] * cross)
         return out
 
     def coupling(self, group: int, row: int, column: int) -> Float[Array, "E a b"]:
         """The blocks of :math:`P_e` between argument ``row`` and argument ``column`` of every term of cost
         group ``group``: ``(E, d_row, d_column)``."""
-        dims = self.structure.groups[group]["dims"]
-        starts = [sum(dims[:j]) for j in range(len(dims))]
-        rows = slice(starts[row], starts[row] + dims[row])
-        columns = slice(starts[column], starts[column] + dims[column])
+        rows = self.structure.argument_columns(group, row)
+        columns = self.structure.argument_columns(group, column)
         if self.products is not None:
             return self.products[group][:, rows, columns]
         jac = self._jacobians()[group]
