@@ -381,7 +381,7 @@ def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
     first, again = validate(graph, False), validate(graph, False)
     assert assembly_for(first) is assembly_for(again)
     fresh = UpperAssembly.of(first)
-    for field in ("keep", "segment", "row", "column", "diagonal"):
+    for field in ("segment", "repeat", "row", "column", "diagonal"):
         np.testing.assert_array_equal(getattr(assembly_for(first), field), getattr(fresh, field))
     other = jg.FactorGraph(graph.variables, graph.costs[:1], graph.fixed)
     foreign = assembly_for(validate(other, False))

@@ -293,27 +293,29 @@ class GraphStructure:
 
     # -- the sparsity pattern of JᵀJ + D (host side, built once) --------------------------------------
 
-    def pattern(self):
+    def pattern(self, keep: bool = True):
         r"""The CSR pattern of :math:`J^\top J + \mathrm{diag}(d)` (symmetric, so also its CSC pattern):
         ``(indptr, indices, rows, position, diagonal_at)`` where ``position`` maps each entry of the concatenated
-        contributions ``[vec(J_eᵀJ_e) for every term e of every group, d]`` to its slot in the CSR data."""
-        if self._pattern is None:
-            n = self.n
-            keys = [
-                (g["columns"][:, :, None].astype(np.int64) * n + g["columns"][:, None, :]).ravel() for g in self.groups
-            ]
-            keys.append(np.arange(n, dtype=np.int64) * (n + 1))
-            unique, position = np.unique(np.concatenate(keys), return_inverse=True)
-            rows, cols = np.divmod(unique, n)
-            indptr = np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)
-            self._pattern = (
-                indptr,
-                cols.astype(np.int32),
-                rows.astype(np.int32),
-                position.astype(np.int32),
-                np.flatnonzero(rows == cols),
-            )
-        return self._pattern
+        contributions ``[vec(J_eᵀJ_e) for every term e of every group, d]`` to its slot in the CSR data.
+
+        Built from the pattern of variable pairs (every variable's diagonal block is dense): a term touching
+        variables :math:`i, j` fills the whole block :math:`(i, j)`, so the scalar slots follow from the block
+        pattern by arithmetic. Deduplicating the scalar keys instead (w10000: 2.3 M of them) took ~120 MB of
+        temporaries, which the allocator kept for the rest of the process.
+
+        Args:
+            keep: whether to keep the pattern for later calls (for a plan built from it once, not: w10000's
+                arrays are ~20 MB).
+
+        Returns:
+            ``(indptr, indices, rows, position, diagonal_at)`` as above.
+        """
+        if self._pattern is not None:
+            return self._pattern
+        pattern = _scalar_pattern(self)
+        if keep:
+            self._pattern = pattern
+        return pattern
 
     def upper_pattern(self):
         """CSC of the upper triangle of :meth:`pattern`: ``(indptr, selection)``, ``selection`` picking
@@ -326,6 +328,84 @@ class GraphStructure:
             counts = np.bincount(rows[selection], minlength=self.n)
             self._upper = (np.concatenate([[0], np.cumsum(counts)]).astype(np.int32), selection)
         return self._upper
+
+
+#: Terms per chunk while the scalar positions of a cost group are computed (bounds the temporaries).
+_POSITION_CHUNK = 1 << 15
+
+
+def _scalar_pattern(structure: GraphStructure):
+    """:meth:`GraphStructure.pattern`, from the block pattern (see there)."""
+    kinds = structure.kinds
+    block_base = {}
+    num_blocks = 0
+    for kind in kinds:
+        block_base[kind] = num_blocks
+        num_blocks += structure.count[kind]
+    block_dim = np.concatenate([np.full(structure.count[kind], structure.dim[kind], np.int64) for kind in kinds])
+    block_start = np.concatenate([[0], np.cumsum(block_dim)])[:-1]
+    # the variables of each term, as block ids (E_g, a_g)
+    term_blocks = [
+        np.stack([block_base[kind] + group["indices"][:, j].astype(np.int64) for j, kind in enumerate(group["kinds"])], 1)
+        for group in structure.groups
+    ]
+    pair_keys = [(blocks[:, :, None] * num_blocks + blocks[:, None, :]).ravel() for blocks in term_blocks]
+    pair_keys.append(np.arange(num_blocks, dtype=np.int64) * (num_blocks + 1))
+    pairs, pair_of = np.unique(np.concatenate(pair_keys), return_inverse=True)
+    block_row, block_col = np.divmod(pairs, num_blocks)
+    # per block row I: the width of each of its scalar rows (the dims of its blocks) and, per pair (I, J), the
+    # offset of block J's first column within such a row
+    pair_dim = block_dim[block_col]
+    width = np.bincount(block_row, weights=pair_dim, minlength=num_blocks).astype(np.int64)
+    template_start = np.cumsum(pair_dim) - pair_dim  # where each pair's columns start among all pairs'
+    first_pair = np.searchsorted(block_row, np.arange(num_blocks))  # (every block has its diagonal pair)
+    within = template_start - template_start[first_pair][block_row]
+    row_base = np.concatenate([[0], np.cumsum(block_dim * width)])  # first entry of each block row
+    nnz = int(row_base[-1])
+    n = structure.n
+
+    def slot(pair, row_block, a, b):
+        """The CSR slot of entry (a, b) of block pair ``pair`` in block row ``row_block``."""
+        return row_base[row_block] + a * width[row_block] + within[pair] + b
+
+    # sorted by (row, column): the scalar rows of block row I have the same columns, those of its block
+    # pairs (I, J) in order, so every row reads its columns from I's template
+    index = np.int32 if nnz < np.iinfo(np.int32).max and n < np.iinfo(np.int32).max else np.int64
+    template = np.repeat(block_start[block_col] - template_start, pair_dim) + np.arange(int(pair_dim.sum()))
+    scalar_block = np.repeat(np.arange(num_blocks), block_dim)
+    row_width = width[scalar_block]
+    indptr = np.concatenate([[0], np.cumsum(row_width)])
+    rows = np.repeat(np.arange(n, dtype=index), row_width)
+    cols = np.arange(nnz, dtype=index)
+    cols += np.repeat((template_start[first_pair][scalar_block] - indptr[:-1]).astype(index), row_width)
+    cols = template.astype(index)[cols]
+    indptr = indptr.astype(np.int32)
+
+    position = np.empty(sum(g["num_terms"] * g["columns"].shape[1] ** 2 for g in structure.groups) + n, index)
+    done = 0
+    pair_done = 0
+    for group, blocks in zip(structure.groups, term_blocks):
+        arity = blocks.shape[1]
+        dims = np.asarray(group["dims"], np.int64)
+        # for each column p of the group's Jacobian: which of the term's variables, and which of its coordinates
+        which = np.repeat(np.arange(arity), dims)
+        coordinate = np.concatenate([np.arange(d) for d in dims]) if dims.size else np.zeros(0, np.int64)
+        pair_index = pair_of[pair_done : pair_done + blocks.shape[0] * arity * arity].reshape(-1, arity, arity)
+        pair_done += blocks.shape[0] * arity * arity
+        size = which.shape[0] ** 2
+        for start in range(0, blocks.shape[0], _POSITION_CHUNK):
+            stop = min(start + _POSITION_CHUNK, blocks.shape[0])
+            row_block = blocks[start:stop][:, which]  # (e, D)
+            pair = pair_index[start:stop][:, which[:, None], which[None, :]]  # (e, D, D)
+            chunk = slot(pair, row_block[:, :, None], coordinate[None, :, None], coordinate[None, None, :])
+            position[done + start * size : done + stop * size] = chunk.ravel()
+        done += blocks.shape[0] * size
+    # d: one per scalar diagonal, in the diagonal block of its variable
+    diagonal_pair = pair_of[pair_done:]
+    coordinate = np.arange(n) - block_start[scalar_block]
+    diagonal_at = slot(diagonal_pair[scalar_block], scalar_block, coordinate, coordinate)
+    position[done:] = diagonal_at
+    return indptr, cols, rows, position, diagonal_at
 
 
 def _name(cost) -> str:
