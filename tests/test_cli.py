@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -164,3 +166,39 @@ def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     assert _run_with_cache(blocked / "cache", "solve", str(NIST_DIR / "Misra1a.dat")).returncode == 0
+
+
+_ARENAS = """
+import ctypes, sys
+from jaxnls.__main__ import main
+code = main(["solve", sys.argv[1], "--no-cache"])
+libc = ctypes.CDLL(None)
+libc.fdopen.restype = ctypes.c_void_p
+stream = ctypes.c_void_p(libc.fdopen(2, b"w"))
+libc.malloc_info(0, stream)
+libc.fflush(stream)
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_otherwise():
+    """``jaxnls solve`` asks glibc for one malloc arena (XLA's threads would each keep one of freed memory):
+    glibc's own report (``malloc_info``) after a graph solve lists one heap; with ``MALLOC_ARENA_MAX`` set, the
+    user's choice stands and XLA's threads get arenas of their own."""
+    graph = str(ROOT / "tests" / "data" / "graphs" / "w100.graph")
+
+    def heaps(**env):
+        run = subprocess.run(
+            [sys.executable, "-c", _ARENAS, graph],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env,
+        )
+        assert run.returncode == 0, run.stderr
+        return len(re.findall(r'<heap nr="\d+">', run.stderr))
+
+    assert heaps() == 1
+    assert heaps(MALLOC_ARENA_MAX="8") > 1
