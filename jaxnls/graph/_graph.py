@@ -16,6 +16,7 @@ it is never assembled densely.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -228,15 +229,19 @@ class GraphStructure:
                 for j in range(i + 1, len(cost.kinds))
                 if cost.kinds[i] == cost.kinds[j] and np.any(idx[:, i] == idx[:, j])
             )
+            columns = np.concatenate(columns, axis=1).astype(np.int32)
             self.groups.append(
                 dict(
                     kinds=cost.kinds,
                     dims=tuple(dims),
-                    columns=np.concatenate(columns, axis=1).astype(np.int32),
+                    columns=columns,
                     mask=None if mask.all() else mask.astype(np.float64),
                     num_terms=idx.shape[0],
                     indices=idx,
                     shared=shared,
+                    # what host-side plans read: columns, indices and mask can be traced (see bind)
+                    host_columns=columns,
+                    host_indices=idx,
                 )
             )
         # 1.0 at the tangent coordinates of fixed variables: the step systems put an identity there (those
@@ -255,6 +260,26 @@ class GraphStructure:
         self._upper = None
         # host-side objects reused across the solve's iterations (the sparse factorisation's symbolic part)
         self.host_cache = {}
+
+    def index_arrays(self) -> list[dict]:
+        """Each cost group's index arrays: its terms' Jacobian ``columns`` (E, D), variable ``indices`` (E, a)
+        and fixed-variable ``mask`` (or None), as :meth:`bind` takes them."""
+        return [
+            dict(columns=group["host_columns"], indices=group["host_indices"].astype(np.int32), mask=group["mask"])
+            for group in self.groups
+        ]
+
+    def bind(self, arrays: list[dict]) -> GraphStructure:
+        """This structure with its groups' index arrays replaced by ``arrays`` (:meth:`index_arrays`, traced):
+        a compiled solve takes them as arguments instead of holding them as constants (w10000's are 10 MB and
+        the 16-camera BAL problem's 30 MB once XLA has copied them into the loop, and loading a cached program
+        took ~7× their size). Host-side plans keep reading ``host_columns`` and ``host_indices``."""
+        bound = copy.copy(self)
+        bound.groups = [
+            dict(group, columns=given["columns"], indices=given["indices"], mask=given["mask"])
+            for group, given in zip(self.groups, arrays)
+        ]
+        return bound
 
     # -- products with J (one problem) ---------------------------------------------------------------
 
@@ -346,7 +371,10 @@ def _scalar_pattern(structure: GraphStructure):
     block_start = np.concatenate([[0], np.cumsum(block_dim)])[:-1]
     # the variables of each term, as block ids (E_g, a_g)
     term_blocks = [
-        np.stack([block_base[kind] + group["indices"][:, j].astype(np.int64) for j, kind in enumerate(group["kinds"])], 1)
+        np.stack(
+            [block_base[kind] + group["host_indices"][:, j].astype(np.int64) for j, kind in enumerate(group["kinds"])],
+            1,
+        )
         for group in structure.groups
     ]
     pair_keys = [(blocks[:, :, None] * num_blocks + blocks[:, None, :]).ravel() for blocks in term_blocks]

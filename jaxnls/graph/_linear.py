@@ -453,7 +453,7 @@ class UpperAssembly(eqx.Module):
         segments, repeats = [], []
         done = counted = 0
         for group in structure.groups:
-            columns = group["columns"]
+            columns = group["host_columns"]
             size = columns.shape[1]
             p, q = upper_pairs(size)
             full = position[done : done + columns.shape[0] * size * size].reshape(-1, size, size)

@@ -315,7 +315,7 @@ class _ReductionPlan:
         self.slot_arguments, slot_variables, slot_points = [], [], []
         for g, group in enumerate(structure.groups):
             arguments = [j for j, kind in enumerate(group["kinds"]) if kind != eliminated]
-            variable = {j: (base[group["kinds"][j]] + group["indices"][:, j]).astype(np.int32) for j in arguments}
+            variable = {j: (base[group["kinds"][j]] + group["host_indices"][:, j]).astype(np.int32) for j in arguments}
             self.kept_arguments.append(arguments)
             self.variable.append(variable)
             num_terms = group["num_terms"]
@@ -340,7 +340,7 @@ class _ReductionPlan:
                 for j in arguments:
                     self.slot_arguments.append((g, j, j_point))
                     slot_variables.append(variable[j])
-                    slot_points.append(group["indices"][:, j_point])
+                    slot_points.append(group["host_indices"][:, j_point])
         self.pairs, self.slot_points = None, None
         if self.slot_arguments:
             slot_variables, slot_points = np.concatenate(slot_variables), np.concatenate(slot_points)

@@ -146,6 +146,7 @@ def solve(
             adjoint,
             callback,
             int(history),
+            None if nested else structure.index_arrays(),
             callback=callback,
             caller="jaxnls.graph.solve",
         )
@@ -216,8 +217,12 @@ def _check_finite(graph: FactorGraph):
             raise ValueError(f"graph.variables[{kind!r}] has a non-finite starting value at index {where}")
 
 
-def _solve_jit(graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback, history):
+def _solve_jit(
+    graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback, history, index_arrays
+):
     structure = validate(graph, batched)
+    if index_arrays is not None:  # the index arrays as arguments of the program, not its constants
+        structure = structure.bind(index_arrays)
     values = graph.variables
     if batched:
         template = jax.tree_util.tree_map(lambda leaf: leaf[0], values)
