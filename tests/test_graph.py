@@ -356,7 +356,9 @@ def test_sparse_direct_steps_equal_the_dense_solve_when_a_term_names_one_variabl
         sparse = jg.solve(graph, solver=solver, max_steps=4, throw=False)
         assert int(sparse.num_steps) == int(dense.num_steps)
         for kind in ("x", "y"):
-            np.testing.assert_allclose(sparse.params[kind], dense.params[kind], rtol=1e-9, atol=1e-12, err_msg=factorization)
+            np.testing.assert_allclose(
+                sparse.params[kind], dense.params[kind], rtol=1e-9, atol=1e-12, err_msg=factorization
+            )
 
 
 def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():

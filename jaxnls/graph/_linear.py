@@ -129,7 +129,9 @@ class NormalOperator(eqx.Module):
                 kind = group["kinds"][i]
                 if kind in out:
                     cross = self.coupling(g, i, j) + self.coupling(g, j, i)
-                    out[kind] = out[kind].at[group["indices"][:, i]].add(jnp.asarray(same, dtype)[:, None, None] * cross)
+                    out[kind] = (
+                        out[kind].at[group["indices"][:, i]].add(jnp.asarray(same, dtype)[:, None, None] * cross)
+                    )
         return out
 
     def coupling(self, group: int, row: int, column: int) -> Float[Array, "E a b"]:
