@@ -8,7 +8,7 @@ import optax
 import pytest
 import scipy.linalg
 
-from jaxnls.optim import adams_bashforth, euler, heun, midpoint, rk4, taylor2
+from jaxnls.optim import adams_bashforth, bogacki_shampine, euler, heun, heun_euler, midpoint, rk4, taylor2
 
 rng = np.random.default_rng(0)
 _B = rng.standard_normal((4, 4))
@@ -139,3 +139,109 @@ def test_float32_and_clear_errors():
         rk4(0.1).update(grad_fn(jnp.asarray(THETA0)), rk4(0.1).init(jnp.asarray(THETA0)), jnp.asarray(THETA0))
     with pytest.raises(ValueError, match="order"):
         adams_bashforth(0.1, order=4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Adaptive steps: the embedded pairs' error control
+# --------------------------------------------------------------------------------------------------
+
+
+def _attempts(opt, count, theta=THETA0):
+    """``count`` attempts from ``theta``: the parameters and flow time after each accepted one, the last state."""
+
+    @jax.jit
+    def step(theta, state):
+        updates, state = opt.update(grad_fn(theta), state, theta, grad_fn=grad_fn)
+        return optax.apply_updates(theta, updates), state
+
+    theta = jnp.asarray(theta)
+    state = opt.init(theta)
+    times, thetas = [], []
+    for _ in range(count):
+        before = theta
+        theta, state = step(theta, state)
+        if bool(state.accepted):
+            times.append(float(state.flow_time))
+            thetas.append(np.asarray(theta))
+        else:
+            assert np.array_equal(np.asarray(theta), np.asarray(before))  # a rejected attempt changes nothing
+    return np.array(times), np.array(thetas), state
+
+
+def test_bogacki_shampine_takes_the_steps_of_scipy_rk23():
+    """The same pair, norm and controller as scipy's ``solve_ivp(method="RK23")``: from the same first step
+    (too long: rejected, then shrunk, and not grown again before a step is taken) the accepted times and points
+    are scipy's, to rounding."""
+    import scipy.integrate
+
+    times, thetas, state = _attempts(bogacki_shampine(1.0, rtol=1e-3, atol=1e-7), 40)
+    peer = scipy.integrate.solve_ivp(
+        lambda t, y: -Q @ y, (0.0, 50.0), THETA0, method="RK23", first_step=1.0, rtol=1e-3, atol=1e-7
+    )
+    assert int(state.rejections) > 0 and len(times) == 40 - int(state.rejections)
+    np.testing.assert_allclose(times, peer.t[1 : len(times) + 1], rtol=1e-12)
+    np.testing.assert_allclose(thetas, peer.y[:, 1 : len(times) + 1].T, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("transform, error_order", [(bogacki_shampine, 2), (heun_euler, 1)])
+def test_adaptive_global_error_tracks_the_tolerance(transform, error_order):
+    """Integrated to flow time 3 on the quadratic, the global error against expm(-tQ)θ₀ falls in proportion
+    to the tolerance (a decade per decade), and the attempts needed grow like tol^(-1/(q+1))."""
+    tolerances = np.array([1e-3, 1e-4, 1e-5, 1e-6, 1e-7])
+    errors, attempts = [], []
+    for tol in tolerances:
+        opt = transform(0.01, rtol=tol, atol=tol)
+
+        @jax.jit
+        def integrate(theta, opt=opt):
+            def body(carry):
+                theta, state = carry
+                updates, state = opt.update(grad_fn(theta), state, theta, grad_fn=grad_fn)
+                return optax.apply_updates(theta, updates), state
+
+            return jax.lax.while_loop(lambda c: c[1].flow_time < 3.0, body, (theta, opt.init(theta)))
+
+        theta, state = integrate(jnp.asarray(THETA0))
+        exact = scipy.linalg.expm(-float(state.flow_time) * Q) @ THETA0
+        errors.append(np.linalg.norm(np.asarray(theta) - exact))
+        attempts.append(int(state.count))
+        assert errors[-1] < 10 * tol * np.linalg.norm(THETA0)
+    assert abs(np.polyfit(np.log(tolerances), np.log(errors), 1)[0] - 1.0) < 0.15
+    assert abs(np.polyfit(np.log(tolerances), np.log(attempts), 1)[0] + 1 / (error_order + 1)) < 0.1
+
+
+def test_adaptive_rejection_max_step_float32_vmap_and_clear_errors():
+    """A step far too long is rejected (zero update, shorter next step, no flow time); ``max_step`` caps the
+    controller; float32 stays float32; the transformation vmaps over starting points; options are checked."""
+    opt = bogacki_shampine(100.0)
+    theta = jnp.asarray(THETA0)
+    updates, state = opt.update(grad_fn(theta), opt.init(theta), theta, grad_fn=grad_fn)
+    assert not bool(state.accepted) and float(state.flow_time) == 0.0 and float(state.error) > 1
+    assert np.all(np.asarray(updates) == 0) and 20.0 <= float(state.step_size) < 100.0
+    times, _, state = _attempts(heun_euler(0.01, rtol=1e-2, atol=1e-2, max_step=0.05), 30)
+    assert np.all(np.diff(np.concatenate([[0.0], times])) <= 0.05 + 1e-15) and float(state.step_size) <= 0.05
+
+    f32 = lambda t: 0.5 * t @ (jnp.asarray(Q, jnp.float32) @ t)
+    theta32 = jnp.asarray(THETA0, jnp.float32)
+    for transform in (bogacki_shampine, heun_euler):
+        opt = transform(0.1)
+        updates, state = opt.update(jax.grad(f32)(theta32), opt.init(theta32), theta32, grad_fn=jax.grad(f32))
+        assert updates.dtype == jnp.float32 and state.step_size.dtype == jnp.float32
+
+    def first_update(theta):
+        opt = bogacki_shampine(0.1)
+        return opt.update(grad_fn(theta), opt.init(theta), theta, grad_fn=grad_fn)[0]
+
+    starts = jnp.asarray(rng.standard_normal((3, 4)))
+    np.testing.assert_allclose(jax.vmap(first_update)(starts)[2], first_update(starts[2]), rtol=1e-12)
+
+    for bad, match in [
+        (dict(initial_step=0.0), "initial_step"),
+        (dict(initial_step=0.1, rtol=-1.0), "rtol"),
+        (dict(initial_step=0.1, rtol=0.0, atol=0.0), "both be 0"),
+        (dict(initial_step=0.1, max_step=0.0), "max_step"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            bogacki_shampine(**bad)
+    with pytest.raises(ValueError, match="grad_fn"):
+        heun_euler(0.1).update(grad_fn(theta), heun_euler(0.1).init(theta), theta)

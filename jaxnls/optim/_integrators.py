@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import PyTree
 
-ScalarOrSchedule = float | jax.Array | optax.Schedule
+from ._trees import ScalarOrSchedule, axpy, require_grad_fn, scaled_sum, step_size
 
 
 def euler(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:
@@ -38,37 +38,13 @@ class _StepState(NamedTuple):
     count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  # shadows tuple.count, as in optax's states
 
 
-def _step_size(learning_rate: ScalarOrSchedule, count: jax.Array) -> jax.Array | float:
-    # (optax types a schedule's value as chex.Numeric, any array-like)
-    return cast(jax.Array, learning_rate(count)) if callable(learning_rate) else learning_rate
-
-
-def _axpy(a, x, y):
-    """a·x + y over pytrees."""
-    return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)
-
-
-def _scaled_sum(coefficients, trees):
-    return jax.tree_util.tree_map(lambda *leaves: sum(c * leaf for c, leaf in zip(coefficients, leaves)), *trees)
-
-
-def _require_grad_fn(name, grad_fn, params):
-    if grad_fn is None:
-        raise ValueError(
-            f"{name}.update needs grad_fn=f (f(params) -> gradient on the same minibatch): "
-            "call update(grads, state, params, grad_fn=f)"
-        )
-    if params is None:
-        raise ValueError(f"{name}.update needs params (the stages evaluate the gradient at shifted parameters)")
-
-
 def _runge_kutta(name: str, stages: Callable, learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     def init(params):
         return _StepState(jnp.zeros((), jnp.int32))
 
     def update(updates, state, params=None, *, grad_fn: Callable[[PyTree], PyTree] | None = None, **extra):
-        _require_grad_fn(name, grad_fn, params)
-        h = _step_size(learning_rate, state.count)
+        require_grad_fn(name, grad_fn, params)
+        h = step_size(learning_rate, state.count)
         direction = stages(updates, params, grad_fn, h)
         updates = jax.tree_util.tree_map(lambda d: -h * d, direction)
         return updates, _StepState(cast(jax.Array, optax.safe_increment(state.count)))
@@ -89,8 +65,8 @@ def heun(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraAr
     """
 
     def stages(k1, params, grad_fn, h):
-        k2 = grad_fn(_axpy(-h, k1, params))
-        return _scaled_sum((0.5, 0.5), (k1, k2))
+        k2 = grad_fn(axpy(-h, k1, params))
+        return scaled_sum((0.5, 0.5), (k1, k2))
 
     return _runge_kutta("heun", stages, learning_rate)
 
@@ -108,7 +84,7 @@ def midpoint(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExt
     """
 
     def stages(k1, params, grad_fn, h):
-        return grad_fn(_axpy(-0.5 * h, k1, params))
+        return grad_fn(axpy(-0.5 * h, k1, params))
 
     return _runge_kutta("midpoint", stages, learning_rate)
 
@@ -126,10 +102,10 @@ def rk4(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArg
     """
 
     def stages(k1, params, grad_fn, h):
-        k2 = grad_fn(_axpy(-0.5 * h, k1, params))
-        k3 = grad_fn(_axpy(-0.5 * h, k2, params))
-        k4 = grad_fn(_axpy(-h, k3, params))
-        return _scaled_sum((1 / 6, 1 / 3, 1 / 3, 1 / 6), (k1, k2, k3, k4))
+        k2 = grad_fn(axpy(-0.5 * h, k1, params))
+        k3 = grad_fn(axpy(-0.5 * h, k2, params))
+        k4 = grad_fn(axpy(-h, k3, params))
+        return scaled_sum((1 / 6, 1 / 3, 1 / 3, 1 / 6), (k1, k2, k3, k4))
 
     return _runge_kutta("rk4", stages, learning_rate)
 
@@ -149,7 +125,7 @@ def taylor2(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtr
 
     def stages(g, params, grad_fn, h):
         hessian_g = jax.jvp(grad_fn, (params,), (g,))[1]
-        return _axpy(-0.5 * h, hessian_g, g)
+        return axpy(-0.5 * h, hessian_g, g)
 
     return _runge_kutta("taylor2", stages, learning_rate)
 
@@ -189,12 +165,12 @@ def adams_bashforth(learning_rate: ScalarOrSchedule, order: int = 2) -> optax.Gr
         return _MultistepState(jnp.zeros((), jnp.int32), tuple(zeros for _ in range(order - 1)))
 
     def update(updates, state, params=None):
-        h = _step_size(learning_rate, state.count)
+        h = step_size(learning_rate, state.count)
         gradients = (updates,) + state.history
         available = jnp.minimum(state.count + 1, order)  # how many gradients this step may use
 
         def step_with(k):
-            return _scaled_sum(_ADAMS_BASHFORTH[k], gradients[:k])
+            return scaled_sum(_ADAMS_BASHFORTH[k], gradients[:k])
 
         direction = step_with(1)
         for k in range(2, order + 1):
