@@ -361,6 +361,62 @@ def test_sparse_direct_steps_equal_the_dense_solve_when_a_term_names_one_variabl
             )
 
 
+def test_the_sparsity_pattern_and_slots_equal_a_brute_force_assembly():
+    """GraphStructure.pattern() (derived from the pairs of variables) against a dense assembly done term by
+    term: CSR rows sorted, no duplicate entries, every pair of columns a term touches present plus each
+    variable's whole diagonal block, and the slots sum every contribution where the dense sum puts it. A graph
+    with two kinds of different sizes, a term naming one variable twice, a fixed and an untouched variable."""
+    from jaxnls.graph._graph import validate
+
+    rng = np.random.default_rng(7)
+    graph = jg.FactorGraph(
+        {"a": jnp.zeros((6, 2)), "b": jnp.zeros((4, 3))},
+        [
+            jg.CostGroup(
+                lambda x, y, d: x - y[:2] - d, ("a", "b"), [[0, 1], [2, 1], [5, 3], [0, 0]], jnp.zeros((4, 2))
+            ),
+            jg.CostGroup(lambda x, y, d: x - y - d, ("a", "a"), [[1, 1], [2, 4], [4, 2]], jnp.zeros((3, 2))),
+            jg.CostGroup(lambda y, d: y - d, "b", [[2]], jnp.zeros((1, 3))),
+        ],
+        fixed={"a": [4]},
+    )
+    structure = validate(graph, False)
+    indptr, indices, rows, position, diagonal_at = structure.pattern()
+    n = structure.n
+    assert (
+        indptr.shape == (n + 1,)
+        and np.all(np.diff(indptr) >= 0)
+        and np.array_equal(rows, np.repeat(np.arange(n), np.diff(indptr)))
+    )
+    for r in range(n):
+        assert np.all(np.diff(indices[indptr[r] : indptr[r + 1]]) > 0)  # sorted, no duplicates
+    expected = np.zeros((n, n), bool)
+    for group in structure.groups:
+        for columns in group["host_columns"]:
+            expected[np.ix_(columns, columns)] = True
+    for kind in structure.kinds:
+        for v in range(structure.count[kind]):
+            block = structure.offset[kind] + v * structure.dim[kind] + np.arange(structure.dim[kind])
+            expected[np.ix_(block, block)] = True
+    found = np.zeros((n, n), bool)
+    found[rows, indices] = True
+    np.testing.assert_array_equal(found, expected)
+    # every contribution (vec(P_e) per term, then d) lands where the dense sum puts it
+    sizes = [g["num_terms"] * g["columns"].shape[1] ** 2 for g in structure.groups]
+    contributions = rng.normal(size=sum(sizes) + n)
+    dense = np.zeros((n, n))
+    start = 0
+    for group, size in zip(structure.groups, sizes):
+        d = group["columns"].shape[1]
+        for columns, block in zip(group["host_columns"], contributions[start : start + size].reshape(-1, d, d)):
+            np.add.at(dense, np.ix_(columns, columns), block)
+        start += size
+    dense[np.arange(n), np.arange(n)] += contributions[start:]
+    summed = np.bincount(position, weights=contributions, minlength=indices.shape[0])
+    np.testing.assert_allclose(summed, dense[rows, indices], rtol=1e-14, atol=1e-14)
+    assert np.array_equal(rows[diagonal_at], indices[diagonal_at]) and np.array_equal(rows[diagonal_at], np.arange(n))
+
+
 def test_the_cholmod_plan_passed_in_gives_the_solve_it_builds_itself():
     """At the top level graph.solve passes CHOLMOD's assembly plan into the compiled program as arguments
     (reused for a graph of the same structure); inside a caller's jit the plan enters the program as
