@@ -92,6 +92,11 @@ def test_write_atomically_keeps_the_mode_and_refuses_what_is_not_a_regular_file(
     os.chmod(target, 0o640)
     write_atomically(target, "new\n")
     assert target.read_text() == "new\n" and stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    write_atomically(target, b"\x00\xffbytes\r\n")  # bytes are written as they are (checkpoints)
+    assert target.read_bytes() == b"\x00\xffbytes\r\n"
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(target, "é")  # ascii by default: refused, the file unchanged
+    assert target.read_bytes() == b"\x00\xffbytes\r\n"
     with pytest.raises(OSError, match="not a regular file"):
         write_atomically(tmp_path, "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

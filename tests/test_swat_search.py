@@ -198,3 +198,29 @@ def test_shipped_autoencoder_reconstructs_held_out_networks(tmp_path):
     assert copy.options == model.options
     spec = random_mlp(jax.random.PRNGKey(5))
     np.testing.assert_array_equal(copy.encode(spec), model.encode(spec))
+
+
+def test_training_stopped_and_resumed_from_its_checkpoint_is_the_uninterrupted_training(tmp_path):
+    """``train_autoencoder(checkpoint=...)``: a run stopped by its time budget saves its state, and the same call
+    resumes it to the very model and loss curve of a run that never stopped; a checkpoint written by another
+    training is refused by name; nothing is left but the checkpoint file."""
+    tiny = dict(latent_size=4, width=8, heads=2, decoder_width=8, decoder_depth=1)
+    common = dict(steps=5, batch_size=4, num_points=8, **tiny)
+    whole, whole_losses = train_autoencoder(jax.random.PRNGKey(3), **common)
+    path = tmp_path / "training.ckpt"
+    _, first = train_autoencoder(jax.random.PRNGKey(3), checkpoint=path, max_seconds=0.0, **common)
+    assert first.shape == (1,) and path.exists()
+    resumed, losses = train_autoencoder(jax.random.PRNGKey(3), checkpoint=path, checkpoint_every=2, **common)
+    np.testing.assert_array_equal(np.asarray(losses), np.asarray(whole_losses))
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(resumed, eqx.is_array)),
+        jax.tree_util.tree_leaves(eqx.filter(whole, eqx.is_array)),
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training.ckpt"]
+    with pytest.raises(ValueError, match="batch_size"):
+        train_autoencoder(jax.random.PRNGKey(3), checkpoint=path, **dict(common, batch_size=8))
+    with pytest.raises(ValueError, match="key"):
+        train_autoencoder(jax.random.PRNGKey(4), checkpoint=path, **common)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train_autoencoder(jax.random.PRNGKey(3), checkpoint=path, checkpoint_every=0, **common)

@@ -9,8 +9,8 @@ import stat
 import tempfile
 
 
-def write_atomically(path: str | os.PathLike, text: str, encoding: str = "ascii") -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, flushed to disk (fsync) and
+def write_atomically(path: str | os.PathLike, text: str | bytes, encoding: str = "ascii") -> None:
+    """Write ``text`` (or raw ``bytes``) to ``path`` through a temporary file in the same folder, flushed to disk (fsync) and
     renamed over ``path`` only when complete: a full disk, a file-size limit or an interruption leaves
     whatever was at ``path`` untouched (and no temporary file behind). The file gets the mode of the one it
     replaces, or the usual mode under the umask. An existing ``path`` that is not a regular file (a
@@ -18,8 +18,8 @@ def write_atomically(path: str | os.PathLike, text: str, encoding: str = "ascii"
 
     Args:
         path: the file to create or replace.
-        text: its whole new content.
-        encoding: the text encoding (default ``"ascii"``: the readers' formats are plain ASCII).
+        text: its whole new content: a string, or bytes written as they are.
+        encoding: the text encoding of a string (default ``"ascii"``: the readers' formats are plain ASCII).
 
     Raises:
         OSError: ``path`` exists and is not a regular file, or the write, flush or rename failed (``path``
@@ -27,6 +27,7 @@ def write_atomically(path: str | os.PathLike, text: str, encoding: str = "ascii"
         UnicodeEncodeError: ``text`` does not fit ``encoding`` (``path`` is then unchanged).
     """
     path = os.fspath(path)
+    content = text if isinstance(text, bytes) else text.encode(encoding)
     try:
         existing = os.stat(path)
     except FileNotFoundError:
@@ -42,8 +43,8 @@ def write_atomically(path: str | os.PathLike, text: str, encoding: str = "ascii"
     folder = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(descriptor, "w", encoding=encoding, newline="") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)

@@ -21,9 +21,11 @@ the loss is differentiable in z.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import time
 from functools import partial
 from typing import Any
 
@@ -35,6 +37,7 @@ import optax
 from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray
 
 from .._progress import Progress
+from ..io import write_atomically
 from ._family import (
     ACTIVATIONS,
     MAX_DEPTH,
@@ -238,8 +241,11 @@ def train_autoencoder(
     min_temperature: float = 0.05,
     model: SwatAutoencoder | None = None,
     log_every: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    max_seconds: float | None = None,
     **model_options: Any,
-) -> tuple[SwatAutoencoder, Float[Array, " steps"]]:
+) -> tuple[SwatAutoencoder, Float[Array, " done"]]:
     """Train on a fresh batch of random members (:func:`random_mlp`) and fresh points each step, with
     Adam (cosine-decayed learning rate) on the functional loss. Returns the model and the loss curve.
 
@@ -260,16 +266,26 @@ def train_autoencoder(
         model: an autoencoder to continue training; None (default): a new one from ``model_options``.
         log_every: print the loss every this many steps (0, the default: never; a progress bar is drawn
             instead, on a terminal or in a notebook only).
+        checkpoint: a file to resume from and to save to: where it exists, training continues from the step
+            it records (bit for bit as if it had not stopped) after checking that it was written with the
+            same key, settings and architecture; it is replaced atomically every ``checkpoint_every`` steps
+            and when training stops. None (default): no checkpoint.
+        checkpoint_every: steps between checkpoints (>= 1, default 100).
+        max_seconds: stop (saving the checkpoint) once this much wall time has passed in this call; None
+            (default): run all ``steps``.
         **model_options: keyword arguments of :class:`SwatAutoencoder` for a new model (not with
             ``model``).
 
     Returns:
-        ``(model, losses)``: the trained model and the ``(steps,)`` functional loss per step.
+        ``(model, losses)``: the model and the functional loss of every step done so far (``steps`` of them
+        unless ``max_seconds`` stopped the run first; a resumed run includes the earlier steps').
 
     Raises:
-        ValueError: a count is not positive, a noise or temperature is out of range, or ``model_options``
-            come with a ``model``.
+        ValueError: a count is not positive, a noise or temperature is out of range, ``model_options``
+            come with a ``model``, or ``checkpoint`` was written by a different training.
     """
+    if checkpoint_every < 1 or (max_seconds is not None and not max_seconds >= 0):
+        raise ValueError(f"need checkpoint_every >= 1 and max_seconds >= 0, got {checkpoint_every}, {max_seconds}")
     if steps < 1 or batch_size < 1 or num_points < 1:
         raise ValueError(f"steps, batch_size and num_points must be positive, got {steps}, {batch_size}, {num_points}")
     if not 0 < min_temperature <= 1 or latent_noise < 0:
@@ -299,18 +315,61 @@ def train_autoencoder(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    losses = []
+    losses = np.zeros(steps, np.float32)
+    settings = dict(
+        key=np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key).tolist(),
+        steps=steps,
+        batch_size=batch_size,
+        num_points=num_points,
+        learning_rate=learning_rate,
+        latent_noise=latent_noise,
+        min_temperature=min_temperature,
+        options=dict(model.options),
+    )
+    done = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        params, opt_state, losses, done = _read_checkpoint(checkpoint, settings, (params, opt_state, losses))
     keys = jax.random.split(k_data, steps)
+    started = time.perf_counter()
     # a bar on a terminal or in a notebook (nothing in logs), unless lines are printed every log_every steps
-    bar = None if log_every else Progress(keys, label="SWAT autoencoder")
-    for i, k in enumerate(keys if bar is None else bar):
-        params, opt_state, loss = step(params, opt_state, k)
-        losses.append(loss)
+    indices = range(done, steps)
+    bar = None if log_every else Progress(indices, label="SWAT autoencoder")
+    for i in indices if bar is None else bar:
+        params, opt_state, loss = step(params, opt_state, keys[i])
+        losses[i] = float(loss)
+        done = i + 1
         if bar is not None:
             bar.note(loss=loss)
         if log_every and (i % log_every == 0 or i == steps - 1):
             print(f"step {i:5d}  functional loss {float(loss):.4e}")
-    return eqx.combine(params, static), jnp.stack(losses)
+        out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time):
+            _write_checkpoint(checkpoint, settings, (params, opt_state, losses), done)
+        if out_of_time:
+            break
+    return eqx.combine(params, static), jnp.asarray(losses[:done])
+
+
+def _write_checkpoint(path, settings: dict, state, done: int) -> None:
+    """One JSON line (the training's settings and the steps done), then the arrays; replaced atomically."""
+    buffer = io.BytesIO()
+    buffer.write((json.dumps(dict(settings, done=done)) + "\n").encode())
+    eqx.tree_serialise_leaves(buffer, state)
+    write_atomically(path, buffer.getvalue())
+
+
+def _read_checkpoint(path, settings: dict, like) -> tuple[Any, Any, np.ndarray, int]:
+    with open(path, "rb") as f:
+        header = json.loads(f.readline().decode())
+        done = header.pop("done")
+        differing = sorted(name for name in settings if header.get(name) != settings[name])
+        if differing:
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} was written by a different training ({', '.join(differing)} "
+                "differ): resume with the same key, settings and architecture, or start a new checkpoint file"
+            )
+        params, opt_state, losses = eqx.tree_deserialise_leaves(f, like)
+    return params, opt_state, np.asarray(losses), int(done)
 
 
 def evaluate_reconstruction(
