@@ -315,7 +315,7 @@ def train_autoencoder(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    losses = np.zeros(steps, np.float32)
+    losses = np.zeros(steps, model.positions.dtype)
     settings = dict(
         key=np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key).tolist(),
         steps=steps,
