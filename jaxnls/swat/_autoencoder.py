@@ -334,9 +334,11 @@ def train_autoencoder(
     # a bar on a terminal or in a notebook (nothing in logs), unless lines are printed every log_every steps
     indices = range(done, steps)
     bar = None if log_every else Progress(indices, label="SWAT autoencoder")
+    # the losses stay on the device (no wait for each step) until a checkpoint or the end reads them
+    pending, first_pending = [], done
     for i in indices if bar is None else bar:
         params, opt_state, loss = step(params, opt_state, keys[i])
-        losses[i] = float(loss)
+        pending.append(loss)
         done = i + 1
         if bar is not None:
             bar.note(loss=loss)
@@ -344,9 +346,13 @@ def train_autoencoder(
             print(f"step {i:5d}  functional loss {float(loss):.4e}")
         out_of_time = max_seconds is not None and time.perf_counter() - started >= max_seconds
         if checkpoint is not None and (done % checkpoint_every == 0 or done == steps or out_of_time):
+            losses[first_pending:done] = np.asarray(jnp.stack(pending))
+            pending, first_pending = [], done
             _write_checkpoint(checkpoint, settings, (params, opt_state, losses), done)
         if out_of_time:
             break
+    if pending:
+        losses[first_pending:done] = np.asarray(jnp.stack(pending))
     return eqx.combine(params, static), jnp.asarray(losses[:done])
 
 
