@@ -75,20 +75,22 @@ def _cache_folder() -> str:
     return os.path.join(base, "jaxnls", "xla")
 
 
-def _use_compilation_cache():
+def _use_compilation_cache() -> str | None:
     """Turn on JAX's persistent compilation cache for this process (every compiled program that took more
-    than 0.1 s), unless the folder is empty-named or cannot be created: then the run compiles as usual."""
+    than 0.1 s), unless the folder is empty-named or cannot be created: then the run compiles as usual.
+    Returns the folder, or None."""
     import jax
 
     folder = _cache_folder()
     if not folder:
-        return
+        return None
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError:
-        return
+        return None
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return folder
 
 
 def make_solver(name: str = "lm") -> AbstractLeastSquaresSolver:
@@ -623,7 +625,8 @@ def main(argv=None) -> int:
             action="store_true",
             help="do not use the persistent compilation cache (default: JAX's cache in "
             f"{_cache_folder()}, so a second run of the same kind of problem skips most "
-            "compilation; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)",
+            "compilation, and beside it, in programs/, graph solves' traced programs, so that it "
+            "skips the tracing too; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)",
         )
     args = parser.parse_args(argv)
     _one_malloc_arena()
@@ -632,11 +635,15 @@ def main(argv=None) -> int:
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
         parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
     _enable_x64()
-    if not args.no_cache:
-        _use_compilation_cache()
+    folder = None if args.no_cache else _use_compilation_cache()
     if args.command == "demo":
         return _demo_command(args)
-    return _solve_command(args)
+    from ._programs import stored_programs
+
+    # graph solves' traced programs beside XLA's compiled ones: a second run of the same kind and size of
+    # problem skips the trace too (jaxnls._programs)
+    with stored_programs(None if folder is None else os.path.join(folder, "programs")):
+        return _solve_command(args)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,12 @@ def _knows_compiler_options(small: bool, graph: bool) -> bool:
     return True
 
 
+def top_level_compiler_options(*, jacobian_entries: int | None, graph: bool) -> dict:
+    """The XLA options of a top-level solve (see :func:`compiled`); empty where this XLA does not know them."""
+    small = jacobian_entries is not None and jacobian_entries < SMALL_JACOBIAN
+    return _options(small, graph) if _knows_compiler_options(small, graph) else {}
+
+
 @functools.cache
 def _top_level(fn, small: bool, graph: bool):
     if _knows_compiler_options(small, graph):
@@ -190,6 +196,33 @@ def attach_in_chart(adjoint, problem, space, anchor, state, args, axes):
         (0, axes),
     )
     return jnp.where(finite[:, None], jax.vmap(space.retract_one)(safe_anchor, delta), anchor), cost
+
+
+#: The per-problem arrays of a :class:`~jaxnls.Solution` besides its params and history.
+_SOLUTION_ARRAYS = ("cost", "initial_cost", "gradient_norm", "num_steps", "num_accepted", "status")
+
+
+def solution_arrays(solution: Solution) -> tuple[dict, dict]:
+    """A :class:`~jaxnls.Solution` as plain containers of arrays (params as their leaves, in order) and its
+    static fields: what a stored program (:mod:`jaxnls._programs`) returns and records."""
+    arrays = {name: getattr(solution, name) for name in _SOLUTION_ARRAYS}
+    arrays["params"] = jax.tree_util.tree_leaves(solution.params)
+    if solution.history is not None:
+        arrays["history"] = {name: getattr(solution.history, name) for name in _loop.HISTORY_FIELDS}
+    meta = dict(num_residuals=solution.num_residuals, num_params=solution.num_params, method=solution.method)
+    return arrays, meta
+
+
+def solution_from_arrays(arrays: dict, meta: dict, params_structure) -> Solution:
+    """The :class:`~jaxnls.Solution` that :func:`solution_arrays` took apart; ``params_structure``: the pytree
+    structure of its params (the starting values')."""
+    history = History(**arrays["history"]) if "history" in arrays else None
+    return Solution(
+        params=jax.tree_util.tree_unflatten(params_structure, arrays["params"]),
+        **{name: arrays[name] for name in _SOLUTION_ARRAYS},
+        history=history,
+        **meta,
+    )
 
 
 def make_solution(solver, params, cost, state, *, batched, throw, num_residuals, num_params, caller) -> Solution:

@@ -46,13 +46,15 @@ class _Static:
 
     def __init__(self, array):
         self.array = np.ascontiguousarray(array)
-        self._key = (self.array.shape, self.array.dtype.str, hashlib.sha1(self.array.tobytes()).hexdigest())
+        self.content_key = (self.array.shape, self.array.dtype.str, hashlib.sha1(self.array.tobytes()).hexdigest())
+        """Shape, dtype and a digest of the content: what equality and hashing compare (and what a stored
+        program's key records, :mod:`jaxnls._programs`)."""
 
     def __hash__(self):
-        return hash(self._key)
+        return hash(self.content_key)
 
     def __eq__(self, other):
-        return isinstance(other, _Static) and self._key == other._key
+        return isinstance(other, _Static) and self.content_key == other.content_key
 
     def __repr__(self):
         return f"_Static(shape={self.array.shape})"

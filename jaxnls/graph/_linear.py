@@ -370,6 +370,10 @@ class SparseDirect(AbstractGraphLinearSolver):
 
 _FACTORIZATIONS = ("auto", "cholmod", "qdldl")
 
+#: The XLA FFI targets of ``sparsax.solve`` (one problem, a batch): a stored program (:mod:`jaxnls._programs`)
+#: may call them, since ``sparsax`` registers them in every process that imports it.
+CHOLMOD_CUSTOM_CALLS = ("sparsax_solve_f64", "sparsax_solve_batched_f64")
+
 #: The message of sparsax's FFI when CHOLMOD meets a non-positive pivot (it stops the computation).
 CHOLMOD_NOT_POSITIVE_DEFINITE = "sparsax: matrix is not positive definite"
 

@@ -15,15 +15,33 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._callback import IterationInfo
-from .._driver import attach_in_chart, call_compiled, check_options, compiled, is_traced, make_solution, run_loop
+from .._driver import (
+    attach_in_chart,
+    call_compiled,
+    check_options,
+    compiled,
+    is_traced,
+    make_solution,
+    run_loop,
+    solution_arrays,
+    solution_from_arrays,
+    top_level_compiler_options,
+)
 from .._loop import LoopProblem
+from .._programs import active_store
 from .._solution import Solution
 from ..adjoint import AbstractAdjoint, Implicit
 from ..manifolds import ProductSpace, is_group, parameter_array
 from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
-from ._linear import CHOLMOD_NOT_POSITIVE_DEFINITE, AbstractGraphLinearSolver, SparseDirect, assembly_for
+from ._linear import (
+    CHOLMOD_CUSTOM_CALLS,
+    CHOLMOD_NOT_POSITIVE_DEFINITE,
+    AbstractGraphLinearSolver,
+    SparseDirect,
+    assembly_for,
+)
 from ._schur import SchurDirect, largest_eliminable_kind
 
 #: The default solver eliminates a kind (SchurDirect) when at most this many tangent unknowns are kept. On 2
@@ -135,8 +153,7 @@ def solve(
     nested = is_traced(graph)
 
     def run(solver):
-        return call_compiled(
-            compiled(_solve_jit, nested=nested, jacobian_entries=batch * entries, graph=True),
+        args = (
             graph,
             solver,
             max_steps,
@@ -147,8 +164,31 @@ def solve(
             callback,
             int(history),
             None if nested else structure.index_arrays(),
-            callback=callback,
-            caller="jaxnls.graph.solve",
+        )
+
+        def plain():
+            return call_compiled(
+                compiled(_solve_jit, nested=nested, jacobian_entries=batch * entries, graph=True),
+                *args,
+                callback=callback,
+                caller="jaxnls.graph.solve",
+            )
+
+        # a program kept on disk by the caller's store (the command line's) skips the trace; host callbacks
+        # (a callback, the verbose log, throw's error) cannot be kept
+        store = None if nested or callback is not None or verbose or throw else active_store()
+        if store is None:
+            return plain()
+        return store.call(
+            _solve_jit,
+            args,
+            compiler_options=top_level_compiler_options(jacobian_entries=batch * entries, graph=True),
+            to_arrays=solution_arrays,
+            from_arrays=lambda arrays, meta: solution_from_arrays(
+                arrays, meta, jax.tree_util.tree_structure(graph.variables)
+            ),
+            fallback=plain,
+            allowed_custom_calls=CHOLMOD_CUSTOM_CALLS,
         )
 
     linear_solver = solver.linear_solver
