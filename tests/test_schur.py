@@ -304,3 +304,39 @@ def test_the_reduced_systems_lu_matches_numpy_on_indefinite_matrices_that_need_p
         b = rng.standard_normal(n)
         expected = np.linalg.solve(a, b)
         np.testing.assert_allclose(solve(jnp.asarray(a), jnp.asarray(b)), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_the_schur_plan_passed_in_gives_the_solve_it_builds_itself():
+    """At the top level graph.solve passes SchurDirect's reduction plan into the compiled program as arguments;
+    inside a caller's jit the structure's plan enters as constants (a plan given by the caller is not used there).
+    Both give the same solve."""
+    from jaxnls.graph._graph import validate
+    from jaxnls.graph._schur import reduction_plan_arrays
+
+    # two cameras fixed: without them the problem's gauge freedom (a similarity of the whole scene) leaves the
+    # steps' component along it to rounding, which the two programs' different compiler options do differently
+    free = _problem()
+    graph = jg.FactorGraph(free.variables, free.costs, fixed={"camera": np.array([0, 1])})
+    solver = LevenbergMarquardt(linear_solver=jg.SchurDirect())
+    first = jg.solve(graph, solver=solver, max_steps=1)
+    first_built = jax.jit(lambda g: jg.solve(g, solver=solver, max_steps=1))(graph)
+    for kind in ("point", "camera"):
+        np.testing.assert_allclose(
+            np.asarray(first.params[kind]), np.asarray(first_built.params[kind]), rtol=1e-11, atol=1e-11
+        )
+    passed = jg.solve(graph, solver=solver, max_steps=50)
+    built = jax.jit(lambda g: jg.solve(g, solver=solver, max_steps=50))(graph)
+    assert int(passed.num_steps) == int(built.num_steps) and bool(passed.converged) and bool(built.converged)
+    np.testing.assert_allclose(float(passed.cost), float(built.cost), rtol=1e-12)
+    for kind in ("point", "camera"):
+        np.testing.assert_allclose(
+            np.asarray(passed.params[kind]), np.asarray(built.params[kind]), rtol=1e-10, atol=1e-10
+        )
+    # another graph's plan (other pairs of terms, another tree of arrays) is replaced, never used
+    other = _problem(num_cameras=3, num_points=12, seed=5)
+    foreign = reduction_plan_arrays(validate(other, False), jg.SchurDirect())
+    mistaken = LevenbergMarquardt(linear_solver=jg.SchurDirect(plan=foreign))
+    inside = jax.jit(lambda g: jg.solve(g, solver=mistaken, max_steps=50))(graph)
+    np.testing.assert_array_equal(np.asarray(inside.params["point"]), np.asarray(built.params["point"]))
+    alone = jg.solve(graph, solver=mistaken, max_steps=50)
+    np.testing.assert_array_equal(np.asarray(alone.params["point"]), np.asarray(passed.params["point"]))

@@ -20,6 +20,9 @@ with :math:`H_{pp}^{-1}`. The preconditioner is the block diagonal of :math:`S` 
 
 from __future__ import annotations
 
+import collections
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -139,15 +142,19 @@ class SchurDirect(AbstractGraphLinearSolver):
         chunk: the pairs of terms accumulated at a time into :math:`S` (static, default 65536): bounds the
             memory of the assembly.
         structure: the graph's structure, bound by :func:`jaxnls.graph.solve` (keyword-only; leave it None).
+        plan: the index arrays of the assembly of :math:`S` (:func:`reduction_plan_arrays`), passed in by
+            :func:`jaxnls.graph.solve` so that they are arguments of the compiled solve, not constants
+            (keyword-only; leave it None).
     """
 
     eliminate: str = eqx.field(static=True, default="point")
     chunk: int = eqx.field(static=True, default=65536)
+    plan: dict[str, Any] | None = eqx.field(default=None, kw_only=True)
 
     def solve_system(self, operator: NormalOperator, rhs: Float[Array, " n"]) -> Float[Array, " n"]:
         elimination = _Elimination(operator, self.eliminate, "SchurDirect")
         rhs_parts = operator.structure.flat_to_kinds(rhs)
-        reduced = _reduced_camera_matrix(operator, elimination, self.chunk)
+        reduced = _reduced_camera_matrix(operator, elimination, self.chunk, self.plan)
         n = reduced.shape[0]
         diagonal = jnp.diagonal(reduced)
         scale = jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 1.0)
@@ -158,7 +165,7 @@ class SchurDirect(AbstractGraphLinearSolver):
         return elimination.full_step(elimination.unflatten(camera), rhs_parts)
 
 
-def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, chunk: int):
+def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, chunk: int, arrays: dict | None = None):
     r"""S = A_cc - A_cp A_pp⁻¹ A_pc, dense over the kept coordinates (``flatten``'s order).
 
     S is accumulated block by block over the kept variables (each padded to the widest kept kind, ``w``):
@@ -167,13 +174,14 @@ def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, 
     :math:`-W_e A_{pp}^{-1} W_{e'}^\top` (:math:`W_e = J_{e,c}^\top J_{e,p}`). The pairs are listed once per
     structure on the host, grouped by the block of S they land in and summed there by one fused reduction
     per run of pairs (:class:`_BlockSums`), only for blocks on or above the diagonal: the rest is their
-    transpose."""
+    transpose. ``arrays``: the plan's index arrays as the compiled solve's arguments, or None (then its
+    constants)."""
     structure = elimination.structure
-    plan = structure.host_cache.get(("schur", elimination.eliminated, chunk))
-    if plan is None:
-        plan = structure.host_cache[("schur", elimination.eliminated, chunk)] = _ReductionPlan(
-            structure, elimination.eliminated, elimination.kept, chunk
-        )
+    plan = _reduction_plan(structure, elimination.eliminated, chunk)
+    if arrays is None:
+        arrays = plan.arrays()
+    elif jax.tree_util.tree_structure(arrays) != jax.tree_util.tree_structure(plan.arrays()):
+        raise ValueError("SchurDirect: its plan was made for another graph structure (leave plan=None)")
     dtype = operator.damping.dtype
     size, width = plan.num_variables, plan.width
     blocks = jnp.zeros((size, size, width, width), dtype)
@@ -185,13 +193,13 @@ def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, 
         if operator.jacobians is not None:
             jac = operator.jacobians[g]
             stacked = jnp.concatenate([_pad_columns(jac[:, :, plan.columns(g, j)], width) for j in arguments])
-            blocks = plan.direct[g](stacked, stacked, blocks)
+            blocks = plan.direct[g](stacked, stacked, blocks, arrays["direct"][g])
         else:
             for j in arguments:
                 for i in arguments:
                     block = operator.coupling(g, j, i)
                     block = jnp.pad(block, ((0, 0), (0, width - block.shape[1]), (0, width - block.shape[2])))
-                    blocks = _add_blocks(blocks, plan.variable[g][j], plan.variable[g][i], block)
+                    blocks = _add_blocks(blocks, arrays["variable"][g][j], arrays["variable"][g][i], block)
 
     # minus the eliminated variables' share, on and above the diagonal, then mirrored
     if plan.pairs is not None:
@@ -200,15 +208,16 @@ def _reduced_camera_matrix(operator: NormalOperator, elimination: _Elimination, 
             coupling = operator.coupling(g, j_point, j)
             couplings.append(jnp.pad(coupling, ((0, 0), (0, 0), (0, width - coupling.shape[2]))))
         couplings = jnp.concatenate(couplings)
-        inverse = elimination.hpp_inverse[plan.slot_points]
+        inverse = elimination.hpp_inverse[arrays["slot_points"]]
         reduced = block_products(jnp.swapaxes(inverse, 1, 2), couplings)  # A_pp⁻¹ W_eᵀ
-        upper = plan.pairs(reduced, -couplings, jnp.zeros_like(blocks))
+        upper = plan.pairs(reduced, -couplings, jnp.zeros_like(blocks), arrays["pairs"])
         off_diagonal = ~np.eye(size, dtype=bool)[:, :, None, None]
         blocks = blocks + upper + jnp.where(off_diagonal, jnp.swapaxes(upper, 0, 1).swapaxes(2, 3), 0.0)
 
     matrix = blocks.transpose(0, 2, 1, 3).reshape(size * width, size * width)
-    if plan.coordinates is not None:
-        matrix = matrix[plan.coordinates[:, None], plan.coordinates[None, :]]
+    if arrays["coordinates"] is not None:
+        coordinates = arrays["coordinates"]
+        matrix = matrix[coordinates[:, None], coordinates[None, :]]
     kept_diagonal = elimination.flatten(structure.flat_to_kinds(operator.diagonal()))
     return matrix + jnp.diag(kept_diagonal)
 
@@ -256,10 +265,20 @@ class _BlockSums:
         self.u, self.v = (run_keys // num_variables).astype(np.int32), (run_keys % num_variables).astype(np.int32)
         self.shape = (steps, runs_per_step, run)
 
-    def __call__(self, x, y, out):
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The plan's index arrays, shaped for :meth:`__call__`'s scan: (left, right, u, v)."""
+        steps, runs, run = self.shape
+        return (
+            self.left.reshape(steps, runs, run),
+            self.right.reshape(steps, runs, run),
+            self.u.reshape(steps, runs),
+            self.v.reshape(steps, runs),
+        )
+
+    def __call__(self, x, y, out, where):
+        """``out`` plus the plan's sums of ``X[left]ᵀ Y[right]``; ``where``: :meth:`arrays`, or the same traced."""
         zero = jnp.zeros((1,) + x.shape[1:], x.dtype)
         x, y = jnp.concatenate([x, zero]), jnp.concatenate([y, zero])
-        steps, runs, run = self.shape
 
         def accumulate(out, where):
             left, right, u, v = where
@@ -268,13 +287,7 @@ class _BlockSums:
             block = jnp.sum(x[left][..., :, None] * y[right][..., None, :], axis=(1, 2))
             return _add_blocks(out, u, v, block), None
 
-        where = (
-            jnp.asarray(self.left.reshape(steps, runs, run)),
-            jnp.asarray(self.right.reshape(steps, runs, run)),
-            jnp.asarray(self.u.reshape(steps, runs)),
-            jnp.asarray(self.v.reshape(steps, runs)),
-        )
-        out, _ = jax.lax.scan(accumulate, out, where)
+        out, _ = jax.lax.scan(accumulate, out, tuple(jnp.asarray(a) for a in where))
         return out
 
 
@@ -356,6 +369,40 @@ class _ReductionPlan:
         dims = self._structure.groups[g]["dims"]
         start = sum(dims[:j])
         return slice(start, start + dims[j])
+
+    def arrays(self) -> dict[str, Any]:
+        """Every index array the assembly reads, as one pytree (:attr:`SchurDirect.plan`)."""
+        return {
+            "direct": [None if sums is None else sums.arrays() for sums in self.direct],
+            "pairs": None if self.pairs is None else self.pairs.arrays(),
+            "slot_points": self.slot_points,
+            "variable": [dict(variable) for variable in self.variable],
+            "coordinates": self.coordinates,
+        }
+
+
+#: The reduction plans of the last few structures, by (:attr:`GraphStructure.key`, eliminated kind, chunk): the
+#: plan is made on the host before the compiled solve (its arrays are arguments) and read again while tracing.
+_RECENT_PLANS: collections.OrderedDict = collections.OrderedDict()
+_RECENT_PLANS_KEPT = 4
+
+
+def _reduction_plan(structure, eliminated: str, chunk: int) -> _ReductionPlan:
+    key = (structure.key, eliminated, chunk)
+    plan = _RECENT_PLANS.pop(key, None)
+    if plan is None:
+        plan = _ReductionPlan(structure, eliminated, [kind for kind in structure.kinds if kind != eliminated], chunk)
+    _RECENT_PLANS[key] = plan
+    while len(_RECENT_PLANS) > _RECENT_PLANS_KEPT:
+        _RECENT_PLANS.popitem(last=False)
+    return plan
+
+
+def reduction_plan_arrays(structure, solver: SchurDirect) -> dict[str, Any]:
+    """The index arrays of ``solver``'s assembly of :math:`S` for ``structure`` (host NumPy arrays), for
+    :attr:`SchurDirect.plan`; raises the solver's error where its kind cannot be eliminated."""
+    _check_eliminable(structure, solver.eliminate, "SchurDirect")
+    return _reduction_plan(structure, solver.eliminate, solver.chunk).arrays()
 
 
 def _pairs_sharing_a_point(slot_points: np.ndarray, num_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ from ._linear import (
     SparseDirect,
     assembly_for,
 )
-from ._schur import SchurDirect, largest_eliminable_kind
+from ._schur import SchurDirect, largest_eliminable_kind, reduction_plan_arrays
 
 #: The default solver eliminates a kind (SchurDirect) when at most this many tangent unknowns are kept. On 2
 #: cores, synthetic bundle adjustment (benchmarks/bundle.py, Dogleg, 4 views per point), SchurDirect against
@@ -192,6 +192,11 @@ def solve(
         )
 
     linear_solver = solver.linear_solver
+    if isinstance(linear_solver, SchurDirect):
+        # the reduction plan's index arrays as arguments of the compiled solve, not its constants (inside a
+        # caller's jit, the plan the structure gives, as constants)
+        plan = None if nested else reduction_plan_arrays(structure, linear_solver)
+        return run(eqx.tree_at(lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, plan=plan)))
     if nested or not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
         return run(solver)
     # the plan as arguments of the compiled solve, not its constants (bound here like the structure)
@@ -336,7 +341,7 @@ def _solve_jit(
         residual_fns=tuple(c.residual_fn for c in graph.costs),
         # (the adjoint's systems come from the solution, not the loop: without the loop's plan, which is an
         # argument of this program and cannot sit in the problem's static fields)
-        linear_solver=_without_assembly(linear_solver),
+        linear_solver=_without_plan_arrays(linear_solver),
         dtype=dtype,
     )
     x, cost = attach_in_chart(adjoint, adjoint_problem, space, anchor, state, cost_args_differentiable, axes)
@@ -366,9 +371,11 @@ def _fixed_mask(graph: FactorGraph, template) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _without_assembly(linear_solver):
+def _without_plan_arrays(linear_solver):
     if isinstance(linear_solver, SparseDirect) and linear_solver.assembly is not None:
         return dataclasses.replace(linear_solver, assembly=None)
+    if isinstance(linear_solver, SchurDirect) and linear_solver.plan is not None:
+        return dataclasses.replace(linear_solver, plan=None)
     return linear_solver
 
 
