@@ -36,9 +36,12 @@ def train(steps: int, save: str | None):
     return model, np.asarray(losses), seconds
 
 
-def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None, seed: int = 0):
+def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None, seed: int = 0, retrain: bool = False):
     """The suite with ``model`` (default: the shipped one); ``seed`` picks the tasks' samples and the search's,
-    refinement's and dense network's keys (seed 0: the figures recorded in (g))."""
+    refinement's and dense network's keys (seed 0: the figures recorded in (g)). ``retrain``: also the found
+    and the dense network each retrained for ``config.steps`` more Adam steps on the error alone
+    (``swat.retrain``), and a dense network trained for as many steps as the search, refinement and
+    retraining together (three times ``config.steps``): the comparisons at an equal training budget of (z)."""
     model = model if model is not None else swat.load_pretrained()
     figures = swat.evaluate_reconstruction(model, jax.random.PRNGKey(2024), num_networks=1024)
     rows = {}
@@ -67,6 +70,14 @@ def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None, seed: int = 
             "refined": describe(refined.network),
             "dense": describe(dense),
         }
+        if retrain:
+            key = jax.random.PRNGKey(4 + 10 * seed)
+            long = swat.SearchConfig(steps=3 * config.steps, starts=config.starts, batch_size=config.batch_size)
+            rows[name]["retrained"] = describe(swat.retrain(refined.network, x, y, key, config))
+            rows[name]["dense_retrained"] = describe(swat.retrain(dense, x, y, key, config))
+            rows[name]["dense_long"] = describe(
+                swat.train_dense(x, y, jax.random.PRNGKey(3 + 10 * seed), rows[name]["depth"], long)
+            )
     return {"reconstruction": figures, "tasks": rows}
 
 

@@ -15,6 +15,7 @@ from jaxnls.swat import (
     SearchConfig,
     SwatAutoencoder,
     evaluate_reconstruction,
+    forward,
     harden,
     load_autoencoder,
     load_pretrained,
@@ -24,6 +25,7 @@ from jaxnls.swat import (
     random_mlp,
     refine,
     regularizers,
+    retrain,
     save_autoencoder,
     search,
     soft_threshold,
@@ -224,3 +226,28 @@ def test_training_stopped_and_resumed_from_its_checkpoint_is_the_uninterrupted_t
         train_autoencoder(jax.random.PRNGKey(4), checkpoint=path, **common)
     with pytest.raises(ValueError, match="checkpoint_every"):
         train_autoencoder(jax.random.PRNGKey(3), checkpoint=path, checkpoint_every=0, **common)
+
+
+def test_retrain_keeps_the_architecture_and_fits_a_teacher_of_that_architecture():
+    """Data made by a sparse network (the truth: zero error is reachable with its pattern); from its weights
+    perturbed, retrain keeps every zero, mask and activation and brings the error close to zero."""
+    key_teacher, key_noise, key_points, key_train = jax.random.split(jax.random.PRNGKey(7), 4)
+    teacher = harden(random_mlp(key_teacher), 0.3)
+    x = jax.random.uniform(key_points, (512, 2), minval=-1.0, maxval=1.0)
+    y = forward(teacher, x)
+    noise = lambda a, k: a + 0.3 * jax.random.normal(k, a.shape) * (a != 0)
+    keys = jax.random.split(key_noise, 3)
+    start = eqx.tree_at(
+        lambda s: (s.weights, s.output_weights, s.output_bias),
+        teacher,
+        (noise(teacher.weights, keys[0]), noise(teacher.output_weights, keys[1]), teacher.output_bias + 0.2),
+    )
+    before = float(mse(start, x, y))
+    retrained = retrain(start, x, y, key_train, SearchConfig(steps=1500, learning_rate=0.01))
+    after = float(mse(retrained, x, y))
+    np.testing.assert_array_equal(np.asarray(retrained.weights) == 0, np.asarray(teacher.weights) == 0)
+    np.testing.assert_array_equal(np.asarray(retrained.output_weights) == 0, np.asarray(teacher.output_weights) == 0)
+    np.testing.assert_array_equal(np.asarray(retrained.neuron_mask), np.asarray(teacher.neuron_mask))
+    np.testing.assert_array_equal(np.asarray(retrained.activation_logits), np.asarray(teacher.activation_logits))
+    assert int(retrained.depth) == int(teacher.depth)
+    assert before > 1e-3 and after < 0.02 * before, (before, after)

@@ -390,6 +390,51 @@ def refine(
     return SearchResult(network, threshold, result.latent, history, before)
 
 
+def retrain(
+    network: MLPSpec,
+    x: Float[Array, "N 2"],
+    y: Float[Array, " N"],
+    key: PRNGKeyArray,
+    config: SearchConfig = SearchConfig(),
+) -> MLPSpec:
+    """Continue training a hard network's surviving parameters on the MSE alone, its architecture fixed:
+    the non-zero weights, the active neurons' biases, the non-zero output weights and the output bias, by the
+    same Adam schedule as :func:`train_dense` (prune, then retrain). Zero weights stay zero; masks, activations
+    and depth are kept. Applied to a dense network it is :func:`train_dense` continued.
+
+    Args:
+        network: a hard member (:func:`harden`, :func:`train_dense` or a search's ``network``).
+        x: ``(N, 2)`` training inputs.
+        y: ``(N,)`` training targets.
+        key: a JAX PRNG key (minibatches).
+        config: the settings; only ``steps``, ``batch_size`` and ``learning_rate`` are used.
+
+    Returns:
+        The retrained :class:`MLPSpec`, with ``network``'s zero pattern.
+
+    Raises:
+        ValueError: ``x`` / ``y`` are not ``(N, 2)`` / ``(N,)`` or not finite.
+    """
+    dtype = network.weights.dtype
+    x, y = _check_task(x, y, dtype)
+    weight_mask = (network.weights != 0).astype(dtype)
+    output_mask = (network.output_weights != 0).astype(dtype)
+    bias_mask = (network.neuron_mask != 0).astype(dtype)
+
+    def as_spec(p):
+        weights, biases, output_weights, output_bias = p
+        return eqx.tree_at(
+            lambda s: (s.weights, s.biases, s.output_weights, s.output_bias),
+            network,
+            (weights * weight_mask, biases * bias_mask, output_weights * output_mask, output_bias),
+        )
+
+    loss_fn = lambda p, xb, yb, temperature: mse(as_spec(p), xb, yb)
+    params = (network.weights, network.biases, network.output_weights, network.output_bias)
+    trained, _ = eqx.filter_jit(lambda p: _run_adam(loss_fn, p, x, y, key, config))(params)
+    return as_spec(trained)
+
+
 def train_dense(
     x: Float[Array, "N 2"],
     y: Float[Array, " N"],
