@@ -6,8 +6,9 @@ module, so every process still traces the solve to find its key: on the 16-camer
 2 s command. A :class:`ProgramStore` keeps the lowered module itself, serialised, under a key computed without
 tracing from everything the trace depends on:
 
-- this package's source (a fingerprint of every ``.py`` file in it), JAX's and jaxlib's versions, the backend,
-  float64 on or off and the compiler options;
+- this package's source (a fingerprint of every ``.py`` file in it), the versions of JAX, jaxlib and the packages
+  the solve's code comes from (equinox, lineax, jaxlie, optax, sparsax, qdldl), the backend, float64 on or off and
+  the compiler options;
 - the arguments' static part — the pytree structure with every static field (functions by module, name and
   code; index arrays by content) — and the shapes and dtypes of their arrays.
 
@@ -184,6 +185,7 @@ def program_key(args: tuple, compiler_options: dict) -> str:
         "package": _package_fingerprint(),
         "jax": jax.__version__,
         "jaxlib": importlib.metadata.version("jaxlib"),
+        "packages": _package_versions(),
         "backend": jax.default_backend(),
         "x64": bool(jax.config.read("jax_enable_x64")),
         "compiler_options": sorted((str(k), repr(v)) for k, v in compiler_options.items()),
@@ -258,6 +260,21 @@ def _describe_code(code: types.CodeType) -> str:
     for const in code.co_consts:
         parts.append(_describe_code(const).encode() if isinstance(const, types.CodeType) else repr(const).encode())
     return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+#: Packages whose code the traced solve contains (sparsax: whether CHOLMOD's FFI is there to call at all).
+_TRACED_PACKAGES = ("equinox", "lineax", "jaxlie", "optax", "sparsax", "qdldl")
+
+
+@functools.cache
+def _package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _TRACED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 @functools.cache
