@@ -26,6 +26,7 @@ target is MSE ≤ 1.5× dense at ≤ 0.6× its weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -51,17 +52,20 @@ def train(args) -> swat.SwatAutoencoder:
     )
     if args.checkpoint:
         os.makedirs(os.path.dirname(os.path.abspath(args.checkpoint)), exist_ok=True)
+    # --continue-from: train a saved model further (its own architecture) instead of a new one
+    start_from = dict(model=swat.load_autoencoder(args.continue_from)) if args.continue_from else options
     start = time.perf_counter()
     model, losses = swat.train_autoencoder(
         jax.random.PRNGKey(args.seed),
         steps=args.steps,
         batch_size=args.batch,
         learning_rate=args.learning_rate,
+        hard_weight=args.hard_weight,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         max_seconds=None if args.minutes is None else 60 * args.minutes,
         log_every=args.log_every,
-        **options,
+        **start_from,
     )
     done = int(losses.shape[0])
     tail = np.asarray(losses[-min(done, 100) :])
@@ -78,12 +82,15 @@ def train(args) -> swat.SwatAutoencoder:
     return model
 
 
-def suite_table(model, seeds: int, tasks, retrain: bool = False) -> str:
+def suite_table(model, seeds: int, tasks, retrain: bool = False, sparsity_weight: float | None = None) -> str:
     figures = swat.evaluate_reconstruction(model, jax.random.PRNGKey(2024), num_networks=1024)
     per_task: dict[str, list[tuple[float, float]]] = {}
     equal: dict[str, list[tuple[float, float]]] = {}
     for seed in range(seeds):
-        result = suite.run(model, tasks=tasks, seed=seed, retrain=retrain)
+        config = suite.CONFIG
+        if sparsity_weight is not None:
+            config = dataclasses.replace(config, sparsity_weight=sparsity_weight)
+        result = suite.run(model, config=config, tasks=tasks, seed=seed, retrain=retrain)
         for name, r in result["tasks"].items():
             ratio = r["refined"]["test_mse"] / r["dense"]["test_mse"]
             weights = r["refined"]["nonzeros"] / r["dense"]["nonzeros"]
@@ -153,6 +160,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--hard-weight", type=float, default=0.0, help="weight of the hard decodings' loss (straight-through)"
+    )
+    parser.add_argument("--continue-from", default=None, help="a saved model to train further")
+    parser.add_argument(
+        "--sparsity-weight", type=float, default=None, help="the search's sparsity weight (default: SearchConfig's)"
+    )
     parser.add_argument("--log-every", type=int, default=0)
     parser.add_argument("--latent", type=int, default=LARGER["latent_size"])
     parser.add_argument("--width", type=int, default=LARGER["width"])
@@ -179,7 +193,7 @@ def main():
         model = swat.load_autoencoder(args.model)
     if args.suite:
         tasks = args.tasks.split(",") if args.tasks else None
-        print(suite_table(model or swat.load_pretrained(), args.seeds, tasks, args.retrain))
+        print(suite_table(model or swat.load_pretrained(), args.seeds, tasks, args.retrain, args.sparsity_weight))
 
 
 if __name__ == "__main__":

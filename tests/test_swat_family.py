@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnls.swat import decode, encode, forward, random_mlp
+from jaxnls.swat import StraightThrough, decode, encode, forward, random_mlp
 from jaxnls.swat._family import MAX_WIDTH, NUM_TOKENS, TOKEN_FEATURES
 
 ACTIVATIONS = [lambda z: 1 / (1 + np.exp(-z)), np.tanh, lambda z: np.where(z > 0, z, 0.01 * z)]
@@ -74,3 +74,41 @@ def test_softmax_relaxation_tends_to_the_hard_network():
     hard = forward(spec, x)
     errors = [float(jnp.max(jnp.abs(forward(spec, x, temperature=t) - hard))) for t in (1.0, 0.1, 0.01)]
     assert errors[0] > 1e-3 and errors[0] >= errors[1] >= errors[2] and errors[2] < 1e-6
+
+
+def test_straight_through_has_the_hard_values_and_the_relaxed_derivatives():
+    """Values: the hard network's. Derivatives: a one-layer member's output is linear in each neuron's
+    activation mixture and in its mask, so its derivative with respect to the activation logits and the mask
+    logits is the relaxed network's (computed here without StraightThrough)."""
+    import equinox as eqx
+
+    from jaxnls.swat import SwatAutoencoder
+    from jaxnls.swat._autoencoder import relaxed_mask
+
+    x = jax.random.uniform(jax.random.PRNGKey(1), (40, 2), jnp.float64, minval=-1.0, maxval=1.0)
+    temperature = 0.3
+    for seed in range(4):
+        spec = random_mlp(jax.random.PRNGKey(seed), jnp.float64)
+        # (hard + soft - soft: the hard value to rounding)
+        np.testing.assert_allclose(
+            forward(spec, x, StraightThrough(temperature)), forward(spec, x), rtol=1e-14, atol=1e-15
+        )
+        one_layer = eqx.tree_at(lambda s: s.depth, spec, jnp.asarray(1))
+        output = lambda logits, t: jnp.sum(forward(eqx.tree_at(lambda s: s.activation_logits, one_layer, logits), x, t))
+        through = jax.grad(output)(one_layer.activation_logits, StraightThrough(temperature))
+        relaxed = jax.grad(output)(one_layer.activation_logits, temperature)
+        assert np.any(np.asarray(through) != 0)
+        np.testing.assert_allclose(through, relaxed, rtol=1e-12, atol=1e-14)
+    logits = jax.random.normal(jax.random.PRNGKey(3), (4, MAX_WIDTH), jnp.float64)
+    np.testing.assert_allclose(
+        relaxed_mask(logits, StraightThrough(temperature)), relaxed_mask(logits, None), atol=1e-15
+    )
+    weights = jax.random.normal(jax.random.PRNGKey(4), (4, MAX_WIDTH), jnp.float64)
+    through = jax.grad(lambda lg: jnp.sum(weights * relaxed_mask(lg, StraightThrough(temperature))))(logits)
+    relaxed = jax.grad(lambda lg: jnp.sum(weights * relaxed_mask(lg, temperature)))(logits)
+    np.testing.assert_allclose(through, relaxed, rtol=1e-14)
+    # the autoencoder's decodings: 0/1 masks in value
+    model = SwatAutoencoder(jax.random.PRNGKey(0), dtype=jnp.float64)
+    z = jnp.linspace(-0.5, 0.5, model.latent_size)
+    decoded = model.decode_at(z, 2, StraightThrough(temperature))
+    np.testing.assert_allclose(decoded.neuron_mask, model.decode_at(z, 2, None).neuron_mask, atol=1e-15)

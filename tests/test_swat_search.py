@@ -189,6 +189,8 @@ def test_bad_input_is_rejected():
         train_dense(x, np.zeros(10), jax.random.PRNGKey(0), 5)
     with pytest.raises(ValueError, match="positive"):
         train_autoencoder(jax.random.PRNGKey(0), steps=0)
+    with pytest.raises(ValueError, match="hard_weight"):
+        train_autoencoder(jax.random.PRNGKey(0), steps=1, hard_weight=-1.0)
 
 
 def test_shipped_autoencoder_reconstructs_held_out_networks(tmp_path):

@@ -12,7 +12,7 @@ from ._autoencoder import (
     save_autoencoder,
     train_autoencoder,
 )
-from ._family import MLPSpec, decode, encode, forward, random_mlp
+from ._family import MLPSpec, StraightThrough, decode, encode, forward, random_mlp
 from ._search import (
     SearchConfig,
     SearchResult,
@@ -35,6 +35,7 @@ __all__ = [
     "RegressionTask",
     "SearchConfig",
     "SearchResult",
+    "StraightThrough",
     "SwatAutoencoder",
     "TaskFunction",
     "decode",

@@ -45,11 +45,16 @@ from ._family import (
     NUM_TOKENS,
     TOKEN_FEATURES,
     MLPSpec,
+    StraightThrough,
     encode,
     forward,
     random_mlp,
+    straight_through,
     used_layers,
 )
+
+#: How a network is decoded: None (hard), a temperature of the relaxation, or :class:`StraightThrough`.
+Temperature = float | Float[Array, ""] | StraightThrough | None
 
 # per hidden neuron: incoming weights, bias, activation logits, mask logit; then output weights + bias
 _NEURON_OUTPUTS = MAX_WIDTH + 1 + len(ACTIVATIONS) + 1
@@ -160,34 +165,33 @@ class SwatAutoencoder(eqx.Module):
         pooled = jnp.sum(h * valid[:, None], axis=0) / jnp.sum(valid)
         return jnp.tanh(self.to_latent(pooled))
 
-    def decode_at(
-        self, z: Float[Array, " d"], depth: int | Int[Array, ""], temperature: float | Float[Array, ""] | None = None
-    ) -> MLPSpec:
+    def decode_at(self, z: Float[Array, " d"], depth: int | Int[Array, ""], temperature: Temperature = None) -> MLPSpec:
         """The depth-``depth`` decoding of ``z`` (``depth`` in 1..4, may be traced). Neuron masks are
-        σ(logit / temperature) (0/1 for ``temperature=None``)."""
+        σ(logit / temperature) (0/1 for ``temperature=None``; 0/1 with the sigmoid's derivatives for a
+        :class:`StraightThrough` one)."""
         params, static = eqx.partition(self.decoders, eqx.is_array)
         decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], params), static)
         return _spec_from_outputs(decoder(z), depth, temperature)
 
-    def decode(self, z: Float[Array, " d"], temperature: float | Float[Array, ""] | None = None) -> MLPSpec:
+    def decode(self, z: Float[Array, " d"], temperature: Temperature = None) -> MLPSpec:
         """All four decodings of ``z`` (:meth:`decode_at`), stacked: leaf shapes gain a leading axis of 4
         (depth 1..4)."""
         return jax.vmap(lambda depth: self.decode_at(z, depth, temperature))(jnp.arange(1, MAX_DEPTH + 1))
 
 
-def relaxed_mask(
-    logits: Float[Array, "*shape"], temperature: float | Float[Array, ""] | None
-) -> Float[Array, "*shape"]:
-    """σ(logits / temperature), the 0/1 step for ``temperature=None``: the neuron-mask counterpart of
-    the activation softmax, annealed with it so that the relaxed network becomes the hard one."""
+def relaxed_mask(logits: Float[Array, "*shape"], temperature: Temperature) -> Float[Array, "*shape"]:
+    """σ(logits / temperature), the 0/1 step for ``temperature=None`` (with the sigmoid's derivatives for a
+    :class:`StraightThrough` one): the neuron-mask counterpart of the activation softmax, annealed with it so
+    that the relaxed network becomes the hard one."""
+    hard = (logits > 0).astype(logits.dtype)
     if temperature is None:
-        return (logits > 0).astype(logits.dtype)
+        return hard
+    if isinstance(temperature, StraightThrough):
+        return straight_through(hard, jax.nn.sigmoid(logits / temperature.temperature))
     return jax.nn.sigmoid(logits / temperature)
 
 
-def _spec_from_outputs(
-    out: Float[Array, " P"], depth: int | Int[Array, ""], temperature: float | Float[Array, ""] | None
-) -> MLPSpec:
+def _spec_from_outputs(out: Float[Array, " P"], depth: int | Int[Array, ""], temperature: Temperature) -> MLPSpec:
     hidden = out[: -(MAX_WIDTH + 1)].reshape(MAX_DEPTH, MAX_WIDTH, _NEURON_OUTPUTS)
     used = used_layers(depth, out.dtype)
     return MLPSpec(
@@ -205,18 +209,18 @@ def reconstruction_errors(
     model: SwatAutoencoder,
     spec: MLPSpec,
     x: Float[Array, "K 2"],
-    temperature: float | Float[Array, ""] | None = None,
+    temperature: Temperature = None,
     latent_shift: Float[Array, " d"] | None = None,
 ) -> Float[Array, " 4"]:
     """Per-depth functional error :math:`\\frac1K\\sum_k(\\hat f_D(x_k) - f(x_k))^2` of one network
-    (decoded hard for ``temperature=None``, else relaxed at that temperature), optionally with
-    the latent point shifted by ``latent_shift``.
+    (decoded hard for ``temperature=None``, relaxed at a temperature, or hard with the relaxation's derivatives
+    for a :class:`StraightThrough` one), optionally with the latent point shifted by ``latent_shift``.
 
     Args:
         model: the autoencoder.
         spec: the network f (one member).
         x: ``(K, 2)`` evaluation points.
-        temperature: None for hard decodings, else the relaxation temperature.
+        temperature: None for hard decodings, a relaxation temperature, or :class:`StraightThrough`.
         latent_shift: ``(d,)`` added to the encoding before decoding, or None.
 
     Returns:
@@ -239,6 +243,7 @@ def train_autoencoder(
     learning_rate: float = 2e-3,
     latent_noise: float = 0.05,
     min_temperature: float = 0.05,
+    hard_weight: float = 0.0,
     model: SwatAutoencoder | None = None,
     log_every: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -253,7 +258,10 @@ def train_autoencoder(
     noise of standard deviation ``latent_noise`` (so that a neighbourhood of an encoding decodes to
     similar functions and the search meets a smooth landscape, not isolated good points), and each is
     decoded at a temperature drawn log-uniformly from [``min_temperature``, 1] (so that decoded networks
-    stay good while the search anneals towards hard activations).
+    stay good while the search anneals towards hard activations). With ``hard_weight`` > 0 the loss adds that
+    multiple of the same functional loss of the *hard* decodings (arg-max activations, 0/1 masks: the networks the
+    search reads out), trained through the relaxation's derivatives (:class:`StraightThrough`), so that the model
+    cannot rely on mixtures that hardening destroys.
 
     Args:
         key: a JAX PRNG key (the model's initial weights and the data).
@@ -263,6 +271,7 @@ def train_autoencoder(
         learning_rate: the peak of the cosine-decayed learning rate (default 2e-3).
         latent_noise: the standard deviation of the latent shifts, >= 0 (default 0.05).
         min_temperature: the lowest decoding temperature, in (0, 1] (default 0.05).
+        hard_weight: the weight of the hard decodings' loss, >= 0 (default 0: the relaxed loss alone).
         model: an autoencoder to continue training; None (default): a new one from ``model_options``.
         log_every: print the loss every this many steps (0, the default: never; a progress bar is drawn
             instead, on a terminal or in a notebook only).
@@ -288,8 +297,11 @@ def train_autoencoder(
         raise ValueError(f"need checkpoint_every >= 1 and max_seconds >= 0, got {checkpoint_every}, {max_seconds}")
     if steps < 1 or batch_size < 1 or num_points < 1:
         raise ValueError(f"steps, batch_size and num_points must be positive, got {steps}, {batch_size}, {num_points}")
-    if not 0 < min_temperature <= 1 or latent_noise < 0:
-        raise ValueError(f"need 0 < min_temperature <= 1 and latent_noise >= 0, got {min_temperature}, {latent_noise}")
+    if not 0 < min_temperature <= 1 or latent_noise < 0 or not hard_weight >= 0:
+        raise ValueError(
+            "need 0 < min_temperature <= 1, latent_noise >= 0 and hard_weight >= 0, got "
+            f"{min_temperature}, {latent_noise}, {hard_weight}"
+        )
     k_model, k_data = jax.random.split(key)
     if model is None:
         model = SwatAutoencoder(k_model, **model_options)
@@ -306,8 +318,12 @@ def train_autoencoder(
         x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
         shifts = latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
         temperatures = min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
-        errors = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))(specs, x, temperatures, shifts)
-        return jnp.mean(jnp.min(errors, axis=-1))
+        errors_of = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))
+        loss = jnp.mean(jnp.min(errors_of(specs, x, temperatures, shifts), axis=-1))
+        if hard_weight:
+            hard = errors_of(specs, x, StraightThrough(temperatures), shifts)
+            loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
+        return loss
 
     @jax.jit
     def step(params, opt_state, key):
@@ -324,6 +340,7 @@ def train_autoencoder(
         learning_rate=learning_rate,
         latent_noise=latent_noise,
         min_temperature=min_temperature,
+        **({"hard_weight": hard_weight} if hard_weight else {}),
         options=dict(model.options),
     )
     done = 0

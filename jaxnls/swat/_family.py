@@ -67,17 +67,36 @@ def _activations(pre):
     return jnp.stack([jax.nn.sigmoid(pre), jnp.tanh(pre), jax.nn.leaky_relu(pre, 0.01)], axis=-1)
 
 
+class StraightThrough(eqx.Module):
+    """A decoding whose values are the hard network's (arg-max activations, 0/1 neuron masks) and whose gradients
+    are those of the relaxation at ``temperature`` (the straight-through estimator): given as the ``temperature``
+    of :func:`forward` and of the autoencoder's decodings, it lets a loss on the hard network train what decodes it.
+
+    Attributes:
+        temperature: the relaxation temperature > 0 whose gradients are used.
+    """
+
+    temperature: float | Float[Array, ""]
+
+
+def straight_through(hard: Float[Array, "*shape"], soft: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    """``hard`` in value, ``soft``'s derivatives."""
+    return hard + soft - jax.lax.stop_gradient(soft)
+
+
 @eqx.filter_jit
 def forward(
-    spec: MLPSpec, x: Float[Array, "N 2"], temperature: float | Float[Array, ""] | None = None
+    spec: MLPSpec, x: Float[Array, "N 2"], temperature: float | Float[Array, ""] | StraightThrough | None = None
 ) -> Float[Array, " N"]:
     """Evaluate a member on points ``x``. ``temperature=None``: each neuron uses its arg-max activation;
-    otherwise the softmax(logits / temperature) mixture of the three (the relaxation used in search).
+    otherwise the softmax(logits / temperature) mixture of the three (the relaxation used in search); a
+    :class:`StraightThrough` temperature: the arg-max activation with the mixture's derivatives.
 
     Args:
         spec: the member (one, not a batch: ``jax.vmap`` over members).
         x: ``(N, 2)`` input points.
-        temperature: None for the hard network, or the softmax temperature > 0 of the relaxed one.
+        temperature: None for the hard network, the softmax temperature > 0 of the relaxed one, or
+            :class:`StraightThrough`.
 
     Returns:
         The ``(N,)`` outputs.
@@ -89,8 +108,11 @@ def forward(
             w = w * (jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :]
         pre = h @ w.T + spec.biases[layer][None, :]
         logits = spec.activation_logits[layer]
+        hard = jax.nn.one_hot(jnp.argmax(logits, axis=-1), len(ACTIVATIONS), dtype=x.dtype)
         if temperature is None:
-            choice = jax.nn.one_hot(jnp.argmax(logits, axis=-1), len(ACTIVATIONS), dtype=x.dtype)
+            choice = hard
+        elif isinstance(temperature, StraightThrough):
+            choice = straight_through(hard, jax.nn.softmax(logits / temperature.temperature, axis=-1))
         else:
             choice = jax.nn.softmax(logits / temperature, axis=-1)
         out = jnp.sum(_activations(pre) * choice[None, :, :], axis=-1) * spec.neuron_mask[layer][None, :]
