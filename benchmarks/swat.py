@@ -36,12 +36,21 @@ def train(steps: int, save: str | None):
     return model, np.asarray(losses), seconds
 
 
-def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None, seed: int = 0, retrain: bool = False):
+def run(
+    model=None,
+    config: swat.SearchConfig = CONFIG,
+    tasks=None,
+    seed: int = 0,
+    retrain: bool = False,
+    prune_to: float | None = None,
+):
     """The suite with ``model`` (default: the shipped one); ``seed`` picks the tasks' samples and the search's,
     refinement's and dense network's keys (seed 0: the figures recorded in (g)). ``retrain``: also the found
     and the dense network each retrained for ``config.steps`` more Adam steps on the error alone
     (``swat.retrain``), and a dense network trained for as many steps as the search, refinement and
-    retraining together (three times ``config.steps``): the comparisons at an equal training budget of (z)."""
+    retraining together (three times ``config.steps``): the comparisons at an equal training budget of (z).
+    ``prune_to``: also the found network pruned to that fraction of the dense network's weights (``swat.prune``)
+    and retrained, beside the dense network retrained as long (both need ``retrain``)."""
     model = model if model is not None else swat.load_pretrained()
     figures = swat.evaluate_reconstruction(model, jax.random.PRNGKey(2024), num_networks=1024)
     rows = {}
@@ -75,6 +84,10 @@ def run(model=None, config: swat.SearchConfig = CONFIG, tasks=None, seed: int = 
             long = swat.SearchConfig(steps=3 * config.steps, starts=config.starts, batch_size=config.batch_size)
             rows[name]["retrained"] = describe(swat.retrain(refined.network, x, y, key, config))
             rows[name]["dense_retrained"] = describe(swat.retrain(dense, x, y, key, config))
+            if prune_to is not None:
+                budget = int(prune_to * rows[name]["dense"]["nonzeros"])
+                pruned = swat.prune(refined.network, budget)
+                rows[name]["pruned"] = describe(swat.retrain(pruned, x, y, key, config))
             rows[name]["dense_long"] = describe(
                 swat.train_dense(x, y, jax.random.PRNGKey(3 + 10 * seed), rows[name]["depth"], long)
             )

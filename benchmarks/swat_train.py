@@ -82,24 +82,26 @@ def train(args) -> swat.SwatAutoencoder:
     return model
 
 
-def suite_table(model, seeds: int, tasks, retrain: bool = False, sparsity_weight: float | None = None) -> str:
+def suite_table(
+    model, seeds: int, tasks, retrain: bool = False, penalties: dict | None = None, prune_to: float | None = None
+) -> str:
     figures = swat.evaluate_reconstruction(model, jax.random.PRNGKey(2024), num_networks=1024)
     per_task: dict[str, list[tuple[float, float]]] = {}
     equal: dict[str, list[tuple[float, float]]] = {}
     for seed in range(seeds):
-        config = suite.CONFIG
-        if sparsity_weight is not None:
-            config = dataclasses.replace(config, sparsity_weight=sparsity_weight)
-        result = suite.run(model, config=config, tasks=tasks, seed=seed, retrain=retrain)
+        config = dataclasses.replace(suite.CONFIG, **(penalties or {}))
+        result = suite.run(model, config=config, tasks=tasks, seed=seed, retrain=retrain, prune_to=prune_to)
         for name, r in result["tasks"].items():
             ratio = r["refined"]["test_mse"] / r["dense"]["test_mse"]
             weights = r["refined"]["nonzeros"] / r["dense"]["nonzeros"]
             per_task.setdefault(name, []).append((ratio, weights))
             if retrain:
+                found = r["pruned" if prune_to is not None else "retrained"]
                 equal.setdefault(name, []).append(
                     (
-                        r["retrained"]["test_mse"] / r["dense_retrained"]["test_mse"],
-                        r["retrained"]["test_mse"] / r["dense_long"]["test_mse"],
+                        found["test_mse"] / r["dense_retrained"]["test_mse"],
+                        found["test_mse"] / r["dense_long"]["test_mse"],
+                        found["nonzeros"] / r["dense"]["nonzeros"],
                     )
                 )
     rows = []
@@ -119,7 +121,7 @@ def suite_table(model, seeds: int, tasks, retrain: bool = False, sparsity_weight
     if retrain:
         equal_rows = []
         for name, pairs in equal.items():
-            both, long = np.array(pairs).T
+            both, long, _ = np.array(pairs).T
             equal_rows.append(
                 [
                     name,
@@ -131,11 +133,14 @@ def suite_table(model, seeds: int, tasks, retrain: bool = False, sparsity_weight
             )
         equal_medians = np.median([np.median(np.array(p), axis=0) for p in equal.values()], axis=0)
         equal_table = (
-            "\nat an equal training budget: the found network's test MSE, retrained (swat.retrain), over\n"
+            "\nat an equal training budget: the found network's test MSE, "
+            + (f"pruned to {prune_to}x the dense weights and " if prune_to is not None else "")
+            + "retrained (swat.retrain), over\n"
             + format_table(
                 ["task", "the dense one retrained", "range", "a dense one trained 3x as long", "range"], equal_rows
             )
-            + f"\nmedian over the tasks: {equal_medians[0]:.2f}x and {equal_medians[1]:.2f}x"
+            + f"\nmedian over the tasks: {equal_medians[0]:.2f}x and {equal_medians[1]:.2f}x, at "
+            f"{equal_medians[2]:.2f}x the dense network's weights"
         )
     return (
         f"held-out functional reconstruction MSE {figures['reconstruction']:.4f} (trivial baseline "
@@ -167,6 +172,12 @@ def main():
     parser.add_argument(
         "--sparsity-weight", type=float, default=None, help="the search's sparsity weight (default: SearchConfig's)"
     )
+    parser.add_argument(
+        "--compactness-weight",
+        type=float,
+        default=None,
+        help="the search's compactness weight (default: SearchConfig's)",
+    )
     parser.add_argument("--log-every", type=int, default=0)
     parser.add_argument("--latent", type=int, default=LARGER["latent_size"])
     parser.add_argument("--width", type=int, default=LARGER["width"])
@@ -176,6 +187,13 @@ def main():
     parser.add_argument("--decoder-depth", type=int, default=LARGER["decoder_depth"])
     parser.add_argument("--suite", action="store_true", help="run the ten-task suite afterwards")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--prune-to",
+        type=float,
+        default=None,
+        help="with --retrain: prune the found network to this fraction of "
+        "the dense network's weights before retraining it",
+    )
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all ten)")
     parser.add_argument(
         "--retrain",
@@ -193,7 +211,15 @@ def main():
         model = swat.load_autoencoder(args.model)
     if args.suite:
         tasks = args.tasks.split(",") if args.tasks else None
-        print(suite_table(model or swat.load_pretrained(), args.seeds, tasks, args.retrain, args.sparsity_weight))
+        penalties = {
+            name: value
+            for name, value in (
+                ("sparsity_weight", args.sparsity_weight),
+                ("compactness_weight", args.compactness_weight),
+            )
+            if value is not None
+        }
+        print(suite_table(model or swat.load_pretrained(), args.seeds, tasks, args.retrain, penalties, args.prune_to))
 
 
 if __name__ == "__main__":

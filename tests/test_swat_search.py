@@ -22,6 +22,7 @@ from jaxnls.swat import (
     make_task,
     mse,
     network_size,
+    prune,
     random_mlp,
     refine,
     regularizers,
@@ -253,3 +254,28 @@ def test_retrain_keeps_the_architecture_and_fits_a_teacher_of_that_architecture(
     np.testing.assert_array_equal(np.asarray(retrained.activation_logits), np.asarray(teacher.activation_logits))
     assert int(retrained.depth) == int(teacher.depth)
     assert before > 1e-3 and after < 0.02 * before, (before, after)
+
+
+def test_prune_keeps_the_largest_weights_by_an_independent_count():
+    """The k largest |w| over hidden and output weights survive (sorted here with NumPy), nothing else changes."""
+    for seed in range(5):
+        network = harden(random_mlp(jax.random.PRNGKey(seed)), 0.0)
+        magnitudes = np.concatenate(
+            [np.abs(np.asarray(network.weights)).ravel(), np.abs(np.asarray(network.output_weights))]
+        )
+        present = int(np.count_nonzero(magnitudes))
+        for k in (0, 1, present // 2, present, present + 5):
+            pruned = prune(network, k)
+            kept = np.concatenate([np.asarray(pruned.weights).ravel(), np.asarray(pruned.output_weights)])
+            assert np.count_nonzero(kept) == min(k, present)
+            if 0 < k < present:
+                assert np.abs(kept[kept != 0]).min() >= np.sort(magnitudes)[::-1][k - 1]
+            survivors = kept != 0
+            np.testing.assert_array_equal(
+                kept[survivors],
+                np.concatenate([np.asarray(network.weights).ravel(), np.asarray(network.output_weights)])[survivors],
+            )
+            for field in ("biases", "activation_logits", "neuron_mask", "output_bias", "depth"):
+                np.testing.assert_array_equal(np.asarray(getattr(pruned, field)), np.asarray(getattr(network, field)))
+    with pytest.raises(ValueError, match="nonzeros"):
+        prune(network, -1)

@@ -390,6 +390,36 @@ def refine(
     return SearchResult(network, threshold, result.latent, history, before)
 
 
+def prune(network: MLPSpec, nonzeros: int) -> MLPSpec:
+    """Keep the ``nonzeros`` connection weights of largest magnitude (hidden and output weights together) and zero
+    the rest; masks, activations, biases and depth are kept (magnitude pruning; :func:`retrain` then refits the
+    survivors).
+
+    Args:
+        network: a hard member.
+        nonzeros: how many connection weights to keep, >= 0 (more than the network has keeps them all).
+
+    Returns:
+        The pruned :class:`MLPSpec`.
+
+    Raises:
+        ValueError: ``nonzeros`` is negative.
+    """
+    if nonzeros < 0:
+        raise ValueError(f"nonzeros must be >= 0, got {nonzeros}")
+    magnitudes = jnp.concatenate([jnp.abs(network.weights).ravel(), jnp.abs(network.output_weights)])
+    keep = jnp.zeros(magnitudes.shape, bool)
+    if nonzeros:
+        order = jnp.argsort(-magnitudes)[: min(nonzeros, magnitudes.size)]
+        keep = keep.at[order].set(magnitudes[order] > 0)
+    hidden, output = keep[: network.weights.size].reshape(network.weights.shape), keep[network.weights.size :]
+    return eqx.tree_at(
+        lambda s: (s.weights, s.output_weights),
+        network,
+        (jnp.where(hidden, network.weights, 0.0), jnp.where(output, network.output_weights, 0.0)),
+    )
+
+
 def retrain(
     network: MLPSpec,
     x: Float[Array, "N 2"],
