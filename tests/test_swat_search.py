@@ -258,7 +258,7 @@ def test_retrain_keeps_the_architecture_and_fits_a_teacher_of_that_architecture(
 
 def test_prune_keeps_the_largest_weights_by_an_independent_count():
     """The k largest |w| over hidden and output weights survive (sorted here with NumPy), nothing else changes."""
-    for seed in range(5):
+    for seed in range(2):
         network = harden(random_mlp(jax.random.PRNGKey(seed)), 0.0)
         magnitudes = np.concatenate(
             [np.abs(np.asarray(network.weights)).ravel(), np.abs(np.asarray(network.output_weights))]
