@@ -61,6 +61,7 @@ def train(args) -> swat.SwatAutoencoder:
         batch_size=args.batch,
         learning_rate=args.learning_rate,
         hard_weight=args.hard_weight,
+        size_weight=args.size_weight,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         max_seconds=None if args.minutes is None else 60 * args.minutes,
@@ -169,6 +170,12 @@ def main():
         "--hard-weight", type=float, default=0.0, help="weight of the hard decodings' loss (straight-through)"
     )
     parser.add_argument("--continue-from", default=None, help="a saved model to train further")
+    parser.add_argument(
+        "--size-weight",
+        type=float,
+        default=0.0,
+        help="weight of the hard decodings' neuron fraction (with --hard-weight)",
+    )
     parser.add_argument(
         "--sparsity-weight", type=float, default=None, help="the search's sparsity weight (default: SearchConfig's)"
     )

@@ -192,6 +192,8 @@ def test_bad_input_is_rejected():
         train_autoencoder(jax.random.PRNGKey(0), steps=0)
     with pytest.raises(ValueError, match="hard_weight"):
         train_autoencoder(jax.random.PRNGKey(0), steps=1, hard_weight=-1.0)
+    with pytest.raises(ValueError, match="size_weight needs hard_weight"):
+        train_autoencoder(jax.random.PRNGKey(0), steps=1, size_weight=0.1)
 
 
 def test_shipped_autoencoder_reconstructs_held_out_networks(tmp_path):
@@ -279,3 +281,20 @@ def test_prune_keeps_the_largest_weights_by_an_independent_count():
                 np.testing.assert_array_equal(np.asarray(getattr(pruned, field)), np.asarray(getattr(network, field)))
     with pytest.raises(ValueError, match="nonzeros"):
         prune(network, -1)
+
+
+@pytest.mark.slow  # two compilations of the full training step: ~15-30 s on 2 cores
+def test_size_weight_switches_neurons_off_in_the_hard_decodings():
+    """A dominant size term: after the same few steps from the same start, the hard decodings of held-out members
+    switch on fewer neurons than without it (counted here from the decoded 0/1 masks)."""
+    options = dict(width=8, heads=2, decoder_width=16, steps=12, batch_size=4, num_points=8, learning_rate=3e-2)
+    key = jax.random.PRNGKey(5)
+    plain, _ = train_autoencoder(key, hard_weight=1.0, **options)
+    sized, _ = train_autoencoder(key, hard_weight=1.0, size_weight=1.0, **options)
+    members = jax.vmap(random_mlp)(jax.random.split(jax.random.PRNGKey(6), 64))
+
+    def neurons_on(model):
+        decoded = jax.vmap(lambda m: model.decode(model.encode(m)))(members)
+        return float(jnp.mean(jnp.sum(decoded.neuron_mask, axis=(-2, -1))))
+
+    assert neurons_on(sized) < 0.5 * neurons_on(plain), (neurons_on(sized), neurons_on(plain))

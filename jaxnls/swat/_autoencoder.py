@@ -244,6 +244,7 @@ def train_autoencoder(
     latent_noise: float = 0.05,
     min_temperature: float = 0.05,
     hard_weight: float = 0.0,
+    size_weight: float = 0.0,
     model: SwatAutoencoder | None = None,
     log_every: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -272,6 +273,8 @@ def train_autoencoder(
         latent_noise: the standard deviation of the latent shifts, >= 0 (default 0.05).
         min_temperature: the lowest decoding temperature, in (0, 1] (default 0.05).
         hard_weight: the weight of the hard decodings' loss, >= 0 (default 0: the relaxed loss alone).
+        size_weight: the weight of the hard decodings' size, >= 0 (default 0): the fraction of neurons the best
+            depth's hard decoding switches on, through :class:`StraightThrough` masks (needs ``hard_weight`` > 0).
         model: an autoencoder to continue training; None (default): a new one from ``model_options``.
         log_every: print the loss every this many steps (0, the default: never; a progress bar is drawn
             instead, on a terminal or in a notebook only).
@@ -297,11 +300,13 @@ def train_autoencoder(
         raise ValueError(f"need checkpoint_every >= 1 and max_seconds >= 0, got {checkpoint_every}, {max_seconds}")
     if steps < 1 or batch_size < 1 or num_points < 1:
         raise ValueError(f"steps, batch_size and num_points must be positive, got {steps}, {batch_size}, {num_points}")
-    if not 0 < min_temperature <= 1 or latent_noise < 0 or not hard_weight >= 0:
+    if not 0 < min_temperature <= 1 or latent_noise < 0 or not hard_weight >= 0 or not size_weight >= 0:
         raise ValueError(
-            "need 0 < min_temperature <= 1, latent_noise >= 0 and hard_weight >= 0, got "
-            f"{min_temperature}, {latent_noise}, {hard_weight}"
+            "need 0 < min_temperature <= 1, latent_noise >= 0, hard_weight >= 0 and size_weight >= 0, got "
+            f"{min_temperature}, {latent_noise}, {hard_weight}, {size_weight}"
         )
+    if size_weight and not hard_weight:
+        raise ValueError("size_weight needs hard_weight > 0 (the size is that of the hard decodings)")
     k_model, k_data = jax.random.split(key)
     if model is None:
         model = SwatAutoencoder(k_model, **model_options)
@@ -323,6 +328,17 @@ def train_autoencoder(
         if hard_weight:
             hard = errors_of(specs, x, StraightThrough(temperatures), shifts)
             loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
+        if size_weight:
+            model_now = eqx.combine(params, static)
+            best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
+
+            def size(spec, shift, temperature, depth):
+                decoded = model_now.decode(model_now.encode(spec) + shift, StraightThrough(temperature))
+                used = jax.vmap(lambda d: used_layers(d, dtype))(jnp.arange(1, MAX_DEPTH + 1))  # (depth, layer, 1)
+                fractions = jnp.sum(decoded.neuron_mask * used, axis=(1, 2)) / (MAX_WIDTH * jnp.sum(used, axis=(1, 2)))
+                return fractions[depth]
+
+            loss = loss + size_weight * jnp.mean(jax.vmap(size)(specs, shifts, temperatures, best))
         return loss
 
     @jax.jit
@@ -341,6 +357,7 @@ def train_autoencoder(
         latent_noise=latent_noise,
         min_temperature=min_temperature,
         **({"hard_weight": hard_weight} if hard_weight else {}),
+        **({"size_weight": size_weight} if size_weight else {}),
         options=dict(model.options),
     )
     done = 0
