@@ -229,7 +229,7 @@ def _describe(obj: Any) -> Any:
         return [type(obj).__name__, [_describe(item) for item in obj]]
     if isinstance(obj, dict):
         return ["dict", sorted((repr(k), _describe(v)) for k, v in obj.items())]
-    if isinstance(obj, (np.ndarray, np.generic)):
+    if isinstance(obj, (np.ndarray, np.generic, jax.Array)):  # (a constant a function closes over, say)
         array = np.ascontiguousarray(obj)
         return ["array", array.shape, array.dtype.str, hashlib.sha256(array.tobytes()).hexdigest()]
     if hasattr(obj, "content_key"):  # an index array held as a static value (jaxnls.graph)
@@ -250,7 +250,7 @@ def _describe(obj: Any) -> Any:
     if isinstance(obj, functools.partial):
         return ["partial", _describe(obj.func), _describe(obj.args), _describe(obj.keywords)]
     text = repr(obj)
-    if " at 0x" in text or " object at " in text:
+    if " at 0x" in text or " object at " in text or "..." in text:  # an address, or a summary that elides
         raise Unkeyable(f"no stable description of {type(obj).__qualname__}")
     return ["repr", type(obj).__module__, type(obj).__qualname__, text]
 

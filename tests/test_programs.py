@@ -97,6 +97,14 @@ def test_the_key_follows_the_static_content_the_options_and_not_the_process(w100
 def test_what_cannot_be_keyed_or_exported_runs_plainly(w100, tmp_path):
     with pytest.raises(_programs.Unkeyable):
         _programs.program_key((object(),), {})
+
+    # a function closing over an array is keyed by the array's content, not its (elided) printout
+    def closing_over(values):
+        return lambda x: x + values
+
+    first, second = jnp.zeros(2000).at[1000].set(1.0), jnp.zeros(2000)
+    assert repr(first) == repr(second)
+    assert _programs.program_key((closing_over(first),), {}) != _programs.program_key((closing_over(second),), {})
     # QDLDL factors on the host through a callback: not serialisable, remembered as such, solved as usual
     solver = jaxnls.Dogleg(linear_solver=jg.SparseDirect(factorization="qdldl"))
     plain = jg.solve(w100, solver=solver, max_steps=5)
