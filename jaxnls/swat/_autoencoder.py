@@ -226,12 +226,18 @@ def reconstruction_errors(
     Returns:
         ``(4,)``, the error of the decoding of each depth D = 1..4.
     """
+    return _errors_and_decodings(model, spec, x, temperature, latent_shift)[0]
+
+
+def _errors_and_decodings(model, spec, x, temperature, latent_shift) -> tuple[Float[Array, " 4"], MLPSpec]:
+    """:func:`reconstruction_errors` and the four decodings they were measured on."""
     target = forward(spec, x)
     z = model.encode(spec)
     if latent_shift is not None:
         z = z + latent_shift
-    outputs = jax.vmap(lambda s: forward(s, x, temperature))(model.decode(z, temperature))
-    return jnp.mean((outputs - target[None, :]) ** 2, axis=-1)
+    decoded = model.decode(z, temperature)
+    outputs = jax.vmap(lambda s: forward(s, x, temperature))(decoded)
+    return jnp.mean((outputs - target[None, :]) ** 2, axis=-1), decoded
 
 
 def train_autoencoder(
@@ -323,22 +329,18 @@ def train_autoencoder(
         x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
         shifts = latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
         temperatures = min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
-        errors_of = jax.vmap(partial(reconstruction_errors, eqx.combine(params, static)))
-        loss = jnp.mean(jnp.min(errors_of(specs, x, temperatures, shifts), axis=-1))
+        errors_of = jax.vmap(partial(_errors_and_decodings, eqx.combine(params, static)))
+        loss = jnp.mean(jnp.min(errors_of(specs, x, temperatures, shifts)[0], axis=-1))
         if hard_weight:
-            hard = errors_of(specs, x, StraightThrough(temperatures), shifts)
+            hard, decoded = errors_of(specs, x, StraightThrough(temperatures), shifts)
             loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
         if size_weight:
-            model_now = eqx.combine(params, static)
+            # the fraction of its layers' neurons each depth's hard decoding switches on (masks of unused
+            # layers are 0), at the depth that reconstructs best
+            layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
+            fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers)  # (batch, depth)
             best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
-
-            def size(spec, shift, temperature, depth):
-                decoded = model_now.decode(model_now.encode(spec) + shift, StraightThrough(temperature))
-                used = jax.vmap(lambda d: used_layers(d, dtype))(jnp.arange(1, MAX_DEPTH + 1))  # (depth, layer, 1)
-                fractions = jnp.sum(decoded.neuron_mask * used, axis=(1, 2)) / (MAX_WIDTH * jnp.sum(used, axis=(1, 2)))
-                return fractions[depth]
-
-            loss = loss + size_weight * jnp.mean(jax.vmap(size)(specs, shifts, temperatures, best))
+            loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
         return loss
 
     @jax.jit
