@@ -338,7 +338,7 @@ def train_autoencoder(
             # the fraction of its layers' neurons each depth's hard decoding switches on (masks of unused
             # layers are 0), at the depth that reconstructs best
             layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
-            fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers)  # (batch, depth)
+            fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers[None, :])  # (batch, depth)
             best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
             loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
         return loss
