@@ -486,21 +486,36 @@ class UpperAssembly(eqx.Module):
         )
 
 
-#: The assembly plans of the last few structures, by :attr:`GraphStructure.key`: repeated solves of one graph
-#: (new starts, a training loop, a benchmark) pass the same plan instead of rebuilding it (w10000: ~0.1 s).
-_RECENT_ASSEMBLIES: collections.OrderedDict = collections.OrderedDict()
-_RECENT_ASSEMBLIES_KEPT = 4
+class RecentPlans:
+    """Host-side plans of the last few graph structures, by key (the structure's, plus whatever else the plan
+    depends on): repeated solves of one graph (new starts, a training loop, a benchmark) and the trace that reads
+    a plan already passed in reuse it instead of rebuilding it (w10000's CHOLMOD plan: ~0.1 s).
+
+    Args:
+        kept: how many plans to keep (the least recently used goes first).
+    """
+
+    def __init__(self, kept: int = 4):
+        self._plans: collections.OrderedDict = collections.OrderedDict()
+        self._kept = kept
+
+    def get(self, key, make: Callable[[], object]):
+        """The plan stored under ``key``, or ``make()``'s, stored."""
+        plan = self._plans.pop(key, None)
+        if plan is None:
+            plan = make()
+        self._plans[key] = plan
+        while len(self._plans) > self._kept:
+            self._plans.popitem(last=False)
+        return plan
+
+
+_RECENT_ASSEMBLIES = RecentPlans()
 
 
 def assembly_for(structure: GraphStructure) -> UpperAssembly:
     """:meth:`UpperAssembly.of` ``structure``, reused for a structure with the same key as one of the last few."""
-    plan = _RECENT_ASSEMBLIES.pop(structure.key, None)
-    if plan is None:
-        plan = UpperAssembly.of(structure)
-    _RECENT_ASSEMBLIES[structure.key] = plan
-    while len(_RECENT_ASSEMBLIES) > _RECENT_ASSEMBLIES_KEPT:
-        _RECENT_ASSEMBLIES.popitem(last=False)
-    return plan
+    return _RECENT_ASSEMBLIES.get(structure.key, lambda: UpperAssembly.of(structure))
 
 
 def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"], plan: UpperAssembly | None) -> Float[Array, " n"]:

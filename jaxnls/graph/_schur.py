@@ -20,7 +20,6 @@ with :math:`H_{pp}^{-1}`. The preconditioner is the block diagonal of :math:`S` 
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import equinox as eqx
@@ -31,7 +30,14 @@ from jaxtyping import Array, Float
 
 from ..linear import pivot_floor
 from ..linear._dense import lu_solve
-from ._linear import AbstractGraphLinearSolver, NormalOperator, block_products, conjugate_gradient, invert_blocks
+from ._linear import (
+    AbstractGraphLinearSolver,
+    NormalOperator,
+    RecentPlans,
+    block_products,
+    conjugate_gradient,
+    invert_blocks,
+)
 
 
 class _Elimination:
@@ -383,19 +389,14 @@ class _ReductionPlan:
 
 #: The reduction plans of the last few structures, by (:attr:`GraphStructure.key`, eliminated kind, chunk): the
 #: plan is made on the host before the compiled solve (its arrays are arguments) and read again while tracing.
-_RECENT_PLANS: collections.OrderedDict = collections.OrderedDict()
-_RECENT_PLANS_KEPT = 4
+_RECENT_PLANS = RecentPlans()
 
 
 def _reduction_plan(structure, eliminated: str, chunk: int) -> _ReductionPlan:
-    key = (structure.key, eliminated, chunk)
-    plan = _RECENT_PLANS.pop(key, None)
-    if plan is None:
-        plan = _ReductionPlan(structure, eliminated, [kind for kind in structure.kinds if kind != eliminated], chunk)
-    _RECENT_PLANS[key] = plan
-    while len(_RECENT_PLANS) > _RECENT_PLANS_KEPT:
-        _RECENT_PLANS.popitem(last=False)
-    return plan
+    kept = [kind for kind in structure.kinds if kind != eliminated]
+    return _RECENT_PLANS.get(
+        (structure.key, eliminated, chunk), lambda: _ReductionPlan(structure, eliminated, kept, chunk)
+    )
 
 
 def reduction_plan_arrays(structure, solver: SchurDirect) -> dict[str, Any]:
