@@ -113,14 +113,14 @@ class ProgramStore:
         ``from_arrays(arrays, meta)`` rebuilds it. ``fallback()`` is the plain call, for arguments the store
         cannot key and programs JAX cannot serialise.
         """
+        dynamic, static = _partition(args)
         try:
-            key = program_key(args, compiler_options)
+            key = _key(dynamic, static, compiler_options)
         except Unkeyable:
             return fallback()
         program_path = os.path.join(self.folder, key + ".program")
         if os.path.exists(os.path.join(self.folder, key + ".unexportable")):
             return fallback()
-        dynamic, static = _partition(args)
         stored = self._read(program_path)
         if stored is None:
             stored = self._export(fn, dynamic, static, to_arrays, allowed_custom_calls, key)
@@ -179,7 +179,10 @@ def program_key(args: tuple, compiler_options: dict) -> str:
     Raises:
         Unkeyable: ``args`` hold something without a description that is stable across processes.
     """
-    dynamic, static = _partition(args)
+    return _key(*_partition(args), compiler_options)
+
+
+def _key(dynamic: list, static: tuple, compiler_options: dict) -> str:
     avals = [(tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))) for leaf in dynamic]
     description = {
         "package": _package_fingerprint(),
