@@ -50,6 +50,9 @@ class LoopProblem(eqx.Module):
             coordinates: those not held at a bound by a gradient pointing out of the box (see
             :func:`free_coordinates`), so that steps, tests and statuses are those of the bound-constrained
             problem (a CONVERGED_* status means the KKT conditions hold to the tolerances).
+        sparse_steps: a step costs a sparse factorisation (a factor graph). The first iteration, which only
+            evaluates the starts, then skips the step proposal it would throw away (a whole factorisation of
+            the placeholder system; a dense problem's costs less than the branch that would skip it).
     """
 
     evaluate: Callable = eqx.field(static=True)
@@ -58,6 +61,7 @@ class LoopProblem(eqx.Module):
     tangent_size: int = eqx.field(static=True)
     jacobian: PyTree = eqx.field(static=True)
     box: Callable | None = eqx.field(static=True, default=None)
+    sparse_steps: bool = eqx.field(static=True, default=False)
 
 
 def free_coordinates(x, gradient, lower, upper) -> Bool[Array, " n"]:
@@ -173,15 +177,34 @@ def _select(mask, new, old):
 
 
 def step(
-    solver, problem: LoopProblem, max_steps: int, state: LoopState, args, differentiated: bool = False
+    solver,
+    problem: LoopProblem,
+    max_steps: int,
+    state: LoopState,
+    args,
+    differentiated: bool = False,
+    any_started: Bool[Array, ""] | None = None,
 ) -> tuple[LoopState, LogRow]:
     """One trial step of one problem: propose, evaluate r and J once, accept or reject, adapt the control,
     test the tolerances. The first call evaluates x0 instead. A problem that has stopped is left as it is.
-    ``differentiated``: the iterations are differentiated (an unrolled adjoint)."""
+    ``differentiated``: the iterations are differentiated (an unrolled adjoint). ``any_started``: whether any
+    problem of the batch this step runs in has been evaluated at its start (unbatched under ``vmap``; None:
+    not asked); where none has, no step is proposed (see :class:`LoopProblem`'s ``sparse_steps``)."""
     space = problem.space
     started = state.started
     running = started & (state.status == Status.RUNNING)
-    proposed, proposed_control = solver.propose(state.lin, state.scale, state.control)
+
+    def propose():
+        return solver.propose(state.lin, state.scale, state.control)
+
+    def placeholder():
+        step_shape = jax.eval_shape(propose)[0]
+        return jnp.zeros(step_shape.shape, step_shape.dtype), state.control
+
+    if any_started is None:
+        proposed, proposed_control = propose()
+    else:
+        proposed, proposed_control = jax.lax.cond(any_started, propose, placeholder)
     # the step actually taken: what survives rounding in x ⊕ δ (all of it is lost at a large |x|)
     trial, taken = space.retract_step(state.x, jnp.where(running, proposed, 0.0))
     box = None if problem.box is None else problem.box(args)
@@ -439,10 +462,13 @@ def run(
     asks to stop end ``Status.STOPPED``.
     """
     packing = _Packing(state)
-    one_step = jax.vmap(lambda s, a: step(solver, problem, max_steps, s, a, unroll), in_axes=(0, axes))
+    one_step = jax.vmap(
+        lambda s, a, any_started: step(solver, problem, max_steps, s, a, unroll, any_started), in_axes=(0, axes, None)
+    )
 
     def advance(packed, a):
-        new_state, log = one_step(packing.unpack(packed), a)
+        state = packing.unpack(packed)
+        new_state, log = one_step(state, a, jnp.any(state.started) if problem.sparse_steps else None)
         if verbose:
             jax.debug.callback(_print_row, *jax.tree_util.tree_leaves(log), ordered=True)
         return packing.pack(new_state), log

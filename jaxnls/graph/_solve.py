@@ -311,7 +311,12 @@ def _solve_jit(
         for c, k, g in zip(graph.costs, sizes, structure.groups)
     )
     problem = LoopProblem(
-        evaluate=evaluate_one, space=space, num_residuals=num_residuals, tangent_size=structure.n, jacobian=jacobian
+        evaluate=evaluate_one,
+        space=space,
+        num_residuals=num_residuals,
+        tangent_size=structure.n,
+        jacobian=jacobian,
+        sparse_steps=True,
     )
     state = run_loop(
         solver,
