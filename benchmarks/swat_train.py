@@ -62,6 +62,7 @@ def train(args) -> swat.SwatAutoencoder:
         learning_rate=args.learning_rate,
         hard_weight=args.hard_weight,
         size_weight=args.size_weight,
+        size_measure=args.size_measure,
         checkpoint=args.checkpoint,
         checkpoint_every=args.checkpoint_every,
         max_seconds=None if args.minutes is None else 60 * args.minutes,
@@ -174,7 +175,13 @@ def main():
         "--size-weight",
         type=float,
         default=0.0,
-        help="weight of the hard decodings' neuron fraction (with --hard-weight)",
+        help="weight of the hard decodings' size (with --hard-weight)",
+    )
+    parser.add_argument(
+        "--size-measure",
+        choices=("neurons", "connections"),
+        default="neurons",
+        help="what --size-weight counts: the share of neurons or of connection weights kept",
     )
     parser.add_argument(
         "--sparsity-weight", type=float, default=None, help="the search's sparsity weight (default: SearchConfig's)"

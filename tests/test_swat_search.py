@@ -33,7 +33,7 @@ from jaxnls.swat import (
     train_autoencoder,
     train_dense,
 )
-from jaxnls.swat._family import MAX_DEPTH, MAX_WIDTH
+from jaxnls.swat._family import MAX_DEPTH, MAX_WIDTH, connection_fraction, used_layers
 
 # the tests that share the trained model run on one xdist worker (pyproject: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("swat_trained_model")
@@ -133,6 +133,33 @@ def test_harden_and_size_against_an_independent_count(seed):
     np.testing.assert_allclose(forward(hard, x), forward(soft, x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [0, 3, 5])  # depths 2, 4, 3
+def test_connection_fraction_is_the_share_of_a_dense_networks_weights(seed):
+    """With hard masks and no gates: the non-zero weights a hard network keeps over those of the dense network of
+    its depth, both counted independently in NumPy (every weight non-zero: threshold 0)."""
+    spec = random_mlp(jax.random.PRNGKey(seed), jnp.float64)
+    k_weights, k_output, k_masks = jax.random.split(jax.random.PRNGKey(seed + 100), 3)
+    spec = eqx.tree_at(  # (random members have zero weights of their own: replace them by non-zero ones)
+        lambda s: (s.weights, s.output_weights),
+        spec,
+        (
+            jax.random.normal(k_weights, (MAX_DEPTH, MAX_WIDTH, MAX_WIDTH), jnp.float64),
+            jax.random.normal(k_output, (MAX_WIDTH,), jnp.float64),
+        ),
+    )
+    relaxed = eqx.tree_at(
+        lambda s: s.neuron_mask, spec, jax.random.uniform(k_masks, (MAX_DEPTH, MAX_WIDTH), jnp.float64)
+    )
+    hard = harden(relaxed, 0.0)
+    dense = harden(
+        eqx.tree_at(lambda s: s.neuron_mask, spec, used_layers(spec.depth, jnp.float64) * jnp.ones((1, MAX_WIDTH))), 0.0
+    )
+    _, kept = _numpy_size(hard)
+    _, full = _numpy_size(dense)
+    assert 0 < kept < full
+    np.testing.assert_allclose(connection_fraction(hard), kept / full, rtol=1e-12)
+
+
 def test_regularizers_closed_forms():
     spec = random_mlp(jax.random.PRNGKey(3), jnp.float64)
     depth = int(spec.depth)
@@ -194,6 +221,8 @@ def test_bad_input_is_rejected():
         train_autoencoder(jax.random.PRNGKey(0), steps=1, hard_weight=-1.0)
     with pytest.raises(ValueError, match="size_weight needs hard_weight"):
         train_autoencoder(jax.random.PRNGKey(0), steps=1, size_weight=0.1)
+    with pytest.raises(ValueError, match="size_measure must be 'neurons' or 'connections', got 'weights'"):
+        train_autoencoder(jax.random.PRNGKey(0), steps=1, hard_weight=1.0, size_weight=0.1, size_measure="weights")
 
 
 def test_shipped_autoencoder_reconstructs_held_out_networks(tmp_path):
@@ -283,18 +312,22 @@ def test_prune_keeps_the_largest_weights_by_an_independent_count():
         prune(network, -1)
 
 
-@pytest.mark.slow  # two compilations of the full training step: ~15-30 s on 2 cores
-def test_size_weight_switches_neurons_off_in_the_hard_decodings():
+@pytest.mark.slow  # compilations of the full training step: ~15-30 s each on 2 cores
+@pytest.mark.parametrize("measure", ["neurons", "connections"])
+def test_size_weight_makes_the_hard_decodings_smaller(measure):
     """A dominant size term: after the same few steps from the same start, the hard decodings of held-out members
-    switch on fewer neurons than without it (counted here from the decoded 0/1 masks)."""
+    switch on fewer neurons, or keep fewer connections, than without it (counted from the decoded 0/1 masks: the
+    neurons here, the connections by the independently tested ``connection_fraction``)."""
     options = dict(width=8, heads=2, decoder_width=16, steps=12, batch_size=4, num_points=8, learning_rate=3e-2)
     key = jax.random.PRNGKey(5)
     plain, _ = train_autoencoder(key, hard_weight=1.0, **options)
-    sized, _ = train_autoencoder(key, hard_weight=1.0, size_weight=1.0, **options)
+    sized, _ = train_autoencoder(key, hard_weight=1.0, size_weight=1.0, size_measure=measure, **options)
     members = jax.vmap(random_mlp)(jax.random.split(jax.random.PRNGKey(6), 64))
 
-    def neurons_on(model):
+    def size(model):
         decoded = jax.vmap(lambda m: model.decode(model.encode(m)))(members)
-        return float(jnp.mean(jnp.sum(decoded.neuron_mask, axis=(-2, -1))))
+        if measure == "neurons":
+            return float(jnp.mean(jnp.sum(decoded.neuron_mask, axis=(-2, -1))))
+        return float(jnp.mean(jax.vmap(jax.vmap(connection_fraction))(decoded)))
 
-    assert neurons_on(sized) < 0.5 * neurons_on(plain), (neurons_on(sized), neurons_on(plain))
+    assert size(sized) < 0.5 * size(plain), (size(sized), size(plain))

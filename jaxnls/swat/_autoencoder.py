@@ -46,6 +46,7 @@ from ._family import (
     TOKEN_FEATURES,
     MLPSpec,
     StraightThrough,
+    connection_fraction,
     encode,
     forward,
     random_mlp,
@@ -251,6 +252,7 @@ def train_autoencoder(
     min_temperature: float = 0.05,
     hard_weight: float = 0.0,
     size_weight: float = 0.0,
+    size_measure: str = "neurons",
     model: SwatAutoencoder | None = None,
     log_every: int = 0,
     checkpoint: str | os.PathLike | None = None,
@@ -279,8 +281,12 @@ def train_autoencoder(
         latent_noise: the standard deviation of the latent shifts, >= 0 (default 0.05).
         min_temperature: the lowest decoding temperature, in (0, 1] (default 0.05).
         hard_weight: the weight of the hard decodings' loss, >= 0 (default 0: the relaxed loss alone).
-        size_weight: the weight of the hard decodings' size, >= 0 (default 0): the fraction of neurons the best
-            depth's hard decoding switches on, through :class:`StraightThrough` masks (needs ``hard_weight`` > 0).
+        size_weight: the weight of the hard decodings' size, >= 0 (default 0): the share of its neurons (or
+            connection weights) that the best depth's hard decoding keeps, through :class:`StraightThrough` masks
+            (needs ``hard_weight`` > 0).
+        size_measure: what the size counts: ``"neurons"`` (default), the share of the used layers' neurons
+            switched on, or ``"connections"``, the share of a dense network's connection weights between the
+            switched-on neurons (what the search's networks are measured by).
         model: an autoencoder to continue training; None (default): a new one from ``model_options``.
         log_every: print the loss every this many steps (0, the default: never; a progress bar is drawn
             instead, on a terminal or in a notebook only).
@@ -311,6 +317,8 @@ def train_autoencoder(
             "need 0 < min_temperature <= 1, latent_noise >= 0, hard_weight >= 0 and size_weight >= 0, got "
             f"{min_temperature}, {latent_noise}, {hard_weight}, {size_weight}"
         )
+    if size_measure not in ("neurons", "connections"):
+        raise ValueError(f"size_measure must be 'neurons' or 'connections', got {size_measure!r}")
     if size_weight and not hard_weight:
         raise ValueError("size_weight needs hard_weight > 0 (the size is that of the hard decodings)")
     k_model, k_data = jax.random.split(key)
@@ -334,11 +342,14 @@ def train_autoencoder(
         if hard_weight:
             hard, decoded = errors_of(specs, x, StraightThrough(temperatures), shifts)
             loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
-        if size_weight:
+        if size_weight and size_measure == "neurons":
             # the fraction of its layers' neurons each depth's hard decoding switches on (masks of unused
             # layers are 0), at the depth that reconstructs best
             layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
             fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers[None, :])  # (batch, depth)
+        elif size_weight:
+            fractions = jax.vmap(jax.vmap(connection_fraction))(decoded)
+        if size_weight:
             best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
             loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
         return loss
@@ -360,6 +371,7 @@ def train_autoencoder(
         min_temperature=min_temperature,
         **({"hard_weight": hard_weight} if hard_weight else {}),
         **({"size_weight": size_weight} if size_weight else {}),
+        **({"size_measure": size_measure} if size_weight and size_measure != "neurons" else {}),
         options=dict(model.options),
     )
     done = 0

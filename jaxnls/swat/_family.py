@@ -63,6 +63,52 @@ class MLPSpec(eqx.Module):
     depth: Int[Array, ""]
 
 
+def weight_exists(depth: int | Int[Array, ""], dtype: DTypeLike) -> Float[Array, "4 7 7"]:
+    """1 for a hidden weight that exists in a network of ``depth`` (layer 0 reads the 2 inputs only), else 0."""
+    columns = jnp.concatenate(
+        [(jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :], jnp.ones((MAX_DEPTH - 1, MAX_WIDTH), bool)], axis=0
+    )
+    used = (jnp.arange(MAX_DEPTH) < depth)[:, None, None]
+    return (columns[:, None, :] & used).astype(dtype) * jnp.ones((1, MAX_WIDTH, 1), dtype)
+
+
+def source_masks(spec: MLPSpec) -> Float[Array, "4 7"]:
+    """The mask of each layer's input neurons (the network inputs count as on)."""
+    return jnp.concatenate([jnp.ones((1, MAX_WIDTH), spec.neuron_mask.dtype), spec.neuron_mask[:-1]], axis=0)
+
+
+def last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
+    """The mask of the last hidden layer used (the neurons the output weights read)."""
+    return spec.neuron_mask[jnp.maximum(spec.depth - 1, 0)]
+
+
+def connection_fraction(
+    spec: MLPSpec, gate: Float[Array, "4 7 7"] | None = None, output_gate: Float[Array, " 7"] | None = None
+) -> Float[Array, ""]:
+    r"""The share of the connection weights a network of ``spec.depth`` can have that are present:
+    :math:`\big(\sum_{l,j,i} e_{lji}\, m_{lj}\, s_{li}\, g_{lji} + \sum_j m_{D-1,j}\, g^{out}_j\big) / (\sum e + 7)`,
+    with :math:`e` the weights that exist at this depth (:func:`weight_exists`), :math:`m` the neuron masks,
+    :math:`s` the masks of each layer's inputs and :math:`g` per-weight gates (1 where None). With hard masks
+    and no gates, the share of a dense network's weights that the switched-on neurons keep.
+
+    Args:
+        spec: one member (masks hard or relaxed).
+        gate: ``(4, 7, 7)`` gates of the hidden weights, or None.
+        output_gate: ``(7,)`` gates of the output weights, or None.
+
+    Returns:
+        A scalar in [0, 1].
+    """
+    exists = weight_exists(spec.depth, spec.weights.dtype)
+    presence = spec.neuron_mask[:, :, None] * source_masks(spec)[:, None, :] * exists
+    output_presence = last_layer_mask(spec)
+    if gate is not None:
+        presence = presence * gate
+    if output_gate is not None:
+        output_presence = output_presence * output_gate
+    return (jnp.sum(presence) + jnp.sum(output_presence)) / (jnp.sum(exists) + MAX_WIDTH)
+
+
 def _activations(pre):
     return jnp.stack([jax.nn.sigmoid(pre), jnp.tanh(pre), jax.nn.leaky_relu(pre, 0.01)], axis=-1)
 

@@ -33,7 +33,19 @@ import optax
 from jaxtyping import Array, DTypeLike, Float, Int, PRNGKeyArray, PyTree
 
 from ._autoencoder import SwatAutoencoder, relaxed_mask
-from ._family import MAX_DEPTH, MAX_WIDTH, NUM_INPUTS, MLPSpec, forward, random_mlp, used_layers
+from ._family import (
+    MAX_DEPTH,
+    MAX_WIDTH,
+    NUM_INPUTS,
+    MLPSpec,
+    connection_fraction,
+    forward,
+    last_layer_mask,
+    random_mlp,
+    source_masks,
+    used_layers,
+    weight_exists,
+)
 
 
 class SearchConfig(eqx.Module):
@@ -91,24 +103,6 @@ class SearchResult(eqx.Module):
     initial_train_mse: Float[Array, ""]  # the chosen run's hard network at its starting point
 
 
-def _connections(depth, dtype) -> Float[Array, "4 7 7"]:
-    """1 for a weight that exists in a network of this depth: layer 0 reads the 2 inputs only."""
-    columns = jnp.concatenate(
-        [(jnp.arange(MAX_WIDTH) < NUM_INPUTS)[None, :], jnp.ones((MAX_DEPTH - 1, MAX_WIDTH), bool)], axis=0
-    )
-    used = (jnp.arange(MAX_DEPTH) < depth)[:, None, None]
-    return (columns[:, None, :] & used).astype(dtype) * jnp.ones((1, MAX_WIDTH, 1), dtype)
-
-
-def _source_masks(spec: MLPSpec) -> Float[Array, "4 7"]:
-    """The mask of each layer's input neurons (the network inputs count as on)."""
-    return jnp.concatenate([jnp.ones((1, MAX_WIDTH), spec.neuron_mask.dtype), spec.neuron_mask[:-1]], axis=0)
-
-
-def _last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
-    return spec.neuron_mask[jnp.maximum(spec.depth - 1, 0)]
-
-
 @eqx.filter_jit
 def soft_threshold(
     spec: MLPSpec, threshold: float | Float[Array, ""], sharpness: float
@@ -148,14 +142,10 @@ def regularizers(
         ``{"sparsity": ..., "binarization": ..., "compactness": ...}``, scalars in [0, 1].
     """
     dtype = spec.weights.dtype
-    exists = _connections(spec.depth, dtype)
-    presence = gate * spec.neuron_mask[:, :, None] * _source_masks(spec)[:, None, :] * exists
-    output_presence = output_gate * _last_layer_mask(spec)
-    connections = (jnp.sum(presence) + jnp.sum(output_presence)) / (jnp.sum(exists) + MAX_WIDTH)
     used = used_layers(spec.depth, dtype) * jnp.ones((1, MAX_WIDTH), dtype)
     m = spec.neuron_mask
     return {
-        "sparsity": connections,
+        "sparsity": connection_fraction(spec, gate, output_gate),
         "binarization": jnp.sum(4 * m * (1 - m) * used) / jnp.sum(used),
         "compactness": jnp.sum(m * used) / jnp.sum(used),
     }
@@ -176,9 +166,9 @@ def harden(spec: MLPSpec, threshold: float | Float[Array, ""]) -> MLPSpec:
     dtype = spec.weights.dtype
     mask = (spec.neuron_mask > 0.5).astype(dtype) * used_layers(spec.depth, dtype)
     hard = eqx.tree_at(lambda s: s.neuron_mask, spec, mask)
-    keep = (jnp.abs(spec.weights) >= threshold).astype(dtype) * _connections(spec.depth, dtype)
-    weights = spec.weights * keep * mask[:, :, None] * _source_masks(hard)[:, None, :]
-    output_weights = spec.output_weights * (jnp.abs(spec.output_weights) >= threshold) * _last_layer_mask(hard)
+    keep = (jnp.abs(spec.weights) >= threshold).astype(dtype) * weight_exists(spec.depth, dtype)
+    weights = spec.weights * keep * mask[:, :, None] * source_masks(hard)[:, None, :]
+    output_weights = spec.output_weights * (jnp.abs(spec.output_weights) >= threshold) * last_layer_mask(hard)
     logits = jax.nn.one_hot(jnp.argmax(spec.activation_logits, axis=-1), spec.activation_logits.shape[-1], dtype=dtype)
     return MLPSpec(weights, spec.biases * mask, logits, mask, output_weights, spec.output_bias, spec.depth)
 
@@ -498,7 +488,7 @@ def train_dense(
     if not 1 <= depth <= MAX_DEPTH:
         raise ValueError(f"depth must be in 1..{MAX_DEPTH}, got {depth}")
     k_init, k_batches = jax.random.split(key)
-    exists = _connections(depth, dtype)
+    exists = weight_exists(depth, dtype)
     fan_in = jnp.where(jnp.arange(MAX_DEPTH) == 0, NUM_INPUTS, MAX_WIDTH).astype(dtype)
     k_w, k_out = jax.random.split(k_init)
     weights = (
