@@ -91,6 +91,10 @@ def suite_table(
     per_task: dict[str, list[tuple[float, float]]] = {}
     equal: dict[str, list[tuple[float, float]]] = {}
     for seed in range(seeds):
+        # every seed compiles its searches and trainings afresh: drop the last seed's executables, or a long
+        # run (5 seeds with --retrain) exhausts the process's memory mappings ("LLVM compilation error: Cannot
+        # allocate memory")
+        jax.clear_caches()
         config = dataclasses.replace(suite.CONFIG, **(penalties or {}))
         result = suite.run(model, config=config, tasks=tasks, seed=seed, retrain=retrain, prune_to=prune_to)
         for name, r in result["tasks"].items():
