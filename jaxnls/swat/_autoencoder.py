@@ -342,14 +342,13 @@ def train_autoencoder(
         if hard_weight:
             hard, decoded = errors_of(specs, x, StraightThrough(temperatures), shifts)
             loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
-        if size_weight and size_measure == "neurons":
-            # the fraction of its layers' neurons each depth's hard decoding switches on (masks of unused
-            # layers are 0), at the depth that reconstructs best
-            layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
-            fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers[None, :])  # (batch, depth)
-        elif size_weight:
-            fractions = jax.vmap(jax.vmap(connection_fraction))(decoded)
         if size_weight:
+            # each depth's hard decoding's size (batch, depth), counted at the depth that reconstructs best
+            if size_measure == "neurons":  # the fraction of its layers' neurons (masks of unused layers are 0)
+                layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
+                fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers[None, :])
+            else:
+                fractions = jax.vmap(jax.vmap(connection_fraction))(decoded)
             best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
             loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
         return loss
