@@ -177,18 +177,6 @@ def _bundle(observation_shift, seed=3, num_cameras=4, num_points=12):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known defect (stop 29): the implicit adjoint's reduced solve by SchurPCG(rtol=1e-13) runs past the accuracy "
-        "CG can attain on the exact Hessian's Schur complement (lineax's stabilised residual never reaches 1e-13) "
-        "and returns the 500th iterate, which has drifted: 1.26e-6 relative error here (rtol=1e-10: 1.3e-9; "
-        "max_steps=5000: 2e44). Tried and reverted: lineax's iterations returning the smallest-residual iterate when "
-        "stopped by the count fix this gradient (1.4e-9) but coarsen forward PCG steps that hit the count (intel: 6 "
-        "outer iterations ending 9e-6 above GTSAM's cost instead of 15 reaching it): CG minimises the energy norm, "
-        "not the residual, so a fix must choose by the quadratic model or stop at the attainable accuracy"
-    ),
-)
 def test_schur_implicit_derivative_matches_central_differences():
     """Bundle adjustment: d(points, free cameras, cost)/d(observations) through SchurPCG's reduced solves,
     against central differences (of solves with the sparse direct solver)."""

@@ -340,3 +340,35 @@ def test_the_schur_plan_passed_in_gives_the_solve_it_builds_itself():
     np.testing.assert_array_equal(np.asarray(inside.params["point"]), np.asarray(built.params["point"]))
     alone = jg.solve(graph, solver=mistaken, max_steps=50)
     np.testing.assert_array_equal(np.asarray(alone.params["point"]), np.asarray(passed.params["point"]))
+
+
+@pytest.mark.parametrize(("condition", "rtol", "max_steps"), [(1e4, 1e-10, 500), (1e8, 1e-15, 50)])
+def test_conjugate_gradient_iterates_as_lineax_cg(condition, rtol, max_steps):
+    """PCG's and SchurPCG's conjugate gradients take lineax's CG iterations (residual recomputed every tenth,
+    the same stopping test): converged, and stopped by the count without drift, the result is lineax's. (Where
+    rounding makes the iterate drift, it returns the iterate of lowest model value instead:
+    test_graph_adjoint's SchurPCG gradient check.)"""
+    import lineax as lx
+
+    from jaxnls.graph._linear import conjugate_gradient
+
+    rng = np.random.default_rng(3)
+    n = 40
+    basis, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    matrix = jnp.asarray(basis @ np.diag(np.logspace(0, -np.log10(condition), n)) @ basis.T)
+    rhs = jnp.asarray(rng.normal(size=n))
+    jacobi = 1.0 / jnp.diagonal(matrix)
+    structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
+    peer = lx.linear_solve(
+        lx.FunctionLinearOperator(lambda v: matrix @ v, structure, tags=lx.positive_semidefinite_tag),
+        rhs,
+        lx.CG(rtol=0.0, atol=rtol * jnp.linalg.norm(rhs), norm=jnp.linalg.norm, max_steps=max_steps),
+        options={
+            "preconditioner": lx.FunctionLinearOperator(
+                lambda v: jacobi * v, structure, tags=lx.positive_semidefinite_tag
+            )
+        },
+        throw=False,
+    )
+    ours = conjugate_gradient(lambda v: matrix @ v, lambda v: jacobi * v, rhs, rtol, max_steps)
+    np.testing.assert_allclose(ours, peer.value, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(peer.value))))

@@ -4,7 +4,7 @@ Per problem the loop solves :math:`(J^\top J + \mathrm{diag}(d))\,δ = -J^\top r
 per-term blocks (``(E, k, D)`` per cost group, with their column indices). Nothing here forms an
 ``n×n`` or ``m×n`` dense matrix:
 
-- :class:`PCG`: conjugate gradients (``lineax.CG``) on the normal equations, matrix-free
+- :class:`PCG`: conjugate gradients on the normal equations, matrix-free
   (:math:`v \mapsto J^\top(Jv) + d \odot v`, two block products and one scatter-add), preconditioned
   by the inverses of the ``d×d`` diagonal blocks of :math:`J^\top J + \mathrm{diag}(d)` (block Jacobi).
 - :class:`SparseDirect`: :math:`J^\top J + \mathrm{diag}(d)` assembled from the blocks (its pattern is
@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, DTypeLike, Float, Int
 
@@ -256,15 +255,15 @@ def _cofactor_inverse(blocks: Float[Array, "N d d"]) -> Float[Array, "N d d"]:
 
 
 class PCG(AbstractGraphLinearSolver):
-    r"""Block-Jacobi preconditioned conjugate gradients (``lineax.CG``) on :math:`A δ = b`,
+    r"""Block-Jacobi preconditioned conjugate gradients on :math:`A δ = b`,
     :math:`A = J^\top J + \mathrm{diag}(d)`, matrix-free.
 
-    Stops when :math:`\|A δ - b\| \le` ``rtol`` :math:`\cdot\|b\|` (and lineax's companion test on the
-    last update, :math:`\|Δδ\| \le` ``rtol`` :math:`\cdot\|b\|`) or after ``max_steps`` iterations (the
+    Stops when :math:`\|A δ - b\| \le` ``rtol`` :math:`\cdot\|b\|` (and, as lineax's ``CG``, the
+    last update :math:`\|Δδ\| \le` ``rtol`` :math:`\cdot\|b\|`) or after ``max_steps`` iterations (the
     step is then inexact; the outer loop measures its actual gain, so an inexact step is only less
     efficient, never wrong). Each iteration costs two passes over the Jacobian blocks. Pure JAX: runs on
     any backend and under ``vmap``. Where CG breaks down (a singular system: an unanchored graph's gauge
-    directions) lineax returns NaN; the step is then the preconditioned right-hand side
+    directions) CG returns NaN; the step is then the preconditioned right-hand side
     :math:`M^{-1} b` (a scaled steepest-descent step), which the outer loop judges like any other.
 
     Attributes:
@@ -287,17 +286,60 @@ def conjugate_gradient(
     rtol: float,
     max_steps: int,
 ) -> Float[Array, " n"]:
-    """Preconditioned CG (``lineax.CG``) from 0 for a symmetric positive (semi)definite operator (one
-    problem): ``‖A x - b‖ ≤ rtol·‖b‖`` or ``max_steps``; where CG breaks down (NaN from lineax: a singular
-    system) the preconditioned right-hand side instead."""
-    structure = jax.ShapeDtypeStruct(rhs.shape, rhs.dtype)
-    matrix = lx.FunctionLinearOperator(matvec, structure, tags=lx.positive_semidefinite_tag)
-    preconditioner = lx.FunctionLinearOperator(precondition, structure, tags=lx.positive_semidefinite_tag)
-    # lineax scales its tolerances per component (atol + rtol·|b_i|); an absolute tolerance of rtol·‖b‖
-    # measured in the 2-norm is the relative-residual test
-    cg = lx.CG(rtol=0.0, atol=rtol * jnp.linalg.norm(rhs), norm=jnp.linalg.norm, max_steps=max_steps)
-    value = lx.linear_solve(matrix, rhs, cg, options={"preconditioner": preconditioner}, throw=False).value
-    return jnp.where(jnp.all(jnp.isfinite(value)), value, precondition(rhs))
+    r"""Preconditioned CG from 0 for a symmetric positive (semi)definite operator (one problem), iterating as
+    lineax's ``CG`` does (the residual recomputed as ``b - A x`` every 10th iteration and updated otherwise; a
+    breakdown where :math:`|p^\top A p| \le 100\,nε\,|r^\top z|`) and stopping once both the residual and the
+    last update are within ``rtol·‖b‖`` (2-norms) or after ``max_steps``.
+
+    Stopped by the count, it returns the iterate of lowest model value :math:`φ(x) = ½x^\top Ax - b^\top x =
+    -½(r + b)^\top x` among those whose residual was recomputed (and the last): in exact arithmetic φ falls at
+    every iteration, so that is the last iterate, but past the accuracy rounding allows (an ill-conditioned
+    system, a tolerance near ε) the iterate drifts while the updated residual says otherwise, and the recomputed
+    one shows it. Where CG breaks down (a non-finite iterate: a singular system) the preconditioned right-hand
+    side instead."""
+    tolerance = rtol * jnp.linalg.norm(rhs)
+    breakdown = 100 * rhs.size * jnp.finfo(rhs.dtype).eps
+
+    def model(x, residual):
+        return -0.5 * (residual + rhs) @ x
+
+    def unfinished(carry):
+        k, _, residual, _, rz, update_norm, _, _ = carry
+        return (rz > 0) & (k < max_steps) & ((jnp.linalg.norm(residual) > tolerance) | (update_norm > tolerance))
+
+    def iteration(carry, recompute: bool):
+        k, x, residual, direction, rz, _, best, best_value = carry
+        product = matvec(direction)
+        curvature = direction @ product
+        step = jnp.where(jnp.abs(curvature) > breakdown * jnp.abs(rz), rz / curvature, jnp.nan)
+        update = step * direction
+        x = x + update
+        residual = rhs - matvec(x) if recompute else residual - step * product
+        if recompute:
+            value = model(x, residual)
+            better = value < best_value
+            best, best_value = jnp.where(better, x, best), jnp.where(better, value, best_value)
+        z = precondition(residual)
+        rz_new = residual @ z
+        direction = z + (rz_new / rz) * direction
+        return k + 1, x, residual, direction, rz_new, jnp.linalg.norm(update), best, best_value
+
+    def ten_iterations(carry):
+        # nine with the residual updated, then (if still unfinished) one that recomputes it: the count is
+        # batched under vmap, so the schedule is the loops' structure rather than a branch on it
+        carry = jax.lax.while_loop(
+            lambda c: unfinished(c) & (c[0] % 10 != 9), lambda c: iteration(c, recompute=False), carry
+        )
+        return jax.lax.cond(unfinished(carry), lambda c: iteration(c, recompute=True), lambda c: c, carry)
+
+    x = jnp.zeros_like(rhs)
+    z = precondition(rhs)
+    carry = (jnp.asarray(0), x, rhs, z, rhs @ z, jnp.asarray(jnp.inf, rhs.dtype), x, jnp.zeros((), rhs.dtype))
+    _, x, residual, _, _, update_norm, best, best_value = jax.lax.while_loop(unfinished, ten_iterations, carry)
+    converged = (jnp.linalg.norm(residual) <= tolerance) & (update_norm <= tolerance)
+    last_is_best = converged | ~(best_value < model(x, rhs - matvec(x)))
+    value = jnp.where(last_is_best, x, best)
+    return jnp.where(jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(value)), value, precondition(rhs))
 
 
 class SparseDirect(AbstractGraphLinearSolver):
