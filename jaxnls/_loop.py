@@ -198,8 +198,7 @@ def step(
         return solver.propose(state.lin, state.scale, state.control)
 
     def placeholder():
-        step_shape = jax.eval_shape(propose)[0]
-        return jnp.zeros(step_shape.shape, step_shape.dtype), state.control
+        return jnp.zeros(problem.tangent_size, state.x.dtype), state.control
 
     if any_started is None:
         proposed, proposed_control = propose()
