@@ -49,6 +49,7 @@ from ._family import (
     connection_fraction,
     encode,
     forward,
+    neuron_fraction,
     random_mlp,
     straight_through,
     used_layers,
@@ -344,11 +345,8 @@ def train_autoencoder(
             loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
         if size_weight:
             # each depth's hard decoding's size (batch, depth), counted at the depth that reconstructs best
-            if size_measure == "neurons":  # the fraction of its layers' neurons (masks of unused layers are 0)
-                layers = jnp.arange(1, MAX_DEPTH + 1, dtype=dtype)
-                fractions = jnp.sum(decoded.neuron_mask, axis=(-2, -1)) / (MAX_WIDTH * layers[None, :])
-            else:
-                fractions = jax.vmap(jax.vmap(connection_fraction))(decoded)
+            size = neuron_fraction if size_measure == "neurons" else connection_fraction
+            fractions = jax.vmap(jax.vmap(size))(decoded)
             best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
             loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
         return loss

@@ -82,6 +82,12 @@ def last_layer_mask(spec: MLPSpec) -> Float[Array, " 7"]:
     return spec.neuron_mask[jnp.maximum(spec.depth - 1, 0)]
 
 
+def neuron_fraction(spec: MLPSpec) -> Float[Array, ""]:
+    """The share of the neurons of its ``spec.depth`` layers that are switched on (masks hard or relaxed)."""
+    used = used_layers(spec.depth, spec.neuron_mask.dtype) * jnp.ones((1, MAX_WIDTH), spec.neuron_mask.dtype)
+    return jnp.sum(spec.neuron_mask * used) / jnp.sum(used)
+
+
 def connection_fraction(
     spec: MLPSpec, gate: Float[Array, "4 7 7"] | None = None, output_gate: Float[Array, " 7"] | None = None
 ) -> Float[Array, ""]:

@@ -41,6 +41,7 @@ from ._family import (
     connection_fraction,
     forward,
     last_layer_mask,
+    neuron_fraction,
     random_mlp,
     source_masks,
     used_layers,
@@ -141,13 +142,12 @@ def regularizers(
     Returns:
         ``{"sparsity": ..., "binarization": ..., "compactness": ...}``, scalars in [0, 1].
     """
-    dtype = spec.weights.dtype
-    used = used_layers(spec.depth, dtype) * jnp.ones((1, MAX_WIDTH), dtype)
+    used = used_layers(spec.depth, spec.weights.dtype) * jnp.ones((1, MAX_WIDTH), spec.weights.dtype)
     m = spec.neuron_mask
     return {
         "sparsity": connection_fraction(spec, gate, output_gate),
         "binarization": jnp.sum(4 * m * (1 - m) * used) / jnp.sum(used),
-        "compactness": jnp.sum(m * used) / jnp.sum(used),
+        "compactness": neuron_fraction(spec),
     }
 
 
