@@ -187,6 +187,9 @@ def _solve_nist(args) -> int:
     if args.output:
         print("jaxnls: --output applies to pose-graph and BAL files", file=sys.stderr)
         return 2
+    if args.init != "file":
+        print(f"jaxnls: --init {args.init} applies to pose-graph files", file=sys.stderr)
+        return 2
     problem = read_nist(args.file)
     solver = make_solver(args.solver or "lm")
     progress = _progress_line(args)
@@ -313,6 +316,9 @@ def _solve_graph(args, kind: str) -> int:
         except (ValueError, RuntimeError) as err:
             print(f"jaxnls: {graph.BLAS_VARIABLE}: {err}", file=sys.stderr)
             return 2
+    if kind == "bal" and args.init != "file":
+        print(f"jaxnls: --init {args.init} applies to pose-graph files, not BAL", file=sys.stderr)
+        return 2
     if kind == "bal":
         problem = read_bal(args.file)
         counts = {
@@ -352,6 +358,17 @@ def _solve_graph(args, kind: str) -> int:
             print(
                 f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "
                 f"({problem.num_poses} poses composed from the edges, the lowest id at the identity)",
+                file=sys.stderr,
+            )
+        if args.init == "chordal":
+            try:
+                problem = graph.chordal_initialization(problem)
+            except ValueError as err:
+                print(f"jaxnls: {args.file}: {err}", file=sys.stderr)
+                return 2
+            print(
+                f"jaxnls: {args.file}: starting from the chordal initialisation (rotations from the linear "
+                "relaxation, then positions; the file's free poses are not used)",
                 file=sys.stderr,
             )
         factor_graph = pose_graph_problem(problem)
@@ -418,6 +435,7 @@ def _solve_graph(args, kind: str) -> int:
                     "format": kind,
                     "initial_cost": float(sol.initial_cost),
                     "repaired_information": getattr(problem, "repaired_information", 0),
+                    "initialization": args.init,
                     "final_cost": float(sol.cost),
                     "iterations": int(sol.num_steps),
                     "seconds": first,
@@ -611,6 +629,15 @@ def main(argv=None) -> int:
         "--write-unconverged",
         action="store_true",
         help="with --output: write the result even when the solve did not converge (exit status 1)",
+    )
+    solve.add_argument(
+        "--init",
+        choices=("file", "chordal"),
+        default="file",
+        help="pose graphs: start from the file's poses (default) or from the chordal initialisation "
+        "(rotations from a linear relaxation, then positions by linear least squares; the anchored poses "
+        "keep their values; jaxnls.graph.chordal_initialization). From an odometry start it can reach a "
+        "far better minimum (torus3D: 12,118 instead of 29,950) in fewer iterations",
     )
     solve.add_argument("--verbose", action="store_true", help="print one line per iteration")
     solve.add_argument(

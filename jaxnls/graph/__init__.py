@@ -29,6 +29,7 @@ from ._files import (
     updated_pose_graph,
 )
 from ._graph import CostGroup, FactorGraph
+from ._initialization import chordal_initialization
 from ._linear import PCG, AbstractGraphLinearSolver, BlockSparseLinearization, NormalOperator, SparseDirect
 from ._marginals import marginal_covariance
 from ._schur import SchurDirect, SchurPCG
@@ -49,6 +50,7 @@ __all__ = [
     "bal_reprojection",
     "between",
     "blas_in_use",
+    "chordal_initialization",
     "default_linear_solver",
     "from_gtsam_pose3",
     "marginal_covariance",

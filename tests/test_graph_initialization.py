@@ -1,0 +1,239 @@
+"""jaxnls.graph.chordal_initialization: exact on consistent measurements, the dense least-squares solution of
+the relaxation on noisy ones, a start from which the solve finds the minimum that the true poses lead to, and
+clear errors where the rotations cannot be determined."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+import jaxnls
+from jaxnls.io import PoseGraph2D, PoseGraph3D, write_g2o
+
+jax.config.update("jax_enable_x64", True)
+
+
+def _edges(num_poses: int, loops: int, rng) -> np.ndarray:
+    """A chain plus ``loops`` distinct random loop closures (i < j, not neighbours)."""
+    chain = [(i, i + 1) for i in range(num_poses - 1)]
+    closures = set()
+    while len(closures) < loops:
+        i, j = sorted(rng.choice(num_poses, 2, replace=False))
+        if j > i + 1:
+            closures.add((int(i), int(j)))
+    return np.array(chain + sorted(closures))
+
+
+def _wxyz(rotation: Rotation) -> np.ndarray:
+    xyzw = rotation.as_quat()
+    return np.concatenate([xyzw[..., 3:], xyzw[..., :3]], axis=-1)
+
+
+def _graph_3d(num_poses=30, loops=20, rotation_noise=0.0, translation_noise=0.0, seed=0):
+    """(pose graph started from scrambled poses except the first, true rotations, true translations).
+    Measurements are T_i^-1 T_j of the true poses, perturbed by the given noise."""
+    rng = np.random.default_rng(seed)
+    rotations = Rotation.random(num_poses, random_state=seed)
+    translations = rng.normal(scale=3.0, size=(num_poses, 3))
+    edges = _edges(num_poses, loops, rng)
+    i, j = edges.T
+    relative = rotations[i].inv() * rotations[j]
+    relative = Rotation.from_rotvec(rng.normal(scale=rotation_noise, size=(len(edges), 3))) * relative
+    measured_t = rotations[i].inv().apply(translations[j] - translations[i])
+    measured_t = measured_t + rng.normal(scale=translation_noise, size=measured_t.shape)
+    information = np.tile(np.diag([4.0, 5.0, 6.0, 100.0, 120.0, 90.0]), (len(edges), 1, 1))
+    start_rotations = Rotation.random(num_poses, random_state=seed + 1)
+    start_translations = rng.normal(scale=10.0, size=(num_poses, 3))
+    start_rotations = Rotation.concatenate([rotations[:1], start_rotations[1:]])  # pose 0 is the anchor
+    start_translations[0] = translations[0]
+    graph = PoseGraph3D(
+        pose_ids=np.arange(num_poses),
+        translations=start_translations,
+        quaternions=_wxyz(start_rotations),
+        edges=edges,
+        measurement_translations=measured_t,
+        measurement_quaternions=_wxyz(relative),
+        information=information,
+    )
+    return graph, rotations.as_matrix(), translations
+
+
+def _rotation_matrices(graph: PoseGraph3D) -> np.ndarray:
+    wxyz = np.asarray(graph.quaternions)
+    return Rotation.from_quat(np.concatenate([wxyz[:, 1:], wxyz[:, :1]], axis=1)).as_matrix()
+
+
+def test_consistent_3d_measurements_give_the_true_poses():
+    """Noise-free measurements: the relaxation's minimum is the true rotations (every residual zero), and the
+    positions follow exactly, whatever the (scrambled) start."""
+    graph, rotations, translations = _graph_3d()
+    start = jaxnls.graph.chordal_initialization(graph)
+    np.testing.assert_allclose(_rotation_matrices(start), rotations, atol=1e-10)
+    np.testing.assert_allclose(start.translations, translations, atol=1e-9)
+    assert np.all(np.asarray(start.quaternions)[:, 0] >= 0)
+    # the input is not touched
+    assert not np.allclose(graph.translations, translations)
+
+
+def test_consistent_2d_measurements_with_landmarks_give_the_true_poses_and_landmarks():
+    rng = np.random.default_rng(3)
+    num_poses, num_landmarks = 25, 8
+    theta = rng.uniform(-np.pi, np.pi, num_poses)
+    xy = rng.normal(scale=4.0, size=(num_poses, 2))
+    landmarks = rng.normal(scale=6.0, size=(num_landmarks, 2))
+    edges = _edges(num_poses, 10, rng)
+    i, j = edges.T
+
+    def frame(k):  # world -> frame of pose k
+        c, s = np.cos(theta[k]), np.sin(theta[k])
+        return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)
+
+    measurements = np.concatenate(
+        [np.einsum("eab,eb->ea", frame(i), xy[j] - xy[i]), (theta[j] - theta[i])[:, None]], axis=1
+    )
+    observer = rng.integers(0, num_poses, 3 * num_landmarks)
+    seen = np.concatenate([np.arange(num_landmarks), rng.integers(0, num_landmarks, 2 * num_landmarks)])
+    landmark_edges = np.stack([observer, seen], axis=1)
+    observed = np.einsum("eab,eb->ea", frame(observer), landmarks[seen] - xy[observer])
+    start = np.concatenate([rng.normal(scale=9.0, size=(num_poses, 2)), rng.uniform(-3, 3, (num_poses, 1))], axis=1)
+    start[0] = [*xy[0], theta[0]]
+    graph = PoseGraph2D(
+        pose_ids=np.arange(num_poses),
+        poses=start,
+        edges=edges,
+        measurements=measurements,
+        information=np.tile(np.diag([2.0, 3.0, 50.0]), (len(edges), 1, 1)),
+        landmark_ids=np.arange(num_poses, num_poses + num_landmarks),
+        landmarks=rng.normal(size=(num_landmarks, 2)),
+        landmark_edges=landmark_edges,
+        landmark_measurements=observed,
+        landmark_information=np.tile(np.diag([1.0, 2.0]), (len(landmark_edges), 1, 1)),
+    )
+    result = jaxnls.graph.chordal_initialization(graph)
+    wrapped = np.angle(np.exp(1j * (result.poses[:, 2] - theta)))
+    np.testing.assert_allclose(wrapped, 0.0, atol=1e-10)
+    assert np.all(np.abs(result.poses[:, 2]) <= np.pi)
+    np.testing.assert_allclose(result.poses[:, :2], xy, atol=1e-9)
+    np.testing.assert_allclose(result.landmarks, landmarks, atol=1e-9)
+
+    # a landmark held by a FIX line anchors the positions alone (the first pose still fixes the rotations)
+    held = graph.landmarks.copy()
+    held[2] = landmarks[2]
+    by_landmark = dataclasses.replace(graph, landmarks=held, fixed_ids=np.array([num_poses + 2]))
+    result = jaxnls.graph.chordal_initialization(by_landmark)
+    np.testing.assert_array_equal(result.landmarks[2], landmarks[2])
+    np.testing.assert_allclose(result.poses[:, :2], xy, atol=1e-9)
+    np.testing.assert_allclose(result.landmarks, landmarks, atol=1e-9)
+
+
+def test_noisy_rotations_are_the_projected_dense_least_squares_solution():
+    """With noise the relaxation no longer fits exactly: the rotations are the SVD projections of the dense
+    least-squares minimiser of sum κ ||M_j - M_i R_ij||_F^2 with M_0 held, computed here with numpy's lstsq on the
+    9N-unknown problem (no row splitting, no sparse solve)."""
+    graph, _, _ = _graph_3d(num_poses=12, loops=10, rotation_noise=0.2, translation_noise=0.1, seed=5)
+    measured = Rotation.from_quat(
+        np.concatenate([graph.measurement_quaternions[:, 1:], graph.measurement_quaternions[:, :1]], axis=1)
+    ).as_matrix()
+    kappa = np.trace(graph.information[:, 3:, 3:], axis1=1, axis2=2) / 3
+    n = graph.num_poses
+    rows, rhs = [], []
+    anchor = _rotation_matrices(graph)[0]
+    for (i, j), r_ij, k in zip(graph.edges, measured, kappa):
+        # vec(M_j - M_i R_ij) = (I kron I) vec M_j - (R_ij^T kron I) vec M_i (column-major vec)
+        block = np.zeros((9, 9 * n))
+        block[:, 9 * j : 9 * j + 9] += np.eye(9)
+        block[:, 9 * i : 9 * i + 9] -= np.kron(r_ij.T, np.eye(3))
+        rows.append(np.sqrt(k) * block)
+        rhs.append(np.zeros(9))
+    a, b = np.concatenate(rows), np.concatenate(rhs)
+    b = b - a[:, :9] @ anchor.reshape(-1, order="F")
+    solution = np.linalg.lstsq(a[:, 9:], b, rcond=None)[0]
+    matrices = solution.reshape(n - 1, 3, 3).transpose(0, 2, 1)  # column-major blocks
+    u, _, vt = np.linalg.svd(matrices)
+    d = np.sign(np.linalg.det(u @ vt))
+    projected = u @ (np.eye(3) * np.stack([np.ones_like(d), np.ones_like(d), d], -1)[:, None, :]) @ vt
+    result = _rotation_matrices(jaxnls.graph.chordal_initialization(graph))
+    np.testing.assert_allclose(result[0], anchor, atol=1e-12)
+    np.testing.assert_allclose(result[1:], projected, atol=1e-9)
+
+
+def _solve(pose_graph):
+    graph = jaxnls.graph.pose_graph_problem(pose_graph)
+    return jaxnls.graph.solve(graph, solver=jaxnls.Dogleg(linear_solver=jaxnls.graph.SparseDirect()), max_steps=100)
+
+
+def test_a_solve_from_the_chordal_start_reaches_the_minimum_the_true_poses_lead_to():
+    """Noisy measurements, a start whose rotations are random: the solve from the chordal start converges to
+    the same minimum as the solve started at the true poses (the reference), while the solve from the
+    scrambled start does not."""
+    graph, rotations, translations = _graph_3d(num_poses=40, loops=30, rotation_noise=0.05, translation_noise=0.05)
+    truth = dataclasses.replace(graph, translations=translations, quaternions=_wxyz(Rotation.from_matrix(rotations)))
+    reference = _solve(truth)
+    chordal = _solve(jaxnls.graph.chordal_initialization(graph))
+    scrambled = _solve(graph)
+    assert jaxnls.Status(int(reference.status)).converged and jaxnls.Status(int(chordal.status)).converged
+    assert float(chordal.cost) == pytest.approx(float(reference.cost), rel=1e-8)
+    np.testing.assert_allclose(
+        np.asarray(chordal.params["pose"].wxyz_xyz[:, 4:]),
+        np.asarray(reference.params["pose"].wxyz_xyz[:, 4:]),
+        atol=1e-6,
+    )
+    assert float(scrambled.cost) > 1.5 * float(reference.cost)
+
+
+def test_fixed_vertices_keep_their_values():
+    graph, _, _ = _graph_3d(num_poses=15, loops=8, rotation_noise=0.1, translation_noise=0.1, seed=2)
+    graph = dataclasses.replace(graph, fixed_ids=np.array([3, 9]))
+    result = jaxnls.graph.chordal_initialization(graph)
+    for k in (3, 9):
+        np.testing.assert_array_equal(result.translations[k], graph.translations[k])
+        np.testing.assert_allclose(_rotation_matrices(result)[k], _rotation_matrices(graph)[k], atol=1e-12)
+
+
+def test_poses_the_anchor_cannot_reach_are_refused_by_id():
+    graph, _, _ = _graph_3d(num_poses=10, loops=0)
+    keep = ~((graph.edges == 6) | (graph.edges == 7)).any(axis=1) | (graph.edges == [6, 7]).all(axis=1)
+    cut = dataclasses.replace(
+        graph,
+        pose_ids=np.arange(100, 110),
+        edges=graph.edges[keep],
+        measurement_translations=graph.measurement_translations[keep],
+        measurement_quaternions=graph.measurement_quaternions[keep],
+        information=graph.information[keep],
+    )  # the chain 0-...-9 cut at 5-6 and 7-8: poses 6 to 9 (ids 106-109) do not reach pose 0
+    with pytest.raises(ValueError, match=r"pose 106 is not connected to an anchored pose .*\(4 such poses\)"):
+        jaxnls.graph.chordal_initialization(cut)
+    with pytest.raises(ValueError, match="no edges"):
+        jaxnls.graph.chordal_initialization(dataclasses.replace(cut, edges=np.zeros((0, 2), np.int64)))
+    with pytest.raises(TypeError, match="PoseGraph2D or PoseGraph3D"):
+        jaxnls.graph.chordal_initialization(jaxnls.graph.pose_graph_problem(graph))  # pyright: ignore[reportArgumentType]
+
+
+def test_command_line_starts_from_the_chordal_initialisation(tmp_path):
+    """``jaxnls solve FILE --init chordal`` says so, reports it in --json and ends at the cost of the library
+    call (chordal_initialization, then graph.solve with the command line's dogleg)."""
+    graph, _, _ = _graph_3d(num_poses=20, loops=12, rotation_noise=0.05, translation_noise=0.05, seed=7)
+    path = tmp_path / "scrambled.g2o"
+    write_g2o(path, graph)
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxnls", "solve", str(path), "--init", "chordal", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "chordal initialisation" in run.stderr
+    import json
+
+    report = json.loads(run.stdout)
+    assert report["initialization"] == "chordal"
+    expected = _solve(jaxnls.graph.chordal_initialization(jaxnls.io.read_pose_graph(path)))
+    assert report["final_cost"] == pytest.approx(float(expected.cost), rel=1e-9)
+    assert report["initial_cost"] < float(jnp.asarray(_solve(graph).initial_cost))
