@@ -237,3 +237,43 @@ def test_command_line_starts_from_the_chordal_initialisation(tmp_path):
     expected = _solve(jaxnls.graph.chordal_initialization(jaxnls.io.read_pose_graph(path)))
     assert report["final_cost"] == pytest.approx(float(expected.cost), rel=1e-9)
     assert report["initial_cost"] < float(jnp.asarray(_solve(graph).initial_cost))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("nist", "--init chordal applies to pose-graph files"),
+        ("bal", "--init chordal applies to pose-graph files, not BAL"),
+        ("cut", "pose 6 is not connected to an anchored pose"),
+    ],
+)
+def test_command_line_refuses_a_chordal_start_it_cannot_make(tmp_path, make, message):
+    """Exit status 2 and the reason, before any solve: NIST and BAL files have no rotations to initialise, and
+    a pose graph in two pieces has poses whose rotation the relaxation cannot determine."""
+    data = os.path.join(os.path.dirname(__file__), "data")
+    if make == "nist":
+        path = os.path.join(data, "nist", "Misra1a.dat")
+    elif make == "bal":
+        path = os.path.join(data, "graphs", "dubrovnik-3-7-pre.txt")
+    else:
+        graph, _, _ = _graph_3d(num_poses=10, loops=0)
+        keep = np.arange(graph.num_edges) != 5  # the chain 0-...-9 without its edge 5-6
+        graph = dataclasses.replace(
+            graph,
+            edges=graph.edges[keep],
+            measurement_translations=graph.measurement_translations[keep],
+            measurement_quaternions=graph.measurement_quaternions[keep],
+            information=graph.information[keep],
+        )
+        path = str(tmp_path / "cut.g2o")
+        write_g2o(path, graph)
+    run = subprocess.run(
+        [sys.executable, "-m", "jaxnls", "solve", path, "--init", "chordal"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr
+    assert run.stdout == ""
