@@ -187,6 +187,73 @@ def test_a_solve_from_the_chordal_start_reaches_the_minimum_the_true_poses_lead_
     assert float(scrambled.cost) > 1.5 * float(reference.cost)
 
 
+def test_a_factor_graph_built_by_hand_is_initialised_like_its_file():
+    """A FactorGraph: the poses of ``kind`` from its ``between`` groups (information LᵀL), the other kinds and
+    the cost groups untouched; with consistent measurements the true poses, and with noisy ones the same
+    estimate as the pose-graph path."""
+    graph, rotations, translations = _graph_3d(num_poses=20, loops=10, seed=4)
+    factor_graph = jaxnls.graph.pose_graph_problem(graph)
+    initialised = jaxnls.graph.chordal_initialization(factor_graph)
+    poses = initialised.variables["pose"]
+    np.testing.assert_allclose(np.asarray(poses.rotation().as_matrix()), rotations, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(poses.translation()), translations, atol=1e-9)
+    assert all(a is b for a, b in zip(jax.tree.leaves(initialised.costs), jax.tree.leaves(factor_graph.costs)))
+
+    noisy, _, _ = _graph_3d(num_poses=20, loops=10, rotation_noise=0.1, translation_noise=0.2, seed=4)
+    noisy = dataclasses.replace(noisy, information=noisy.information + 0.5 * np.eye(6)[[1, 0, 2, 3, 5, 4]])
+    by_file = jaxnls.graph.chordal_initialization(noisy)
+    by_graph = jaxnls.graph.chordal_initialization(jaxnls.graph.pose_graph_problem(noisy)).variables["pose"]
+    np.testing.assert_allclose(np.asarray(by_graph.translation()), by_file.translations, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(by_graph.rotation().as_matrix()), _rotation_matrices(by_file), atol=1e-9)
+
+    # SE2 poses beside a Euclidean kind, a prior group and a shared square root; fixed pose 2
+    import jaxlie
+
+    rng = np.random.default_rng(0)
+    theta, xy = rng.uniform(-3, 3, 6), rng.normal(size=(6, 2))
+
+    def se2(angle, position):  # jaxlie's SE2 parameters [cos, sin, x, y]
+        return np.concatenate([np.cos(angle)[:, None], np.sin(angle)[:, None], position], axis=1)
+
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5], [5, 0], [1, 4]])
+    i, j = pairs.T
+    c, s_ = np.cos(theta[i]), np.sin(theta[i])
+    dx, dy = (xy[j] - xy[i]).T
+    measured = jaxlie.SE2(jnp.asarray(se2(theta[j] - theta[i], np.stack([c * dx + s_ * dy, -s_ * dx + c * dy], 1))))
+    start_parameters = se2(rng.uniform(-3, 3, 6), rng.normal(size=(6, 2)))
+    start_parameters[2] = se2(theta[2:3], xy[2:3])[0]
+    start = jaxlie.SE2(jnp.asarray(start_parameters))
+    points = jnp.asarray(rng.normal(size=(3, 2)))
+    hand = jaxnls.graph.FactorGraph(
+        {"pose": start, "point": points},
+        [
+            jaxnls.graph.CostGroup(
+                jaxnls.graph.between, ("pose", "pose"), pairs, measured, jnp.diag(jnp.array([1.0, 2.0, 9.0]))
+            ),
+            jaxnls.graph.CostGroup(jaxnls.graph.prior, "point", [0], points[:1]),
+        ],
+        fixed={"pose": [2]},
+    )
+    result = jaxnls.graph.chordal_initialization(hand)
+    np.testing.assert_allclose(np.asarray(result.variables["pose"].parameters()), se2(theta, xy), atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(result.variables["point"]), np.asarray(points))
+
+    with pytest.raises(ValueError, match="no variable kind 'camera'"):
+        jaxnls.graph.chordal_initialization(hand, kind="camera")
+    with pytest.raises(TypeError, match="stack of jaxlie SE2 or SE3 poses, got ArrayImpl"):
+        jaxnls.graph.chordal_initialization(hand, kind="point")
+    with pytest.raises(ValueError, match="no `between` group joining two 'pose' variables"):
+        jaxnls.graph.chordal_initialization(
+            jaxnls.graph.FactorGraph(
+                {"pose": start},
+                [hand.costs[0].__class__(jaxnls.graph.prior, "pose", [0], jaxlie.SE2(start.parameters()[:1]))],
+            )
+        )
+    batch = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), hand)
+    with pytest.raises(ValueError, match="one stack of N poses"):
+        jaxnls.graph.chordal_initialization(batch)
+
+
 def test_fixed_vertices_keep_their_values():
     graph, _, _ = _graph_3d(num_poses=15, loops=8, rotation_noise=0.1, translation_noise=0.1, seed=2)
     graph = dataclasses.replace(graph, fixed_ids=np.array([3, 9]))
@@ -211,8 +278,8 @@ def test_poses_the_anchor_cannot_reach_are_refused_by_id():
         jaxnls.graph.chordal_initialization(cut)
     with pytest.raises(ValueError, match="no edges"):
         jaxnls.graph.chordal_initialization(dataclasses.replace(cut, edges=np.zeros((0, 2), np.int64)))
-    with pytest.raises(TypeError, match="PoseGraph2D or PoseGraph3D"):
-        jaxnls.graph.chordal_initialization(jaxnls.graph.pose_graph_problem(graph))  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="PoseGraph2D, PoseGraph3D or FactorGraph"):
+        jaxnls.graph.chordal_initialization(graph.edges)  # pyright: ignore[reportArgumentType]
 
 
 def test_command_line_starts_from_the_chordal_initialisation(tmp_path):

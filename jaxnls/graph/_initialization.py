@@ -25,121 +25,247 @@ unknowns on 2 cores): an initial guess, so nothing here is differentiated.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, overload
 
 import numpy as np
 from jaxtyping import Float, Int
 
+from ._factors import between
 from ._files import _anchors
+from ._graph import FactorGraph
 
 if TYPE_CHECKING:
     from ..io import PoseGraph2D, PoseGraph3D
 
 
-def chordal_initialization(pose_graph: PoseGraph2D | PoseGraph3D) -> PoseGraph2D | PoseGraph3D:
-    """The pose graph with every free pose (and 2-D landmark) replaced by its chordal estimate.
+@overload
+def chordal_initialization(problem: PoseGraph2D, kind: str = "pose") -> PoseGraph2D: ...
+@overload
+def chordal_initialization(problem: PoseGraph3D, kind: str = "pose") -> PoseGraph3D: ...
+@overload
+def chordal_initialization(problem: FactorGraph, kind: str = "pose") -> FactorGraph: ...
+def chordal_initialization(
+    problem: PoseGraph2D | PoseGraph3D | FactorGraph, kind: str = "pose"
+) -> PoseGraph2D | PoseGraph3D | FactorGraph:
+    r"""A pose graph (or factor graph) whose free poses are replaced by their chordal estimates.
 
     Rotations come from the chordal relaxation and positions from linear least squares given them (see the
-    module's description); the measurements, information matrices and anchored vertices are the file's. The
-    anchors are those of :func:`pose_graph_problem`: the file's ``FIX`` vertices, else the first pose, which
-    keep their values. Start a solve from the result::
+    module's description); measurements, information matrices and anchored poses are unchanged. Start a solve
+    from the result::
 
         start = jaxnls.graph.chordal_initialization(jaxnls.io.read_pose_graph("torus3D.g2o"))
         sol = jaxnls.graph.solve(jaxnls.graph.pose_graph_problem(start))
 
+        graph = jaxnls.graph.chordal_initialization(graph)  # a FactorGraph built by hand
+        sol = jaxnls.graph.solve(graph)
+
+    For a :class:`~jaxnls.io.PoseGraph2D` / :class:`~jaxnls.io.PoseGraph3D` the anchors are those of
+    :func:`pose_graph_problem` (the file's ``FIX`` vertices, else the first pose) and 2-D landmarks are placed
+    too. For a :class:`FactorGraph` the measurements are its :func:`between` groups joining two variables of
+    ``kind`` (jaxlie ``SE2`` or ``SE3``), weighted by :math:`L^\top L` of their ``sqrt_information``; the anchors
+    are ``fixed[kind]``, else its first variable; other groups (priors, landmarks, other kinds) and robust losses
+    are not used (an outlier edge pulls the relaxation as any other), and other kinds keep their values.
+
     Args:
-        pose_graph: a :class:`~jaxnls.io.PoseGraph2D` or :class:`~jaxnls.io.PoseGraph3D`.
+        problem: a ``PoseGraph2D``, ``PoseGraph3D`` or an unbatched :class:`FactorGraph`.
+        kind: for a ``FactorGraph``, the variable kind holding the poses (default ``"pose"``).
 
     Returns:
-        A pose graph of the same type whose ``poses`` (2-D: ``[x, y, θ]``, θ in (-π, π]; 3-D: ``translations``
-        and ``quaternions``, ``w >= 0``) and 2-D ``landmarks`` are the estimates.
+        The same type: a pose graph whose ``poses`` (2-D: ``[x, y, θ]``, θ in (-π, π]; 3-D: ``translations``
+        and ``quaternions``, ``w >= 0``) and 2-D ``landmarks`` are the estimates, or a ``FactorGraph`` whose
+        ``variables[kind]`` are.
 
     Raises:
-        TypeError: ``pose_graph`` is neither a ``PoseGraph2D`` nor a ``PoseGraph3D``.
-        ValueError: the pose graph has no edges, or a pose (landmark) that no chain of pose-to-pose edges
-            (a landmark edge) connects to an anchored vertex: its rotation (position) is not determined. The
-            message names its file id.
+        TypeError: ``problem`` is none of these, or ``variables[kind]`` is not a stack of ``SE2`` / ``SE3``.
+        ValueError: there is no edge between poses, or a pose (landmark) that no chain of pose-to-pose edges (a
+            landmark edge) connects to an anchored vertex: its rotation (position) is not determined. The message
+            names it (by file id for pose graphs, by index for a ``FactorGraph``).
     """
     from ..io import PoseGraph2D, PoseGraph3D
 
-    if not isinstance(pose_graph, (PoseGraph2D, PoseGraph3D)):
-        raise TypeError(f"expected a PoseGraph2D or PoseGraph3D, got {type(pose_graph).__name__}")
-    if pose_graph.num_edges == 0:
+    if isinstance(problem, FactorGraph):
+        return _initialize_factor_graph(problem, kind)
+    if not isinstance(problem, (PoseGraph2D, PoseGraph3D)):
+        raise TypeError(f"expected a PoseGraph2D, PoseGraph3D or FactorGraph, got {type(problem).__name__}")
+    if problem.num_edges == 0:
         raise ValueError("the pose graph has no edges: nothing to initialise from")
-    anchors = _anchors(pose_graph)
+    anchors = _anchors(problem)
     anchored_landmarks = np.asarray(anchors.get("landmark", []), np.int64)
-    # only landmarks fixed: they hold the positions, but the rotations need a reference (the first pose's)
-    rotation_anchors = np.asarray(anchors["pose"] or [0], np.int64)
-    anchored_poses = np.asarray(anchors["pose"] or ([] if anchored_landmarks.size else [0]), np.int64)
-    _check_connected(pose_graph, rotation_anchors)
-    if isinstance(pose_graph, PoseGraph2D):
-        rotations = _rotation_matrices_2d(pose_graph.poses[:, 2])
-        measured = _rotation_matrices_2d(pose_graph.measurements[:, 2])
-        positions = pose_graph.poses[:, :2]
-        measured_positions = pose_graph.measurements[:, :2]
-        rotation_information = pose_graph.information[:, 2:, 2:]
-        position_information = pose_graph.information[:, :2, :2]
+    if isinstance(problem, PoseGraph2D):
+        rotations = _rotation_matrices_2d(problem.poses[:, 2])
+        measured = _rotation_matrices_2d(problem.measurements[:, 2])
+        positions, measured_positions = problem.poses[:, :2], problem.measurements[:, :2]
     else:
-        rotations = _rotation_matrices_3d(pose_graph.quaternions)
-        measured = _rotation_matrices_3d(pose_graph.measurement_quaternions)
-        positions = pose_graph.translations
-        measured_positions = pose_graph.measurement_translations
-        rotation_information = pose_graph.information[:, 3:, 3:]
-        position_information = pose_graph.information[:, :3, :3]
+        rotations = _rotation_matrices_3d(problem.quaternions)
+        measured = _rotation_matrices_3d(problem.measurement_quaternions)
+        positions, measured_positions = problem.translations, problem.measurement_translations
+    landmarks = None
+    if isinstance(problem, PoseGraph2D) and problem.landmarks.shape[0] > 0:
+        _check_landmarks_observed(problem, anchored_landmarks)
+        landmarks = _Landmarks(
+            problem.landmark_edges,
+            problem.landmark_measurements,
+            problem.landmark_information,
+            problem.landmarks,
+            anchored_landmarks,
+        )
+    rotations, solved = _estimate(
+        _Edges(problem.edges, measured, measured_positions, problem.information),
+        rotations,
+        positions,
+        anchors["pose"],
+        lambda index: f"pose {int(problem.pose_ids[index])}",
+        landmarks,
+    )
+    if isinstance(problem, PoseGraph2D):
+        theta = np.arctan2(rotations[:, 1, 0], rotations[:, 0, 0])
+        changes: dict = {"poses": np.concatenate([solved[: problem.num_poses], theta[:, None]], axis=1)}
+        if landmarks is not None:
+            changes["landmarks"] = solved[problem.num_poses :]
+        return dataclasses.replace(problem, **changes)
+    return dataclasses.replace(problem, translations=solved, quaternions=_quaternions(rotations))
 
+
+class _Edges(NamedTuple):
+    """Relative-pose measurements: ``information`` in the tangent order (position, rotation)."""
+
+    pairs: Int[np.ndarray, "E 2"]
+    rotations: Float[np.ndarray, "E d d"]
+    positions: Float[np.ndarray, "E d"]
+    information: Float[np.ndarray, "E k k"]
+
+
+class _Landmarks(NamedTuple):
+    """2-D landmark observations: (pose, landmark) pairs, positions in the pose's frame, starts, anchors."""
+
+    pairs: Int[np.ndarray, "K 2"]
+    positions: Float[np.ndarray, "K d"]
+    information: Float[np.ndarray, "K d d"]
+    values: Float[np.ndarray, "L d"]
+    anchored: Int[np.ndarray, " B"]
+
+
+def _estimate(
+    edges: _Edges,
+    rotations: Float[np.ndarray, "N d d"],
+    positions: Float[np.ndarray, "N d"],
+    anchored: Sequence[int],
+    name: Callable[[int], str],
+    landmarks: _Landmarks | None = None,
+) -> tuple[Float[np.ndarray, "N d d"], Float[np.ndarray, "M d"]]:
+    """The chordal rotations and the positions given them (the poses', then the landmarks')."""
+    d = rotations.shape[-1]
+    num_poses = rotations.shape[0]
+    # only landmarks anchored: they hold the positions, but the rotations need a reference (the first pose's)
+    rotation_anchors = np.asarray(anchored or [0], np.int64)
+    position_anchors = np.asarray(
+        anchored or ([] if landmarks is not None and landmarks.anchored.size else [0]), np.int64
+    )
+    _check_connected(num_poses, edges.pairs, rotation_anchors, name)
+
+    rotation_information = edges.information[:, d:, d:]
     weight = np.trace(rotation_information, axis1=1, axis2=2) / rotation_information.shape[-1]
     rotations = _project_to_rotations(
-        _relaxed_rotations(pose_graph.edges, measured, weight, rotations, rotation_anchors)
+        _relaxed_rotations(edges.pairs, edges.rotations, weight, rotations, rotation_anchors)
     )
 
-    # positions: pose-to-pose terms t_j - t_i - R_i t_ij, and for 2-D files landmark terms l - t_i - R_i z
-    first = pose_graph.edges[:, 0]
-    pairs = [pose_graph.edges]
-    offsets = [np.einsum("eab,eb->ea", rotations[first], measured_positions)]
-    informations = [position_information]
-    values = positions
-    anchored = anchored_poses
-    landmarks = False
-    if isinstance(pose_graph, PoseGraph2D) and pose_graph.landmarks.shape[0] > 0:
-        landmarks = True
-        num_poses = pose_graph.num_poses
-        _check_landmarks_observed(pose_graph, anchored_landmarks)
-        observer = pose_graph.landmark_edges[:, 0]
-        pairs.append(pose_graph.landmark_edges + np.array([0, num_poses]))
-        offsets.append(np.einsum("eab,eb->ea", rotations[observer], pose_graph.landmark_measurements))
-        informations.append(pose_graph.landmark_information)
-        values = np.concatenate([positions, pose_graph.landmarks])
-        anchored = np.concatenate([anchored_poses, anchored_landmarks + num_poses])
-    pairs_all = np.concatenate(pairs)
-    frames = rotations[pairs_all[:, 0]]
+    # positions: pose-to-pose terms t_j - t_i - R_i t_ij, and landmark terms l - t_i - R_i z
+    pairs, offsets, informations = [edges.pairs], [edges.positions], [edges.information[:, :d, :d]]
+    values, anchors = positions, position_anchors
+    if landmarks is not None:
+        pairs.append(landmarks.pairs + np.array([0, num_poses]))
+        offsets.append(landmarks.positions)
+        informations.append(landmarks.information)
+        values = np.concatenate([positions, landmarks.values])
+        anchors = np.concatenate([position_anchors, landmarks.anchored + num_poses])
+    all_pairs = np.concatenate(pairs)
+    frames = rotations[all_pairs[:, 0]]
     # the information of R_i^T (t_j - t_i) - t_ij, expressed on t_j - t_i - R_i t_ij
     information = frames @ np.concatenate(informations) @ np.swapaxes(frames, 1, 2)
-    solved = _anchored_least_squares(pairs_all, information, np.concatenate(offsets), values, anchored)
-
-    if isinstance(pose_graph, PoseGraph2D):
-        theta = np.arctan2(rotations[:, 1, 0], rotations[:, 0, 0])
-        poses = np.concatenate([solved[: pose_graph.num_poses], theta[:, None]], axis=1)
-        changes: dict = {"poses": poses}
-        if landmarks:
-            changes["landmarks"] = solved[pose_graph.num_poses :]
-        return dataclasses.replace(pose_graph, **changes)
-    return dataclasses.replace(pose_graph, translations=solved, quaternions=_quaternions(rotations))
+    offsets_world = np.einsum("eab,eb->ea", frames, np.concatenate(offsets))
+    return rotations, _anchored_least_squares(all_pairs, information, offsets_world, values, anchors)
 
 
-def _check_connected(pose_graph, anchored: Int[np.ndarray, " A"]) -> None:
+def _initialize_factor_graph(graph: FactorGraph, kind: str) -> FactorGraph:
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jaxlie
+
+    if kind not in graph.variables:
+        raise ValueError(f"chordal initialisation: no variable kind {kind!r} (the graph has {sorted(graph.variables)})")
+    poses = graph.variables[kind]
+    if not isinstance(poses, (jaxlie.SE2, jaxlie.SE3)):
+        raise TypeError(
+            f"chordal initialisation: variables[{kind!r}] must be a stack of jaxlie SE2 or SE3 poses, got "
+            f"{type(poses).__name__}"
+        )
+    parameters = np.asarray(poses.parameters(), np.float64)
+    if parameters.ndim != 2:
+        raise ValueError(
+            f"chordal initialisation: variables[{kind!r}] must be one stack of N poses (an unbatched graph), got "
+            f"parameters of shape {parameters.shape}"
+        )
+    groups = [c for c in graph.costs if c.residual_fn is between and c.kinds == (kind, kind)]
+    if not groups:
+        raise ValueError(f"chordal initialisation: the graph has no `between` group joining two {kind!r} variables")
+    planar = isinstance(poses, jaxlie.SE2)
+    k = 3 if planar else 6  # the tangent size
+    pairs, rotations, positions, information = [], [], [], []
+    for group in groups:
+        measured = np.asarray(group.data.parameters(), np.float64)
+        count = group.num_terms
+        if group.sqrt_information is None:
+            root = np.broadcast_to(np.eye(k), (count, k, k))
+        else:
+            root = np.broadcast_to(np.asarray(group.sqrt_information, np.float64), (count, k, k))
+        pairs.append(group.indices.array)
+        rotations.append(
+            _rotation_matrices_2d(np.arctan2(measured[:, 1], measured[:, 0]))
+            if planar
+            else _rotation_matrices_3d(measured[:, :4])
+        )
+        positions.append(measured[:, 2:] if planar else measured[:, 4:])
+        information.append(np.swapaxes(root, 1, 2) @ root)
+    if planar:
+        start_rotations, start_positions = (
+            _rotation_matrices_2d(np.arctan2(parameters[:, 1], parameters[:, 0])),
+            parameters[:, 2:],
+        )
+    else:
+        start_rotations, start_positions = _rotation_matrices_3d(parameters[:, :4]), parameters[:, 4:]
+    anchored = [int(i) for fixed_kind, indices in graph.fixed if fixed_kind == kind for i in indices.array]
+    estimated, solved = _estimate(
+        _Edges(
+            np.concatenate(pairs), np.concatenate(rotations), np.concatenate(positions), np.concatenate(information)
+        ),
+        start_rotations,
+        start_positions,
+        anchored,
+        lambda index: f"variable {index} of kind {kind!r}",
+    )
+    if planar:
+        new = np.concatenate([estimated[:, :, 0], solved], axis=1)  # [cos θ, sin θ, x, y]
+    else:
+        new = np.concatenate([_quaternions(estimated), solved], axis=1)
+    value = type(poses)(jnp.asarray(new, dtype=jnp.asarray(poses.parameters()).dtype))
+    return eqx.tree_at(lambda g: g.variables[kind], graph, value)
+
+
+def _check_connected(
+    num_poses: int, pairs: Int[np.ndarray, "E 2"], anchored: Int[np.ndarray, " A"], name: Callable[[int], str]
+) -> None:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = pose_graph.num_poses
-    i, j = pose_graph.edges.T
-    adjacency = coo_matrix((np.ones(i.shape[0]), (i, j)), shape=(n, n))
+    i, j = pairs.T
+    adjacency = coo_matrix((np.ones(i.shape[0]), (i, j)), shape=(num_poses, num_poses))
     _, component = connected_components(adjacency, directed=False)
     reached = np.isin(component, component[anchored])
     if not reached.all():
-        lost = int(pose_graph.pose_ids[np.argmin(reached)])
         raise ValueError(
-            f"chordal initialisation: pose {lost} is not connected to an anchored pose by pose-to-pose edges "
-            f"({int((~reached).sum())} such poses): its rotation is not determined"
+            f"chordal initialisation: {name(int(np.argmin(reached)))} is not connected to an anchored pose by "
+            f"pose-to-pose edges ({int((~reached).sum())} such poses): its rotation is not determined"
         )
 
 
