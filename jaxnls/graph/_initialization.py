@@ -184,7 +184,7 @@ def _estimate(
     # the information of R_i^T (t_j - t_i) - t_ij, expressed on t_j - t_i - R_i t_ij
     information = frames @ np.concatenate(informations) @ np.swapaxes(frames, 1, 2)
     offsets_world = np.einsum("eab,eb->ea", frames, np.concatenate(offsets))
-    return rotations, _anchored_least_squares(all_pairs, information, offsets_world, values, anchors)
+    return rotations, _anchored_least_squares(all_pairs, information, values, anchors, offsets=offsets_world)
 
 
 def _initialize_factor_graph(graph: FactorGraph, kind: str) -> FactorGraph:
@@ -312,15 +312,14 @@ def _relaxed_rotations(
     anchored: Int[np.ndarray, " A"],
 ) -> Float[np.ndarray, "N d d"]:
     """The unconstrained minimiser :math:`M` of :math:`\\sum κ\\|M_j - M_i \\tilde R_{ij}\\|_F^2` with the anchors held."""
-    num, d = rotations.shape[0], rotations.shape[-1]
-    eye = np.broadcast_to(np.eye(d), measured.shape)
-    diagonal = weight[:, None, None] * eye
-    # unknowns of row k: u_i = M_i[k, :]^T; residual u_j - R_ij^T u_i, so H_ij = -κ R_ij; the d right-hand sides
-    # (one per row) share the matrix. Column k of the (N d, d) array stacks the rows k of every M_i.
-    values = np.swapaxes(rotations, 1, 2).reshape(num * d, d)
-    matrix = _block_normal_matrix(num, d, edges, diagonal, diagonal, -weight[:, None, None] * measured)
-    rows = _solve_with_anchors(matrix, np.zeros_like(values), values, anchored, d)
-    return np.swapaxes(rows.reshape(num, d, d), 1, 2)
+    d = rotations.shape[-1]
+    # row k of M_j - M_i R_ij is u_j - R_ij^T u_i with u = M[k, :]^T: d problems, one matrix. Column k of M^T
+    # is u for row k, so the unknowns are the M_i^T with d right-hand sides.
+    information = weight[:, None, None] * np.broadcast_to(np.eye(d), measured.shape)
+    solved = _anchored_least_squares(
+        edges, information, np.swapaxes(rotations, 1, 2), anchored, transforms=np.swapaxes(measured, 1, 2)
+    )
+    return np.swapaxes(solved, 1, 2)
 
 
 def _project_to_rotations(matrices: Float[np.ndarray, "N d d"]) -> Float[np.ndarray, "N d d"]:
@@ -334,18 +333,32 @@ def _project_to_rotations(matrices: Float[np.ndarray, "N d d"]) -> Float[np.ndar
 def _anchored_least_squares(
     pairs: Int[np.ndarray, "E 2"],
     information: Float[np.ndarray, "E d d"],
-    offsets: Float[np.ndarray, "E d"],
-    values: Float[np.ndarray, "N d"],
+    values: Float[np.ndarray, "N d *k"],
     anchored: Int[np.ndarray, " A"],
-) -> Float[np.ndarray, "N d"]:
-    r"""The minimiser of :math:`\sum_e \|x_{j} - x_{i} - c_e\|^2_{Ω_e}` over the free blocks of ``values``."""
-    num, d = values.shape
-    matrix = _block_normal_matrix(num, d, pairs, information, information, -information)
-    weighted = np.einsum("eab,eb->ea", information, offsets)
-    rhs = np.zeros((num, d))
-    np.add.at(rhs, pairs[:, 1], weighted)
-    np.add.at(rhs, pairs[:, 0], -weighted)
-    return _solve_with_anchors(matrix, rhs.reshape(-1), values.reshape(-1), anchored, d).reshape(num, d)
+    transforms: Float[np.ndarray, "E d d"] | None = None,
+    offsets: Float[np.ndarray, "E d *k"] | None = None,
+) -> Float[np.ndarray, "N d *k"]:
+    r"""The minimiser of :math:`\sum_e \|x_j - A_e x_i - c_e\|^2_{Ω_e}` over the free blocks of ``values`` (the
+    anchored ones held; ``A_e`` = ``transforms``, identity if None; ``c_e`` = ``offsets``, zero if None), for each
+    of the trailing columns ``k`` of ``values``: with :math:`J = [-A, I]` the normal equations have blocks
+    :math:`H_{ii} \mathrel{+}= A^\top Ω A`, :math:`H_{jj} \mathrel{+}= Ω`, :math:`H_{ij} \mathrel{+}= -A^\top Ω`
+    and right-hand side :math:`b_j \mathrel{+}= Ωc`, :math:`b_i \mathrel{-}= A^\top Ωc`."""
+    num, d = values.shape[:2]
+    columns = values.shape[2:]
+    if transforms is None:
+        first, cross = information, -information
+    else:
+        weighted_transforms = np.swapaxes(transforms, 1, 2) @ information  # A^T Ω
+        first, cross = weighted_transforms @ transforms, -weighted_transforms
+    matrix = _block_normal_matrix(num, d, pairs, first, information, cross)
+    rhs = np.zeros(values.shape)
+    if offsets is not None:
+        weighted = np.einsum("eab,eb...->ea...", information, offsets)
+        np.add.at(rhs, pairs[:, 1], weighted)
+        down = weighted if transforms is None else np.einsum("eba,eb...->ea...", transforms, weighted)
+        np.add.at(rhs, pairs[:, 0], -down)
+    flat = (num * d, *columns)
+    return _solve_with_anchors(matrix, rhs.reshape(flat), values.reshape(flat), anchored, d).reshape(values.shape)
 
 
 def _block_normal_matrix(num: int, d: int, pairs, first_block, second_block, cross_block):
@@ -386,7 +399,7 @@ def _solve_with_anchors(matrix, rhs: np.ndarray, values: np.ndarray, anchored: I
         )
     except RuntimeError as err:  # "Factor is exactly singular": a vertex no anchored one determines
         raise ValueError(
-            f"chordal initialisation: the positions are not determined by the anchored vertices ({err})"
+            f"chordal initialisation: the anchored vertices do not determine every pose and landmark ({err})"
         ) from err
     solution[free] = factor.solve(np.asarray(reduced_rhs))
     return solution
