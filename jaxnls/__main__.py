@@ -406,6 +406,13 @@ def _solve_graph(args, kind: str) -> int:
     cholmod_blas = None
     if isinstance(linear, graph.SparseDirect) and linear.uses_cholmod("float64"):
         cholmod_blas = graph.blas_in_use() or "bundled ATLAS"
+    if kind != "bal" and args.init == "file" and not status.converged:
+        # the slow convergence from odometry starts that the chordal start avoids (benchmarks/README.md (ad))
+        print(
+            f"jaxnls: {args.file}: not converged from the file's poses; the chordal start (--init chordal) often "
+            "converges in a few iterations, sometimes to a lower minimum",
+            file=sys.stderr,
+        )
     if args.output and not status.converged and not args.write_unconverged:
         print(
             f"jaxnls: the solve did not converge ({status.name}); {args.output} was not written "

@@ -344,3 +344,29 @@ def test_command_line_refuses_a_chordal_start_it_cannot_make(tmp_path, make, mes
     assert run.returncode == 2, run.stderr
     assert message in run.stderr
     assert run.stdout == ""
+
+
+def test_command_line_suggests_the_chordal_start_when_the_files_start_does_not_converge(tmp_path):
+    """A pose-graph solve from the file's poses that ends unconverged says that ``--init chordal`` exists; one
+    that converges, or that already started from the chordal estimate, does not."""
+    graph, _, _ = _graph_3d(num_poses=20, loops=12, rotation_noise=0.05, translation_noise=0.05, seed=7)
+    path = tmp_path / "scrambled.g2o"
+    write_g2o(path, graph)
+
+    def solve(*options, file=path):
+        return subprocess.run(
+            [sys.executable, "-m", "jaxnls", "solve", str(file), "--json", *options],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            check=False,
+        )
+
+    stopped = solve("--max-steps", "2")
+    assert stopped.returncode == 1, stopped.stderr
+    assert "the chordal start (--init chordal)" in stopped.stderr
+    chordal = solve("--max-steps", "2", "--init", "chordal")
+    assert "(--init chordal)" not in chordal.stderr
+    converged = solve(file=os.path.join(os.path.dirname(__file__), "data", "graphs", "pose3example.txt"))
+    assert converged.returncode == 0, converged.stderr
+    assert "(--init chordal)" not in converged.stderr
