@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 from _common import time_calls  # noqa: E402
 
 import jaxnls  # noqa: E402
-import jaxnls.io  # noqa: E402
 from jaxnls import graph as jg  # noqa: E402
 
 PRIOR_SIGMA = 1e-6
@@ -251,19 +250,16 @@ def run_gtsam_chordal(factors, is3d: bool, repeats: int):
     return factors.error(result), optimizer.iterations(), None, timing.median
 
 
-def chordal_graph(pose_graph, graph):
-    """``graph`` started from :func:`jaxnls.graph.chordal_initialization` of the file's pose graph."""
-    start = jg.pose_graph_problem(jg.chordal_initialization(pose_graph))
-    return jg.FactorGraph({"pose": start.variables["pose"]}, graph.costs)
+def started(graph, chordal: bool):
+    """``graph``, or (timed with the solve that follows) ``graph`` from its :func:`jaxnls.graph.chordal_initialization`."""
+    return jg.chordal_initialization(graph) if chordal else graph
 
 
-def run_jaxnls(graph, solver, max_steps: int, repeats: int, pose_graph=None):
-    """One jaxnls row; with ``pose_graph`` the solve starts from its chordal initialisation, timed with it."""
+def run_jaxnls(graph, solver, max_steps: int, repeats: int, chordal: bool = False):
+    """One jaxnls row; with ``chordal`` the solve starts from the chordal initialisation, timed with it."""
 
     def once():
-        return jg.solve(
-            graph if pose_graph is None else chordal_graph(pose_graph, graph), solver=solver, max_steps=max_steps
-        )
+        return jg.solve(started(graph, chordal), solver=solver, max_steps=max_steps)
 
     timing, sol = time_calls(once, repeats)
     status = jaxnls.Status(int(sol.status)).name
@@ -279,19 +275,17 @@ def steps_to_reach(graph, solver, max_steps: int, target: float) -> int | None:
 
 
 def time_to_reach(
-    graph, solver, max_steps: int, target: float, repeats: int, pose_graph=None
+    graph, solver, max_steps: int, target: float, repeats: int, chordal: bool = False
 ) -> tuple[int | None, float | None]:
     """Iterations and median solve seconds of the same solve stopped at the first iteration whose cost is at
     most ``target`` (GTSAM's final error, 1e-6 relative above it): what the issue's time target measures. With
-    ``pose_graph`` from its chordal initialisation, whose time counts."""
-    steps = steps_to_reach(graph if pose_graph is None else chordal_graph(pose_graph, graph), solver, max_steps, target)
+    ``chordal`` from the chordal initialisation, whose time counts."""
+    steps = steps_to_reach(started(graph, chordal), solver, max_steps, target)
     if steps is None:
         return None, None
 
     def once():
-        return jg.solve(
-            graph if pose_graph is None else chordal_graph(pose_graph, graph), solver=solver, max_steps=steps
-        )
+        return jg.solve(started(graph, chordal), solver=solver, max_steps=steps)
 
     timing, _ = time_calls(once, repeats)
     return steps, timing.median
@@ -325,9 +319,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     factors, initial, graph = load(args.file, args.first_poses)
-    path = args.file if os.path.exists(args.file) else gtsam.findExampleDataFile(args.file)
-    pose_graph = None if args.first_poses is not None else jaxnls.io.read_pose_graph(path)
-    is3d = isinstance(pose_graph, jaxnls.io.PoseGraph3D)
+    is3d = isinstance(graph.variables["pose"], jaxlie.SE3)
     if args.batch:
         return main_batch(args, factors, graph)
     print(
@@ -349,7 +341,7 @@ def main(argv=None):
         "gtsam LM (chordal start)": lambda: run_gtsam_chordal(factors, is3d, args.repeats),
         **{
             f"jaxnls {strategy} + {linear} (chordal start)": lambda s=STRATEGIES[strategy], l=LINEAR_SOLVERS[linear]: (
-                run_jaxnls(graph, s(linear_solver=l()), args.max_steps, args.repeats, pose_graph)
+                run_jaxnls(graph, s(linear_solver=l()), args.max_steps, args.repeats, chordal=True)
             )
             for strategy in STRATEGIES
             for linear in LINEAR_SOLVERS
@@ -373,9 +365,7 @@ def main(argv=None):
             chordal = name.endswith(" (chordal start)")
             strategy, linear = name.removeprefix("jaxnls ").removesuffix(" (chordal start)").split(" + ")
             solver = STRATEGIES[strategy](linear_solver=LINEAR_SOLVERS[linear]())
-            steps, seconds = time_to_reach(
-                graph, solver, args.max_steps, target, args.repeats, pose_graph if chordal else None
-            )
+            steps, seconds = time_to_reach(graph, solver, args.max_steps, target, args.repeats, chordal)
             reach = f"{'never':>22}{'':>8}" if steps is None else f"{steps:>22}{seconds:>8.3f}"
         print(
             f"{name:<52}{cost:>16.6f}{iterations:>7}{compile_text:>11}{solve_time:>10.3f}{reach}"
