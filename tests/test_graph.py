@@ -621,7 +621,7 @@ def test_marginal_covariance_of_a_fixed_variable_is_zero_and_errors_are_named():
     dense = np.zeros((structure.n, structure.n))
     from jaxnls.graph._marginals import _term_products
 
-    for product, group in zip(_term_products(fixed, structure), structure.groups):
+    for product, group in zip(_term_products(fixed), structure.groups):
         for term, columns in zip(product, group["columns"]):
             dense[np.ix_(columns, columns)] += term
     free = structure.fixed_diagonal == 0

@@ -72,31 +72,32 @@ def marginal_covariance(
     if not columns:
         raise ValueError("marginal_covariance: no variables given")
     columns = np.concatenate(columns)
-    products = _term_products(graph, structure)
+    products = _term_products(graph)
     return _covariance_columns(structure, products, columns)
 
 
-def _term_products(graph: FactorGraph, structure) -> list[np.ndarray]:
+def _term_products(graph: FactorGraph) -> list[np.ndarray]:
     """JₑᵀJₑ per term, ``(E, D, D)`` per cost group, of the whitened residuals at the graph's values (the
     coordinates of fixed variables masked to zero)."""
+    return [np.asarray(p, np.float64) for p in _term_products_compiled(graph)]
+
+
+@eqx.filter_jit
+def _term_products_compiled(graph: FactorGraph) -> list[jax.Array]:
+    # module level, the graph an argument: one compilation per graph structure, not one per call
+    structure = validate(graph, False)
     values = graph.variables
-    space = ProductSpace(values)
     anchor = ravel_pytree(values)[0]
     problem = GraphProblem(
         structure=structure,
-        space=space,
+        space=ProductSpace(values),
         residual_fns=tuple(c.residual_fn for c in graph.costs),
         linear_solver=SparseDirect(),
         dtype=anchor.dtype,
     )
     cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
-
-    @jax.jit
-    def products(anchor, cost_args):
-        _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
-        return [block_products(jac, jac) for jac in jacobians]
-
-    return [np.asarray(p, np.float64) for p in products(anchor, cost_args)]
+    _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
+    return [block_products(jac, jac) for jac in jacobians]
 
 
 def _covariance_columns(structure, products, columns: np.ndarray) -> np.ndarray:
