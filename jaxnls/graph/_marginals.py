@@ -30,6 +30,9 @@ def marginal_covariance(
     r"""The joint covariance of ``variables`` at the estimate ``at`` (GTSAM's ``marginalCovariance`` for one
     variable, ``jointMarginalCovariance`` for several).
 
+    The linearisation is compiled once per graph structure: later calls, at other values or for other
+    variables, reuse the program (asking for several variables in one call also shares the factorisation).
+
     Args:
         graph: the :class:`FactorGraph` (one problem, not a batch).
         variables: ``[(kind, index), ...]``, e.g. ``[("pose", 7)]`` or ``[("pose", 0), ("landmark", 3)]``.
