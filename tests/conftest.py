@@ -10,6 +10,15 @@ import tempfile
 # takes 4 s alone took 26 s beside another worker. Set before numpy / scipy load it; notebook kernels inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+# XLA:CPU's classic elemental emitters, the option every top-level solve already compiles with (jaxnls._driver),
+# for everything else the tests compile too: solves nested in jax.grad / jax.jit and eager operations, whose
+# programs JAX compiles with XLA's defaults. The suite is mostly compilation, and these compile in about 60% of
+# the time (tests/test_graph_adjoint.py: 64 -> 42 s). test_solve.py::test_nested_solve_under_xla_defaults runs one
+# nested solve without the flag. Before jax loads XLA; notebook kernels and subprocesses inherit it.
+os.environ["XLA_FLAGS"] = " ".join(
+    filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"])
+)
+
 import jax
 import numpy as np
 from hypothesis import settings

@@ -508,3 +508,60 @@ def test_small_solves_compile_without_llvm_optimisation_and_agree_with_the_defau
     direct = jaxnls.solve(curve_residual, p0, (T, ys), **kwargs)
     nested = jax.jit(lambda p: jaxnls.solve(curve_residual, p, (T, ys), **kwargs).params)(p0)
     np.testing.assert_allclose(direct.params, nested, rtol=1e-10)
+
+
+_UNDER_XLA_DEFAULTS = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+sys.path.insert(0, sys.argv[1])
+from test_solve import P_TRUE, T, TIGHT, curve_residual, noisy_data
+import jaxnls
+
+y = jnp.asarray(noisy_data(43))
+solver = jaxnls.LevenbergMarquardt(**TIGHT)
+params = jax.jit(lambda p: jaxnls.solve(curve_residual, p, (T, y), solver=solver).params)(jnp.asarray(P_TRUE))
+gradient = jax.grad(lambda y: jnp.sum(jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, y), solver=solver).params))(y)
+print(json.dumps({"params": np.asarray(params).tolist(), "gradient": np.asarray(gradient).tolist()}))
+"""
+
+
+def test_nested_solve_under_xla_defaults():
+    """The suite compiles with XLA:CPU's classic emitters (conftest.py); a user's nested solve compiles with XLA's
+    defaults. Run one nested solve and one gradient through a solve in a process without the flag: the same
+    answer, and a gradient that central differences confirm."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "").replace("--xla_cpu_use_fusion_emitters=false", "").strip()
+    if flags:
+        env["XLA_FLAGS"] = flags
+    else:
+        env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _UNDER_XLA_DEFAULTS, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    y = noisy_data(43)
+    solver = jaxnls.LevenbergMarquardt(**TIGHT)
+    here = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, jnp.asarray(y)), solver=solver).params
+    np.testing.assert_allclose(result["params"], here, rtol=1e-10)
+    direction = np.random.default_rng(44).standard_normal(y.shape)
+    from conftest import directional_difference
+
+    def total(t):
+        sol = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, jnp.asarray(y + t * direction)), solver=solver)
+        return float(jnp.sum(sol.params))
+
+    np.testing.assert_allclose(
+        np.dot(result["gradient"], direction), directional_difference(total, 0.0, 1.0), rtol=1e-6
+    )
