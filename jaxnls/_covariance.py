@@ -145,8 +145,14 @@ def covariance(
         else frozen_mask(fixed, params, batched, batch)
     )
 
+    return _covariances(residual_fn, params, args, frozen, axes, batched, num_residuals, absolute_sigma, float(rcond))
+
+
+@eqx.filter_jit
+def _covariances(residual_fn, params, args, frozen, axes, batched, num_residuals, absolute_sigma, rcond):
+    # compiled as one program (op by op, a NIST problem's covariance compiled ~40 small ones: 2-3 s per call)
     def one(p, a, f):
-        return _one_problem(residual_fn, p, a, f, num_residuals, absolute_sigma, float(rcond))
+        return _one_problem(residual_fn, p, a, f, num_residuals, absolute_sigma, rcond)
 
     if batched:
         return jax.vmap(one, in_axes=(0, axes, 0))(params, args, frozen)
