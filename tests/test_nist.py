@@ -124,18 +124,16 @@ SD_LRE_TARGET = 6.0
 @pytest.mark.parametrize("name", _same_worker([n for n in LOWER + AVERAGE + HIGHER if n != "Lanczos1"]))
 def test_certified_standard_deviations(name):
     """jaxnls.covariance's standard errors against NIST's certified standard deviations: at the certified
-    values, and at our own solve's answer from each start (both batched in one call)."""
+    values, and at our own solve's answer from each start (the three batched in one call)."""
     problem, params, _, _ = fit(name)
-    at_certified = jaxnls.covariance(problem.residual_fn, jnp.asarray(problem.certified_values), problem.args)
-    at_ours = jaxnls.covariance(problem.residual_fn, jnp.asarray(params), problem.args, batched=True, args_axes=None)
-    for where, errors in [
-        ("certified values", at_certified.standard_errors),
-        ("our start-1 answer", at_ours.standard_errors[0]),
-        ("our start-2 answer", at_ours.standard_errors[1]),
-    ]:
+    points = jnp.asarray(np.vstack([problem.certified_values, params]))
+    covariances = jaxnls.covariance(problem.residual_fn, points, problem.args, batched=True, args_axes=None)
+    for where, errors in zip(
+        ("certified values", "our start-1 answer", "our start-2 answer"), covariances.standard_errors
+    ):
         lre = log_relative_error(np.asarray(errors), problem.certified_std_devs)
         assert lre.min() >= SD_LRE_TARGET, f"{name} at {where}: LRE per standard deviation {np.round(lre, 2)}"
-    assert int(at_certified.rank) == len(problem.certified_values)
+    assert int(covariances.rank[0]) == len(problem.certified_values)
     # s² = RSS/(m - n) against NIST's certified residual standard deviation (Rat43's file states 9 degrees of
     # freedom for its 15 observations and 4 parameters; its certified residual SD uses 11)
-    assert float(at_certified.residual_variance) == pytest.approx(problem.certified_residual_sd**2, rel=1e-6)
+    assert float(covariances.residual_variance[0]) == pytest.approx(problem.certified_residual_sd**2, rel=1e-6)
