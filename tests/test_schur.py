@@ -33,8 +33,8 @@ def _problem(num_cameras=4, num_points=20, seed=1):
     # every point in three of the four cameras: sparse visibility, 120 residuals for 96 unknowns
     pairs = [(c, p) for p in range(num_points) for c in (p % num_cameras, (p + 1) % num_cameras, (p + 2) % num_cameras)]
     camera_index, point_index = (np.array(v) for v in zip(*pairs))
-    observed = np.stack(
-        [np.asarray(bal_reprojection(jnp.asarray(cameras[c]), jnp.asarray(points[p]), jnp.zeros(2))) for c, p in pairs]
+    observed = np.asarray(
+        jax.jit(jax.vmap(bal_reprojection))(cameras[camera_index], points[point_index], np.zeros((len(pairs), 2)))
     ) + rng.normal(scale=0.5, size=(len(pairs), 2))
     start = BALProblem(
         cameras=cameras
@@ -52,7 +52,8 @@ def _linearization(graph, solver_cls=jg.SchurPCG, **options):
     cost = graph.costs[0]
     variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
     k = residual_size(graph, False)[0]
-    r, jac, _ = term_evaluator(cost, structure.groups[0], jnp.float64, k)(variables, cost.data, None, None)
+    # (the test's helpers compiled: run op by op they took seconds per problem size)
+    r, jac, _ = jax.jit(term_evaluator(cost, structure.groups[0], jnp.float64, k))(variables, cost.data, None, None)
     solver = solver_cls(structure=structure, **options)
     return solver, solver.linearize(jnp.ravel(r), (jac,)), structure
 
@@ -68,7 +69,7 @@ def _dense(graph):
         return jnp.ravel(jax.vmap(bal_reprojection)(c[ci], p[pi], cost.data))
 
     x = jnp.concatenate([jnp.ravel(cams), jnp.ravel(pts)])
-    return jax.jacfwd(residual)(x), residual(x)
+    return jax.jit(jax.jacfwd(residual))(x), jax.jit(residual)(x)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ def test_schur_direct_reduced_matrix_with_mixed_kinds_equals_the_dense_schur_com
     blocks = []
     for cost, group, size in zip(graph.costs, structure.groups, residual_size(graph, False)):
         variables = [graph.variables[k][c] for k, c in zip(cost.kinds, cost.indices.array.T)]
-        blocks.append(term_evaluator(cost, group, jnp.float64, size)(variables, cost.data, None, None)[1])
+        blocks.append(jax.jit(term_evaluator(cost, group, jnp.float64, size))(variables, cost.data, None, None)[1])
     damping = jnp.asarray(np.random.default_rng(0).uniform(0.1, 1.0, structure.n))
     if given == "jacobians":
         operator = NormalOperator(structure=structure, jacobians=tuple(blocks), products=None, damping=damping)
@@ -228,7 +229,7 @@ def test_schur_direct_reduced_matrix_with_mixed_kinds_equals_the_dense_schur_com
         return jnp.concatenate(out)
 
     x = structure.kinds_to_flat(dict(graph.variables))
-    jac = np.array(jax.jacfwd(residual)(x))
+    jac = np.array(jax.jit(jax.jacfwd(residual))(x))
     jac[:, structure.fixed_diagonal > 0] = 0.0  # fixed coordinates: zero columns, an identity in A
     a = jac.T @ jac + np.diag(np.asarray(damping) + structure.fixed_diagonal)
     kept = structure.offset["point"]
