@@ -565,3 +565,24 @@ def test_nested_solve_under_xla_defaults():
     np.testing.assert_allclose(
         np.dot(result["gradient"], direction), directional_difference(total, 0.0, 1.0), rtol=1e-6
     )
+
+
+def test_a_build_of_xla_that_refuses_the_compiler_options_solves_with_its_defaults(monkeypatch):
+    """The top-level solves' XLA options are checked on first use; an XLA that does not know one of them
+    ("No such compile option") solves with its defaults, the same answer."""
+    from jaxnls import _driver
+
+    y = noisy_data(45)
+    solver = jaxnls.LevenbergMarquardt(**TIGHT)
+    expected = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, y), solver=solver).params
+    unknown = {"xla_option_this_xla_does_not_know": False}
+    monkeypatch.setattr(_driver, "_options", lambda small, graph: unknown)
+    for cache in (_driver._knows_compiler_options, _driver._top_level):
+        cache.cache_clear()
+    try:
+        assert _driver.top_level_compiler_options(jacobian_entries=1, graph=False) == {}
+        refused = jaxnls.solve(curve_residual, jnp.asarray(P_TRUE), (T, y), solver=solver).params
+        np.testing.assert_allclose(refused, expected, rtol=1e-10)
+    finally:
+        for cache in (_driver._knows_compiler_options, _driver._top_level):
+            cache.cache_clear()
