@@ -89,6 +89,8 @@ def covariance(
     rank-deficient the pseudo-inverse is taken in those scaled variables: finite, unchanged by the units of
     the parameters, with ``rank`` saying how many directions the data determine.
 
+    Compiled once per ``residual_fn`` and shapes: later calls at other values reuse the program.
+
     Differentiable with respect to the floating arrays of ``args`` and ``params`` in forward and reverse
     mode (through ``params = solve(...).params`` the implicit derivative of the estimate is included), at
     fixed rank: :math:`\dot{(A^{+})} = -A^{+}\dot A A^{+} + A^{+}A^{+}\dot A(I - AA^{+}) + (I - A^{+}A)\dot A
