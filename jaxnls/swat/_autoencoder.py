@@ -154,6 +154,7 @@ class SwatAutoencoder(eqx.Module):
             ("dtype", jnp.dtype(dtype).name),
         )
 
+    @eqx.filter_jit  # one program, also when called eagerly (op by op it compiled dozens)
     def encode(self, spec: MLPSpec) -> Float[Array, " d"]:
         """The latent point of one network: attention over its probe token and valid row tokens,
         mean-pooled."""
@@ -175,6 +176,7 @@ class SwatAutoencoder(eqx.Module):
         decoder = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[depth - 1], params), static)
         return _spec_from_outputs(decoder(z), depth, temperature)
 
+    @eqx.filter_jit  # one program, also when called eagerly (op by op it compiled dozens)
     def decode(self, z: Float[Array, " d"], temperature: Temperature = None) -> MLPSpec:
         """All four decodings of ``z`` (:meth:`decode_at`), stacked: leaf shapes gain a leading axis of 4
         (depth 1..4)."""
