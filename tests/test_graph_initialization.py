@@ -246,7 +246,7 @@ def test_a_factor_graph_built_by_hand_is_initialised_like_its_file():
         jaxnls.graph.chordal_initialization(
             jaxnls.graph.FactorGraph(
                 {"pose": start},
-                [hand.costs[0].__class__(jaxnls.graph.prior, "pose", [0], jaxlie.SE2(start.parameters()[:1]))],
+                [jaxnls.graph.CostGroup(jaxnls.graph.prior, "pose", [0], jaxlie.SE2(start.parameters()[:1]))],
             )
         )
     batch = jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), hand)
@@ -366,6 +366,7 @@ def test_command_line_suggests_the_chordal_start_when_the_files_start_does_not_c
     assert stopped.returncode == 1, stopped.stderr
     assert "the chordal start (--init chordal)" in stopped.stderr
     chordal = solve("--max-steps", "2", "--init", "chordal")
+    assert chordal.returncode == 1, chordal.stderr  # unconverged too: only the start differs
     assert "(--init chordal)" not in chordal.stderr
     converged = solve(file=os.path.join(os.path.dirname(__file__), "data", "graphs", "pose3example.txt"))
     assert converged.returncode == 0, converged.stderr
