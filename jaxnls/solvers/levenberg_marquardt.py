@@ -43,7 +43,11 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     One linear solve per step: the fastest per iteration, and on the benchmark curve fits (started 10%
     off) it ends in better minima than MINPACK's trust-region rule. Its weakness is a λ that must travel
-    many decades (see :class:`IndirectLevenbergMarquardt`).
+    many decades (see :class:`IndirectLevenbergMarquardt`), and on the hardest single fits the first steps
+    decide the basin: on the NIST runs BoxBOD, MGH09, MGH10 and MGH17 from start 1 (tight tolerances,
+    1,000 steps), first dampings from 1e-16 to 100 lose one to three of them in no order with λ0 (1e-12
+    happens to win all four, 1e-14 and 1e-10 do not), and so does Ceres' damping matrix
+    (benchmarks/README.md (ag)). For such fits use :class:`IndirectLevenbergMarquardt`.
 
     The first damping, ``initial_damping``, defaults by problem kind (``None``):
 
