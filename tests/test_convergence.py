@@ -75,7 +75,6 @@ def nist(name: str):
 
 
 @functools.cache
-@functools.cache
 def _residual_and_jacobian(name: str):
     """Jitted ``params -> (r, J)`` of the NIST residual (forward-mode autodiff), one compile per problem."""
     problem = nist(name)
