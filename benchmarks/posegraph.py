@@ -170,7 +170,7 @@ def main_batch(args, factors, graph):
     batched = batch_of(graph, starts)
     print(
         f"batch of {args.batch} graphs ({args.file}, {len(graph.variables['pose'].parameters())} poses, "
-        f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'bundled ATLAS'}"
+        f"{graph.costs[0].num_terms} edges, perturbed starts); devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'scipy (default)'}"
     )
     print(
         f"{'method':<52}{'max final cost':>16}{'max iters':>10}{'compile s':>11}{'total s':>10}"
@@ -324,7 +324,7 @@ def main(argv=None):
         return main_batch(args, factors, graph)
     print(
         f"{args.file}: {len(graph.variables['pose'].parameters())} poses, {graph.costs[0].num_terms} edges, "
-        f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'bundled ATLAS'}"
+        f"initial cost {factors.error(initial):.6e} (GTSAM) ; devices: {jax.devices()}; CHOLMOD's BLAS: {os.environ.get('JAXNLS_BLAS') or 'scipy (default)'}"
     )
     rows = {
         "gtsam LM (default params)": lambda: run_gtsam(factors, initial, False, args.repeats),

@@ -273,9 +273,9 @@ solvers: NIST files use Levenberg-Marquardt in MINPACK's trust-region form on QR
 (every step below that, relative) and ftol = gtol = 0; graphs use dogleg with the library's default
 tolerances (rtol = atol = 1e-8, ftol derived from rtol, gtol = rtol; see jaxnls.AbstractLeastSquaresSolver).
 
-environment: JAXNLS_BLAS names a BLAS (a path, "openblas", or "mkl" for the mkl wheel: pip install "jaxnls[mkl]")
-for CHOLMOD's sparse Cholesky of pose graphs in place of the serial ATLAS bundled with sparsax (3-4x faster
-factorisations; jaxnls.graph.use_blas).
+environment: JAXNLS_BLAS names the BLAS of CHOLMOD's sparse Cholesky of pose graphs: "scipy" (default: SciPy's,
+as JAX's own linear algebra), "bundled" (the serial ATLAS in sparsax's wheel, 3-4x slower), "mkl" (the mkl
+wheel: pip install "jaxnls[mkl]"), a path or a name such as "openblas" (jaxnls.graph.use_blas).
 
 progress: on a terminal, a solve running longer than half a second redraws one line on stderr (iteration,
 cost, relative decrease, seconds); nothing with --json or --verbose, or when stderr is not a terminal.
@@ -405,7 +405,7 @@ def _solve_graph(args, kind: str) -> int:
     # which BLAS CHOLMOD's factorisations ran on (None: no CHOLMOD in this solve)
     cholmod_blas = None
     if isinstance(linear, graph.SparseDirect) and linear.uses_cholmod("float64"):
-        cholmod_blas = graph.blas_in_use() or "bundled ATLAS"
+        cholmod_blas = graph.blas_in_use()
     if kind != "bal" and args.init == "file" and not status.converged:
         # the slow convergence from odometry starts that the chordal start avoids (benchmarks/README.md (ad))
         print(
@@ -461,8 +461,8 @@ def _solve_graph(args, kind: str) -> int:
         print(sol.summary())
         print(f"Time: {first:.2f} s, of which compiling {compile_seconds:.2f} s (as JAX accounts it)")
         if cholmod_blas is not None:
-            hint = "" if graph.blas_in_use() else " (JAXNLS_BLAS=openblas or mkl: 3-4x faster factorisations)"
-            print(f"Sparse Cholesky: CHOLMOD on {cholmod_blas}{hint}")
+            hint = " (3-4x slower than JAXNLS_BLAS=scipy, the default)" if cholmod_blas == "bundled" else ""
+            print(f"Sparse Cholesky: CHOLMOD, BLAS: {cholmod_blas}{hint}")
     return 0 if status.converged else 1
 
 

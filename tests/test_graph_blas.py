@@ -1,7 +1,8 @@
-"""The BLAS behind CHOLMOD (jaxnls.graph.use_blas): the dynamic linker's own account (``LD_DEBUG=bindings``)
-of which library CHOLMOD's ``dgemm_``/``dpotrf_`` bind to, with and without a chosen BLAS; QDLDL's solve of
-the same graph as the reference answer; refusals named. Each case runs in a fresh process: a process binds
-CHOLMOD's symbols once."""
+"""The BLAS behind CHOLMOD (jaxnls.graph.use_blas): the dynamic linker's own account (``LD_DEBUG=bindings``) of
+which library CHOLMOD's ``dgemm_``/``dpotrf_`` references were bound to, matched by ``cholmod_bindings`` (glibc's
+``dladdr`` of what those references hold) before jaxnls rebinds them; then where they lead by default (SciPy's
+BLAS), on request (the bundled ATLAS, a library by path, MKL) and after switching back and forth; QDLDL's solve of
+the same graph as the reference answer; refusals named. Each case runs in a fresh process."""
 
 import glob
 import importlib.util
@@ -35,7 +36,11 @@ costs = {}
 for factorization in ("cholmod", "qdldl"):
     solver = jaxnls.Dogleg(linear_solver=jg.SparseDirect(factorization=factorization))
     costs[factorization] = float(jg.solve(problem, solver=solver).cost)
-print(json.dumps({"costs": costs, "blas": jg.blas_in_use()}))
+from scipy.linalg import cython_blas, cython_lapack
+print(json.dumps({
+    "costs": costs, "blas": jg.blas_in_use(), "bindings": jg.cholmod_bindings(),
+    "scipy": [cython_blas.__file__, cython_lapack.__file__],
+}))
 """
 
 
@@ -78,21 +83,26 @@ def _mkl_runtime():
     return os.path.realpath(str(runtime.locate()))
 
 
-@pytest.mark.parametrize("chosen", ["bundled", "copy", "mkl"])
-def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chosen):
-    """Without JAXNLS_BLAS, CHOLMOD's BLAS and LAPACK symbols bind to the ATLAS in sparsax.libs; with it set to a
-    copy of that library placed elsewhere (a BLAS that exists on every machine that has sparsax), they bind to
-    the copy; with ``mkl`` (where the mkl wheel is installed: the ``mkl`` extra), to that wheel's runtime, switched
-    to its sequential layer (one thread). Every way the graph's CHOLMOD solve ends at QDLDL's cost."""
+@pytest.mark.parametrize("chosen", ["default", "bundled", "copy", "mkl"])
+def test_cholmod_calls_the_blas_chosen(tmp_path, chosen):
+    """The dynamic linker binds CHOLMOD's BLAS and LAPACK references to the ATLAS in sparsax.libs (its log); by
+    default jaxnls then points them at SciPy's ``cython_blas`` / ``cython_lapack`` functions; with
+    ``JAXNLS_BLAS=bundled`` they stay where the linker put them (which is what ``cholmod_bindings`` reads there: the
+    same file as the linker's log names); with a path to a copy of that ATLAS placed elsewhere (a BLAS that exists
+    on every machine that has sparsax), they lead to the copy; with ``mkl`` (where the mkl wheel is installed: the
+    ``mkl`` extra), to that wheel's runtime, switched to its sequential layer (one thread). Every way the graph's
+    CHOLMOD solve ends at QDLDL's cost."""
     bundled = _bundled_blas_folder()
     env: dict[str, str | None] = {"LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "ld")}
+    env["JAXNLS_BLAS"] = "bundled" if chosen == "bundled" else None  # (None: removed from the child's environment)
     script = SOLVE
+    blas = None
     if chosen == "mkl":
         blas = _mkl_runtime()
         if blas is None:
             pytest.skip("the mkl wheel is not installed (pip install 'jaxnls[mkl]')")
         env["JAXNLS_BLAS"] = "mkl"
-        env["MKL_THREADING_LAYER"] = None  # (None: removed from the child's environment)
+        env["MKL_THREADING_LAYER"] = None
         script = SOLVE + (
             "import ctypes\n"
             "assert ctypes.CDLL(jg.blas_in_use()).MKL_Get_Max_Threads() == 1, 'MKL not on its sequential layer'\n"
@@ -107,7 +117,7 @@ def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chos
         blas = str(copies / "copied-blas.so")
         with open(original, "rb") as source, open(blas, "wb") as copy:
             # another soname of the same length, so that sparsax's own dependency on the bundled file is not
-            # met by the copy (glibc matches loaded libraries by soname): only the global scope can bind to it
+            # met by the copy (glibc matches loaded libraries by soname)
             image = source.read()
             soname = os.path.basename(original).encode()
             assert image.count(soname) == 1
@@ -123,14 +133,21 @@ def test_cholmod_binds_to_the_blas_chosen_through_the_environment(tmp_path, chos
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["costs"]["cholmod"] == pytest.approx(report["costs"]["qdldl"], rel=1e-9)
+    bindings = {name: os.path.realpath(path) for name, path in report["bindings"].items()}
+    assert sorted(bindings) == sorted(["dgemm_", "dsyrk_", "dtrsm_", "dgemv_", "dtrsv_", "dpotrf_"])
     for symbol in ("dgemm_", "dpotrf_", "dtrsm_"):
         bound = _bindings(str(tmp_path / "ld"), symbol)
         assert len(bound) == 1, (symbol, bound)
-        (target,) = bound
-        if chosen != "bundled":
-            assert os.path.realpath(target) == os.path.realpath(blas) and report["blas"] == os.path.realpath(blas)
+        (linked,) = bound
+        assert os.path.dirname(os.path.realpath(linked)) == os.path.realpath(bundled)
+        if chosen == "bundled":
+            assert bindings[symbol] == os.path.realpath(linked) and report["blas"] == "bundled"
+        elif chosen == "default":
+            blas_module, lapack_module = (os.path.realpath(path) for path in report["scipy"])
+            assert bindings[symbol] == (lapack_module if symbol == "dpotrf_" else blas_module)
+            assert report["blas"] == "scipy"
         else:
-            assert os.path.dirname(os.path.realpath(target)) == os.path.realpath(bundled) and report["blas"] is None
+            assert bindings[symbol] == os.path.realpath(blas) and report["blas"] == os.path.realpath(blas)
 
 
 REFUSALS = """
@@ -158,19 +175,22 @@ except TypeError as err:
     out["None"] = str(err)
 attempt("missing file", "/no/such/libblas.so")
 attempt("unknown name", "no-such-blas-library")
-import sparsax
-attempt("after sparsax", prefixed)
-jg._blas._chosen = "/an/earlier/choice.so"  # as if a library had been chosen before sparsax loaded
-attempt("second choice", prefixed)
 out["blas_in_use"] = jg.blas_in_use()
+from scipy.linalg import cython_blas
+site_of = lambda path: os.path.dirname(os.path.realpath(path))
+out["switches"] = []
+for choice in ("bundled", "scipy", "bundled"):
+    jg.use_blas(choice)
+    out["switches"].append([jg.blas_in_use(), site_of(jg.cholmod_bindings()["dgemm_"])])
+out["sites"] = {"scipy": site_of(cython_blas.__file__), "bundled": os.path.join(site, "sparsax.libs")}
 print(json.dumps(out))
 """
 
 
-def test_a_blas_that_cannot_serve_is_refused_by_name():
-    """The scipy_-prefixed OpenBLAS inside SciPy's wheel lacks the plain names (refused, naming them, and nothing
-    is loaded globally); a missing file and an unknown name are named; once sparsax is loaded, or once a library
-    was chosen, CHOLMOD's BLAS is fixed and use_blas says so."""
+def test_a_blas_that_cannot_serve_is_refused_by_name_and_a_choice_can_be_changed():
+    """The scipy_-prefixed OpenBLAS inside SciPy's wheel lacks the plain names (refused, naming them); a missing
+    file and an unknown name are named, and nothing was bound by any of them; between solves CHOLMOD's calls can be
+    moved to the bundled ATLAS, back to SciPy's and back again."""
     result = _run(REFUSALS)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -179,9 +199,13 @@ def test_a_blas_that_cannot_serve_is_refused_by_name():
     assert out["None"] == "use_blas: library must be a path or a name, got NoneType"
     assert "no such file: /no/such/libblas.so" in out["missing file"]
     assert "no library named 'no-such-blas-library'" in out["unknown name"]
-    assert out["after sparsax"].startswith("RuntimeError") and "sparsax is already loaded" in out["after sparsax"]
-    assert "already chose /an/earlier/choice.so" in out["second choice"]
-    assert out["blas_in_use"] == "/an/earlier/choice.so"
+    assert out["blas_in_use"] is None
+    sites = {name: os.path.realpath(path) for name, path in out["sites"].items()}
+    assert [[label, os.path.realpath(site)] for label, site in out["switches"]] == [
+        ["bundled", sites["bundled"]],
+        ["scipy", sites["scipy"]],
+        ["bundled", sites["bundled"]],
+    ]
 
 
 def test_the_command_line_refuses_a_blas_that_cannot_serve_before_solving():

@@ -18,7 +18,7 @@ thousands of small cost terms, solved with a block-sparse Jacobian that is never
 Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.error(values)``).
 """
 
-from ._blas import BLAS_VARIABLE, blas_in_use, use_blas
+from ._blas import BLAS_VARIABLE, blas_in_use, cholmod_bindings, use_blas
 from ._factors import between, from_gtsam_pose3, prior
 from ._files import (
     bal_graph_problem,
@@ -50,6 +50,7 @@ __all__ = [
     "bal_reprojection",
     "between",
     "blas_in_use",
+    "cholmod_bindings",
     "chordal_initialization",
     "default_linear_solver",
     "from_gtsam_pose3",
