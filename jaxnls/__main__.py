@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._driver import MAX_STEPS_LIMIT
 
@@ -680,5 +680,17 @@ def main(argv=None) -> int:
         return _solve_command(args)
 
 
-if __name__ == "__main__":
+def console() -> NoReturn:
+    """The ``jaxnls`` console script and ``python -m jaxnls``: :func:`main` in a process of its own.
+
+    That process never uses Flax, but where Flax is installed, jaxlie's dependency ``jax_dataclasses`` imports
+    it to register its serialisation, which cost every pose-graph run 0.4 s and 7 MB of peak memory (sphere2500:
+    327.6 → 320.6 MB; benchmarks/README.md (ah)); so Flax is marked absent here first. :func:`main` itself, which
+    other programs may call, leaves their imports alone."""
+    if "flax" not in sys.modules:
+        sys.modules["flax"] = None  # pyright: ignore[reportArgumentType]  # (None: ``import flax`` raises ImportError)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

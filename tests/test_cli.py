@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import re
@@ -202,3 +203,24 @@ def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_oth
 
     assert heaps() == 1
     assert heaps(MALLOC_ARENA_MAX="8") > 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="Flax is not installed: nothing to keep out")
+def test_the_console_process_keeps_flax_out_and_main_leaves_a_callers_imports_alone():
+    """``python -m jaxnls solve`` of a pose graph imports jaxlie (and jax_dataclasses, which imports Flax when it is
+    installed) but not Flax, by CPython's own import log (``-X importtime``); a program that calls ``main`` itself
+    still gets Flax from jaxlie's import, as it would without jaxnls."""
+    graph = str(ROOT / "tests" / "data" / "graphs" / "w100.graph")
+
+    def imported(*command):
+        run = subprocess.run(
+            [sys.executable, "-X", "importtime", *command], capture_output=True, text=True, cwd=ROOT, timeout=300
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+
+    console = imported("-m", "jaxnls", "solve", graph, "--no-cache")
+    # (the refused ``import flax`` itself is logged, in microseconds; none of Flax's modules is)
+    assert {"jaxlie", "jax_dataclasses"} <= console and not {name for name in console if name.startswith("flax.")}
+    called = imported("-c", f"from jaxnls.__main__ import main; main(['solve', {graph!r}, '--no-cache'])")
+    assert {"jaxlie", "jax_dataclasses", "flax", "flax.serialization"} <= called

@@ -54,7 +54,7 @@ def test_wheel_carries_package_data_licence_and_entry_point(wheel):
     assert set(PACKAGE_DATA) <= names, set(PACKAGE_DATA) - names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), sorted(names)
     assert metadata["License-Expression"] == "Apache-2.0"
-    assert "jaxnls = jaxnls.__main__:main" in entry_points
+    assert "jaxnls = jaxnls.__main__:console" in entry_points
     # the sources of the modules the package imports are all there (nothing left to the checkout)
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "jaxnls").rglob("*.py")}
     assert sources <= names, sources - names
