@@ -667,3 +667,68 @@ def test_levenberg_marquardt_on_w10000_from_odometry_within_twice_gtsam_iteratio
     """GTSAM's w10000 (10,000 poses) from its odometry start: 13 steps to GTSAM's minimum (GTSAM: 8); with the
     dense default damping 0.1 the same solver was at cost 978 after 200 steps."""
     _lm_iterations_against_gtsam("w10000.graph", False)
+
+
+@pytest.mark.parametrize("group", ["SO2", "SE2", "SO3", "SE3"])
+def test_between_linearization_equals_central_differences(group):
+    """The closed-form Jacobian of ``between`` (jlog and the adjoint) against central differences of ``between``
+    itself along the right retraction, in float64: random triples, a measurement equal to A⁻¹B (the error at the
+    identity: jaxlie's small-angle branches) and one with a rotation error near π; the residual is ``between``'s."""
+    from jaxnls.manifolds import retract
+
+    kind = getattr(jaxlie, group)
+    d = kind.tangent_dim
+    rng = np.random.default_rng(7)
+
+    def element(scale):
+        return kind.exp(jnp.asarray(rng.normal(size=d) * scale))
+
+    cases = [(element(2.0), element(2.0), element(2.0)) for _ in range(4)]
+    a, b = element(1.0), element(1.0)
+    cases.append((a, b, a.inverse() @ b))  # E = identity
+    half_turn = np.zeros(d)  # (the rotation is the tangent's last coordinate in 2-D, its last three in 3-D)
+    if group in ("SO2", "SE2"):
+        half_turn[-1] = np.pi - 1e-3
+    else:
+        half_turn[-3:] = (np.pi - 1e-3) * np.array([0.6, 0.0, 0.8])
+    cases.append((a, b, (a.inverse() @ b) @ kind.exp(jnp.asarray(-half_turn))))
+    h = 1e-6
+    for a, b, z in cases:
+        r, jac = jg.between_linearization(a, b, z)
+        np.testing.assert_array_equal(r, jg.between(a, b, z))
+        columns = []
+        for j in range(2 * d):
+            step = np.zeros(2 * d)
+            step[j] = h
+
+            def moved(sign, step=step):
+                return jg.between(retract(a, sign * step[:d]), retract(b, sign * step[d:]), z)
+
+            columns.append((moved(1.0) - moved(-1.0)) / (2 * h))
+        np.testing.assert_allclose(jac, np.stack(columns, axis=1), rtol=1e-6, atol=1e-7)
+
+
+def test_a_graph_of_between_terms_solves_as_with_automatic_jacobians():
+    """The solver's closed-form linearisation of ``between`` terms against the same graph whose residual function
+    is a wrapper of ``between`` (another function: differentiated automatically): the same iterations, costs and
+    poses, on a 3-D file with full information matrices."""
+    from jaxnls.io import read_g2o
+
+    problem = jg.pose_graph_problem(read_g2o("tests/data/graphs/pose3example-offdiagonal.txt"))
+    (edges,) = [cost for cost in problem.costs if cost.residual_fn is jg.between]
+    wrapped = jg.CostGroup(
+        lambda a, b, z: jg.between(a, b, z),
+        edges.kinds,
+        edges.indices.array,
+        edges.data,
+        edges.sqrt_information,
+    )
+    automatic = jg.FactorGraph(
+        problem.variables,
+        [wrapped if cost is edges else cost for cost in problem.costs],
+        fixed={kind: indices.array for kind, indices in problem.fixed},
+    )
+    closed, auto = jg.solve(problem), jg.solve(automatic)
+    assert int(closed.num_steps) == int(auto.num_steps) and closed.status == auto.status
+    np.testing.assert_allclose(closed.cost, auto.cost, rtol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(closed.params)[0], ravel_pytree(auto.params)[0], rtol=1e-9, atol=1e-10)

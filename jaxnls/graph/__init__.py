@@ -19,7 +19,7 @@ Cost: :math:`\tfrac12\sum\|L r\|^2 = \tfrac12\sum \|r\|^2_Σ` (GTSAM's ``graph.e
 """
 
 from ._blas import BLAS_VARIABLE, blas_in_use, cholmod_bindings, use_blas
-from ._factors import between, from_gtsam_pose3, prior
+from ._factors import between, between_linearization, from_gtsam_pose3, prior
 from ._files import (
     bal_graph_problem,
     bal_reprojection,
@@ -49,6 +49,7 @@ __all__ = [
     "bal_graph_problem",
     "bal_reprojection",
     "between",
+    "between_linearization",
     "blas_in_use",
     "cholmod_bindings",
     "chordal_initialization",

@@ -9,8 +9,9 @@ A problem is
 ``(N, d)`` array, and a :class:`CostGroup` ``g`` holds ``E_g`` terms of the same residual function
 ``f_g``. Each group is evaluated with ONE ``vmap``; each term's Jacobian with respect to the tangent
 perturbations of its ``a`` variables, :math:`\partial r / \partial(δ_1, \dots, δ_a)` at 0 with
-:math:`X \oplus δ = X\operatorname{Exp}(δ)` (:mod:`jaxnls.manifolds`), is one ``jacfwd`` of shape
-``(k, d_1 + … + d_a)``. The Jacobian of the whole problem is these blocks and their column indices:
+:math:`X \oplus δ = X\operatorname{Exp}(δ)` (:mod:`jaxnls.manifolds`), is one ``jacfwd`` (or ``jacrev``) of shape
+``(k, d_1 + … + d_a)``, or for :func:`~jaxnls.graph.between` on groups its closed form
+(:func:`~jaxnls.graph.between_linearization`). The Jacobian of the whole problem is these blocks and their column indices:
 it is never assembled densely.
 """
 
@@ -32,6 +33,7 @@ from .._jacobian import residual_and_jacobian
 from .._numerics import split_by_sizes
 from ..losses import linearize_block
 from ..manifolds import is_group, parameter_array, retract
+from ._factors import closed_form_linearization
 
 if TYPE_CHECKING:
     from jaxlie import MatrixLieGroup
@@ -506,8 +508,15 @@ def term_evaluator(cost: CostGroup, group: dict, dtype, k: int):
     with a loss ``r``, ``J`` are Triggs-corrected. ``k`` is the group's residual size (:func:`residual_size`)."""
     residual = term_residual(cost.residual_fn, group, dtype)
     zero = jnp.zeros((sum(group["dims"]),), dtype)
+    closed_form = closed_form_linearization(cost.residual_fn)
 
     def one_term(variables, data, sqrt_information, loss):
+        if closed_form is not None and all(is_group(v) for v in (*variables, data)):
+            r, jac = (jnp.asarray(part, dtype) for part in closed_form(*variables, data))
+            if sqrt_information is not None:
+                r, jac = sqrt_information @ r, sqrt_information @ jac
+            return linearize_block(loss, r, jac)
+
         def fn(delta, _):
             return residual(variables, delta, data, sqrt_information)
 
