@@ -732,3 +732,27 @@ def test_a_graph_of_between_terms_solves_as_with_automatic_jacobians():
     assert int(closed.num_steps) == int(auto.num_steps) and closed.status == auto.status
     np.testing.assert_allclose(closed.cost, auto.cost, rtol=1e-12)
     np.testing.assert_allclose(ravel_pytree(closed.params)[0], ravel_pytree(auto.params)[0], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("group", ["SE2", "SE3"])
+def test_between_linearization_differentiates_at_an_exact_fit(group):
+    """The closed-form Jacobian's own derivative (what an unrolled adjoint differentiates) is finite where an edge
+    fits exactly (E = identity: jaxlie's SE(3) formula divides by the angle there) and equals central differences
+    of the Jacobian there and away from it, in float64."""
+    from jaxnls.manifolds import retract
+
+    kind = getattr(jaxlie, group)
+    d = kind.tangent_dim
+    rng = np.random.default_rng(3)
+    a, b = kind.exp(jnp.asarray(rng.normal(size=d))), kind.exp(jnp.asarray(rng.normal(size=d)))
+    weights = jnp.asarray(rng.normal(size=(d, 2 * d)))
+    for z in (a.inverse() @ b, kind.exp(jnp.asarray(rng.normal(size=d)))):
+
+        def weighted_jacobian(delta, z=z):
+            return jnp.sum(weights * jg.between_linearization(retract(a, delta), b, z)[1])
+
+        gradient = jax.grad(weighted_jacobian)(jnp.zeros(d))
+        h = 1e-6
+        central = [(weighted_jacobian(h * e) - weighted_jacobian(-h * e)) / (2 * h) for e in np.eye(d)]
+        assert bool(jnp.all(jnp.isfinite(gradient)))
+        np.testing.assert_allclose(gradient, np.array(central), rtol=1e-6, atol=1e-7)

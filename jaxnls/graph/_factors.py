@@ -26,6 +26,8 @@ from jaxtyping import Array, ArrayLike, Float
 from ..manifolds import is_group, local
 
 if TYPE_CHECKING:
+    from jaxlie import MatrixLieGroup
+
     from ..manifolds._space import _Variable
 
 
@@ -72,8 +74,36 @@ def between_linearization(
     if not (is_group(a) and is_group(b) and is_group(measured)):
         raise TypeError("between_linearization: a, b and measured must be jaxlie group elements")
     error = measured.inverse() @ (a.inverse() @ b)
-    jlog = error.jlog()
-    return error.log(), jnp.concatenate([-jlog @ (b.inverse() @ a).adjoint(), jlog], axis=-1)
+    residual = error.log()
+    jlog = _right_jacobian_inverse(error, residual)
+    return residual, jnp.concatenate([-jlog @ (b.inverse() @ a).adjoint(), jlog], axis=-1)
+
+
+def _right_jacobian_inverse(error: MatrixLieGroup, tangent: Float[Array, " d"]) -> Float[Array, "d d"]:
+    r""":math:`J_r^{-1}` at ``tangent`` = Log(``error``) (jaxlie's ``jlog``), with derivatives that stay finite at
+    the identity.
+
+    jaxlie's SE(3) formula takes the norm of the rotation vector and picks its small-angle value with ``jnp.where``,
+    whose other branch still carries the norm's NaN derivative at zero into a gradient — which an unrolled adjoint
+    meets wherever an edge fits exactly (odometry edges of a chained start). Below jaxlie's own small-angle
+    threshold (squared angle under machine epsilon) this uses :math:`I + \tfrac12\operatorname{ad}_ξ`, exact there
+    in value and first derivative, and hands the full formula a point away from zero. SO(2), SE(2) and SO(3) differentiate
+    at the identity as they are."""
+    import jaxlie
+
+    if not isinstance(error, jaxlie.SE3):
+        return error.jlog()
+    v, w = tangent[:3], tangent[3:]  # (jaxlie's SE(3) tangent order)
+    small = jnp.sum(w**2) < jnp.finfo(tangent.dtype).eps
+    away = jaxlie.SE3.exp(jnp.asarray([0.0, 0.0, 0.0, 0.5, 0.0, 0.0], tangent.dtype)).wxyz_xyz
+    full = jaxlie.SE3(jnp.where(small, away, error.wxyz_xyz)).jlog()
+    ad = jnp.block([[_skew(w), _skew(v)], [jnp.zeros((3, 3), tangent.dtype), _skew(w)]])
+    return jnp.where(small, jnp.eye(6, dtype=tangent.dtype) + 0.5 * ad, full)
+
+
+def _skew(x: Float[Array, " 3"]) -> Float[Array, "3 3"]:
+    zero = jnp.zeros((), x.dtype)
+    return jnp.stack([jnp.stack([zero, -x[2], x[1]]), jnp.stack([x[2], zero, -x[0]]), jnp.stack([-x[1], x[0], zero])])
 
 
 def closed_form_linearization(residual_fn: Callable) -> Callable | None:
