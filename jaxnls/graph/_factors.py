@@ -59,7 +59,7 @@ def between_linearization(
     :math:`E\operatorname{Exp}(-\operatorname{Ad}(B^{-1}A)\,δ_a)`, so
     :math:`\partial r/\partial δ_a = -J_r^{-1}(r)\operatorname{Ad}(B^{-1}A)` (the identities of GTSAM's
     ``BetweenFactor``). The graph solver linearises :func:`between` terms on groups with it: for sphere2500's 4,949
-    SE(3) edges 4 ms and 4.5 MB of temporaries where ``jacfwd`` through the group's Exp and Log takes 60 ms and
+    SE(3) edges 5 ms and 4.5 MB of temporaries where ``jacfwd`` through the group's Exp and Log takes 60 ms and
     40 MB (benchmarks/README.md (ai)).
 
     Args:
