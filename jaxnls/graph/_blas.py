@@ -46,6 +46,8 @@ _RTLD_DI_LINKMAP = 2
 # what the dynamic linker first put in each slot (for "bundled")
 _chosen: str | None = None
 _linker_bindings: dict[int, int] = {}
+# libraries whose functions CHOLMOD may call: held for the process's life (their code must stay mapped)
+_held_libraries: list[ctypes.CDLL] = []
 
 
 def use_blas(library: str | os.PathLike[str]) -> str:
@@ -160,6 +162,7 @@ def _library_functions(path: str) -> dict[str, int]:
         )
     if hasattr(handle, "MKL_Set_Threading_Layer"):
         _mkl_layers(handle)
+    _held_libraries.append(handle)
     return {name: ctypes.cast(getattr(handle, name), ctypes.c_void_p).value or 0 for name in _SYMBOLS}
 
 
@@ -250,7 +253,7 @@ def _slot_offsets(path: str, names: set[str]) -> dict[str, list[int]]:
     sections = [struct.unpack_from("<IIQQQQIIQQ", image, section_table + i * entry_size) for i in range(count)]
     found: dict[str, list[int]] = {}
     for _, kind, _, _, offset, size, link, _, _, _ in sections:
-        if kind != 4:  # SHT_RELA
+        if kind != 4 or link == 0:  # SHT_RELA with a symbol table
             continue
         symbols_offset = sections[link][4]
         strings_offset = sections[sections[link][6]][4]
@@ -320,18 +323,21 @@ def _rebind(slots: dict[str, list[int]], functions: dict[str, int] | None) -> No
     binding of that very symbol or one jaxnls wrote."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    # every entry checked before any is written: CHOLMOD never calls a mixture of two libraries
     for name, addresses in slots.items():
         for address in addresses:
             current = ctypes.c_void_p.from_address(address).value or 0
-            if address not in _linker_bindings:
-                if _function_at(current)[1] != name:
-                    raise RuntimeError(
-                        f"CHOLMOD's BLAS cannot be rebound: its {name} entry at {address:#x} does not hold {name}"
-                    )
-                _linker_bindings[address] = current
-            target = _linker_bindings[address] if functions is None else functions[name]
-            if not target:
+            if address not in _linker_bindings and _function_at(current)[1] != name:
+                raise RuntimeError(
+                    f"CHOLMOD's BLAS cannot be rebound: its {name} entry at {address:#x} does not hold {name}"
+                )
+            if functions is not None and not functions[name]:
                 raise RuntimeError(f"CHOLMOD's BLAS cannot be rebound: no address for {name}")
+    for name, addresses in slots.items():
+        for address in addresses:
+            current = ctypes.c_void_p.from_address(address).value or 0
+            _linker_bindings.setdefault(address, current)
+            target = _linker_bindings[address] if functions is None else functions[name]
             if current == target:
                 continue
             page = address & ~(mmap.PAGESIZE - 1)
