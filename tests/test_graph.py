@@ -2,6 +2,7 @@
 problem for the block-sparse structure, independent solves for batches."""
 
 import importlib.util
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -706,6 +707,11 @@ def test_between_linearization_equals_central_differences(group):
 
             columns.append((moved(1.0) - moved(-1.0)) / (2 * h))
         np.testing.assert_allclose(jac, np.stack(columns, axis=1), rtol=1e-6, atol=1e-7)
+    stacked = jax.vmap(kind.exp)(jnp.zeros((2, d)))
+    with pytest.raises(ValueError, match=r"single group elements \(vmap it over a stack\), got batch shape \(2,\)"):
+        jg.between_linearization(stacked, stacked, stacked)
+    with pytest.raises(TypeError, match="must be jaxlie group elements"):
+        jg.between_linearization(jnp.zeros(d), jnp.zeros(d), jnp.zeros(d))
 
 
 def test_a_graph_of_between_terms_solves_as_with_automatic_jacobians():
@@ -714,7 +720,9 @@ def test_a_graph_of_between_terms_solves_as_with_automatic_jacobians():
     poses, on a 3-D file with full information matrices."""
     from jaxnls.io import read_g2o
 
-    problem = jg.pose_graph_problem(read_g2o("tests/data/graphs/pose3example-offdiagonal.txt"))
+    problem = jg.pose_graph_problem(
+        read_g2o(Path(__file__).parent / "data" / "graphs" / "pose3example-offdiagonal.txt")
+    )
     (edges,) = [cost for cost in problem.costs if cost.residual_fn is jg.between]
     wrapped = jg.CostGroup(
         lambda a, b, z: jg.between(a, b, z),

@@ -73,6 +73,12 @@ def between_linearization(
     """
     if not (is_group(a) and is_group(b) and is_group(measured)):
         raise TypeError("between_linearization: a, b and measured must be jaxlie group elements")
+    stacked = [x.get_batch_axes() for x in (a, b, measured) if x.get_batch_axes()]
+    if stacked:
+        raise ValueError(
+            f"between_linearization: a, b and measured must be single group elements (vmap it over a stack), got "
+            f"batch shape {stacked[0]}"
+        )
     error = measured.inverse() @ (a.inverse() @ b)
     residual = error.log()
     jlog = _right_jacobian_inverse(error, residual)
