@@ -44,7 +44,7 @@ class CeresDampingLM(jaxnls.LevenbergMarquardt):
     def propose(self, lin, scale, control):
         damping, _, weight = control
         matrix = jnp.clip(lin.diagonal(), 1e-6 * weight, 1e32 * weight)
-        return self.linear_solver.solve(lin, damping * matrix), control
+        return self.step_solver.solve(lin, damping * matrix), control
 
     def update_control(self, control, accepted, ratio, step, scale):
         damping, growth = super().update_control(control[:2], accepted, ratio, step, scale)

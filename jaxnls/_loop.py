@@ -111,7 +111,7 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"], his
     batch = x0.shape[0]
     n = problem.tangent_size
     residual = jax.ShapeDtypeStruct((problem.num_residuals,), x0.dtype)
-    lin_shape = jax.eval_shape(solver.linear_solver.linearize, residual, problem.jacobian)
+    lin_shape = jax.eval_shape(solver.step_solver.linearize, residual, problem.jacobian)
     lin = jax.tree_util.tree_map(lambda s: jnp.zeros((batch,) + s.shape, s.dtype), lin_shape)
     ones = jnp.ones((batch, n), x0.dtype)
     control_shape = jax.eval_shape(jax.vmap(solver.init_control), lin, ones, ones)
@@ -144,7 +144,7 @@ def _linearize(solver, problem: LoopProblem, x, args, differentiated: bool, box=
     # (differentiated iterations: evaluate's derivatives vanish where its value is not finite)
     evaluate = finite_derivatives(problem.evaluate) if differentiated else problem.evaluate
     residual, jacobian, cost = evaluate(jnp.where(x_finite, x, 0.0), args)
-    lin = solver.linear_solver.linearize(residual, jacobian)
+    lin = solver.step_solver.linearize(residual, jacobian)
     # a non-finite entry of r or J shows up in the cost or in diag(JᵀJ) (so does an overflowing one),
     # which are n + 1 numbers instead of m·n
     diagonal = lin.diagonal()

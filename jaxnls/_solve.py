@@ -30,6 +30,7 @@ from ._loop import LoopProblem, take
 from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
+from .linear import Cholesky
 from .losses import AbstractRobustLoss, linearize_block
 from .manifolds import EUCLIDEAN, ProductSpace, has_groups
 from .solvers import AbstractLeastSquaresSolver, LevenbergMarquardt
@@ -63,7 +64,8 @@ def solve(
             carries a leading batch axis of the same size B.
         args: data passed unchanged to ``residual_fn`` (arrays, pytrees, Equinox modules).
         solver: :class:`LevenbergMarquardt` (default), :class:`GaussNewton` or :class:`Dogleg`, holding
-            the tolerances and the linear step solver.
+            the tolerances and the linear step solver (:class:`Cholesky` where its ``linear_solver`` is None,
+            the strategies' default).
         max_steps: iteration limit per problem (each iteration is one trial step), 0 to 2³¹ - 2.
         batched: solve B independent problems at once. Each problem has its own damping, acceptance
             and termination; a finished or failed problem never changes its neighbours.
@@ -136,7 +138,7 @@ def solve(
         callback=callback,
         history=history,
     )
-    solver = solver.for_problem_kind("dense")
+    solver = solver.for_problem_kind("dense", Cholesky())
     if (bounds is not None or fixed is not None) and has_groups(params0):
         raise NotImplementedError(
             "jaxnls.solve: bounds= and fixed= apply to Euclidean parameters; params0 holds "

@@ -260,7 +260,7 @@ TIGHT_SOLVERS = [
     "solver",
     # (the first in the default run; the other strategies, ~40 s of compilation, with -m slow)
     [TIGHT_SOLVERS[0], *(pytest.param(s, marks=pytest.mark.slow) for s in TIGHT_SOLVERS[1:])],
-    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}",
+    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__ if s.linear_solver else 'default'}",
 )
 def test_unrolled_iterations_reach_the_implicit_derivative_at_convergence(solver):
     y, p0, weights = curve_data(13, 1)

@@ -225,7 +225,7 @@ def test_an_overflowing_batch_element_leaves_the_shared_gradient_exact(solver, a
         )
         for linear_solver in (jaxnls.Cholesky(), jaxnls.QR())
     ],
-    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}",
+    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__ if s.linear_solver else 'default'}",
 )
 def test_batch_results_are_bit_identical_to_solo_solves_for_every_working_set(solver):
     """A problem's answer may not depend on its neighbours: in batches of 33 (reductions over the 100

@@ -143,6 +143,24 @@ def test_pose_graph_final_cost_equals_gtsam(name, is3d, linear):
     assert isinstance(sol.params["pose"], group)
 
 
+@pytest.mark.parametrize("strategy", [jaxnls.LevenbergMarquardt, jaxnls.Dogleg, jaxnls.GaussNewton])
+def test_a_strategy_without_a_linear_solver_gets_the_graphs_default(strategy):
+    """A strategy constructed without a linear solver (its default, as for jaxnls.solve) solves a graph with
+    default_linear_solver's choice: GTSAM's minimum, and bit for bit the solve with that choice given
+    explicitly. A dense linear solver given explicitly is refused by name."""
+    gtsam = pytest.importorskip("gtsam")
+    graph, factors, initial = _anchored(gtsam, "w100.graph", False)
+    assert strategy().linear_solver is None
+    chosen = jg.solve(graph, solver=strategy())
+    explicit = jg.solve(graph, solver=strategy(linear_solver=jg.default_linear_solver(graph)))
+    assert bool(chosen.converged), jaxnls.Status(int(chosen.status))
+    np.testing.assert_allclose(float(chosen.cost), _gtsam_lm(gtsam, factors, initial), rtol=1e-6)
+    assert int(chosen.num_steps) == int(explicit.num_steps)
+    np.testing.assert_array_equal(chosen.params["pose"].parameters(), explicit.params["pose"].parameters())
+    with pytest.raises(TypeError, match="Cholesky, a dense solver"):
+        jg.solve(graph, solver=strategy(linear_solver=jaxnls.Cholesky()))
+
+
 def test_fixed_pose_instead_of_a_prior():
     gtsam = pytest.importorskip("gtsam")
     graph, factors, initial = _anchored(gtsam, "w100.graph", False)

@@ -55,7 +55,11 @@ def scipy_fit(p0, y):
     return fit.x, fit.cost
 
 
-@pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__}")
+@pytest.mark.parametrize(
+    "solver",
+    SOLVERS,
+    ids=lambda s: f"{type(s).__name__}-{type(s.linear_solver).__name__ if s.linear_solver else 'default'}",
+)
 def test_matches_scipy_on_noisy_curve_fit(solver):
     y = noisy_data(0)
     p0 = np.array([1.5, 0.4, 0.4, 1.4])
@@ -73,6 +77,20 @@ def test_matches_scipy_on_noisy_curve_fit(solver):
     np.testing.assert_allclose(sol.cost, ref_cost, rtol=1e-10)
     # the reported cost is 0.5·Σr² at the returned parameters
     np.testing.assert_allclose(sol.cost, 0.5 * np.sum(np.asarray(curve_residual(sol.params, (T, y))) ** 2), rtol=1e-12)
+
+
+def test_a_strategy_without_a_linear_solver_solves_dense_problems_with_cholesky():
+    """The strategies' default linear_solver (None) is the solve's choice: in jaxnls.solve Cholesky, bit for bit
+    the solve with Cholesky() given, at scipy's minimum. Outside a solve the strategy says it has none yet."""
+    y = noisy_data(0)
+    p0 = jnp.asarray([1.5, 0.4, 0.4, 1.4])
+    chosen = jaxnls.solve(curve_residual, p0, (T, y), solver=jaxnls.Dogleg(**TIGHT))
+    explicit = jaxnls.solve(curve_residual, p0, (T, y), solver=jaxnls.Dogleg(**TIGHT, linear_solver=jaxnls.Cholesky()))
+    np.testing.assert_array_equal(chosen.params, explicit.params)
+    assert int(chosen.num_steps) == int(explicit.num_steps)
+    np.testing.assert_allclose(chosen.params, scipy_fit(np.asarray(p0), y)[0], rtol=1e-7)
+    with pytest.raises(ValueError, match="Dogleg has no linear_solver yet"):
+        jaxnls.Dogleg().step_solver  # noqa: B018
 
 
 @settings(max_examples=15, deadline=None)

@@ -88,9 +88,10 @@ def solve(
     Args:
         graph: the :class:`FactorGraph` (its ``variables`` are the starting values).
         solver: :class:`~jaxnls.LevenbergMarquardt`, :class:`~jaxnls.Dogleg` or
-            :class:`~jaxnls.GaussNewton` with ``linear_solver=`` a graph solver (:class:`SparseDirect`,
-            :class:`SchurDirect`, :class:`SchurPCG`, :class:`PCG`); None (default):
-            ``Dogleg(linear_solver=default_linear_solver(graph, batched))``.
+            :class:`~jaxnls.GaussNewton`, whose ``linear_solver`` is a graph solver (:class:`SparseDirect`,
+            :class:`SchurDirect`, :class:`SchurPCG`, :class:`PCG`) or None, the strategies' default: then
+            :func:`default_linear_solver`'s choice for the graph (so ``solver=jaxnls.LevenbergMarquardt()``
+            works as in :func:`jaxnls.solve`). None (default): ``Dogleg()``.
             :class:`~jaxnls.IndirectLevenbergMarquardt` needs a dense eigendecomposition and is rejected.
         max_steps: iteration limit.
         batched: solve B graphs of the same structure at once: every leaf of ``graph.variables`` and
@@ -124,22 +125,22 @@ def solve(
             unbatched) non-finite starting values; in a batch a non-finite start is reported in that
             problem's ``Solution.status`` (``NONFINITE_START``) and its neighbours solve.
         TypeError: for arguments of the wrong kind (a graph that is not a :class:`FactorGraph`, a dense
-            linear solver).
+            linear solver given explicitly).
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
     structure = validate(graph, batched)
     if solver is None:
-        solver = Dogleg(linear_solver=_default_for(structure))
+        solver = Dogleg()
     max_steps = check_options(
         solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback, history=history
     )
-    solver = solver.for_problem_kind("graph")
+    solver = solver.for_problem_kind("graph", _default_for(structure))
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(
             f"{type(solver).__name__}'s linear_solver is {type(solver.linear_solver).__name__}, a dense "
             "solver; factor graphs need a graph linear solver (jaxnls.graph.SparseDirect(), SchurDirect(), "
-            f"PCG(), ...), e.g. {type(solver).__name__}(linear_solver=jaxnls.graph.default_linear_solver(graph))"
+            f"PCG(), ...), or none: {type(solver).__name__}() leaves the choice to jaxnls.graph.default_linear_solver"
         )
     if not batched:
         _check_finite(graph)

@@ -13,7 +13,8 @@ the loop evaluates the residual and Jacobian at :math:`x + δ` in one pass, comp
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+import dataclasses
+from typing import ClassVar, TypeVar
 
 import equinox as eqx
 import jax
@@ -23,7 +24,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PyTree
 
 from .._numerics import norm
-from ..linear import AbstractLinearization, AbstractLinearSolver, Cholesky
+from ..linear import AbstractLinearization, AbstractLinearSolver
 
 
 def initial_radius(factor: float, scale: Float[Array, " n"], x: Float[Array, " n"]) -> Float[Array, ""]:
@@ -72,6 +73,9 @@ def check_option(
         raise ValueError(f"{where} must be <= {upper:g}, got {number:g}")
 
 
+_Solver = TypeVar("_Solver", bound="AbstractLeastSquaresSolver")
+
+
 class AbstractLeastSquaresSolver(eqx.Module):
     r"""Tolerances shared by every strategy (Ceres/MINPACK-style; which test fired is in the status).
 
@@ -108,10 +112,13 @@ class AbstractLeastSquaresSolver(eqx.Module):
         ftol: function tolerance (table above); None (default): derived from ``rtol``
             (:attr:`function_tolerance`).
         gtol: gradient tolerance (table above); None (default): ``rtol``.
-        linear_solver: the solver of the step's linear system: :class:`~jaxnls.Cholesky` (default) or
+        linear_solver: the solver of the step's linear system: :class:`~jaxnls.Cholesky` or
             :class:`~jaxnls.QR` for :func:`jaxnls.solve`; a graph solver (:class:`~jaxnls.graph.SparseDirect`,
             :class:`~jaxnls.graph.PCG`, :class:`~jaxnls.graph.SchurDirect`, :class:`~jaxnls.graph.SchurPCG`)
-            for :func:`jaxnls.graph.solve`.
+            for :func:`jaxnls.graph.solve`. None (default): the solve's choice for its problem,
+            :class:`~jaxnls.Cholesky` in :func:`jaxnls.solve` and
+            :func:`jaxnls.graph.default_linear_solver`'s in :func:`jaxnls.graph.solve`, so that one strategy
+            object serves both.
         scaling: the scaling D of the damping / trust region: ``"running_max"`` (default), the running
             maximum of diag(JᵀJ) over accepted points (MINPACK); ``"current"``, diag(JᵀJ) at the current
             point clamped to [1e-6, 1e32] (Ceres).
@@ -121,7 +128,7 @@ class AbstractLeastSquaresSolver(eqx.Module):
     atol: float = 1e-8
     ftol: float | None = None
     gtol: float | None = None
-    linear_solver: AbstractLinearSolver = Cholesky()
+    linear_solver: AbstractLinearSolver | None = None
     #: The scaling D of the damping / trust region: ``"running_max"`` (default) the running maximum of
     #: diag(JᵀJ) over accepted points (MINPACK); ``"current"`` diag(JᵀJ) at the current point, clamped to
     #: [1e-6, 1e32] (Ceres). A running max never forgets large early columns; ``"current"`` does. (On
@@ -154,10 +161,24 @@ class AbstractLeastSquaresSolver(eqx.Module):
                 continue
             check_option(self, name, getattr(self, name), lower=0.0)
 
-    def for_problem_kind(self, kind: str) -> AbstractLeastSquaresSolver:
+    def for_problem_kind(self: _Solver, kind: str, linear_solver: AbstractLinearSolver) -> _Solver:
         """This solver with the defaults it leaves to the problem kind filled in (``"dense"``: a residual
-        function's problems, ``"graph"``: a factor graph); most strategies have none."""
-        return self
+        function's problems, ``"graph"``: a factor graph): ``linear_solver``, the solve's choice for its
+        problem, where none was given, and the strategy's own (:class:`LevenbergMarquardt`'s first damping)."""
+        if self.linear_solver is not None:
+            return self
+        return dataclasses.replace(self, linear_solver=linear_solver)
+
+    @property
+    def step_solver(self) -> AbstractLinearSolver:
+        """``linear_solver`` once a solve has filled it in (:meth:`for_problem_kind`): what the steps and the
+        loop's linearisation use."""
+        if self.linear_solver is None:
+            raise ValueError(
+                f"{type(self).__name__} has no linear_solver yet: jaxnls.solve and jaxnls.graph.solve choose one "
+                "for their problem (or give linear_solver=...)"
+            )
+        return self.linear_solver
 
     #: Column heading of the control value in the verbose log.
     control_label: ClassVar[str] = "control"

@@ -51,7 +51,7 @@ class Dogleg(AbstractLeastSquaresSolver):
     ) -> tuple[Float[Array, " n"], Float[Array, ""]]:
         radius = control
         d = jnp.sqrt(scale)
-        gauss_newton = self.linear_solver.solve(lin, jnp.zeros_like(scale))
+        gauss_newton = self.step_solver.solve(lin, jnp.zeros_like(scale))
         direction, slope, length = lin.steepest_descent(scale)
         grad_scaled_norm = safe_sqrt(slope)  # ‖d⁻¹g‖
         cauchy = -jnp.where(jnp.isfinite(length), length, 0.0) * direction

@@ -41,7 +41,7 @@ class GaussNewton(AbstractLeastSquaresSolver):
     def propose(
         self, lin: AbstractLinearization, scale: Float[Array, " n"], control: Float[Array, ""]
     ) -> tuple[Float[Array, " n"], Float[Array, ""]]:
-        return control * self.linear_solver.solve(lin, jnp.zeros_like(scale)), control
+        return control * self.step_solver.solve(lin, jnp.zeros_like(scale)), control
 
     def update_control(
         self,

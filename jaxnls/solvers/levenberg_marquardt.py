@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from .._numerics import norm
-from ..linear import AbstractLinearization, Linearization, pivot_floor
+from ..linear import AbstractLinearization, AbstractLinearSolver, Linearization, pivot_floor
 from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, radius_exhausted
 
 #: The first damping where ``initial_damping`` is not given, by problem kind (see LevenbergMarquardt).
@@ -98,10 +98,11 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
                 f"({self.max_damping:g})"
             )
 
-    def for_problem_kind(self, kind: str) -> LevenbergMarquardt:
-        if self.initial_damping is not None:
-            return self
-        return dataclasses.replace(self, initial_damping=_INITIAL_DAMPING[kind])
+    def for_problem_kind(self, kind: str, linear_solver: AbstractLinearSolver) -> LevenbergMarquardt:
+        solver = super().for_problem_kind(kind, linear_solver)
+        if solver.initial_damping is not None:
+            return solver
+        return dataclasses.replace(solver, initial_damping=_INITIAL_DAMPING[kind])
 
     def init_control(
         self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
@@ -114,7 +115,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         self, lin: AbstractLinearization, scale: Float[Array, " n"], control: _DampingControl
     ) -> tuple[Float[Array, " n"], _DampingControl]:
         damping, _ = control
-        return self.linear_solver.solve(lin, damping * scale), control
+        return self.step_solver.solve(lin, damping * scale), control
 
     def update_control(
         self,
@@ -260,7 +261,7 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
         # λ is a choice of step length, not a function of the data to differentiate; the step solved
         # with it is, through ``lin``
         damping = trust_region_damping(lin, scale, radius, guess)
-        return self.linear_solver.solve(lin, damping * scale), (radius, damping, first)
+        return self.step_solver.solve(lin, damping * scale), (radius, damping, first)
 
     def update_control(
         self,
