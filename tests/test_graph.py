@@ -578,8 +578,8 @@ def test_bad_inputs_give_clear_errors():
     broken = jaxlie.SE2(poses.unit_complex_xy.at[3, 2].set(jnp.inf))
     with pytest.raises(ValueError, match=r"non-finite starting value at index \(3,\)"):
         jg.solve(jg.FactorGraph({**graph.variables, "pose": broken}, graph.costs))
-    with pytest.raises(TypeError, match="SparseDirect"):
-        jg.solve(graph, solver=jaxnls.LevenbergMarquardt())
+    with pytest.raises(TypeError, match="Cholesky, a dense solver; factor graphs need a graph linear solver"):
+        jg.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jaxnls.Cholesky()))
     with pytest.raises(NotImplementedError, match="IndirectLevenbergMarquardt"):
         jg.solve(graph, solver=jaxnls.IndirectLevenbergMarquardt(linear_solver=jg.PCG()))
 
