@@ -15,6 +15,7 @@ the library's (53/54, MGH10 start 1 lost).
 
     python benchmarks/lm_geodesic.py plain
     python benchmarks/lm_geodesic.py geodesic --alpha 0.25 0.5 0.75 1 2
+    python benchmarks/lm_geodesic.py geodesic --trace MGH10   # its start-1 iterates every 60 steps
 """
 
 from __future__ import annotations
@@ -108,7 +109,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["plain", "geodesic"])
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.75], help="the acceleration ratio bound α")
+    parser.add_argument("--trace", metavar="NAME", help="print one problem's start-1 iterates instead of counting")
     options = parser.parse_args()
+    if options.trace:
+        (problem,) = load_problems(only=[options.trace])
+        run = model_solve(problem.residual_fn, problem.args, options.mode == "geodesic", options.alpha[0])
+        iterates, accepted = run(jnp.asarray(problem.starts[0]))
+        for k in range(0, STEPS, 60):
+            x = np.asarray(iterates[k])
+            cost = 0.5 * float(np.sum(np.asarray(problem.residual_fn(jnp.asarray(x), problem.args)) ** 2))
+            print(
+                f"step {k + 1:4d}  x = {np.array2string(x, precision=4)}  cost {cost:.6g}  accepted {bool(accepted[k])}"
+            )
+        return
     for alpha in options.alpha if options.mode == "geodesic" else [0.0]:
         reached, lost, hardest = count(options.mode == "geodesic", alpha)
         slowest = sorted(hardest.items(), key=lambda item: -item[1])[:3]

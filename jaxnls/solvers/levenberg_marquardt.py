@@ -47,7 +47,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     decide the basin: on the NIST runs BoxBOD, MGH09, MGH10 and MGH17 from start 1 (tight tolerances,
     1,000 steps), first dampings from 1e-16 to 100 lose one to three of them in no order with λ0 (1e-12
     happens to win all four, 1e-14 and 1e-10 do not), and so does Ceres' damping matrix
-    (benchmarks/README.md (ag)). For such fits use :class:`IndirectLevenbergMarquardt`.
+    (benchmarks/README.md (ag)); geodesic acceleration (Transtrum & Sethna), the usual remedy for curved
+    valleys, loses MGH17 from start 1 too ((aj)). For such fits use :class:`IndirectLevenbergMarquardt`.
 
     The first damping, ``initial_damping``, defaults by problem kind (``None``):
 
