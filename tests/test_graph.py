@@ -288,6 +288,41 @@ def test_block_sparse_linearization_equals_the_dense_jacobian():
 
 
 @pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
+def test_a_nonfinite_system_gives_cholmod_the_identity_and_the_step_the_scaled_right_hand_side():
+    """A Jacobian entry that is NaN (a problem of a batch gone non-finite) makes the assembled matrix non-finite;
+    CHOLMOD is then given the identity (it would stop the whole batch), and the solve returns the Jacobi-scaled
+    right-hand side, x_j = b_j / A_jj where A_jj is finite and positive, else b_j: finite, computed here from the
+    dense matrix. A finite system in the same compiled program is solved exactly."""
+    from jaxnls.graph._graph import validate
+    from jaxnls.graph._linear import NormalOperator
+
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
+    cost = jg.CostGroup(lambda a, b, d: a - b - d, ("p", "p"), edges, jnp.ones((5, 2)), jnp.eye(2))
+    graph = jg.FactorGraph({"p": jnp.zeros((4, 2))}, [cost])
+    structure = validate(graph, False)
+    rng = np.random.default_rng(3)
+    blocks = jnp.asarray(rng.normal(size=(5, 2, 4)))
+    damping = jnp.full(structure.n, 0.5)
+    rhs = jnp.asarray(rng.normal(size=structure.n))
+    solver = jg.SparseDirect(factorization="cholmod", structure=structure)
+    solve = jax.jit(lambda blocks: solver.solve_system(NormalOperator(structure, (blocks,), None, damping), rhs))
+
+    def dense_matrix(blocks):
+        jacobian = np.zeros((10, structure.n))
+        for e, (i, j) in enumerate(edges):
+            jacobian[2 * e : 2 * e + 2, 2 * i : 2 * i + 2] = blocks[e][:, :2]
+            jacobian[2 * e : 2 * e + 2, 2 * j : 2 * j + 2] = blocks[e][:, 2:]
+        return jacobian.T @ jacobian + np.diag(np.asarray(damping))
+
+    np.testing.assert_allclose(solve(blocks), np.linalg.solve(dense_matrix(blocks), rhs), rtol=1e-10)
+    broken = blocks.at[1, 0, 3].set(jnp.nan)  # the second term's row 0 in variable 2's second coordinate
+    diagonal = np.diag(dense_matrix(np.asarray(broken)))
+    expected = np.where(np.isfinite(diagonal) & (diagonal > 0), rhs / np.where(diagonal > 0, diagonal, 1.0), rhs)
+    assert np.isnan(diagonal).any() and not np.isnan(diagonal).all()
+    np.testing.assert_allclose(solve(broken), expected, rtol=1e-12)
+
+
+@pytest.mark.skipif(not HAS_SPARSAX, reason="sparsax (CHOLMOD) is not installed on this platform")
 def test_cholmod_steps_stay_inside_the_compiled_program_and_options_are_checked():
     """With CHOLMOD the step solve lowers to sparsax's FFI call and no host callback (the program can be kept in
     JAX's persistent cache); with QDLDL to a host callback. An unknown factorisation is refused by name."""

@@ -576,8 +576,9 @@ def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"], plan: Uppe
     fallback = rhs * scale**2
     # a problem whose matrix is not finite is given the identity instead: CHOLMOD would stop the whole batch
     finite = jnp.all(jnp.isfinite(scaled)) & jnp.all(jnp.isfinite(rhs))
-    identity = jnp.zeros_like(scaled).at[plan.diagonal].set(1.0)
-    x = sparsax.solve(plan.row, plan.column, jnp.where(finite, scaled, identity), jnp.where(finite, rhs * scale, 0.0))
+    # (the identity written into the one buffer: a separate identity matrix is a third copy of the data)
+    matrix = jnp.where(finite, scaled, 0.0).at[plan.diagonal].set(jnp.where(finite, scaled[plan.diagonal], 1.0))
+    x = sparsax.solve(plan.row, plan.column, matrix, jnp.where(finite, rhs * scale, 0.0))
     x = x * scale
     return jnp.where(finite & jnp.all(jnp.isfinite(x)), x, fallback)
 
