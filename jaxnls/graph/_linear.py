@@ -442,8 +442,8 @@ def upper_pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(size)
 
 
-def _upper_contributions(operator: NormalOperator) -> Float[Array, " c"]:
-    """``[P_e[p, q] for (p, q) in upper_pairs(D), for every term e of every group, d]``: what
+def _upper_products(operator: NormalOperator) -> Float[Array, " c"]:
+    """``[P_e[p, q] for (p, q) in upper_pairs(D), for every term e of every group]``: what
     :class:`UpperAssembly`'s ``segment`` sums (each block's lower half is its upper half's mirror)."""
     parts = []
     if operator.products is not None:
@@ -455,22 +455,22 @@ def _upper_contributions(operator: NormalOperator) -> Float[Array, " c"]:
             p, q = upper_pairs(jac.shape[-1])
             # summed as block_products sums them (bit for bit the same entries)
             parts.append(sum_over_rows(jac[:, :, p], jac[:, :, q]).ravel())
-    return jnp.concatenate([*parts, operator.diagonal()])
+    return jnp.concatenate(parts)
 
 
 class UpperAssembly(eqx.Module):
-    """Where CHOLMOD's matrix comes from, once per structure: the upper entry each contribution of
-    :func:`_upper_contributions` is summed into (``segment``; where a term names one variable twice, some of
+    """Where CHOLMOD's matrix comes from, once per structure: the upper entry each product of
+    :func:`_upper_products` is summed into (``segment``; where a term names one variable twice, some of
     its off-diagonal products land on the diagonal twice, and ``repeat`` lists them), and those entries'
-    coordinates (COO, ``row`` ≤ ``column``) and diagonal slots. Summing only each term block's upper half
+    coordinates (COO, ``row`` ≤ ``column``) and diagonal slots (where the damped diagonal is added). Summing only each term block's upper half
     (21 of 36 products for a pose-graph edge) leaves the lower half uncomputed: w10000's system took
     2.3 M products, of which the matrix kept 1.4 M. :func:`jaxnls.graph.solve` passes the plan into the
     compiled program as arguments (built inside, these megabytes of indices would be constants that every
     run of a cached program reads back and hashes).
 
     Attributes:
-        segment: the upper entry each contribution (then each repeated one) is summed into.
-        repeat: the contributions summed a second time.
+        segment: the upper entry each product (then each repeated one) is summed into.
+        repeat: the products summed a second time.
         row: the row of each upper entry.
         column: the column of each upper entry (at or right of its row).
         diagonal: the upper entry of each diagonal element.
@@ -514,7 +514,6 @@ class UpperAssembly(eqx.Module):
             repeats.append(counted + np.flatnonzero(twice.ravel()))
             done += full.size
             counted += upper.size
-        segments.append(slot[diagonal_at])
         segment = np.concatenate(segments)
         repeat = np.concatenate(repeats)
         return cls(
@@ -567,9 +566,12 @@ def _cholmod_solve(operator: NormalOperator, rhs: Float[Array, " n"], plan: Uppe
         plan = assembly_for(structure)
     elif plan.structure_key != structure.key:
         raise ValueError("SparseDirect: its assembly plan was made for another graph structure (leave assembly=None)")
-    contributions = _upper_contributions(operator)
-    contributions = jnp.concatenate([contributions, contributions[plan.repeat]])
-    data = jax.ops.segment_sum(contributions, plan.segment, num_segments=plan.num_entries)
+    products = _upper_products(operator)
+    if plan.repeat.shape[0]:  # (a static size: no copy of the products where no term names a variable twice)
+        products = jnp.concatenate([products, products[plan.repeat]])
+    # the damped diagonal added at its entries afterwards: concatenated to the products, it would copy them all
+    data = jax.ops.segment_sum(products, plan.segment, num_segments=plan.num_entries)
+    data = data.at[plan.diagonal].add(operator.diagonal())
     diagonal = data[plan.diagonal]
     scale = jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 1.0)
     scaled = (data * scale[plan.row] * scale[plan.column]).at[plan.diagonal].add(pivot_floor(structure.n, rhs.dtype))
