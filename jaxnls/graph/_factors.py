@@ -93,8 +93,8 @@ def _right_jacobian_inverse(error: MatrixLieGroup, tangent: Float[Array, " d"]) 
     whose other branch still carries the norm's NaN derivative at zero into a gradient — which an unrolled adjoint
     meets wherever an edge fits exactly (odometry edges of a chained start). Below jaxlie's own small-angle
     threshold (squared angle under machine epsilon) this uses :math:`I + \tfrac12\operatorname{ad}_ξ`, exact there
-    in value and first derivative, and hands the full formula a point away from zero. SO(2), SE(2) and SO(3) differentiate
-    at the identity as they are."""
+    in value and first derivative, and hands the full formula a point away from zero. SO(2), SE(2) and SO(3)
+    differentiate at the identity as they are."""
     import jaxlie
 
     if not isinstance(error, jaxlie.SE3):

@@ -9,10 +9,10 @@ A problem is
 ``(N, d)`` array, and a :class:`CostGroup` ``g`` holds ``E_g`` terms of the same residual function
 ``f_g``. Each group is evaluated with ONE ``vmap``; each term's Jacobian with respect to the tangent
 perturbations of its ``a`` variables, :math:`\partial r / \partial(δ_1, \dots, δ_a)` at 0 with
-:math:`X \oplus δ = X\operatorname{Exp}(δ)` (:mod:`jaxnls.manifolds`), is one ``jacfwd`` (or ``jacrev``) of shape
-``(k, d_1 + … + d_a)``, or for :func:`~jaxnls.graph.between` on groups its closed form
-(:func:`~jaxnls.graph.between_linearization`). The Jacobian of the whole problem is these blocks and their column indices:
-it is never assembled densely.
+:math:`X \oplus δ = X\operatorname{Exp}(δ)` (:mod:`jaxnls.manifolds`), is one ``jacfwd`` (or ``jacrev``) of
+shape ``(k, d_1 + … + d_a)``, or for :func:`~jaxnls.graph.between` on groups its closed form
+(:func:`~jaxnls.graph.between_linearization`). The Jacobian of the whole problem is these blocks and their column
+indices: it is never assembled densely.
 """
 
 from __future__ import annotations
