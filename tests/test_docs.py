@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import os
 import pkgutil
 import re
@@ -72,6 +73,30 @@ def execute_notebook(notebook: Path) -> None:
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(notebook):
     execute_notebook(notebook)
+
+
+# a control character other than a line break in prose: the trace of a LaTeX escape read as a Python or JSON escape
+# (``$\rho`` written into a notebook's JSON as ``"$\rho"`` becomes a carriage return and "ho"; ``\top`` a tab)
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+def test_notebooks_and_pages_hold_no_control_characters():
+    texts = {f"{nb.name} cell {i}": "".join(cell["source"]) for nb in NOTEBOOKS for i, cell in enumerate(_cells(nb))}
+    texts.update({str(page.relative_to(ROOT)): page.read_text(encoding="utf-8") for page in _pages()})
+    found = [
+        f"{where}: {text[max(0, m.start() - 30) : m.end() + 20]!r}"
+        for where, text in texts.items()
+        for m in _CONTROL.finditer(text)
+    ]
+    assert not found, "control characters (a LaTeX escape read as a string escape?):\n" + "\n".join(found)
+
+
+def _cells(notebook: Path) -> list[dict]:
+    return json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+
+
+def _pages() -> list[Path]:
+    return [*sorted(DOCS.rglob("*.md")), ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "benchmarks" / "README.md"]
 
 
 # ------------------------------------------------------------------------------------------------ the site
