@@ -27,7 +27,7 @@ import math
 import os
 import time
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -296,7 +296,8 @@ def train_autoencoder(
         checkpoint: a file to resume from and to save to: where it exists, training continues from the step
             it records (bit for bit as if it had not stopped) after checking that it was written with the
             same key, settings and architecture; it is replaced atomically every ``checkpoint_every`` steps
-            and when training stops. None (default): no checkpoint.
+            and when training stops (calls with the same settings and architecture share one compiled step, so
+            a training resumed in the same process does not compile again). None (default): no checkpoint.
         checkpoint_every: steps between checkpoints (>= 1, default 100).
         max_seconds: stop (saving the checkpoint) once this much wall time has passed in this call; None
             (default): run all ``steps``.
@@ -329,35 +330,19 @@ def train_autoencoder(
         model = SwatAutoencoder(k_model, **model_options)
     elif model_options:
         raise ValueError(f"model options {sorted(model_options)} given together with a model")
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.05))
+    training = _Training(
+        int(steps),
+        int(batch_size),
+        int(num_points),
+        float(learning_rate),
+        float(latent_noise),
+        float(min_temperature),
+        float(hard_weight),
+        float(size_weight),
+        size_measure,
+    )
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
-
-    def batch_loss(params, key):
-        k_specs, k_points, k_noise, k_temperature = jax.random.split(key, 4)
-        dtype = model.positions.dtype
-        specs = jax.vmap(partial(random_mlp, dtype=dtype))(jax.random.split(k_specs, batch_size))
-        x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
-        shifts = latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
-        temperatures = min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
-        errors_of = jax.vmap(partial(_errors_and_decodings, eqx.combine(params, static)))
-        loss = jnp.mean(jnp.min(errors_of(specs, x, temperatures, shifts)[0], axis=-1))
-        if hard_weight:
-            hard, decoded = errors_of(specs, x, StraightThrough(temperatures), shifts)
-            loss = loss + hard_weight * jnp.mean(jnp.min(hard, axis=-1))
-        if size_weight:
-            # each depth's hard decoding's size (batch, depth), counted at the depth that reconstructs best
-            size = neuron_fraction if size_measure == "neurons" else connection_fraction
-            fractions = jax.vmap(jax.vmap(size))(decoded)
-            best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
-            loss = loss + size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
-        return loss
-
-    @jax.jit
-    def step(params, opt_state, key):
-        loss, grads = jax.value_and_grad(batch_loss)(params, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    opt_state = training.optimizer().init(params)
 
     losses = np.zeros(steps, model.positions.dtype)
     settings = dict(
@@ -384,7 +369,7 @@ def train_autoencoder(
     # the losses stay on the device (no wait for each step) until a checkpoint or the end reads them
     pending, first_pending = [], done
     for i in indices if bar is None else bar:
-        params, opt_state, loss = step(params, opt_state, keys[i])
+        params, opt_state, loss = _training_step(params, static, opt_state, keys[i], training)
         pending.append(loss)
         done = i + 1
         if bar is not None:
@@ -401,6 +386,54 @@ def train_autoencoder(
     if pending:
         losses[first_pending:done] = np.asarray(jnp.stack(pending))
     return eqx.combine(params, static), jnp.asarray(losses[:done])
+
+
+class _Training(NamedTuple):
+    """The settings a training step is compiled for (hashable: one compiled step serves every call that repeats
+    them, e.g. a training resumed from its checkpoint in the same process)."""
+
+    steps: int
+    batch_size: int
+    num_points: int
+    learning_rate: float
+    latent_noise: float
+    min_temperature: float
+    hard_weight: float
+    size_weight: float
+    size_measure: str
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return optax.adam(optax.cosine_decay_schedule(self.learning_rate, self.steps, alpha=0.05))
+
+
+def _batch_loss(params, static, key: PRNGKeyArray, training: _Training) -> Float[Array, ""]:
+    model = eqx.combine(params, static)
+    batch_size, num_points = training.batch_size, training.num_points
+    k_specs, k_points, k_noise, k_temperature = jax.random.split(key, 4)
+    dtype = model.positions.dtype
+    specs = jax.vmap(partial(random_mlp, dtype=dtype))(jax.random.split(k_specs, batch_size))
+    x = jax.random.uniform(k_points, (batch_size, num_points, 2), dtype, minval=-1.0, maxval=1.0)
+    shifts = training.latent_noise * jax.random.normal(k_noise, (batch_size, model.latent_size), dtype)
+    temperatures = training.min_temperature ** jax.random.uniform(k_temperature, (batch_size,), dtype)
+    errors_of = jax.vmap(partial(_errors_and_decodings, model))
+    loss = jnp.mean(jnp.min(errors_of(specs, x, temperatures, shifts)[0], axis=-1))
+    if training.hard_weight:
+        hard, decoded = errors_of(specs, x, StraightThrough(temperatures), shifts)
+        loss = loss + training.hard_weight * jnp.mean(jnp.min(hard, axis=-1))
+        if training.size_weight:
+            # each depth's hard decoding's size (batch, depth), counted at the depth that reconstructs best
+            size = neuron_fraction if training.size_measure == "neurons" else connection_fraction
+            fractions = jax.vmap(jax.vmap(size))(decoded)
+            best = jax.lax.stop_gradient(jnp.argmin(hard, axis=-1))
+            loss = loss + training.size_weight * jnp.mean(jnp.take_along_axis(fractions, best[:, None], axis=1))
+    return loss
+
+
+@eqx.filter_jit
+def _training_step(params, static, opt_state, key: PRNGKeyArray, training: _Training):
+    loss, grads = jax.value_and_grad(_batch_loss)(params, static, key, training)
+    updates, opt_state = training.optimizer().update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
 
 def _write_checkpoint(path, settings: dict, state, done: int) -> None:
