@@ -608,8 +608,9 @@ def main(argv=None) -> int:
         choices=("auto", "direct", "schur", "pcg"),
         default="auto",
         help="graphs: sparse direct (Cholesky by CHOLMOD, or LDLᵀ by QDLDL), the points eliminated and the reduced camera system factored "
-        "densely (schur; BAL files), or block-Jacobi preconditioned CG; default auto: schur for BAL "
-        "files with up to 2,500 camera unknowns, direct otherwise (jaxnls.graph.default_linear_solver)",
+        "densely (schur; BAL files), or block-Jacobi preconditioned CG; default auto: schur (a BAL "
+        "file's points or a 2-D file's landmarks eliminated) when at most 2,500 unknowns remain, direct otherwise "
+        "(jaxnls.graph.default_linear_solver)",
     )
     solve.add_argument(
         "--max-steps",

@@ -63,7 +63,8 @@ def solve(
         params0: starting parameters, any pytree of floating arrays. With ``batched=True`` every leaf
             carries a leading batch axis of the same size B.
         args: data passed unchanged to ``residual_fn`` (arrays, pytrees, Equinox modules).
-        solver: :class:`LevenbergMarquardt` (default), :class:`GaussNewton` or :class:`Dogleg`, holding
+        solver: :class:`LevenbergMarquardt` (default), :class:`GaussNewton`, :class:`Dogleg` or
+            :class:`IndirectLevenbergMarquardt` (MINPACK's trust-region form, for hard single fits), holding
             the tolerances and the linear step solver (:class:`Cholesky` where its ``linear_solver`` is None,
             the strategies' default).
         max_steps: iteration limit per problem (each iteration is one trial step), 0 to 2³¹ - 2.

@@ -355,9 +355,9 @@ class SparseDirect(AbstractGraphLinearSolver):
       never leaves XLA, the program can be kept in JAX's persistent compilation cache (``jaxnls solve``'s
       second run of a file does not recompile), and a batch is factored in one call. Per refactorisation, 2
       cores: sphere2500 (15,000 unknowns) 65 ms against QDLDL's 88, torus3D (30,000) 155 against 289,
-      w10000 (30,000, a 2-D chain) 40 against 30. Needs ``sparsax`` (a dependency on Linux x86-64) and
-      float64. Those times are the serial ATLAS bundled with ``sparsax``; on SciPy's BLAS, which jaxnls
-      gives CHOLMOD by default (:func:`jaxnls.graph.use_blas`), sphere2500 takes 16–20 ms and torus3D 39.
+      w10000 (30,000, a 2-D chain) 40 against 30. Needs ``sparsax`` (a dependency on Linux x86-64 and
+      Windows) and float64. Those times are the serial ATLAS bundled with ``sparsax``; on SciPy's BLAS, which
+      jaxnls gives CHOLMOD by default (:func:`jaxnls.graph.use_blas`), sphere2500 takes 16–20 ms and torus3D 39.
     - **QDLDL** (``factorization="qdldl"``): :math:`A` is summed and factored on the host through
       ``jax.pure_callback``; under ``vmap`` the problems are factored one after another; on an accelerator
       every iteration copies the matrix to the host and back. It also factors indefinite matrices, so it
