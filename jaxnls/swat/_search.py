@@ -354,22 +354,9 @@ def refine(
         decoded.output_bias,
     )
     used = used_layers(depth, decoded.weights.dtype)
-
-    def as_spec(p, temperature):
-        weights, biases, logits, mask_logits, output_weights, output_bias = p
-        mask = relaxed_mask(mask_logits, temperature) * used
-        return MLPSpec(weights, biases, logits, mask, output_weights, output_bias, depth)
-
-    def loss_fn(params, xb, yb, temperature):
-        return _objective(as_spec(params[0], temperature), _threshold(params[1], config), xb, yb, temperature, config)
-
-    @eqx.filter_jit
-    def run(params):
-        (trained, relative_threshold), history = _run_adam(loss_fn, params, x, y, key, config)
-        threshold = _threshold(relative_threshold, config)
-        return harden(as_spec(trained, None), threshold), threshold, history
-
-    hard, threshold, history = run((trainable, result.threshold / config.initial_threshold))
+    hard, threshold, history = _refine(
+        (trainable, result.threshold / config.initial_threshold), used, depth, x, y, key, config
+    )
     before = mse(result.network, x, y)
     # the re-annealed objective can end on a worse hard network than it started from (the penalties
     # and the temperature schedule act on the relaxed one); keep whichever fits the training data better
@@ -378,6 +365,23 @@ def refine(
         lambda new, old: jnp.where(better, new, old), (hard, threshold), (result.network, result.threshold)
     )
     return SearchResult(network, threshold, result.latent, history, before)
+
+
+def _refined_spec(params, used, depth, temperature) -> MLPSpec:
+    weights, biases, logits, mask_logits, output_weights, output_bias = params
+    mask = relaxed_mask(mask_logits, temperature) * used
+    return MLPSpec(weights, biases, logits, mask, output_weights, output_bias, depth)
+
+
+@eqx.filter_jit  # module level, the task an argument: one program for every refined task of a shape and setting
+def _refine(params, used, depth, x, y, key, config: SearchConfig):
+    def loss_fn(params, xb, yb, temperature):
+        spec = _refined_spec(params[0], used, depth, temperature)
+        return _objective(spec, _threshold(params[1], config), xb, yb, temperature, config)
+
+    (trained, relative_threshold), history = _run_adam(loss_fn, params, x, y, key, config)
+    threshold = _threshold(relative_threshold, config)
+    return harden(_refined_spec(trained, used, depth, None), threshold), threshold, history
 
 
 def prune(network: MLPSpec, nonzeros: int) -> MLPSpec:
@@ -449,6 +453,10 @@ def retrain(
             (weights * weight_mask, biases * bias_mask, output_weights * output_mask, output_bias),
         )
 
+    # the network stays a constant of the program (compiled per call, unlike refine's and train_dense's): passed
+    # as an argument it gave retrained weights that differ in float32's last bits (measured; presumably what XLA
+    # folds from the constant at compile time it then computes at run time), which would move the recorded SWAT
+    # tables (benchmarks/README.md (z), (ab))
     loss_fn = lambda p, xb, yb, temperature: mse(as_spec(p), xb, yb)
     params = (network.weights, network.biases, network.output_weights, network.output_bias)
     trained, _ = eqx.filter_jit(lambda p: _run_adam(loss_fn, p, x, y, key, config))(params)
@@ -498,10 +506,17 @@ def train_dense(
     logits = jax.nn.one_hot(jnp.full((MAX_DEPTH, MAX_WIDTH), activation), 3, dtype=dtype)
     output_weights = jax.random.normal(k_out, (MAX_WIDTH,), dtype) / jnp.sqrt(float(MAX_WIDTH))
 
-    def as_spec(p):
-        return MLPSpec(p[0] * exists, p[1] * used, logits, used, p[2], p[3], jnp.asarray(depth))
-
-    loss_fn = lambda p, xb, yb, temperature: mse(as_spec(p), xb, yb)
+    fixed = (exists, used, logits, jnp.asarray(depth))
     params = (weights, jnp.zeros((MAX_DEPTH, MAX_WIDTH), dtype), output_weights, jnp.zeros((), dtype))
-    trained, _ = eqx.filter_jit(lambda p: _run_adam(loss_fn, p, x, y, k_batches, config))(params)
-    return as_spec(trained)
+    return _dense_spec(_train_dense(params, fixed, x, y, k_batches, config), fixed)
+
+
+def _dense_spec(params, fixed) -> MLPSpec:
+    exists, used, logits, depth = fixed
+    return MLPSpec(params[0] * exists, params[1] * used, logits, used, params[2], params[3], depth)
+
+
+@eqx.filter_jit  # module level, the task an argument: one program for every dense fit of a shape and setting
+def _train_dense(params, fixed, x, y, key, config: SearchConfig):
+    loss_fn = lambda p, xb, yb, temperature: mse(_dense_spec(p, fixed), xb, yb)
+    return _run_adam(loss_fn, params, x, y, key, config)[0]
