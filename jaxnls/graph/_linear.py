@@ -464,9 +464,9 @@ class UpperAssembly(eqx.Module):
     its off-diagonal products land on the diagonal twice, and ``repeat`` lists them), and those entries'
     coordinates (COO, ``row`` ≤ ``column``) and diagonal slots (where the damped diagonal is added).
     Summing only each term block's upper half (21 of 36 products for a pose-graph edge) leaves the lower
-    half uncomputed: w10000's system took 2.3 M products, of which the matrix kept 1.4 M. :func:`jaxnls.graph.solve` passes the plan into the
-    compiled program as arguments (built inside, these megabytes of indices would be constants that every
-    run of a cached program reads back and hashes).
+    half uncomputed: w10000's system took 2.3 M products, of which the matrix kept 1.4 M.
+    :func:`jaxnls.graph.solve` passes the plan into the compiled program as arguments (built inside, these
+    megabytes of indices would be constants that every run of a cached program reads back and hashes).
 
     Attributes:
         segment: the upper entry each product (then each repeated one) is summed into.
