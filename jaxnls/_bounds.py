@@ -15,19 +15,20 @@ import jax
 import jax.core
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
+
+from ._problem import one_problem
 
 
 def _side(side, params0, batched: bool, batch: int, fill: float, what: str):
     """One side of the box as ``(batch, n)``: None / a scalar / a pytree like params0 (each leaf shaped like
     one problem's leaf, or with the batch axis in front)."""
-    template = jax.tree_util.tree_map(lambda leaf: leaf[0], params0) if batched else params0
-    dtype = ravel_pytree(template)[0].dtype
+    template = one_problem(params0, batched)
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(template))  # ravel_pytree's
     if side is None:
         side = fill
     if isinstance(side, (bool, int, float, np.number)) or (eqx.is_array(side) and jnp.ndim(side) == 0):
         value = side
-        side = jax.tree_util.tree_map(lambda leaf: jnp.full(jnp.shape(leaf), value), template)
+        side = jax.tree_util.tree_map(lambda leaf: jnp.full(leaf.shape, value), template)
     try:  # (params0's structure as the prefix: a list of numbers stands for an array leaf)
         pairs = jax.tree_util.tree_map(lambda leaf, bound: (bound, leaf), template, side)
     except ValueError as err:
@@ -39,7 +40,7 @@ def _side(side, params0, batched: bool, batch: int, fill: float, what: str):
         bound = jnp.asarray(bound)
         if (what != "fixed" and not jnp.issubdtype(bound.dtype, jnp.number)) or jnp.iscomplexobj(bound):
             raise TypeError(f"{what}{jax.tree_util.keystr(path)} must be real numbers, got dtype {bound.dtype}")
-        shape = jnp.shape(leaf)
+        shape = tuple(leaf.shape)
         if bound.shape in ((), shape):
             bound = jnp.broadcast_to(bound, (batch,) + shape)
         elif batched and bound.shape == (batch,) + shape:

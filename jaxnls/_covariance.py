@@ -24,8 +24,15 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 from ._bounds import frozen_mask
 from ._driver import UNSET, resolve_args_axes
 from ._jacobian import flat_residual_fn, residual_and_jacobian
-from ._loop import take
-from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
+from ._problem import (
+    as_float_array,
+    batch_size,
+    broadcast_args_axes,
+    check_residual,
+    check_sizes,
+    one_problem,
+    one_problem_args,
+)
 from .manifolds import ProductSpace, has_groups
 
 
@@ -127,13 +134,13 @@ def covariance(
         batch = batch_size(params, name="params")
         check_sizes(params, True, name="params")
         axes = broadcast_args_axes(args_axes, args, batch, name="params")
-        single_params = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
-        single_args = take(args, axes, 0)
+        single_params, single_args = one_problem(params, True), one_problem_args(args, axes)
     else:
         check_sizes(params, False, name="params")
         batch, axes, single_params, single_args = 1, None, params, args
     num_residuals = check_residual(residual_fn, single_params, single_args)
-    dtype = ravel_pytree(single_params)[0].dtype
+    leaves = jax.tree_util.tree_leaves(single_params)
+    dtype = jnp.result_type(*leaves)  # ravel_pytree's
     if rcond is None:
         rcond = float(jnp.finfo(dtype).eps)
     elif isinstance(rcond, (bool, np.bool_)) or not isinstance(rcond, (int, float)) or not 0 <= rcond < 1:
@@ -142,7 +149,7 @@ def covariance(
     if fixed is not None and has_groups(single_params):
         raise NotImplementedError("jaxnls.covariance: fixed= applies to Euclidean parameters")
     frozen = (
-        jnp.zeros((batch, ravel_pytree(single_params)[0].shape[0]), bool)
+        np.zeros((batch, sum(int(np.prod(leaf.shape)) for leaf in leaves)), bool)
         if fixed is None
         else frozen_mask(fixed, params, batched, batch)
     )

@@ -83,8 +83,36 @@ def broadcast_args_axes(args_axes, args, batch_size: int, name: str = "params0")
     return axes
 
 
+def one_problem(tree, batched: bool):
+    """One problem's part of a batched ``tree`` as shapes: each array leaf a :class:`jax.ShapeDtypeStruct`
+    without its leading axis (``tree`` itself when not ``batched``). Nothing is sliced: an eager slice
+    compiles a program for every new shape, where reading the residual's size needs shapes only."""
+    if not batched:
+        return tree
+    return jax.tree_util.tree_map(_without_leading_axis, tree)
+
+
+def one_problem_args(args, axes):
+    """:func:`one_problem` of ``args``: the leaves batched in ``axes`` (0) as shapes without that axis, the
+    shared ones (None) as they are."""
+    return jax.tree_util.tree_map(
+        lambda axis, leaf: leaf if axis is None or not hasattr(leaf, "shape") else _without_leading_axis(leaf),
+        axes,
+        args,
+        is_leaf=lambda a: a is None,
+    )
+
+
+def _without_leading_axis(leaf):
+    if not hasattr(leaf, "shape"):
+        return leaf
+    weak = bool(getattr(leaf, "weak_type", False))
+    return jax.ShapeDtypeStruct(np.shape(leaf)[1:], jax.dtypes.canonicalize_dtype(leaf.dtype), weak_type=weak)
+
+
 def check_residual(residual_fn, single_params, single_args) -> int:
-    """m, the size of ``residual_fn``'s output for one problem, after checking it is a non-empty floating pytree."""
+    """m, the size of ``residual_fn``'s output for one problem, after checking it is a non-empty floating pytree
+    (``single_params`` and ``single_args`` may hold arrays or their shapes, :func:`one_problem`'s)."""
     out = eqx.filter_eval_shape(residual_fn, single_params, single_args)
     leaves = jax.tree_util.tree_flatten_with_path(out)[0]
     if not leaves:

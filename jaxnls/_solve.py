@@ -27,7 +27,15 @@ from ._driver import (
 )
 from ._jacobian import flat_residual_fn, residual_and_jacobian
 from ._loop import LoopProblem, take
-from ._problem import as_float_array, batch_size, broadcast_args_axes, check_residual, check_sizes
+from ._problem import (
+    as_float_array,
+    batch_size,
+    broadcast_args_axes,
+    check_residual,
+    check_sizes,
+    one_problem,
+    one_problem_args,
+)
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
 from .linear import Cholesky
@@ -209,8 +217,10 @@ def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
     )
 
     def read():
-        single_args = take(args, broadcast_args_axes(args_axes, args, batch_size(params0)), 0) if batched else args
-        return check_residual(residual_fn, _first_problem(params0, batched), single_args)
+        single_args = (
+            one_problem_args(args, broadcast_args_axes(args_axes, args, batch_size(params0))) if batched else args
+        )
+        return check_residual(residual_fn, one_problem(params0, batched), single_args)
 
     try:
         hash(key)
@@ -226,16 +236,12 @@ def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
 _RESIDUAL_SIZES: dict = {}
 
 
-def _first_problem(params0, batched: bool):
-    return jax.tree_util.tree_map(lambda leaf: leaf[0], params0) if batched else params0
-
-
 def _batch_size_or_one(params0, batched: bool) -> int:
     return batch_size(params0) if batched else 1
 
 
 def _problem_size(params0, batched: bool) -> int:
-    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(_first_problem(params0, batched)))
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(one_problem(params0, batched)))
 
 
 def _working_set_size(working_set, params0, batched: bool, nested: bool) -> int | None:

@@ -323,6 +323,36 @@ def test_no_recompilation_for_new_data_of_the_same_shape():
     assert len(traces) == count
 
 
+def test_a_new_shape_compiles_one_program_per_call():
+    """The residual's size is read from shapes: a batched solve, and a batched covariance, of shapes not
+    seen before compile their own program and nothing else (slicing one problem out of params0 and args
+    eagerly compiled a program per slice and new shape, ~50 ms of a first call). Counted from JAX's own
+    compilation events; the inputs are device arrays made before counting."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name"))
+
+    y = jnp.asarray(noisy_data(11, size=7)[:, :23])  # (7, 23): data per problem
+    p0 = jnp.asarray(np.tile([1.5, 0.4, 0.4, 1.4], (7, 1)))
+    t = jnp.asarray(T[:23])
+    jaxnls.solve(curve_residual, p0[:2], (t, y[:2]), batched=True, args_axes=(None, 0))  # the probes, once
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        solution = jaxnls.solve(curve_residual, p0, (t, y), batched=True, args_axes=(None, 0))
+        jax.block_until_ready(solution)
+        solve_programs = list(compiled)
+        jax.block_until_ready(
+            jaxnls.covariance(curve_residual, solution.params, (t, y), batched=True, args_axes=(None, 0))
+        )
+        covariance_programs = compiled[len(solve_programs) :]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(solve_programs) == 1, solve_programs
+    assert len(covariance_programs) == 1, covariance_programs
+
+
 def test_equinox_module_in_args():
     class Model(eqx.Module):
         basis: jax.Array
