@@ -82,7 +82,7 @@ def test_straight_through_has_the_hard_values_and_the_relaxed_derivatives():
     logits is the relaxed network's (computed here without StraightThrough)."""
     import equinox as eqx
 
-    from jaxnls.swat import SwatAutoencoder
+    from jaxnls.swat import load_pretrained
     from jaxnls.swat._autoencoder import relaxed_mask
 
     x = jax.random.uniform(jax.random.PRNGKey(1), (40, 2), jnp.float64, minval=-1.0, maxval=1.0)
@@ -108,7 +108,10 @@ def test_straight_through_has_the_hard_values_and_the_relaxed_derivatives():
     relaxed = jax.grad(lambda lg: jnp.sum(weights * relaxed_mask(lg, temperature)))(logits)
     np.testing.assert_allclose(through, relaxed, rtol=1e-14)
     # the autoencoder's decodings: 0/1 masks in value
-    model = SwatAutoencoder(jax.random.PRNGKey(0), dtype=jnp.float64)
+    # (the shipped model's weights in float64: a new SwatAutoencoder draws its weights op by op, seconds of compiling)
+    model = jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf, load_pretrained()
+    )
     z = jnp.linspace(-0.5, 0.5, model.latent_size)
     decoded = model.decode_at(z, 2, StraightThrough(temperature))
     np.testing.assert_allclose(decoded.neuron_mask, model.decode_at(z, 2, None).neuron_mask, atol=1e-15)

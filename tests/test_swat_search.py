@@ -13,7 +13,6 @@ from conftest import directional_difference
 
 from jaxnls.swat import (
     SearchConfig,
-    SwatAutoencoder,
     evaluate_reconstruction,
     forward,
     harden,
@@ -185,8 +184,9 @@ def test_regularizers_closed_forms():
 
 
 def test_latent_objective_gradient_matches_central_differences():
-    model = SwatAutoencoder(
-        jax.random.PRNGKey(0), latent_size=8, width=16, heads=2, decoder_width=16, dtype=jnp.float64
+    # the shipped model's weights in float64 (a new SwatAutoencoder draws its weights op by op: seconds of compiling)
+    model = jax.tree_util.tree_map(
+        lambda leaf: leaf.astype(jnp.float64) if eqx.is_inexact_array(leaf) else leaf, load_pretrained()
     )
     task = make_task("booth", 0)
     x, y = jnp.asarray(task.x_train[:64]), jnp.asarray(task.y_train[:64])
@@ -199,15 +199,15 @@ def test_latent_objective_gradient_matches_central_differences():
         decoded = jax.tree_util.tree_map(lambda leaf: leaf[1], model.decode(jnp.tanh(z), 0.5))
         return _objective(decoded, 0.02, x, y, 0.5, config)
 
-    z = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (8,), jnp.float64)
-    direction = jax.random.normal(jax.random.PRNGKey(2), (8,), jnp.float64)
+    z = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (model.latent_size,), jnp.float64)
+    direction = jax.random.normal(jax.random.PRNGKey(2), (model.latent_size,), jnp.float64)
     np.testing.assert_allclose(
         jax.grad(objective)(z) @ direction, directional_difference(objective, z, direction), rtol=1e-6
     )
 
 
 def test_bad_input_is_rejected():
-    model = SwatAutoencoder(jax.random.PRNGKey(0), width=8, heads=2, decoder_width=8)
+    model = load_pretrained()
     x = np.zeros((10, 2), np.float32)
     with pytest.raises(ValueError, match="inputs"):
         search(model, np.zeros((10, 3)), np.zeros(10), jax.random.PRNGKey(0), SEARCH)
