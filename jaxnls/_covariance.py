@@ -28,10 +28,9 @@ from ._problem import (
     as_float_array,
     batch_size,
     broadcast_args_axes,
-    check_residual,
     check_sizes,
     one_problem,
-    one_problem_args,
+    residual_size,
 )
 from .manifolds import ProductSpace, has_groups
 
@@ -134,11 +133,11 @@ def covariance(
         batch = batch_size(params, name="params")
         check_sizes(params, True, name="params")
         axes = broadcast_args_axes(args_axes, args, batch, name="params")
-        single_params, single_args = one_problem(params, True), one_problem_args(args, axes)
     else:
         check_sizes(params, False, name="params")
-        batch, axes, single_params, single_args = 1, None, params, args
-    num_residuals = check_residual(residual_fn, single_params, single_args)
+        batch, axes = 1, None
+    num_residuals = residual_size(residual_fn, params, args, batched, axes)
+    single_params = one_problem(params, batched)
     leaves = jax.tree_util.tree_leaves(single_params)
     dtype = jnp.result_type(*leaves)  # ravel_pytree's
     if rcond is None:

@@ -92,7 +92,7 @@ def one_problem(tree, batched: bool):
     return jax.tree_util.tree_map(_without_leading_axis, tree)
 
 
-def one_problem_args(args, axes):
+def _one_problem_args(args, axes):
     """:func:`one_problem` of ``args``: the leaves batched in ``axes`` (0) as shapes without that axis, the
     shared ones (None) as they are."""
     return jax.tree_util.tree_map(
@@ -108,6 +108,15 @@ def _without_leading_axis(leaf):
         return leaf
     weak = bool(getattr(leaf, "weak_type", False))
     return jax.ShapeDtypeStruct(np.shape(leaf)[1:], jax.dtypes.canonicalize_dtype(leaf.dtype), weak_type=weak)
+
+
+def residual_size(residual_fn, params, args, batched: bool, axes) -> int:
+    """m, one problem's residual count, of a call whose ``params`` (and ``args``, along ``axes``, as
+    :func:`broadcast_args_axes` gives them) carry a batch axis when ``batched``: :func:`check_residual` on
+    :func:`one_problem`'s shapes."""
+    if batched:
+        params, args = one_problem(params, True), _one_problem_args(args, axes)
+    return check_residual(residual_fn, params, args)
 
 
 def check_residual(residual_fn, single_params, single_args) -> int:

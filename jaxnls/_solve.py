@@ -34,7 +34,7 @@ from ._problem import (
     check_residual,
     check_sizes,
     one_problem,
-    one_problem_args,
+    residual_size,
 )
 from ._solution import Solution
 from .adjoint import AbstractAdjoint, DenseProblem, Implicit
@@ -203,7 +203,7 @@ def solve(
 
 
 def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
-    """m, the residuals of one problem (validated by :func:`_check_residual`), remembered per compilation key
+    """m, the residuals of one problem (validated by :func:`check_residual`), remembered per compilation key
     (function, structure, shapes, static leaves) so that a repeated call traces nothing."""
     dynamic, static = eqx.partition((params0, args), eqx.is_array)
     key = (
@@ -217,10 +217,8 @@ def _residual_size(residual_fn, params0, args, batched: bool, args_axes) -> int:
     )
 
     def read():
-        single_args = (
-            one_problem_args(args, broadcast_args_axes(args_axes, args, batch_size(params0))) if batched else args
-        )
-        return check_residual(residual_fn, one_problem(params0, batched), single_args)
+        axes = broadcast_args_axes(args_axes, args, batch_size(params0)) if batched else None
+        return residual_size(residual_fn, params0, args, batched, axes)
 
     try:
         hash(key)
