@@ -327,11 +327,13 @@ def test_a_new_shape_compiles_one_program_per_call():
     """The residual's size is read from shapes: a batched solve, and a batched covariance, of shapes not
     seen before compile their own program and nothing else (slicing one problem out of params0 and args
     eagerly compiled a program per slice and new shape, ~50 ms of a first call). Counted from JAX's own
-    compilation events; the inputs are device arrays made before counting."""
+    events: every program lowered for compilation, also one that a persistent compilation cache would then
+    supply (the command line's ``main()``, run in-process by other tests, turns that cache on); the inputs are
+    device arrays made before counting."""
     compiled = []
 
     def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
             compiled.append(kwargs.get("fun_name"))
 
     y = jnp.asarray(noisy_data(11, size=7)[:, :23])  # (7, 23): data per problem
