@@ -116,6 +116,7 @@ def main() -> None:
     wrap(graph_solve, "assembly_for", snapshot=True, after=trim)
     wrap(driver, "_knows_compiler_options")
     wrap(programs.ProgramStore, "_read")
+    command_line._one_malloc_arena()  # as the console process does before main
     try:
         command_line.main(["solve", options.file])
     except SystemExit:

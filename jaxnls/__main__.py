@@ -48,8 +48,8 @@ def _one_malloc_arena():
     By default glibc gives threads their own arenas (up to 8 per core), and XLA's worker threads allocate and
     free in them: every arena keeps the freed memory for reuse, so a graph solve's peak resident memory is
     the sum of what each thread ever held. One arena: w10000 0.64 -> 0.55 GB peak, the same wall time (2
-    cores; benchmarks/README.md (v)). A command-line program's choice for its own process: the library
-    itself never changes the allocator."""
+    cores; benchmarks/README.md (v)). The console process's choice (:func:`console`): neither the library nor
+    :func:`main` called from another program changes that program's allocator."""
     import platform
 
     if "MALLOC_ARENA_MAX" in os.environ or platform.libc_ver()[0] != "glibc":
@@ -664,7 +664,6 @@ def main(argv=None) -> int:
             "skips the tracing too; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)",
         )
     args = parser.parse_args(argv)
-    _one_malloc_arena()
     if getattr(args, "batch", 1) < 1:
         parser.error("--batch must be at least 1")
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
@@ -686,10 +685,12 @@ def console() -> NoReturn:
 
     That process never uses Flax, but where Flax is installed, jaxlie's dependency ``jax_dataclasses`` imports
     it to register its serialisation, which cost every pose-graph run 0.4 s and 7 MB of peak memory (sphere2500:
-    327.6 → 320.6 MB; benchmarks/README.md (ah)); so Flax is marked absent here first. :func:`main` itself, which
-    other programs may call, leaves their imports alone."""
+    327.6 → 320.6 MB; benchmarks/README.md (ah)); so Flax is marked absent here first, and glibc's allocator asked
+    for one arena (:func:`_one_malloc_arena`). :func:`main` itself, which other programs may call, leaves their
+    imports and their allocator alone."""
     if "flax" not in sys.modules:
         sys.modules["flax"] = None  # pyright: ignore[reportArgumentType]  # (None: ``import flax`` raises ImportError)
+    _one_malloc_arena()
     sys.exit(main())
 
 

@@ -171,8 +171,15 @@ def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off
 
 _ARENAS = """
 import ctypes, sys
-from jaxnls.__main__ import main
-code = main(["solve", sys.argv[1], "--no-cache"])
+from jaxnls.__main__ import console, main
+if sys.argv[2] == "console":  # the console script's process
+    sys.argv = ["jaxnls", "solve", sys.argv[1], "--no-cache"]
+    try:
+        console()
+    except SystemExit as exit:
+        code = exit.code
+else:  # another program calling main()
+    code = main(["solve", sys.argv[1], "--no-cache"])
 libc = ctypes.CDLL(None)
 libc.fdopen.restype = ctypes.c_void_p
 stream = ctypes.c_void_p(libc.fdopen(2, b"w"))
@@ -186,12 +193,13 @@ sys.exit(code)
 def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_otherwise():
     """``jaxnls solve`` asks glibc for one malloc arena (XLA's threads would each keep one of freed memory):
     glibc's own report (``malloc_info``) after a graph solve lists one heap; with ``MALLOC_ARENA_MAX`` set, the
-    user's choice stands and XLA's threads get arenas of their own."""
+    user's choice stands and XLA's threads get arenas of their own. A program that calls ``main`` itself keeps
+    its allocator as it was (glibc's several arenas)."""
     graph = str(ROOT / "tests" / "data" / "graphs" / "w100.graph")
 
-    def heaps(**env):
+    def heaps(entry="console", **env):
         run = subprocess.run(
-            [sys.executable, "-c", _ARENAS, graph],
+            [sys.executable, "-c", _ARENAS, graph, entry],
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -203,6 +211,7 @@ def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_oth
 
     assert heaps() == 1
     assert heaps(MALLOC_ARENA_MAX="8") > 1
+    assert heaps("main") > 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="Flax is not installed: nothing to keep out")
