@@ -96,7 +96,7 @@ def _one_problem_args(args, axes):
     """:func:`one_problem` of ``args``: the leaves batched in ``axes`` (0) as shapes without that axis, the
     shared ones (None) as they are."""
     return jax.tree_util.tree_map(
-        lambda axis, leaf: leaf if axis is None or not hasattr(leaf, "shape") else _without_leading_axis(leaf),
+        lambda axis, leaf: leaf if axis is None else _without_leading_axis(leaf),
         axes,
         args,
         is_leaf=lambda a: a is None,
@@ -104,7 +104,7 @@ def _one_problem_args(args, axes):
 
 
 def _without_leading_axis(leaf):
-    if not hasattr(leaf, "shape"):
+    if not hasattr(leaf, "shape"):  # a static leaf (a function, a string) marked batched: shared as it is
         return leaf
     weak = bool(getattr(leaf, "weak_type", False))
     return jax.ShapeDtypeStruct(np.shape(leaf)[1:], jax.dtypes.canonicalize_dtype(leaf.dtype), weak_type=weak)
