@@ -11,6 +11,7 @@ folder). ``--output`` is written atomically and only for a converged solve unles
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, NoReturn
 from ._driver import MAX_STEPS_LIMIT
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from jaxtyping import ArrayLike
 
     from .io import NistProblem
@@ -60,12 +63,6 @@ def _one_malloc_arena():
     ctypes.CDLL(None).mallopt(m_arena_max, 1)
 
 
-def _enable_x64():
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-
-
 def _cache_folder() -> str:
     """Where the command line keeps JAX's persistent compilation cache: ``$JAXNLS_CACHE_DIR`` if set, else
     ``$XDG_CACHE_HOME/jaxnls/xla`` (``~/.cache/jaxnls/xla``)."""
@@ -75,22 +72,40 @@ def _cache_folder() -> str:
     return os.path.join(base, "jaxnls", "xla")
 
 
-def _use_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache for this process (every compiled program that took more
-    than 0.1 s), unless the folder is empty-named or cannot be created: then the run compiles as usual.
-    Returns the folder, or None."""
-    import jax
+@contextlib.contextmanager
+def _command_settings(use_cache: bool) -> Iterator[str | None]:
+    """JAX's settings for one command, put back as they were when it returns: float64 on, and JAX's persistent
+    compilation cache in :func:`_cache_folder` (every compiled program that took more than 0.1 s) unless
+    ``use_cache`` is false, the folder is empty-named or cannot be created, or the calling program already keeps
+    a cache of its own (then that one serves). Yields the folder, or None.
 
-    folder = _cache_folder()
-    if not folder:
-        return None
+    Put back because :func:`main` may run inside another program, whose float32 arrays and compilation
+    settings are its own; the console process ends with the command anyway."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    global_values = jax.config.values  # (the process-wide values, which are what this changes)
+    x64 = global_values["jax_enable_x64"]
+    own_cache = global_values["jax_compilation_cache_dir"]
+    min_compile_time = global_values["jax_persistent_cache_min_compile_time_secs"]
+    folder = _cache_folder() if use_cache else ""
     try:
-        os.makedirs(folder, exist_ok=True)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
     except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    return folder
+        folder = ""
+    jax.config.update("jax_enable_x64", True)
+    if folder and own_cache is None:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    try:
+        yield folder or None
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+        if folder and own_cache is None:
+            jax.config.update("jax_compilation_cache_dir", None)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
+            compilation_cache.reset_cache()  # (JAX opens its cache once per process; closed again here)
 
 
 def make_solver(name: str = "lm") -> AbstractLeastSquaresSolver:
@@ -668,16 +683,15 @@ def main(argv=None) -> int:
         parser.error("--batch must be at least 1")
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
         parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
-    _enable_x64()
-    folder = None if args.no_cache else _use_compilation_cache()
-    if args.command == "demo":
-        return _demo_command(args)
-    from ._programs import stored_programs
+    with _command_settings(use_cache=not args.no_cache) as folder:
+        if args.command == "demo":
+            return _demo_command(args)
+        from ._programs import stored_programs
 
-    # graph solves' traced programs beside XLA's compiled ones: a second run of the same kind and size of
-    # problem skips the trace too (jaxnls._programs)
-    with stored_programs(None if folder is None else os.path.join(folder, "programs")):
-        return _solve_command(args)
+        # graph solves' traced programs beside XLA's compiled ones: a second run of the same kind and size of
+        # problem skips the trace too (jaxnls._programs)
+        with stored_programs(None if folder is None else os.path.join(folder, "programs")):
+            return _solve_command(args)
 
 
 def console() -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import platform
 import re
@@ -167,6 +168,40 @@ def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     assert _run_with_cache(blocked / "cache", "solve", str(NIST_DIR / "Misra1a.dat")).returncode == 0
+
+
+_SETTINGS = """
+import json, sys
+import jax, jax.numpy as jnp
+from jaxnls.__main__ import main
+
+def settings():
+    names = ("jax_enable_x64", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    return {name: getattr(jax.config, name) for name in names}
+
+before = settings()
+code = main(["solve", sys.argv[1], "--json"])
+print(json.dumps({"code": code, "before": before, "after": settings(), "dtype": str(jnp.ones(1).dtype)}))
+"""
+
+
+def test_a_program_calling_main_keeps_its_jax_settings(tmp_path):
+    """``main`` turns on float64 and JAX's persistent compilation cache for its command only: a float32
+    program that calls it gets its settings back (float32 arrays, no cache), and the command still used the cache."""
+    cache = tmp_path / "cache"
+    run = subprocess.run(
+        [sys.executable, "-c", _SETTINGS, str(NIST_DIR / "Misra1a.dat")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("JAX_")} | {"JAXNLS_CACHE_DIR": str(cache)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.splitlines()[-1])
+    assert report["code"] == 0 and report["before"]["jax_enable_x64"] is False
+    assert report["after"] == report["before"] and report["dtype"] == "float32"
+    assert cache.is_dir() and any(cache.iterdir())
 
 
 _ARENAS = """
