@@ -332,6 +332,33 @@ def test_toro_3d_round_trip(tmp_path):
         np.testing.assert_allclose(_quat_matrix(a), _quat_matrix(b), atol=1e-14)
 
 
+def _ypr_matrix(roll, pitch, yaw):
+    """:math:`R_z(yaw) R_y(pitch) R_x(roll)`, TORO's and GTSAM's ``Rot3.Ypr`` convention, from its factors."""
+    c, s = np.cos, np.sin
+    rz = np.array([[c(yaw), -s(yaw), 0], [s(yaw), c(yaw), 0], [0, 0, 1]])
+    ry = np.array([[c(pitch), 0, s(pitch)], [0, 1, 0], [-s(pitch), 0, c(pitch)]])
+    rx = np.array([[1, 0, 0], [0, c(roll), -s(roll)], [0, s(roll), c(roll)]])
+    return rz @ ry @ rx
+
+
+def test_toro_3d_rotations_survive_writing_at_every_pitch(tmp_path):
+    """Roll, pitch, yaw written from quaternions give back the rotation to rounding, also at pitch ±π/2 (gimbal
+    lock, where roll and yaw are each undefined and only their sum or difference is) and just beside it."""
+    rng = np.random.default_rng(7)
+    pitches = [np.pi / 2, -np.pi / 2, np.pi / 2 - 1e-9, -np.pi / 2 + 1e-12, np.pi / 2 - 1e-5, 0.3, -1.2]
+    angles = [(r, p, y) for p in pitches for r, y in rng.uniform(-np.pi, np.pi, (4, 2)).tolist()]
+    lines = [f"VERTEX3 {k} 0 0 0 {r!r} {p!r} {y!r}" for k, (r, p, y) in enumerate(angles)]
+    information = " ".join("1" if i == j else "0" for i in range(6) for j in range(i, 6))
+    lines += [f"EDGE3 0 {k} 1 2 3 {r!r} {p!r} {y!r} {information}" for k, (r, p, y) in enumerate(angles) if k]
+    write_toro(tmp_path / "out.graph", parse_toro("\n".join(lines) + "\n"))
+    back = read_toro(tmp_path / "out.graph")
+    for k, (r, p, y) in enumerate(angles):
+        np.testing.assert_allclose(_quat_matrix(back.quaternions[k]), _ypr_matrix(r, p, y), rtol=0, atol=4e-15)
+        if k:
+            measured = _quat_matrix(back.measurement_quaternions[k - 1])
+            np.testing.assert_allclose(measured, _ypr_matrix(r, p, y), rtol=0, atol=4e-15)
+
+
 @pytest.mark.parametrize("name", BAL)
 def test_bal_round_trip(name, tmp_path):
     b = read_bal(DATA / name)

@@ -499,11 +499,20 @@ def _se3_inverse(t, q):
 
 
 def _wxyz_to_rpy(q: np.ndarray) -> tuple[float, float, float]:
-    """Inverse of :func:`_rpy_to_wxyz` (pitch in [-pi/2, pi/2])."""
-    w, x, y, z = (float(v) for v in q)
-    roll = math.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
-    pitch = math.asin(max(-1.0, min(1.0, 2 * (w * y - z * x))))
-    yaw = math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    r"""Inverse of :func:`_rpy_to_wxyz` (pitch in [-pi/2, pi/2]), to rounding at every pitch.
+
+    With :math:`R = R_z(y) R_y(p) R_x(r)`: :math:`p = \operatorname{atan2}(-R_{20}, \sqrt{R_{00}^2 + R_{10}^2})`
+    and :math:`y = \operatorname{atan2}(R_{10}, R_{00})`; then :math:`r` is read from
+    :math:`R_y(p)^\top R_z(y)^\top R = R_x(r)`, not from :math:`R_{21}, R_{22}`, which are
+    :math:`\cos p` times the answer: near :math:`p = \pm\pi/2` roll and yaw each lose their digits and only
+    their sum or difference is defined, so roll is taken to fit whatever yaw was found."""
+    w, x, y, z = (float(v) for v in q / np.linalg.norm(q))
+    r00, r10, r20 = 1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)
+    r01, r11, r21 = 2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)
+    pitch = math.atan2(-r20, math.hypot(r00, r10))
+    yaw = math.atan2(r10, r00)
+    sp, cp, sy, cy = math.sin(pitch), math.cos(pitch), math.sin(yaw), math.cos(yaw)
+    roll = math.atan2(sp * (cy * r01 + sy * r11) + cp * r21, cy * r11 - sy * r01)
     return roll, pitch, yaw
 
 
