@@ -259,6 +259,16 @@ def test_dense_solve_with_a_robust_loss_equals_scipy_and_its_gradients_match_cen
     # and the unrolled iterations agree with the implicit rule at convergence
     unrolled = jax.grad(lambda s: slope(s, data[1], jaxnls.Unroll()))(scale)
     np.testing.assert_allclose(unrolled, grad_scale, rtol=1e-6)
+    # direct loss minimisation with the loss: its estimate tends to the Gauss-Newton implicit derivative
+    # (bias ∝ ε; tests/test_adjoint.py checks that rule itself)
+    gauss_newton = jax.grad(slope, argnums=(0, 1))(scale, data[1], jaxnls.Implicit(hessian="gauss_newton"))
+    for epsilon, tolerance in [(1e-2, None), (1e-6, 1e-4)]:
+        estimate = jax.grad(slope, argnums=(0, 1))(scale, data[1], jaxnls.DirectLossMinimization(epsilon))
+        errors = [float(jnp.max(jnp.abs(e - g)) / jnp.max(jnp.abs(g))) for e, g in zip(estimate, gauss_newton)]
+        if tolerance is None:
+            coarse = max(errors)
+        else:
+            assert max(errors) < tolerance and max(errors) < 1e-2 * coarse
 
 
 def test_dense_solve_rejects_a_non_loss():

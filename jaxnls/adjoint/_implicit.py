@@ -292,14 +292,16 @@ def _direct_loss_backward(rule: _Rule, epsilon, residuals, cotangents):
         )
 
     per_problem_bar = jax.vmap(per_problem, in_axes=(0, rule.axes, 0, 0), out_axes=0)(x, args, x_bar, cost_bar)
-    # shared (unbatched) args collect the cotangents of every problem; batched ones keep theirs
+    # shared (unbatched) args collect the cotangents of every problem; batched ones keep theirs. (An axis may
+    # stand for a whole subtree, e.g. None for a robust loss: it applies to each of the subtree's leaves.)
     args_bar = jax.tree_util.tree_map(
-        lambda axis, bar: (
-            None
-            if bar is None
-            else jnp.sum(jnp.where(_expand(usable, bar), bar, 0.0), axis=0)
-            if axis is None
-            else jnp.where(_expand(usable, bar), bar, 0.0)
+        lambda axis, bars: jax.tree_util.tree_map(
+            lambda bar: (
+                jnp.sum(jnp.where(_expand(usable, bar), bar, 0.0), axis=0)
+                if axis is None
+                else jnp.where(_expand(usable, bar), bar, 0.0)
+            ),
+            bars,
         ),
         rule.axes,
         per_problem_bar,
