@@ -5,6 +5,7 @@ adjoint's requirements, and the :class:`~jaxnls.Solution` with its messages."""
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any
 
 import equinox as eqx
@@ -96,9 +97,45 @@ def resolve_args_axes(args_axes: PyTree, args: PyTree, batched: bool) -> PyTree:
     return 0
 
 
-def is_traced(tree) -> bool:
-    """Whether ``tree`` holds tracers: the solve is called inside a caller's jit / vmap / grad."""
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+def inside_a_transformation(tree) -> bool:
+    """Whether a solve given ``tree`` (everything it was given: functions, arrays, options) runs inside a
+    caller's transformation: it reaches a tracer (:func:`reaches_tracers`: the caller's jit, vmap, grad or jvp
+    of an input, or of what a function closes over), or a caller's jit or ``eval_shape`` is tracing although
+    nothing given is traced — it stages the solve as a nested jit all the same, and a nested jit takes no
+    compiler options. (An array made now is a tracer exactly when a jit is tracing: JAX stages every operation
+    into the innermost trace.)"""
+    return reaches_tracers(tree) or isinstance(jax.lax.full((), 0), jax.core.Tracer)
+
+
+def reaches_tracers(tree, depth: int = 4) -> bool:
+    """Whether ``tree`` holds a tracer among its leaves or, for the functions among them, in what they close over:
+    closure cells, default values, a bound method's instance, ``functools.partial``'s arguments (followed
+    ``depth`` functions deep). A tracer reached only through a global or some other object is not seen."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.core.Tracer):
+            return True
+        if depth and callable(leaf) and reaches_tracers(_closed_over(leaf), depth - 1):
+            return True
+    return False
+
+
+def _closed_over(fn) -> list:
+    if isinstance(fn, functools.partial):
+        return [fn.func, fn.args, fn.keywords]
+    if isinstance(fn, types.MethodType):
+        return [fn.__func__, fn.__self__]
+    cells = getattr(fn, "__closure__", None) or ()
+    contents = []
+    for cell in cells:
+        try:
+            contents.append(cell.cell_contents)
+        except ValueError:  # (a cell not yet filled)
+            pass
+    return [
+        *contents,
+        *(getattr(fn, "__defaults__", None) or ()),
+        *(getattr(fn, "__kwdefaults__", None) or {}).values(),
+    ]
 
 
 def _options(small: bool, graph: bool) -> dict:

@@ -110,13 +110,15 @@ def _without_leading_axis(leaf):
     return jax.ShapeDtypeStruct(np.shape(leaf)[1:], jax.dtypes.canonicalize_dtype(leaf.dtype), weak_type=weak)
 
 
+def one_problem_call(params, args, batched: bool, axes) -> tuple:
+    """``(params, args)`` of one problem, as shapes where batched, of a call whose ``params`` (and ``args``,
+    along ``axes``, as :func:`broadcast_args_axes` gives them) carry a batch axis when ``batched``."""
+    return (one_problem(params, True), _one_problem_args(args, axes)) if batched else (params, args)
+
+
 def residual_size(residual_fn, params, args, batched: bool, axes) -> int:
-    """m, one problem's residual count, of a call whose ``params`` (and ``args``, along ``axes``, as
-    :func:`broadcast_args_axes` gives them) carry a batch axis when ``batched``: :func:`check_residual` on
-    :func:`one_problem`'s shapes."""
-    if batched:
-        params, args = one_problem(params, True), _one_problem_args(args, axes)
-    return check_residual(residual_fn, params, args)
+    """m, one problem's residual count (:func:`check_residual` on :func:`one_problem_call`'s shapes)."""
+    return check_residual(residual_fn, *one_problem_call(params, args, batched, axes))
 
 
 def check_residual(residual_fn, single_params, single_args) -> int:

@@ -20,7 +20,7 @@ from ._driver import (
     call_compiled,
     check_options,
     compiled,
-    is_traced,
+    inside_a_transformation,
     make_solution,
     resolve_args_axes,
     run_loop,
@@ -34,6 +34,7 @@ from ._problem import (
     check_residual,
     check_sizes,
     one_problem,
+    one_problem_call,
     residual_size,
 )
 from ._solution import Solution
@@ -162,9 +163,14 @@ def solve(
     if batched:
         batch_size(params0)  # (scalar leaves, disagreeing batch sizes: before _check_sizes reads shape[0])
     check_sizes(params0, batched)
-    # params0's leaves went through jnp.asarray, so inside a caller's jit / vmap they are tracers; under
-    # a caller's grad / jvp at least one of params0 and args is
-    nested = is_traced((params0, args, loss))
+    nested = inside_a_transformation((residual_fn, params0, args, loss, solver, bounds, fixed, adjoint))
+    if nested:
+        # a residual closing over the caller's tracers (a closure, or an Equinox module holding them) gets them
+        # as leaves of its own (equinox's closure conversion), which _solve_jit moves beside args: the adjoints
+        # differentiate args, and would see a closed-over tracer as a constant (a zero derivative, or, for an
+        # adjoint that stops the iterations' gradients, the iterations' tangent added to its own)
+        axes = broadcast_args_axes(args_axes, args, batch_size(params0)) if batched else None
+        residual_fn = eqx.filter_closure_convert(residual_fn, *one_problem_call(params0, args, batched, axes))
     # the residual's size, read from shapes (and checked) once per compilation key: it chooses the
     # compiler options and the jit-compiled solve takes it as a static argument (no second trace)
     num_residuals = None if nested else _residual_size(residual_fn, params0, args, batched, args_axes)
@@ -306,15 +312,26 @@ def _solve_jit(
     # strings in Equinox modules) is static and closed over. The loss travels beside args (its scale is
     # differentiated like any argument, shared by every problem).
     args, static_args = eqx.partition(args, eqx.is_array)
+    # so do the residual's own arrays (an Equinox module's, a closure's once converted by solve()): shared by
+    # every problem and differentiated like args
+    residual_arrays, static_residual = eqx.partition(residual_fn, eqx.is_array)
+    args, axes = (args, residual_arrays), (axes, None)
     bounded = bounds is not None or fixed is not None
     if bounded:  # the box travels per problem beside args (its values are differentiated like args)
         lower, upper, x0 = box(bounds, fixed, params0, x0, batched)
         args, axes = (args, loss, (lower, upper)), (axes, None, (0, 0))
     else:
         args, axes = (args, loss), (axes, None)
-    fn = flat_residual_fn(lambda p, a: residual_fn(p, eqx.combine(a[0], static_args)), unravel, x0.dtype)
+
+    def user_residual(p, a):
+        own_args, arrays = a[0]
+        return eqx.combine(arrays, static_residual)(p, eqx.combine(own_args, static_args))
+
+    fn = flat_residual_fn(user_residual, unravel, x0.dtype)
     if num_residuals is None:  # (inside a caller's transformation)
-        num_residuals = check_residual(residual_fn, single_params, eqx.combine(take(args[0], axes[0], 0), static_args))
+        num_residuals = check_residual(
+            residual_fn, single_params, eqx.combine(take(args[0][0], axes[0][0], 0), static_args)
+        )
     # Lie-group leaves (jaxnls.manifolds): x stays the ravelled ambient parameters, steps live in the
     # tangent space and the Jacobian is taken w.r.t. the tangent perturbation δ at 0, r(x ⊕ δ)
     space = ProductSpace(single_params) if has_groups(single_params) else EUCLIDEAN

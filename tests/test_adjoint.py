@@ -175,6 +175,62 @@ def test_equinox_module_in_args_gets_gradients_for_its_arrays():
     np.testing.assert_allclose(analytic, fd, rtol=1e-5)
 
 
+class WeightedCurve(eqx.Module):
+    """The residual itself an Equinox module: its weights are differentiated like args."""
+
+    weights: jax.Array
+
+    def __call__(self, p, args):
+        return weighted_curve_residual(p, (*args, self.weights))
+
+
+@pytest.mark.parametrize("adjoint", [jaxnls.Implicit(), jaxnls.Truncated(20)], ids=["implicit", "truncated"])
+def test_a_residual_module_or_closure_gets_derivatives_for_its_arrays(adjoint):
+    """The weights held by a residual module, or closed over by a residual function, get the same derivative
+    as when they travel in args — reverse and forward, at top level and inside a caller's jit — against central
+    differences. (They were taken as constants: an implicit derivative of 0, a truncated one doubled.)"""
+    y, p0, weights = curve_data(11, 1)
+    direction = jnp.asarray(np.random.default_rng(3).standard_normal(T.size))
+    probe = jnp.asarray(np.random.default_rng(4).standard_normal(4))
+
+    def through_module(w):
+        return jaxnls.solve(WeightedCurve(w), p0[0], (T, y[0]), solver=TIGHT, adjoint=adjoint).params @ probe
+
+    def through_closure(w):
+        residual = lambda p, args: weighted_curve_residual(p, (*args, w))
+        return jaxnls.solve(residual, p0[0], (T, y[0]), solver=TIGHT, adjoint=adjoint).params @ probe
+
+    expected = directional_difference(through_module, weights, direction)
+    for fn in (through_module, through_closure):
+        np.testing.assert_allclose(jax.grad(fn)(weights) @ direction, expected, rtol=1e-6)
+        np.testing.assert_allclose(jax.jvp(jax.jit(fn), (weights,), (direction,))[1], expected, rtol=1e-6)
+    module_grad = eqx.filter_grad(
+        lambda m: jaxnls.solve(m, p0[0], (T, y[0]), solver=TIGHT, adjoint=adjoint).params @ probe
+    )
+    np.testing.assert_allclose(module_grad(WeightedCurve(weights)).weights @ direction, expected, rtol=1e-6)
+
+
+def test_a_solve_inside_a_callers_jit_with_only_options_traced_or_nothing_traced():
+    """A caller's jit stages the solve even when none of its inputs is traced, or only the bounds, ``fixed`` or a
+    solver option is: each runs (no compiler options on the nested jit) and agrees with the solve outside it."""
+    y, p0, weights = curve_data(12, 1)
+    start, data = p0[0], (T, y[0], weights)  # (sliced here: a slice inside the jit would be traced)
+    outside = jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT)
+    inside = jax.jit(lambda: jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT))()
+    np.testing.assert_allclose(inside.params, outside.params, rtol=1e-12)
+    upper = jnp.full(4, jnp.inf).at[0].set(start[0])  # (the start on the bound)
+    bounded = jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT, bounds=(None, upper))
+    traced_bound = jax.jit(lambda u: jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT, bounds=(None, u)))
+    np.testing.assert_allclose(traced_bound(upper).params, bounded.params, rtol=1e-12)
+    frozen = jnp.array([False, False, True, False])
+    held = jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT, fixed=frozen)
+    traced_mask = jax.jit(lambda m: jaxnls.solve(weighted_curve_residual, start, data, solver=TIGHT, fixed=m))
+    np.testing.assert_allclose(traced_mask(frozen).params, held.params, rtol=1e-12)
+    solver = lambda r: jaxnls.LevenbergMarquardt(rtol=r, atol=1e-14, ftol=0.0, gtol=0.0)
+    traced_option = jax.jit(lambda r: jaxnls.solve(weighted_curve_residual, start, data, solver=solver(r)))
+    np.testing.assert_allclose(traced_option(1e-14).params, outside.params, rtol=1e-12)
+
+
 def test_a_nan_start_gets_zero_gradient_and_leaves_the_others_exact():
     y, p0, weights = curve_data(8, 3)
     bad = p0.at[1].set(jnp.nan)

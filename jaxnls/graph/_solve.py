@@ -20,7 +20,7 @@ from .._driver import (
     call_compiled,
     check_options,
     compiled,
-    is_traced,
+    inside_a_transformation,
     make_solution,
     run_loop,
     solution_arrays,
@@ -151,7 +151,7 @@ def solve(
         for c, k, g in zip(graph.costs, residual_size(graph, batched), structure.groups)
     )
     batch = _batch(graph) if batched else 1
-    nested = is_traced(graph)
+    nested = inside_a_transformation((graph, solver))
 
     def run(solver):
         args = (
