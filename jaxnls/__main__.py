@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, NoReturn
 
@@ -172,6 +173,17 @@ def _describe(problem) -> str:
 def _solve_command(args) -> int:
     from .io import FileFormatError, detect_format
 
+    if args.output is not None and not args.output:
+        print("jaxnls: --output needs a file name", file=sys.stderr)
+        return 2
+    if os.path.exists(args.file) and not os.path.isdir(args.file) and not os.path.isfile(args.file):
+        # a pipe or a terminal (/dev/stdin, <(...)): the format is recognised from a first read, then the file is
+        # read again, which a pipe cannot give twice
+        print(
+            f"jaxnls: cannot read {args.file}: not a regular file (a pipe?); save it to a file first",
+            file=sys.stderr,
+        )
+        return 2
     if args.output:
         problem = _output_problem(args.file, args.output)
         if problem:
@@ -191,7 +203,6 @@ def _solve_command(args) -> int:
 
 
 def _solve_nist(args) -> int:
-    import json
 
     import jax.numpy as jnp
 
@@ -226,7 +237,7 @@ def _solve_nist(args) -> int:
     status = jaxnls.Status(int(sol.status))
     if args.json:
         print(
-            json.dumps(
+            _json_line(
                 {
                     "file": args.file,
                     "format": "nist",
@@ -257,6 +268,22 @@ def _solve_nist(args) -> int:
     return 0 if status.converged else 1
 
 
+def _json_line(report: dict) -> str:
+    """``report`` as one line of strict JSON: a number that is not finite (the cost of a start whose residual
+    overflows, say) becomes ``null``, which every JSON reader takes (``NaN`` and ``Infinity`` are not JSON)."""
+    import json
+    import math
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps({key: finite(value) for key, value in report.items()}, allow_nan=False)
+
+
 def _output_problem(input_path: str, output_path: str) -> str | None:
     """Why ``output_path`` cannot take the result (checked before solving), or None: the input itself
     (compared as files, so another path to it counts), something that is not a regular file, or a folder
@@ -268,11 +295,16 @@ def _output_problem(input_path: str, output_path: str) -> str | None:
             return f"it is the input file {input_path}; refusing to overwrite it (choose another --output)"
         if not os.path.isfile(output_path):
             return "it exists and is not a regular file; refusing to replace it"
+    if output_path.endswith(("/", os.sep)):
+        return "it names a folder, not a file"
     folder = os.path.dirname(os.path.abspath(output_path))
     if not os.path.isdir(folder):
         return f"the folder {folder} does not exist"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"the folder {folder} is not writable"
+    try:  # (asked of the file system itself: permissions, a read-only mount, a pseudo file system such as /sys)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".jaxnls-check-"):
+            pass
+    except OSError as err:
+        return f"the folder {folder} cannot take a new file ({err.strerror or err})"
     return None
 
 
@@ -315,7 +347,6 @@ def _progress_line(args):
 
 
 def _solve_graph(args, kind: str) -> int:
-    import json
 
     import jax
 
@@ -369,6 +400,11 @@ def _solve_graph(args, kind: str) -> int:
                 file=sys.stderr,
             )
             return 2
+        landmark_ids = getattr(problem, "landmark_ids", None)  # (2-D files only)
+        vertex_ids = {*problem.pose_ids.tolist(), *([] if landmark_ids is None else landmark_ids.tolist())}
+        if vertex_ids <= set(problem.fixed_ids.tolist()):
+            print(f"jaxnls: {args.file}: nothing to optimise: every vertex is fixed (FIX)", file=sys.stderr)
+            return 2
         if problem.initialized_from_odometry:
             print(
                 f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "
@@ -392,10 +428,17 @@ def _solve_graph(args, kind: str) -> int:
     strategy = {"lm": jaxnls.LevenbergMarquardt, "gn": jaxnls.GaussNewton, "dogleg": jaxnls.Dogleg}[
         args.solver or "dogleg"
     ]
+    if args.linear_solver == "schur" and not {"point", "landmark"} & set(factor_graph.variables):
+        print(
+            f"jaxnls: --linear-solver schur eliminates a BAL file's points or a 2-D file's landmarks; {args.file} "
+            "has poses only (--linear-solver direct or pcg)",
+            file=sys.stderr,
+        )
+        return 2
     linear = {
         "auto": lambda: graph.default_linear_solver(factor_graph),
         "direct": graph.SparseDirect,
-        "schur": graph.SchurDirect,
+        "schur": lambda: graph.SchurDirect(eliminate="point" if "point" in factor_graph.variables else "landmark"),
         "pcg": graph.PCG,
     }[args.linear_solver]()
     solver = strategy(linear_solver=linear)
@@ -451,7 +494,7 @@ def _solve_graph(args, kind: str) -> int:
             )
     if args.json:
         print(
-            json.dumps(
+            _json_line(
                 {
                     "file": args.file,
                     "format": kind,

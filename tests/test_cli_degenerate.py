@@ -3,6 +3,7 @@ traceback), and a cost group without terms is valid in the library (skipped)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,80 @@ def test_structural_edits_give_clean_errors_and_leave_the_file_alone(tmp_path, n
         assert path.name in err, f"{name}, {edit}: {err}"
         assert path.read_bytes() == before
         assert not (tmp_path / f"out_{name}").exists()
+
+
+def test_command_lines_that_cannot_work_are_refused_before_solving(tmp_path, capsys):
+    """Each with exit status 2 and a message saying why, before anything is compiled: Schur elimination asked of
+    a graph of poses only (it used to end in a traceback, exit 1), a file whose every vertex is fixed (it used to
+    end STALLED, exit 1), an empty ``--output``, an ``--output`` naming a folder or a place no file can be made,
+    and a pipe as the input (the file is read twice: the second read found it empty)."""
+    from jaxnls.__main__ import main
+
+    poses = GRAPHS / "pose2example.txt"
+
+    def refused(*argv):
+        code = main(["solve", *map(str, argv), "--no-cache"])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        return err
+
+    assert "poses only" in refused(poses, "--linear-solver", "schur")
+    text = poses.read_text()
+    ids = [line.split()[1] for line in text.splitlines() if line.startswith("VERTEX_SE2")]
+    fixed = tmp_path / "all_fixed.g2o"
+    fixed.write_text(text.rstrip("\n") + f"\nFIX {' '.join(ids)}\n")
+    assert "every vertex is fixed" in refused(fixed)
+    assert "needs a file name" in refused(poses, "--output", "")
+    assert "names a folder" in refused(poses, "--output", f"{tmp_path}/new/")
+    if Path("/proc/self").is_dir():  # (a pseudo file system: no new file can be made there, even by root)
+        assert "cannot take a new file" in refused(poses, "--output", "/proc/jaxnls-out.g2o")
+    if hasattr(os, "mkfifo"):
+        pipe = tmp_path / "pipe.g2o"
+        os.mkfifo(pipe)
+        assert "not a regular file" in refused(pipe)
+
+
+LANDMARK_GRAPH = """\
+VERTEX_SE2 0 0 0 0
+VERTEX_SE2 1 1.02 -0.05 0.01
+VERTEX_SE2 2 1.98 0.04 -0.02
+VERTEX_XY 100 0.1 1.8
+VERTEX_XY 101 1.4 2.2
+EDGE_SE2 0 1 1 0 0 100 0 0 100 0 1000
+EDGE_SE2 1 2 1 0 0 100 0 0 100 0 1000
+EDGE_SE2_XY 0 100 0 2 100 0 100
+EDGE_SE2_XY 0 101 1.5 2 100 0 100
+EDGE_SE2_XY 1 100 -1.05 2.03 100 0 100
+EDGE_SE2_XY 1 101 0.5 2 100 0 100
+EDGE_SE2_XY 2 101 -0.45 2.1 100 0 100
+"""
+
+
+def test_schur_on_a_landmark_graph_and_json_that_any_reader_takes(tmp_path, capsys):
+    """``--linear-solver schur`` eliminates a 2-D graph's landmarks (it asked for BAL's points and failed), reaching
+    the sparse direct solve's cost; ``--json`` is strict JSON — a BAL start whose cost is not finite (a point at
+    its camera's centre) reports ``null``, not ``NaN``, which JSON does not have."""
+    import json
+
+    from jaxnls.__main__ import main
+
+    def report(*argv):
+        code = main(["solve", *map(str, argv), "--json", "--no-cache"])
+        return code, json.loads(capsys.readouterr().out.splitlines()[-1], parse_constant=_refuse)
+
+    graph_file = tmp_path / "landmarks.g2o"
+    graph_file.write_text(LANDMARK_GRAPH)
+    code, schur = report(graph_file, "--linear-solver", "schur")
+    assert code == 0 and schur["linear_solver"] == "SchurDirect" and schur["converged"]
+    _, direct = report(graph_file, "--linear-solver", "direct")
+    assert direct["final_cost"] > 0.1  # (the measurements disagree: a minimum above zero)
+    np.testing.assert_allclose(schur["final_cost"], direct["final_cost"], rtol=1e-8)
+    at_centre = tmp_path / "at_centre.txt"  # one camera at the origin, its one point there too
+    at_centre.write_text("1 1 1\n0 0 1 2\n" + "0\n" * 6 + "500\n0\n0\n" + "0\n0\n0\n")
+    code, nan_start = report(at_centre)
+    assert code == 1 and nan_start["status"] == "NONFINITE_START"
+    assert nan_start["initial_cost"] is None and nan_start["final_cost"] is None
+
+
+def _refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
