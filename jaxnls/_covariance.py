@@ -193,13 +193,17 @@ def _one_problem(
     else:
         dof = m - num_free
         variance = jnp.where(dof > 0, jnp.sum(residual**2) / jnp.where(dof > 0, dof, 1), jnp.inf).astype(x.dtype)
-    cov = variance * inverse / (scale[:, None] * scale[None, :])
+    unscaled = inverse / (scale[:, None] * scale[None, :])  # (JᵀJ)⁺
+    # (s² = inf where m <= n: the entries of (JᵀJ)⁺ that are 0 stay 0, not inf·0 = NaN)
+    cov = jnp.where(unscaled == 0, 0.0, variance * unscaled)
     diagonal = jnp.diagonal(cov)
     # (sqrt's derivative guarded at 0: an undetermined direction has no error to differentiate)
     errors = jnp.where(diagonal > 0, jnp.sqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 0.0)
-    positive = errors > 0
-    safe = jnp.where(positive, errors, 1.0)
-    correlation = jnp.where(positive[:, None] & positive[None, :], cov / (safe[:, None] * safe[None, :]), 0.0)
+    # correlations from (JᵀJ)⁺ itself, which s² scales away (so they stay finite where s² is inf)
+    unscaled_diagonal = jnp.diagonal(unscaled)
+    positive = (errors > 0) & (unscaled_diagonal > 0)
+    safe = jnp.sqrt(jnp.where(positive, unscaled_diagonal, 1.0))
+    correlation = jnp.where(positive[:, None] & positive[None, :], unscaled / (safe[:, None] * safe[None, :]), 0.0)
     correlation = jnp.where(jnp.eye(n, dtype=bool), positive.astype(x.dtype), correlation)
     return Covariance(
         covariance=cov,

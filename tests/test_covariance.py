@@ -197,6 +197,22 @@ def test_more_parameters_than_residuals_has_infinite_variance_unless_absolute():
     assert np.isinf(float(relative.residual_variance))
     absolute = jaxnls.covariance(residual, jnp.ones(3), jnp.zeros(3), absolute_sigma=True)
     np.testing.assert_allclose(absolute.covariance, np.eye(3))
+    # no NaN where s² is inf (it was inf·0 off the diagonal): ±inf where (JᵀJ)⁺ is not 0, 0 where it is, and the
+    # correlations of (JᵀJ)⁺ (computed here by NumPy), which s² does not change; a parameter the residuals do not
+    # see keeps the pseudo-inverse's 0
+    jacobian = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 0.0]])  # two residuals, three parameters, one unseen
+
+    def linear(p, args):
+        return jnp.asarray(jacobian) @ p - args
+
+    cov = jaxnls.covariance(linear, jnp.ones(3), jnp.zeros(2))
+    pinv = np.linalg.pinv(jacobian.T @ jacobian)
+    for field in (cov.covariance, cov.standard_errors, cov.correlation):
+        assert not np.isnan(np.asarray(field)).any()
+    np.testing.assert_array_equal(np.asarray(cov.covariance), np.where(pinv == 0, 0.0, np.inf * np.sign(pinv)))
+    np.testing.assert_array_equal(np.asarray(cov.standard_errors), [np.inf, np.inf, 0.0])
+    d = np.sqrt(np.diag(pinv)[:2])
+    np.testing.assert_allclose(np.asarray(cov.correlation)[:2, :2], pinv[:2, :2] / np.outer(d, d), rtol=1e-12)
 
 
 def test_bad_input_is_named():
