@@ -42,9 +42,13 @@ _GRAPH_COMPILER_OPTIONS = {**_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion
 SMALL_JACOBIAN = 2**16
 
 
-def check_options(solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None, history=0) -> int:
+def check_options(
+    solver, adjoint, max_steps, *, caller: str, dense: bool, callback=None, history=0, batched=False
+) -> int:
     """Validate the options every solve takes; returns ``max_steps`` as an int. ``dense``: whether the
     solve's linearisation is a dense Euclidean one (the only kind IndirectLevenbergMarquardt handles)."""
+    if not isinstance(batched, (bool, np.bool_)):
+        raise TypeError(f"{caller}: batched must be True or False, got {batched!r}")
     check_callback(callback, caller)
     if isinstance(history, (bool, np.bool_)) or not isinstance(history, (int, np.integer)) or history < 0:
         raise ValueError(f"{caller}: history must be an int >= 0 (how many iterations to keep), got {history!r}")

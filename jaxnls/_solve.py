@@ -147,6 +147,7 @@ def solve(
         dense=not has_groups(params0),
         callback=callback,
         history=history,
+        batched=batched,
     )
     solver = solver.for_problem_kind("dense", Cholesky())
     if (bounds is not None or fixed is not None) and has_groups(params0):

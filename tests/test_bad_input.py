@@ -74,6 +74,10 @@ def test_cli_max_steps_outside_int32_exits_2(capsys):
         ("gtol", float("inf"), ValueError, "must be finite"),
         ("rtol", "1e-8", TypeError, "must be a real number"),
         ("rtol", [1e-8], TypeError, "must be a real"),
+        # a relative tolerance of 1 or more holds at every point: a "converged" fit at the start
+        ("rtol", 10.0, ValueError, "must be < 1"),
+        ("ftol", 2.0, ValueError, "must be < 1"),
+        ("gtol", 1.0, ValueError, "must be < 1"),
     ],
 )
 def test_bad_tolerances_are_refused_naming_the_option(solver_class, name, value, error, message):
@@ -91,11 +95,23 @@ def test_bad_tolerances_are_refused_naming_the_option(solver_class, name, value,
         lambda: jaxnls.Dogleg(initial_radius_factor=-1.0),
         lambda: jaxnls.IndirectLevenbergMarquardt(initial_radius_factor=0.0),
         lambda: jaxnls.GaussNewton(min_step_length=2.0),
+        lambda: jaxnls.LevenbergMarquardt(initial_damping=10.0, max_damping=1.0),
     ],
 )
 def test_bad_strategy_options_are_refused(make):
     with pytest.raises(ValueError, match=r"damping|radius_factor|min_step_length"):
         make()
+
+
+def test_a_linear_solver_class_or_name_and_a_batched_flag_that_is_not_a_bool_are_refused():
+    """They used to fail inside the solve (``QR.linearize() missing 1 required positional argument``, ``'str' object
+    has no attribute 'linearize'``), or, for ``batched="no"``, to be taken as True."""
+    with pytest.raises(TypeError, match=r"linear_solver=\.\.\.\) must be a jaxnls linear solver.*call it"):
+        jaxnls.LevenbergMarquardt(linear_solver=jaxnls.QR)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match=r"linear_solver=\.\.\.\) must be a jaxnls linear solver"):
+        jaxnls.Dogleg(linear_solver="qr")  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match="batched must be True or False"):
+        jaxnls.solve(exp_residual, jnp.zeros(1), 2.0, batched="no")  # pyright: ignore[reportArgumentType]
 
 
 def test_tolerances_given_as_arrays_are_accepted():

@@ -133,7 +133,14 @@ def solve(
     if solver is None:
         solver = Dogleg()
     max_steps = check_options(
-        solver, adjoint, max_steps, caller="jaxnls.graph.solve", dense=False, callback=callback, history=history
+        solver,
+        adjoint,
+        max_steps,
+        caller="jaxnls.graph.solve",
+        dense=False,
+        callback=callback,
+        history=history,
+        batched=batched,
     )
     solver = solver.for_problem_kind("graph", _default_for(structure))
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):

@@ -51,10 +51,11 @@ def check_option(
     lower: float | None = None,
     upper: float | None = None,
     strict: bool = False,
+    below: float | None = None,
 ) -> None:
     """Raise a ValueError / TypeError naming ``owner``'s option ``name`` unless ``value`` is a real, finite
-    number within ``[lower, upper]`` (``(lower, upper]`` with ``strict``). A traced value (a solver built
-    inside a transformation) cannot be checked and passes."""
+    number within ``[lower, upper]`` (``(lower, upper]`` with ``strict``) and less than ``below``. A traced
+    value (a solver built inside a transformation) cannot be checked and passes."""
     where = f"{type(owner).__name__}({name}=...)"
     if isinstance(value, jax.core.Tracer):
         return
@@ -71,6 +72,8 @@ def check_option(
         raise ValueError(f"{where} must be {'>' if strict else '>='} {lower:g}, got {number:g}")
     if upper is not None and number > upper:
         raise ValueError(f"{where} must be <= {upper:g}, got {number:g}")
+    if below is not None and number >= below:
+        raise ValueError(f"{where} must be < {below:g}, got {number:g}")
 
 
 _Solver = TypeVar("_Solver", bound="AbstractLeastSquaresSolver")
@@ -101,7 +104,7 @@ class AbstractLeastSquaresSolver(eqx.Module):
     function and parameter tests exists because the step they test is shortened by the damping, the trust
     radius or the backtracking: a tiny damped step gains nothing at a point with a large gradient, and
     without them such a point was reported converged. A solve that cannot make progress before a test
-    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number; tightening
+    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, ``rtol``, ``ftol`` and ``gtol`` below 1; tightening
     ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
     NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
     MGH10 from start 1 needing 7,656).
@@ -159,7 +162,14 @@ class AbstractLeastSquaresSolver(eqx.Module):
         for name in ("rtol", "atol", "ftol", "gtol"):
             if name in ("ftol", "gtol") and getattr(self, name) is None:
                 continue
-            check_option(self, name, getattr(self, name), lower=0.0)
+            # a relative tolerance of 1 or more holds everywhere (a cosine is at most 1; gtol defaults to rtol)
+            check_option(self, name, getattr(self, name), lower=0.0, below=None if name == "atol" else 1.0)
+        if self.linear_solver is not None and not isinstance(self.linear_solver, AbstractLinearSolver):
+            hint = " (an instance: call it, e.g. jaxnls.QR())" if isinstance(self.linear_solver, type) else ""
+            raise TypeError(
+                f"{type(self).__name__}(linear_solver=...) must be a jaxnls linear solver such as jaxnls.QR(), "
+                f"jaxnls.Cholesky() or jaxnls.graph.SparseDirect(), got {self.linear_solver!r}{hint}"
+            )
 
     def for_problem_kind(self: _Solver, kind: str, linear_solver: AbstractLinearSolver) -> _Solver:
         """This solver with the defaults it leaves to the problem kind filled in (``"dense"``: a residual

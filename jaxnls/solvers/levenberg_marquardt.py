@@ -98,6 +98,16 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
                 f"LevenbergMarquardt: min_damping ({self.min_damping:g}) must be below max_damping "
                 f"({self.max_damping:g})"
             )
+        if (
+            self.initial_damping is not None
+            and not isinstance(self.initial_damping, jax.core.Tracer)
+            and not isinstance(self.max_damping, jax.core.Tracer)
+            and float(self.initial_damping) > float(self.max_damping)
+        ):
+            raise ValueError(
+                f"LevenbergMarquardt: initial_damping ({self.initial_damping:g}) must be at most max_damping "
+                f"({self.max_damping:g})"
+            )
 
     def for_problem_kind(self, kind: str, linear_solver: AbstractLinearSolver) -> LevenbergMarquardt:
         solver = super().for_problem_kind(kind, linear_solver)
