@@ -104,7 +104,8 @@ class AbstractLeastSquaresSolver(eqx.Module):
     function and parameter tests exists because the step they test is shortened by the damping, the trust
     radius or the backtracking: a tiny damped step gains nothing at a point with a large gradient, and
     without them such a point was reported converged. A solve that cannot make progress before a test
-    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, ``rtol``, ``ftol`` and ``gtol`` below 1; tightening
+    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, and ``rtol``,
+    ``ftol`` and ``gtol`` are below 1 (a relative test of 1 or more holds everywhere); tightening
     ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
     NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
     MGH10 from start 1 needing 7,656).
