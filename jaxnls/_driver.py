@@ -108,7 +108,13 @@ def inside_a_transformation(tree) -> bool:
     nothing given is traced — it stages the solve as a nested jit all the same, and a nested jit takes no
     compiler options. (An array made now is a tracer exactly when a jit is tracing: JAX stages every operation
     into the innermost trace.)"""
-    return reaches_tracers(tree) or isinstance(jax.lax.full((), 0), jax.core.Tracer)
+    return reaches_tracers(tree) or isinstance(jnp.asarray(np.float32(0)), jax.core.Tracer)
+
+
+def closes_over_tracers(fn) -> bool:
+    """Whether a function (or a pytree of them, an Equinox module) reaches a tracer through what its functions
+    close over (:func:`reaches_tracers`), not through its own leaves."""
+    return reaches_tracers([_closed_over(leaf) for leaf in jax.tree_util.tree_leaves(fn) if callable(leaf)])
 
 
 def reaches_tracers(tree, depth: int = 4) -> bool:

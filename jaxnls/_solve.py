@@ -19,6 +19,7 @@ from ._driver import (
     attach_in_chart,
     call_compiled,
     check_options,
+    closes_over_tracers,
     compiled,
     inside_a_transformation,
     make_solution,
@@ -93,7 +94,8 @@ def solve(
             ``None``: the whole batch, every iteration, until its slowest problem stops. An int ``K``:
             the first ``K`` unfinished problems, refilled from the rest as they finish, so a few slow
             problems cost ``K`` problems' work per iteration instead of ``B``. Each problem takes
-            exactly the same iterations either way. ``"auto"`` (default): ``max(64, B // 64)`` on a
+            the same iterations either way (up to the last bits where XLA sums a batched matrix product
+            in the residual in another order). ``"auto"`` (default): ``max(64, B // 64)`` on a
             single CPU device for ``B >= 4K`` (an iteration there costs in proportion to the problems
             it touches), the whole batch on accelerators and across several devices (so a sharded batch
             never moves between them). ``verbose`` logs the working set's iterations.
@@ -165,11 +167,12 @@ def solve(
         batch_size(params0)  # (scalar leaves, disagreeing batch sizes: before _check_sizes reads shape[0])
     check_sizes(params0, batched)
     nested = inside_a_transformation((residual_fn, params0, args, loss, solver, bounds, fixed, adjoint))
-    if nested:
-        # a residual closing over the caller's tracers (a closure, or an Equinox module holding them) gets them
-        # as leaves of its own (equinox's closure conversion), which _solve_jit moves beside args: the adjoints
+    if nested and closes_over_tracers(residual_fn):
+        # a residual closing over the caller's tracers gets them as leaves of its own (equinox's closure
+        # conversion), which _solve_jit moves beside args with an Equinox module's own arrays: the adjoints
         # differentiate args, and would see a closed-over tracer as a constant (a zero derivative, or, for an
-        # adjoint that stops the iterations' gradients, the iterations' tangent added to its own)
+        # adjoint that stops the iterations' gradients, the iterations' tangent added to its own). (Only then:
+        # a converted function is a new compilation key at every call.)
         axes = broadcast_args_axes(args_axes, args, batch_size(params0)) if batched else None
         residual_fn = eqx.filter_closure_convert(residual_fn, *one_problem_call(params0, args, batched, axes))
     # the residual's size, read from shapes (and checked) once per compilation key: it chooses the
