@@ -290,7 +290,9 @@ def step(
             (gradient_converged, Status.CONVERGED_GRADIENT),
             (function_converged, Status.CONVERGED_FUNCTION),
             (parameter_converged, Status.CONVERGED_PARAMETER),
-            (stalled & ~finite, Status.NONFINITE_RESIDUAL),
+            # (the residual's fault only where the trial point was finite: a step that overflowed, e.g. λ·D
+            # beyond float32's range, stalls like any other)
+            (stalled & ~finite & jnp.all(jnp.isfinite(trial)), Status.NONFINITE_RESIDUAL),
             (stalled, Status.STALLED),
             (num_steps >= max_steps, Status.MAX_STEPS),
         ],

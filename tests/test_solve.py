@@ -401,6 +401,29 @@ def test_rejected_steps_at_a_nonfinite_wall_do_not_count_as_parameter_convergenc
     assert int(sol.num_accepted) == 0 and float(sol.params[0]) == 1.0
 
 
+def test_a_float32_damping_that_overflows_the_step_stalls_and_does_not_blame_the_residual():
+    """MGH Meyer in float32 with tight tolerances: λ grows until λ·D overflows float32 (D ~ 1e14) and the step is NaN;
+    that is a stall, not ``NONFINITE_RESIDUAL`` ("every nearby trial point was non-finite"), which it was called
+    although the residual is finite at the answer and around it (checked here)."""
+    times = 45.0 + 5.0 * np.arange(1, 17, dtype=np.float32)
+    observed = np.array(
+        [34780, 28610, 23650, 19630, 16370, 13720, 11540, 9744, 8261, 7030, 6005, 5147, 4427, 3820, 3307, 2872],
+        np.float32,
+    )
+
+    def meyer(p, args):
+        t, y = args
+        return p[0] * jnp.exp(p[1] / (t + p[2])) - y
+
+    data = (jnp.asarray(times), jnp.asarray(observed))
+    start = jnp.array([0.02, 4000.0, 250.0], jnp.float32)
+    sol = jaxnls.solve(meyer, start, data, solver=jaxnls.LevenbergMarquardt(rtol=1e-15, atol=1e-15), max_steps=300)
+    assert sol.params.dtype == jnp.float32
+    for nearby in (1.0, 1.001, 0.999):
+        assert np.isfinite(np.asarray(meyer(sol.params * nearby, data))).all()
+    assert int(sol.status) == Status.STALLED, Status(int(sol.status)).name
+
+
 def test_steps_better_than_predicted_are_accepted_and_relax_damping():
     lm = jaxnls.LevenbergMarquardt()
     damping, growth = lm.update_control(
