@@ -209,7 +209,7 @@ def test_more_parameters_than_residuals_has_infinite_variance_unless_absolute():
     pinv = np.linalg.pinv(jacobian.T @ jacobian)
     for field in (cov.covariance, cov.standard_errors, cov.correlation):
         assert not np.isnan(np.asarray(field)).any()
-    np.testing.assert_array_equal(np.asarray(cov.covariance), np.where(pinv == 0, 0.0, np.inf * np.sign(pinv)))
+    np.testing.assert_array_equal(np.asarray(cov.covariance), np.where(pinv == 0, 0.0, np.copysign(np.inf, pinv)))
     np.testing.assert_array_equal(np.asarray(cov.standard_errors), [np.inf, np.inf, 0.0])
     d = np.sqrt(np.diag(pinv)[:2])
     np.testing.assert_allclose(np.asarray(cov.correlation)[:2, :2], pinv[:2, :2] / np.outer(d, d), rtol=1e-12)
