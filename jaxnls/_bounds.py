@@ -82,7 +82,12 @@ def box(bounds, fixed, params0, x0, batched: bool):
         lower = jnp.where(frozen, x0, lower)
         upper = jnp.where(frozen, x0, upper)
     _check(lower, upper, x0)
-    return lower, upper, jnp.where(x0 < lower, lower, jnp.where(x0 > upper, upper, x0))
+    # a box that _check cannot refuse (traced, inside a caller's jit or vmap) and that holds no point — a NaN
+    # bound, lower > upper, lower == upper == ±inf — makes its problem's start NaN: NONFINITE_START, never a
+    # "converged" point outside the box
+    empty = jnp.isnan(lower) | jnp.isnan(upper) | (lower > upper) | (jnp.isinf(lower) & (lower == upper))
+    start = jnp.where(x0 < lower, lower, jnp.where(x0 > upper, upper, x0))
+    return lower, upper, jnp.where(jnp.any(empty, axis=1, keepdims=True), jnp.nan, start)
 
 
 def _check(lower, upper, x0):

@@ -125,7 +125,8 @@ def solve(
             it (an active-set projected method on the solver's own step), so a ``CONVERGED_*`` status means
             the KKT conditions hold: zero gradient along the free coordinates, an outward-pointing one at
             the active bounds. A start outside the box is projected onto it (with a warning where the
-            values are concrete). Euclidean parameters only. The adjoints see the solution through its
+            values are concrete). A box holding no point (lower > upper, a NaN bound) is refused, or, inside
+            a caller's jit where it cannot be, gives its problem ``NONFINITE_START``. Euclidean parameters only. The adjoints see the solution through its
             active bounds: those coordinates get the bounds' derivatives (zero with respect to ``args``),
             the others the implicit rule of the problem reduced to them.
         fixed: a boolean pytree like ``params0`` (or True/False for all): True freezes that coordinate at

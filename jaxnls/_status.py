@@ -19,7 +19,8 @@ class Status(enum.IntEnum):
         CONVERGED_GRADIENT: 3, the gradient tolerance was reached: ``|J_jᵀr| <= gtol·‖J_j‖·‖r‖`` for every
             column j, or ``r = 0``.
         MAX_STEPS: 4, ``max_steps`` iterations ran before any tolerance was met.
-        NONFINITE_START: 5, the starting parameters, or the residual or Jacobian there, are not finite.
+        NONFINITE_START: 5, the starting parameters, or the residual or Jacobian there, are not finite (or,
+            inside a caller's jit, where bounds cannot be refused, the problem's box holds no point).
         NONFINITE_RESIDUAL: 6, every nearby trial point gave a non-finite residual or Jacobian.
         STALLED: 7, no step decreases the cost any more (damping, radius or step length at its limit)
             before a tolerance was met.

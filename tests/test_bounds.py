@@ -270,3 +270,26 @@ def test_bad_bounds_are_named():
     jaxlie = pytest.importorskip("jaxlie")
     with pytest.raises(NotImplementedError, match="Euclidean parameters"):
         jaxnls.solve(lambda p, a: p.log(), jaxlie.SO2.from_radians(0.3), bounds=(0.0, 1.0))
+
+
+def test_a_box_holding_no_point_inside_a_callers_jit_is_a_nonfinite_start():
+    """Inside a caller's jit the box cannot be refused; crossed bounds (lower > upper) or a NaN bound then make that
+    problem's start NaN — ``NONFINITE_START`` — where the solve used to report ``CONVERGED_GRADIENT`` at a point
+    outside the box. In a batch the others are solved as alone."""
+    x0 = jnp.asarray([1.0, 1.0, 0.0])
+    solve = jax.jit(lambda lo, hi: jaxnls.solve(exponential, x0, (T, Y), solver=SOLVER, bounds=(lo, hi)))
+    for lower, upper in [(jnp.full(3, 3.0), jnp.zeros(3)), (jnp.zeros(3), jnp.asarray([jnp.nan, 9.0, 9.0]))]:
+        sol = solve(lower, upper)
+        assert int(sol.status) == jaxnls.Status.NONFINITE_START and np.isnan(np.asarray(sol.params)).all()
+    lowers = jnp.asarray([[0.0, 0.0, -1.0], [3.0, 3.0, 3.0], [0.0, 0.0, -1.0]])
+    uppers = jnp.asarray([[9.0, 9.0, 9.0], [0.0, 0.0, 0.0], [1.5, 9.0, 9.0]])
+    batch = jax.jit(
+        lambda lo, hi: jaxnls.solve(
+            exponential, jnp.tile(x0, (3, 1)), (T, Y), solver=SOLVER, bounds=(lo, hi), batched=True, args_axes=None
+        )
+    )(lowers, uppers)
+    assert int(batch.status[1]) == jaxnls.Status.NONFINITE_START
+    for k in (0, 2):  # (alone inside a jit too: the same compiled path, so the same bits)
+        alone = solve(lowers[k], uppers[k])
+        assert bool(batch.converged[k])
+        np.testing.assert_array_equal(batch.params[k], alone.params)
