@@ -213,9 +213,16 @@ def _solve_nist(args) -> int:
     if args.output:
         print("jaxnls: --output applies to pose-graph and BAL files", file=sys.stderr)
         return 2
-    if args.init != "file":
-        print(f"jaxnls: --init {args.init} applies to pose-graph files", file=sys.stderr)
+    graph_options = {
+        f"--init {args.init}": args.init != "file",
+        f"--linear-solver {args.linear_solver}": args.linear_solver != "auto",
+        "--repair-information": args.repair_information,
+    }
+    given = [option for option, is_given in graph_options.items() if is_given]
+    if given:
+        print(f"jaxnls: {', '.join(given)}: for pose-graph or BAL files, not NIST files", file=sys.stderr)
         return 2
+    args.start = args.start or 1
     problem = read_nist(args.file)
     solver = make_solver(args.solver or "lm")
     progress = _progress_line(args)
@@ -362,8 +369,17 @@ def _solve_graph(args, kind: str) -> int:
         except (ValueError, RuntimeError) as err:
             print(f"jaxnls: {graph.BLAS_VARIABLE}: {err}", file=sys.stderr)
             return 2
+    if args.start is not None:
+        print(f"jaxnls: --start {args.start}: for NIST files (their two certified starts)", file=sys.stderr)
+        return 2
     if kind == "bal" and args.init != "file":
         print(f"jaxnls: --init {args.init} applies to pose-graph files, not BAL", file=sys.stderr)
+        return 2
+    if kind == "bal" and args.repair_information:
+        print(
+            "jaxnls: --repair-information applies to pose-graph files (BAL has no information matrices)",
+            file=sys.stderr,
+        )
         return 2
     if kind == "bal":
         problem = read_bal(args.file)
@@ -653,7 +669,7 @@ def main(argv=None) -> int:
         epilog=SOLVE_EPILOG,
     )
     solve.add_argument("file", help="path to the problem file (format recognised from its records)")
-    solve.add_argument("--start", type=int, choices=(1, 2), default=1, help="NIST starting point (default 1)")
+    solve.add_argument("--start", type=int, choices=(1, 2), default=None, help="NIST starting point (default 1)")
     solve.add_argument(
         "--solver",
         choices=("lm", "gn", "dogleg"),
@@ -726,6 +742,8 @@ def main(argv=None) -> int:
         parser.error("--batch must be at least 1")
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
         parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
+    if getattr(args, "write_unconverged", False) and args.output is None:
+        parser.error("--write-unconverged applies with --output")
     with _command_settings(use_cache=not args.no_cache) as folder:
         if args.command == "demo":
             return _demo_command(args)

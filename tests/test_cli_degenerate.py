@@ -152,7 +152,8 @@ def test_command_lines_that_cannot_work_are_refused_before_solving(tmp_path, cap
     """Each with exit status 2 and a message saying why, before anything is compiled: Schur elimination asked of
     a graph of poses only (it used to end in a traceback, exit 1), a file whose every vertex is fixed (it used to
     end STALLED, exit 1), an empty ``--output``, an ``--output`` naming a folder or a place no file can be made,
-    and a pipe as the input (the file is read twice: the second read found it empty)."""
+    a pipe as the input (the file is read twice: the second read found it empty), and options for another kind of
+    file (ignored without a word before)."""
     from jaxnls.__main__ import main
 
     poses = GRAPHS / "pose2example.txt"
@@ -177,6 +178,14 @@ def test_command_lines_that_cannot_work_are_refused_before_solving(tmp_path, cap
         pipe = tmp_path / "pipe.g2o"
         os.mkfifo(pipe)
         assert "not a regular file" in refused(pipe)
+    # options for another kind of file, which used to be ignored without a word
+    nist = ROOT / "tests" / "data" / "nist" / "Misra1a.dat"
+    assert "not NIST files" in refused(nist, "--linear-solver", "direct", "--repair-information")
+    assert "for NIST files" in refused(poses, "--start", "2")
+    assert "BAL has no information" in refused(GRAPHS / "dubrovnik-3-7-pre.txt", "--repair-information")
+    with pytest.raises(SystemExit) as exit:
+        main(["solve", str(poses), "--write-unconverged"])
+    assert exit.value.code == 2 and "applies with --output" in capsys.readouterr().err
 
 
 LANDMARK_GRAPH = """\
