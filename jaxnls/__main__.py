@@ -645,6 +645,9 @@ def _demo_command(args) -> int:
     )
     fitted = np.asarray(batch.params)[np.asarray(batch.converged)]
     print()
+    if fitted.shape[0] < 2:
+        print(f"({fitted.shape[0]} converged fits of {args.batch}: too few for a spread)")
+        return 0
     print(f"{'':<6}{'batch mean':>18}{'certified':>18}{'batch std dev':>16}{'cert. std dev':>16}")
     for i, name in enumerate(problem.parameter_names):
         print(
@@ -661,7 +664,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="fit a NIST problem shipped with jaxnls, then a batch of 1,024 fits")
-    demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch (default 1024)")
+    demo.add_argument("--batch", type=int, default=1024, help="size of the synthetic batch, at least 2 (default 1024)")
     solve = commands.add_parser(
         "solve",
         help="solve a NIST StRD .dat file, a g2o / TORO pose graph or a BAL file",
@@ -738,8 +741,10 @@ def main(argv=None) -> int:
             "skips the tracing too; JAXNLS_CACHE_DIR moves it, JAXNLS_CACHE_DIR= turns it off)",
         )
     args = parser.parse_args(argv)
-    if getattr(args, "batch", 1) < 1:
-        parser.error("--batch must be at least 1")
+    if getattr(args, "batch", 2) < 2:
+        parser.error(
+            "--batch must be at least 2 (the demo compares the batch's spread with NIST's certified deviations)"
+        )
     if getattr(args, "max_steps", None) is not None and not 1 <= args.max_steps <= MAX_STEPS_LIMIT:
         parser.error(f"--max-steps must be between 1 and {MAX_STEPS_LIMIT}")
     if getattr(args, "write_unconverged", False) and args.output is None:

@@ -186,6 +186,9 @@ def test_command_lines_that_cannot_work_are_refused_before_solving(tmp_path, cap
     with pytest.raises(SystemExit) as exit:
         main(["solve", str(poses), "--write-unconverged"])
     assert exit.value.code == 2 and "applies with --output" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:  # (a batch of one has no spread: NaN standard deviations before)
+        main(["demo", "--batch", "1"])
+    assert exit.value.code == 2 and "--batch must be at least 2" in capsys.readouterr().err
 
 
 LANDMARK_GRAPH = """\
