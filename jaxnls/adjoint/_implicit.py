@@ -245,6 +245,10 @@ class DirectLossMinimization(AbstractAdjoint):
     which tends to the Gauss-Newton implicit derivative as :math:`ε \to 0` and needs only gradients of the
     cost with respect to θ (no solve with θ-derivatives). ``epsilon`` trades bias (large) for rounding
     (small). The cost's own cotangent uses the envelope theorem, :math:`∂c^*/∂θ = ∂_θ c(x^*, θ)`.
+    Not for rank-deficient problems (parameter combinations the data do not determine, :math:`J^\top J`
+    singular): :math:`(J^\top J)^{-1} v` is then regularised only by a shift of ~1e-14 relative, so
+    :math:`\hat x` runs off along the undetermined direction and the estimate means nothing (a probe: 6e20
+    for a derivative of -0.46); :class:`Implicit` stays finite there.
 
     Attributes:
         epsilon: the perturbation ε, > 0, default 1e-2.
