@@ -213,15 +213,14 @@ def _solve_nist(args) -> int:
     if args.output:
         print("jaxnls: --output applies to pose-graph and BAL files", file=sys.stderr)
         return 2
-    graph_options = {
-        f"--init {args.init}": args.init != "file",
-        f"--linear-solver {args.linear_solver}": args.linear_solver != "auto",
-        "--repair-information": args.repair_information,
-    }
-    given = [option for option, is_given in graph_options.items() if is_given]
-    if given:
-        print(f"jaxnls: {', '.join(given)}: for pose-graph or BAL files, not NIST files", file=sys.stderr)
-        return 2
+    for option, given, applies_to in [
+        (f"--init {args.init}", args.init != "file", "pose-graph files"),
+        (f"--linear-solver {args.linear_solver}", args.linear_solver != "auto", "pose-graph and BAL files"),
+        ("--repair-information", args.repair_information, "pose-graph files"),
+    ]:
+        if given:
+            print(f"jaxnls: {option} applies to {applies_to}, not NIST files", file=sys.stderr)
+            return 2
     args.start = args.start or 1
     problem = read_nist(args.file)
     solver = make_solver(args.solver or "lm")
