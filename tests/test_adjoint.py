@@ -184,7 +184,11 @@ class WeightedCurve(eqx.Module):
         return weighted_curve_residual(p, (*args, self.weights))
 
 
-@pytest.mark.parametrize("adjoint", [jaxnls.Implicit(), jaxnls.Truncated(20)], ids=["implicit", "truncated"])
+@pytest.mark.parametrize(
+    "adjoint",
+    [jaxnls.Implicit(), pytest.param(jaxnls.Truncated(20), marks=pytest.mark.slow)],  # (truncated: 8 s of compiling)
+    ids=["implicit", "truncated"],
+)
 def test_a_residual_module_or_closure_gets_derivatives_for_its_arrays(adjoint):
     """The weights held by a residual module, or closed over by a residual function, get the same derivative
     as when they travel in args — reverse and forward, at top level and inside a caller's jit — against central
