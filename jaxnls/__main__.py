@@ -203,7 +203,6 @@ def _solve_command(args) -> int:
 
 
 def _solve_nist(args) -> int:
-
     import jax.numpy as jnp
 
     import jaxnls
@@ -353,7 +352,6 @@ def _progress_line(args):
 
 
 def _solve_graph(args, kind: str) -> int:
-
     import jax
 
     import jaxnls
@@ -369,7 +367,7 @@ def _solve_graph(args, kind: str) -> int:
             print(f"jaxnls: {graph.BLAS_VARIABLE}: {err}", file=sys.stderr)
             return 2
     if args.start is not None:
-        print(f"jaxnls: --start {args.start}: for NIST files (their two certified starts)", file=sys.stderr)
+        print(f"jaxnls: --start {args.start} applies to NIST files (their two certified starts)", file=sys.stderr)
         return 2
     if kind == "bal" and args.init != "file":
         print(f"jaxnls: --init {args.init} applies to pose-graph files, not BAL", file=sys.stderr)

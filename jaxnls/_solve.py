@@ -126,9 +126,10 @@ def solve(
             the KKT conditions hold: zero gradient along the free coordinates, an outward-pointing one at
             the active bounds. A start outside the box is projected onto it (with a warning where the
             values are concrete). A box holding no point (lower > upper, a NaN bound) is refused, or, inside
-            a caller's jit where it cannot be, gives its problem ``NONFINITE_START``. Euclidean parameters only. The adjoints see the solution through its
-            active bounds: those coordinates get the bounds' derivatives (zero with respect to ``args``),
-            the others the implicit rule of the problem reduced to them.
+            a caller's jit where it cannot be, gives its problem ``NONFINITE_START``. Euclidean parameters
+            only. The adjoints see the solution through its active bounds: those coordinates get the bounds'
+            derivatives (zero with respect to ``args``), the others the implicit rule of the problem reduced
+            to them.
         fixed: a boolean pytree like ``params0`` (or True/False for all): True freezes that coordinate at
             its starting value without rewriting ``residual_fn`` (a box of width 0). Frozen coordinates
             carry ``params0``'s derivatives.

@@ -182,7 +182,7 @@ def test_command_lines_that_cannot_work_are_refused_before_solving(tmp_path, cap
     nist = ROOT / "tests" / "data" / "nist" / "Misra1a.dat"
     assert "--linear-solver direct applies to pose-graph and BAL files" in refused(nist, "--linear-solver", "direct")
     assert "--repair-information applies to pose-graph files" in refused(nist, "--repair-information")
-    assert "for NIST files" in refused(poses, "--start", "2")
+    assert "--start 2 applies to NIST files" in refused(poses, "--start", "2")
     assert "BAL has no information" in refused(GRAPHS / "dubrovnik-3-7-pre.txt", "--repair-information")
     with pytest.raises(SystemExit) as exit:
         main(["solve", str(poses), "--write-unconverged"])
