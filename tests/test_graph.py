@@ -617,6 +617,8 @@ def test_bad_inputs_give_clear_errors():
         jg.solve(graph, solver=jaxnls.LevenbergMarquardt(linear_solver=jaxnls.Cholesky()))
     with pytest.raises(NotImplementedError, match="IndirectLevenbergMarquardt"):
         jg.solve(graph, solver=jaxnls.IndirectLevenbergMarquardt(linear_solver=jg.PCG()))
+    with pytest.raises(TypeError, match="batched must be True or False"):
+        jg.solve(graph, batched="no")  # pyright: ignore[reportArgumentType]
 
 
 # -- marginal covariances against GTSAM's Marginals ---------------------------------------------------

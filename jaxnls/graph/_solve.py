@@ -129,7 +129,6 @@ def solve(
     """
     if not isinstance(graph, FactorGraph):
         raise TypeError(f"graph must be a jaxnls.graph.FactorGraph, got {type(graph).__name__}")
-    structure = validate(graph, batched)
     if solver is None:
         solver = Dogleg()
     max_steps = check_options(
@@ -142,6 +141,7 @@ def solve(
         history=history,
         batched=batched,
     )
+    structure = validate(graph, batched)
     solver = solver.for_problem_kind("graph", _default_for(structure))
     if not isinstance(solver.linear_solver, AbstractGraphLinearSolver):
         raise TypeError(
