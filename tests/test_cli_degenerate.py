@@ -210,7 +210,7 @@ EDGE_SE2_XY 2 101 -0.45 2.1 100 0 100
 
 def test_schur_on_a_landmark_graph_and_json_that_any_reader_takes(tmp_path, capsys):
     """``--linear-solver schur`` eliminates a 2-D graph's landmarks (it asked for BAL's points and failed), reaching
-    the sparse direct solve's cost; ``--json`` is strict JSON — a BAL start whose cost is not finite (a point at
+    the sparse direct solve's cost and SciPy's minimum of the same cost written in the test; ``--json`` is strict JSON — a BAL start whose cost is not finite (a point at
     its camera's centre) reports ``null``, not ``NaN``, which JSON does not have."""
     import json
 
@@ -227,11 +227,61 @@ def test_schur_on_a_landmark_graph_and_json_that_any_reader_takes(tmp_path, caps
     _, direct = report(graph_file, "--linear-solver", "direct")
     assert direct["final_cost"] > 0.1  # (the measurements disagree: a minimum above zero)
     np.testing.assert_allclose(schur["final_cost"], direct["final_cost"], rtol=1e-8)
+    np.testing.assert_allclose(schur["final_cost"], _scipy_landmark_cost(LANDMARK_GRAPH), rtol=1e-8)
     at_centre = tmp_path / "at_centre.txt"  # one camera at the origin, its one point there too
     at_centre.write_text("1 1 1\n0 0 1 2\n" + "0\n" * 6 + "500\n0\n0\n" + "0\n0\n0\n")
     code, nan_start = report(at_centre)
     assert code == 1 and nan_start["status"] == "NONFINITE_START"
     assert nan_start["initial_cost"] is None and nan_start["final_cost"] is None
+
+
+def _scipy_landmark_cost(text: str) -> float:
+    """The minimum of a 2-D g2o file's cost by SciPy, its residuals written here from the format's definition
+    (g2o and GTSAM: Log(Z⁻¹ Xᵢ⁻¹ Xⱼ) whitened by the information's square root for an odometry edge, Rᵢᵀ(l - tᵢ) - z
+    for a landmark sighting), the first pose held fixed; for the diagonal informations of ``LANDMARK_GRAPH``."""
+    import scipy.optimize
+
+    poses, landmarks, edges, sightings = {}, {}, [], []
+    for line in text.splitlines():
+        tag, *values = line.split()
+        if tag == "VERTEX_SE2":
+            poses[int(values[0])] = np.array(values[1:4], float)
+        elif tag == "VERTEX_XY":
+            landmarks[int(values[0])] = np.array(values[1:3], float)
+        elif tag == "EDGE_SE2":
+            edges.append((int(values[0]), int(values[1]), np.array(values[2:5], float), np.array(values[5:], float)))
+        elif tag == "EDGE_SE2_XY":
+            sightings.append(
+                (int(values[0]), int(values[1]), np.array(values[2:4], float), np.array(values[4:], float))
+            )
+    pose_ids, landmark_ids = sorted(poses), sorted(landmarks)
+
+    def matrix(p):
+        c, s = np.cos(p[2]), np.sin(p[2])
+        return np.array([[c, -s, p[0]], [s, c, p[1]], [0.0, 0.0, 1.0]])
+
+    def log(m):  # SE(2)'s logarithm: (V⁻¹t, θ)
+        theta = np.arctan2(m[1, 0], m[0, 0])
+        half = theta / 2
+        a = 1.0 if abs(theta) < 1e-12 else half / np.tan(half)
+        return np.array([a * m[0, 2] + half * m[1, 2], -half * m[0, 2] + a * m[1, 2], theta])
+
+    def residual(z):
+        free = len(pose_ids) - 1
+        at = {pose_ids[0]: poses[pose_ids[0]], **{i: z[3 * k : 3 * k + 3] for k, i in enumerate(pose_ids[1:])}}
+        seen = {i: z[3 * free + 2 * k : 3 * free + 2 * k + 2] for k, i in enumerate(landmark_ids)}
+        out = []
+        for i, j, measured, information in edges:  # (I11 I12 I13 I22 I23 I33: diagonal here)
+            relative = np.linalg.inv(matrix(measured)) @ np.linalg.inv(matrix(at[i])) @ matrix(at[j])
+            out.append(np.sqrt(information[[0, 3, 5]]) * log(relative))
+        for i, j, measured, information in sightings:  # (I11 I12 I22)
+            c, s = np.cos(at[i][2]), np.sin(at[i][2])
+            local = np.array([[c, s], [-s, c]]) @ (seen[j] - at[i][:2])
+            out.append(np.sqrt(information[[0, 2]]) * (local - measured))
+        return np.concatenate(out)
+
+    start = np.concatenate([poses[i] for i in pose_ids[1:]] + [landmarks[i] for i in landmark_ids])
+    return float(scipy.optimize.least_squares(residual, start, xtol=1e-15, ftol=1e-15, gtol=1e-15).cost)
 
 
 def _refuse(constant):
