@@ -18,7 +18,7 @@ from jaxtyping import PyTree
 from . import _loop
 from ._callback import check_callback
 from ._solution import History, Solution
-from ._status import MESSAGES
+from ._status import MESSAGES, Status
 from .adjoint import AbstractAdjoint
 from .solvers import AbstractLeastSquaresSolver, IndirectLevenbergMarquardt
 
@@ -277,7 +277,10 @@ def make_solution(solver, params, cost, state, *, batched, throw, num_residuals,
     fields: dict[str, Any] = dict(
         cost=cost,
         initial_cost=state.initial_cost,
-        gradient_norm=jnp.max(jnp.abs(state.lin.gradient), axis=-1),
+        # (NaN where the start was not finite: its linearisation was zeroed to spare its batch neighbours)
+        gradient_norm=jnp.where(
+            state.status == Status.NONFINITE_START, jnp.nan, jnp.max(jnp.abs(state.lin.gradient), axis=-1)
+        ),
         num_steps=state.num_steps,
         num_accepted=state.num_accepted,
         status=state.status,

@@ -324,7 +324,8 @@ def step(
         running | ~started,
         cost,
         jnp.where(accepted, actual, 0.0),
-        jnp.max(gradient),
+        # a start that was not finite has no gradient (its linearisation is zeroed to spare its neighbours)
+        jnp.where(started | finite, jnp.max(gradient), jnp.nan),
         jnp.max(jnp.abs(taken)),
         solver.control_value(control),
         accepted | ~started,

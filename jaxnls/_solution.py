@@ -47,7 +47,7 @@ class Solution(eqx.Module):
         params: the parameters at the end, same pytree structure and dtypes as ``params0``.
         cost: final ``0.5 * sum(r**2)``.
         initial_cost: cost at ``params0``.
-        gradient_norm: ``max|Jᵀr|`` at the final parameters.
+        gradient_norm: ``max|Jᵀr|`` at the final parameters (NaN for ``NONFINITE_START``: there is none).
         num_steps: iterations taken (each one trial step, accepted or not).
         num_accepted: accepted steps among them.
         status: a :class:`jaxnls.Status` code per problem.

@@ -561,6 +561,7 @@ def test_batched_graphs_solve_together_and_a_bad_one_does_not_poison_the_rest():
     sols = jg.solve(batch, solver=solver, batched=True)
     assert bool(sols.converged[0]) and bool(sols.converged[2])
     assert int(sols.status[1]) == jaxnls.Status.NONFINITE_START
+    assert np.isnan(sols.gradient_norm[1]) and np.isfinite(np.asarray(sols.gradient_norm)[[0, 2]]).all()
     for k in (0, 2):
         single = jg.solve(graphs[k], solver=solver)
         np.testing.assert_allclose(sols.cost[k], single.cost, rtol=1e-8, atol=1e-20)  # (zero-residual fits)

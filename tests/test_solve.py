@@ -158,6 +158,8 @@ def test_bad_neighbours_never_change_good_answers():
         assert int(mixed.num_steps[i]) == int(clean.num_steps[i])
     assert int(mixed.status[1]) == Status.NONFINITE_START
     assert not bool(mixed.converged[1])
+    # a start that is not finite has no gradient: NaN, not the 0 of a stationary point
+    assert np.isnan(mixed.gradient_norm[1]) and np.isfinite(np.asarray(mixed.gradient_norm)[[0, 3]]).all()
     assert np.isfinite(mixed.cost[2]) or not bool(mixed.converged[2])
 
 
