@@ -300,6 +300,24 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(x, y, err_msg=field, strict=True)
 
 
+@pytest.mark.parametrize(
+    "name,read",
+    [
+        ("pose2example.txt", read_g2o),
+        ("pose3example.txt", read_g2o),
+        ("w100.graph", read_toro),
+        ("dubrovnik-3-7-pre.txt", read_bal),
+    ],
+)
+def test_a_leading_byte_order_mark_is_skipped(name, read, tmp_path):
+    """Editors on Windows write a UTF-8 byte-order mark before plain text: the file reads (and is detected) as
+    without it, where it was refused as an unknown record."""
+    marked = tmp_path / name
+    marked.write_bytes(b"\xef\xbb\xbf" + (DATA / name).read_bytes())
+    assert detect_format(marked) == detect_format(DATA / name)
+    _assert_same(read(marked), read(DATA / name))
+
+
 @pytest.mark.parametrize("name", G2O_2D + G2O_3D)
 def test_g2o_round_trip(name, tmp_path):
     g = read_g2o(DATA / name)

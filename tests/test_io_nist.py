@@ -124,6 +124,15 @@ def test_crlf_line_endings():
     assert problem.num_observations == 14
 
 
+def test_a_leading_byte_order_mark_is_skipped():
+    raw = (NIST_DIR / "Misra1a.dat").read_bytes()
+    marked = parse_nist(b"\xef\xbb\xbf" + raw, "bom.dat")
+    plain = parse_nist(raw, "plain.dat")
+    np.testing.assert_array_equal(marked.x, plain.x)
+    np.testing.assert_array_equal(marked.y, plain.y)
+    np.testing.assert_array_equal(marked.certified_values, plain.certified_values)
+
+
 def test_log_relative_error():
     np.testing.assert_allclose(log_relative_error(1.0001, 1.0), 4.0, atol=1e-6)
     assert log_relative_error(2.0, 2.0) == 15.0

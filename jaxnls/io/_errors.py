@@ -20,11 +20,20 @@ class FileFormatError(ValueError):
         super().__init__(f"{path}, line {line}: {message}")
 
 
+#: What some editors (Windows Notepad among them) write before a file's text: skipped, not a record.
+UTF8_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
+def without_byte_order_mark(content: bytes) -> bytes:
+    """``content`` without a leading UTF-8 byte-order mark."""
+    return content[len(UTF8_BYTE_ORDER_MARK) :] if content.startswith(UTF8_BYTE_ORDER_MARK) else content
+
+
 def ascii_lines(content: bytes, path: str, error: type[FileFormatError], format_name: str) -> list[str]:
-    """The lines of a plain-ASCII file (``\\r\\n`` accepted, the final newline dropped); non-ASCII bytes
-    or control characters raise ``error`` naming the line."""
+    """The lines of a plain-ASCII file (``\\r\\n`` and a leading UTF-8 byte-order mark accepted, the final newline
+    dropped); non-ASCII bytes or control characters raise ``error`` naming the line."""
     lines = []
-    for number, raw in enumerate(content.split(b"\n"), start=1):
+    for number, raw in enumerate(without_byte_order_mark(content).split(b"\n"), start=1):
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:

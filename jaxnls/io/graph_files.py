@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._atomic import write_atomically
-from ._errors import FileFormatError, ascii_lines
+from ._errors import FileFormatError, ascii_lines, without_byte_order_mark
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -436,6 +436,7 @@ def _lines(content: bytes | str, path: str) -> list[str]:
     """The file's lines, checked to be plain ASCII text (line ``k`` is ``lines[k - 1]``)."""
     if isinstance(content, str):
         content = content.encode("utf-8", errors="surrogateescape")
+    content = without_byte_order_mark(content)
     # (deleting the printable bytes is ~20x faster than the regex over a large file; \r is rare)
     plain = not content.translate(None, _PRINTABLE_BYTES) or not _SUSPECT_BYTES.search(content)
     if plain:
@@ -1164,7 +1165,7 @@ def detect_format(path: str | os.PathLike) -> Literal["g2o", "toro", "bal", "nis
         OSError: the file cannot be read.
     """
     content, path = _read(path)
-    text = content.decode("ascii", errors="replace")
+    text = without_byte_order_mark(content).decode("ascii", errors="replace")
     lines = text.split("\n")
     if re.search(r"^\s*Dataset\s+Name:", "\n".join(lines[:10]), re.MULTILINE):
         return "nist"
