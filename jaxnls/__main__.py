@@ -418,6 +418,12 @@ def _solve_graph(args, kind: str) -> int:
         if vertex_ids <= set(problem.fixed_ids.tolist()):
             print(f"jaxnls: {args.file}: nothing to optimise: every vertex is fixed (FIX)", file=sys.stderr)
             return 2
+        if len(problem.equivalences):
+            print(
+                f"jaxnls: {args.file}: {len(problem.equivalences)} EQUIV record(s) are kept in the output but not "
+                "used in the solve (as in GTSAM): the poses they name stay separate unknowns",
+                file=sys.stderr,
+            )
         if problem.initialized_from_odometry:
             print(
                 f"jaxnls: {args.file} has no vertex records: starting from the chained odometry "

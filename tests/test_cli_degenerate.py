@@ -286,3 +286,28 @@ def _scipy_landmark_cost(text: str) -> float:
 
 def _refuse(constant):
     raise ValueError(f"not JSON: {constant}")
+
+
+def test_toro_equiv_records_are_said_to_be_unused_and_written_back(tmp_path, capsys):
+    """A TORO file's EQUIV records are read and written back but are not constraints of the solve (as in GTSAM):
+    the command line says so, and the solve reaches the cost of the same file without them."""
+    import json
+
+    from jaxnls.__main__ import main
+
+    lines = (Path(__file__).parent / "data" / "graphs" / "w100.graph").read_text().splitlines()
+    equivalences = [line for line in lines if line.startswith("EQUIV")]
+    assert len(equivalences) == 40
+    with_equiv, without = tmp_path / "equiv.graph", tmp_path / "plain.graph"
+    with_equiv.write_text("\n".join(lines) + "\n")
+    without.write_text("\n".join(line for line in lines if not line.startswith("EQUIV")) + "\n")
+    code = main(["solve", str(with_equiv), "--json", "--no-cache", "--output", str(tmp_path / "out.graph")])
+    said = capsys.readouterr()
+    assert code == 0 and ": 40 EQUIV record(s) are kept in the output but not used in the solve" in said.err
+    assert main(["solve", str(without), "--json", "--no-cache"]) == 0
+    plain = capsys.readouterr()
+    assert "EQUIV" not in plain.err
+    costs = [json.loads(out.out.splitlines()[-1])["final_cost"] for out in (said, plain)]
+    assert costs[0] == costs[1]
+    written = (tmp_path / "out.graph").read_text().splitlines()
+    assert [line for line in written if line.startswith("EQUIV")] == equivalences
