@@ -455,7 +455,21 @@ G2O_ERRORS = [
     ("# only a comment\n", 1, r"no vertices or edges"),
     ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 1 0 0 0\xe9\n", 2, r"non-ASCII"),
     ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 123456789012345678901 0 0 0\n", 2, r"too large"),
+    ("VERTEX_SE2 0 0 0 0\nVERTEX_SE2 9223372036854775808 0 0 0\n", 2, r"too large \(ids are int64"),
+    ("VERTEX_SE2 0 0 0 0\nFIX 1" + "0" * 5000 + "\n", 2, r"too large"),
 ]
+
+
+def test_ids_read_the_same_however_they_are_written():
+    """An id with leading zeros is the same id on both of the g2o reader's paths (the bulk one for plain files,
+    the line-by-line one that a FIX record selects); they disagreed past 18 digits."""
+    padded = "0" * 20 + "1"
+    text = f"VERTEX_SE2 0 0 0 0\nVERTEX_SE2 {padded} 1 0 0\nEDGE_SE2 0 +{padded} 1 0 0 1 0 0 1 0 1\n"
+    plain, with_fix = parse_g2o(text), parse_g2o(text + "FIX 0\n")
+    for graph in (plain, with_fix):
+        assert graph.pose_ids.tolist() == [0, 1] and graph.edges.tolist() == [[0, 1]]
+    largest = parse_g2o(f"VERTEX_SE2 {2**63 - 1} 0 0 0\nFIX {2**63 - 1}\n")
+    assert largest.pose_ids.tolist() == [2**63 - 1] and largest.fixed_ids.tolist() == [2**63 - 1]
 
 
 @pytest.mark.parametrize("text,line,message", G2O_ERRORS)

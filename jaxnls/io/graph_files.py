@@ -344,8 +344,9 @@ def nearest_positive_definite(
 
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NONFINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
-# At most 18 digits: every such id fits an int64 (the arrays' dtype) without a check.
-_ID = re.compile(r"\+?\d{1,18}")
+_ID = re.compile(r"\+?\d+")
+#: Ids are int64 (the arrays' dtype), however many leading zeros they are written with.
+_LARGEST_ID = 2**63 - 1
 
 
 def _number(token: str, path: str, line: int, what: str) -> float:
@@ -422,10 +423,12 @@ def _index(token: str, path: str, line: int, what: str) -> int:
     if not _ID.fullmatch(token):
         if re.fullmatch(r"-\d+", token):
             raise GraphFormatError(path, line, f"negative {what} {token}")
-        if re.fullmatch(r"\+?\d+", token):
-            raise GraphFormatError(path, line, f"{what} {token} is too large (at most 18 digits)")
         raise GraphFormatError(path, line, f"expected a non-negative integer for {what}, found {token!r}")
-    return int(token)
+    significant = token.lstrip("+").lstrip("0")
+    # (the length first: Python refuses to convert a string of thousands of digits)
+    if len(significant) > len(str(_LARGEST_ID)) or int(significant or "0") > _LARGEST_ID:
+        raise GraphFormatError(path, line, f"{what} {token} is too large (ids are int64: at most 2^63 - 1)")
+    return int(significant or "0")
 
 
 _SUSPECT_BYTES = re.compile(rb"[^\t\n\r\x20-\x7e]|\r(?!\n)")
