@@ -335,7 +335,10 @@ OPTIMISTIX_PEERS = ["MGH09", "Thurber"]
 def test_tight_tolerances_as_accurate_as_optimistix(name):
     """The same call in optimistix (``optx.least_squares`` with ``optx.LevenbergMarquardt(rtol=1e-15,
     atol=1e-15)``, 1000 steps): our LevenbergMarquardt agrees with the certified values to at least as
-    many digits as optimistix does (up to the ~10 digits the certified values can measure)."""
+    many digits as optimistix does (up to the ~10 digits the certified values can measure), and to NIST's
+    8 digits whatever the peer reaches. (Optimistix's own digits depend on the machine's rounding: on MGH09 from
+    start 2 it reached 8+ digits in this test's earlier runs, CI's included, and reports success at 7.1 on the
+    machine of 2026-12-02's session, with optimistix 0.0.11 and 0.1.0 and lineax 0.0.8 to 0.1.1 alike.)"""
     optx = pytest.importorskip("optimistix")
     problem = nist(name)
 
@@ -359,8 +362,8 @@ def test_tight_tolerances_as_accurate_as_optimistix(name):
             f"{name} start {start}: ours LRE {our_lre:.2f} ({jaxnls.Status(int(status[start - 1])).name}), "
             f"optimistix LRE {peer_lre:.2f} (successful: {bool(peer_ok[start - 1])})"
         )
-        assert bool(peer_ok[start - 1]) and peer_lre >= LRE_TARGET, f"the peer reference itself failed: {where}"
-        assert our_lre >= min(peer_lre, LRE_CAP), where
+        assert bool(peer_ok[start - 1]), f"the peer reference itself failed: {where}"
+        assert our_lre >= max(LRE_TARGET, min(peer_lre, LRE_CAP)), where
 
 
 # --------------------------------------------------------------------------------------------------
