@@ -1,5 +1,9 @@
 """jaxnls.linalg: symmetric matrix functions against scipy (values) and central differences (derivatives)
-at random SPD matrices, exact ties (I, diag(1, 1, 2)) and 1e-9 ties; jvp/vjp consistency; float32 at ties."""
+at random SPD matrices, exact ties (I, diag(1, 1, 2)) and 1e-9 ties; jvp/vjp consistency; float32 at ties;
+second derivatives (jvp of grad, hessian, jacrev of grad, jvp of jvp) against differences of the exact first
+derivative and a closed form."""
+
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +104,93 @@ def test_batched_and_bad_input():
 
 
 # ------------------------------------------------------------------------------------------------
+# second derivatives: forward over reverse, reverse over reverse, forward over forward
+# ------------------------------------------------------------------------------------------------
+
+
+def assert_close_relative(got, expected, rtol, what):
+    error = np.max(np.abs(np.asarray(got) - expected))  # NaN fails too
+    assert error <= rtol * np.max(np.abs(expected)), f"{what}: relative error {error / np.max(np.abs(expected)):.2e}"
+
+
+def second_derivative_checker(loss, direction, first=None, reverse_over_reverse=True, step=1e-3, rtol=1e-7):
+    """A check, at a point x, of the jvp of grad (forward over reverse), hessian (the same, full) and jacrev of
+    grad (reverse over reverse, if ``reverse_over_reverse``) of ``loss`` along ``direction`` and, given
+    ``first`` (x ↦ a first derivative of a matrix function), of its jvp (forward over forward), against central
+    differences of the exact first derivatives (``jax.grad``, ``first``) at x ± t·direction with one Richardson
+    step (error O(t⁴)). All compiled as one function, once for every point of one shape, at LLVM's lowest
+    optimisation level (a quarter of the compile time, which is most of the test's)."""
+    grad = jax.grad(loss)
+    n = direction.ndim
+    contract = lambda hessian: jnp.tensordot(hessian, direction, axes=n)
+
+    @partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    def derivatives(x):
+        out = {
+            "grad": grad(x),
+            "jvp(grad)": jax.jvp(grad, (x,), (direction,))[1],
+            "hessian": contract(jax.hessian(loss)(x)),
+        }
+        if reverse_over_reverse:
+            out["jacrev(grad)"] = contract(jax.jacrev(grad)(x))
+        if first is not None:
+            out["first"], out["jvp(jvp)"] = first(x), jax.jvp(first, (x,), (direction,))[1]
+        return out
+
+    def check(x):
+        x = jnp.asarray(x)
+        got = derivatives(x)
+        shifted = {t: derivatives(x + t * direction) for t in (step, -step, step / 2, -step / 2)}
+        central = lambda key, t: (np.asarray(shifted[t][key]) - np.asarray(shifted[-t][key])) / (2 * t)
+        for key, modes in (("grad", ("jvp(grad)", "hessian", "jacrev(grad)")), ("first", ("jvp(jvp)",))):
+            if key in got:
+                expected = (4 * central(key, step / 2) - central(key, step)) / 3
+                for mode in [mode for mode in modes if mode in got]:
+                    assert_close_relative(got[mode], expected, rtol, mode)
+        return got
+
+    return check
+
+
+def directions(n):
+    """W, E, H: the weights of the losses below and the directions of their second derivatives."""
+    return tuple(jnp.asarray(symmetric_direction(seed, n)) for seed in (30, 31, 32))
+
+
+def matrix_function_checker(fn, n, **kwargs):
+    """:func:`second_derivative_checker` for a scalar loss of F = ``fn`` of an n×n matrix, <W, F> + ‖F‖²/2,
+    along E, with D²F[E, H] (:func:`directions`)."""
+    weights, e, h = directions(n)
+    loss = lambda m: jnp.sum(weights * fn(m)) + 0.5 * jnp.sum(fn(m) ** 2)
+    return second_derivative_checker(loss, e, first=lambda m: jax.jvp(fn, (m,), (h,))[1], **kwargs)
+
+
+SECOND_DERIVATIVES = {  # f'' of each function, for the closed form at c·I
+    "logm": lambda c: -1.0 / c**2,
+    "sqrtm": lambda c: -0.25 * c**-1.5,
+    "expm": np.exp,
+    "powm(0.3)": lambda c: 0.3 * (0.3 - 1.0) * c ** (0.3 - 2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECOND_DERIVATIVES))
+def test_second_derivatives_match_differences_of_the_exact_first_derivative_and_a_closed_form(name):
+    """jvp of grad, hessian and jvp of jvp at exact ties (1.7·I, diag(1, 1, 2) and the same rotated), a 1e-9
+    tie and distinct eigenvalues, against differences of the first derivative (exact at each). At c·I also
+    against the closed form: F(cI + tE) = f(c)I + t f'(c)E + t² f''(c)E²/2 + ..., so D²F(cI)[E, H] =
+    f''(c)(EH + HE)/2. eigh's own derivative inside the first-order rule gave NaN at the exact diagonal ties
+    and O(1) errors at the rotated ones. (Reverse over reverse: the top-k and O2P tests.)"""
+    ours, _ = FUNCTIONS[name]
+    check = matrix_function_checker(ours, 3, reverse_over_reverse=False)
+    c = 1.7
+    _, e, h = directions(3)
+    closed_form = 0.5 * SECOND_DERIVATIVES[name](c) * (e @ h + h @ e)
+    np.testing.assert_allclose(check(c * np.eye(3))["jvp(jvp)"], closed_form, rtol=1e-12, atol=1e-12)
+    for point in ("diag(1,1,2)", "rotated diag(1,1,2)", "1e-9 tie", "random SPD"):
+        check(tied()[point])
+
+
+# ------------------------------------------------------------------------------------------------
 # top-k projector, Newton-Schulz square root, O2P pooling, normalized cut
 # ------------------------------------------------------------------------------------------------
 
@@ -119,6 +210,17 @@ def test_top_k_projector_value_and_derivative_with_ties_inside_the_groups():
     assert np.max(np.abs(np.asarray(forward) - fd)) <= 1e-7 * np.max(np.abs(fd))
     with pytest.raises(ValueError, match="k must be"):
         top_k_projector(jnp.asarray(a), 5)
+
+
+def test_top_k_projector_second_derivatives_with_ties_inside_the_top_group():
+    """Eigenvalues (1, 2, 3, 3), k = 2: a tie inside the top group (exact on the diagonal, and rotated), and
+    (1, 1, 3, 3), ties inside both groups. The projector is smooth there; its second derivatives match
+    differences of its exact first derivative."""
+    q, _ = np.linalg.qr(np.random.default_rng(4).standard_normal((4, 4)))
+    check = matrix_function_checker(lambda m: top_k_projector(m, 2), 4)
+    for eigenvalues in ([1.0, 2.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0]):
+        check(q @ np.diag(eigenvalues) @ q.T)
+    check(np.diag([1.0, 2.0, 3.0, 3.0]))
 
 
 def test_newton_schulz_square_root_matches_the_eigen_square_root_and_its_derivative():
@@ -156,6 +258,18 @@ def test_o2p_pooling_of_a_rank_deficient_feature_matrix():
     assert pool(features).shape == (21,) and O2PPooling(flatten=False)(features).shape == (6, 6)
     with pytest.raises(ValueError, match="feature matrix"):
         pool(jnp.ones(6))
+
+
+def test_o2p_pooling_second_derivatives_of_a_rank_deficient_feature_matrix():
+    """N = 2 features in d = 4 dimensions: FᵀF/N + εI has the eigenvalue ε twice, and keeps it along any
+    perturbation of F. jvp of grad, hessian and jacrev of grad of a loss against differences of its exact
+    gradient."""
+    features = jnp.asarray(np.random.default_rng(14).standard_normal((2, 4)))
+    target = jnp.asarray(np.random.default_rng(15).standard_normal(10))
+    pool = O2PPooling(epsilon=1e-3)
+    direction = jnp.asarray(np.random.default_rng(16).standard_normal((2, 4)))
+    loss = lambda f: jnp.sum((pool(f) - target) ** 2)
+    second_derivative_checker(loss, direction, step=1e-4)(features)
 
 
 def test_normalized_cut_loss_gradient_matches_central_differences():

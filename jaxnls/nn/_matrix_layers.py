@@ -16,8 +16,8 @@ class O2PPooling(eqx.Module):
 
     flattened to its upper triangle (d(d+1)/2 values, off-diagonal entries scaled by √2 so that the
     Euclidean norm of the vector equals the Frobenius norm of the matrix) when ``flatten``. With N < d,
-    FᵀF is rank-deficient and its zero eigenvalues are tied at ε; the Daleckii–Krein derivative of
-    :func:`jaxnls.linalg.logm_spd` is exact there, where the eigenvector formula is not.
+    FᵀF is rank-deficient and its zero eigenvalues are tied at ε; the Daleckii–Krein first and second derivatives
+    of :func:`jaxnls.linalg.logm_spd` are exact there, where the eigenvector formula is not.
 
     Called on an ``(N, d)`` feature matrix it returns the ``(d(d+1)/2,)`` vector, or the ``(d, d)`` matrix
     without ``flatten``.
