@@ -9,6 +9,9 @@ it approximates.
 
 from __future__ import annotations
 
+import functools
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -258,3 +261,85 @@ def test_unbatched_nonfinite_start_still_raises_and_bad_adjoint_is_rejected():
         jg.solve(bad)
     with pytest.raises(TypeError, match="adjoint"):
         jg.solve(graph, adjoint="implicit")
+
+
+# a small Euclidean graph whose edge residual has parameters θ (2,) of its own: held by an Equinox module, closed
+# over by a function or bound by functools.partial, rather than passed in a cost group's data
+CHAIN = np.array([(0, 1), (1, 2), (2, 3), (0, 2), (1, 3)])
+_rng = np.random.default_rng(5)
+CHAIN_DATA, CHAIN_START = jnp.asarray(_rng.normal(size=(len(CHAIN), 2))), jnp.asarray(_rng.normal(size=(4, 2)))
+CHAIN_PRIOR, CHAIN_WEIGHTS = jnp.asarray(_rng.normal(size=(1, 2))), jnp.asarray(_rng.normal(size=(4, 2)))
+
+
+def _edge(a, b, z, theta):
+    d = b - a
+    return d + 0.3 * theta * jnp.sin(d) - theta[::-1] * z
+
+
+class _Edge(eqx.Module):
+    theta: jax.Array
+
+    def __call__(self, a, b, z):
+        return _edge(a, b, z, self.theta)
+
+
+def _chain_outer(residual_fn, adjoint: jaxnls.adjoint.AbstractAdjoint = jaxnls.Implicit()):
+    graph = jg.FactorGraph(
+        {"x": CHAIN_START},
+        [
+            jg.CostGroup(residual_fn, ("x", "x"), CHAIN, CHAIN_DATA),
+            jg.CostGroup(jg.prior, "x", np.array([0]), CHAIN_PRIOR),
+        ],
+    )
+    # (Gauss-Newton: of the strategies, the quickest to compile; every converted closure is a new program)
+    solver = jaxnls.GaussNewton(linear_solver=jg.SparseDirect(), rtol=1e-14, atol=1e-14, ftol=0.0, gtol=1e-14)
+    sol = jg.solve(graph, solver=solver, max_steps=100, adjoint=adjoint)
+    return jnp.sum(sol.params["x"] * CHAIN_WEIGHTS) + sol.cost
+
+
+@pytest.mark.filterwarnings("ignore:A JAX array is being set as static")
+def test_a_residual_module_or_closure_gets_derivatives_for_its_arrays():
+    """The parameters held by a cost group's residual module, or closed over by its function (a closure, a
+    ``functools.partial``), are differentiated — reverse and forward, at the top level and inside a caller's jit —
+    against central differences. A residual function is a static field of its cost group: they were constants of
+    the compiled solve — an implicit derivative of exactly 0 under a caller's ``jit(grad)``, a truncated one off by
+    the iterations' tangent under its ``jit(jvp)`` — or a failure (a module's tracers compared as static values,
+    a closed-over tracer handed to the top-level program)."""
+    theta, direction = jnp.asarray([0.7, 1.3]), jnp.asarray([0.6, -0.8])
+
+    def closure(t, adjoint: jaxnls.adjoint.AbstractAdjoint = jaxnls.Implicit()):
+        return _chain_outer(lambda a, b, z: _edge(a, b, z, t), adjoint)
+
+    expected = directional_difference(lambda t: _chain_outer(_Edge(t)), theta, direction)
+    along = {
+        "module, grad": jax.grad(lambda t: _chain_outer(_Edge(t)))(theta) @ direction,
+        "module, filter_grad": eqx.filter_grad(_chain_outer)(_Edge(theta)).theta @ direction,
+        "closure, jit(grad)": jax.jit(jax.grad(closure))(theta) @ direction,
+        "partial, jvp": jax.jvp(lambda t: _chain_outer(functools.partial(_edge, theta=t)), (theta,), (direction,))[1],
+        "closure, Truncated, jit(jvp)": jax.jit(
+            lambda t, d: jax.jvp(lambda t: closure(t, jaxnls.Truncated(20)), (t,), (d,))[1]
+        )(theta, direction),
+    }
+    for name, value in along.items():
+        np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:A JAX array is being set as static")
+def test_a_residual_modules_arrays_are_arguments_of_the_compiled_solve():
+    """Solving again with other values in the residual module compiles nothing (they were constants of the
+    program, compared by value: one compilation per value)."""
+    first, other = jnp.asarray([0.7, 1.3]), jnp.asarray([0.5, 1.1])
+    _chain_outer(_Edge(first))
+    lowered = []
+
+    def listener(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        value = _chain_outer(_Edge(other))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert lowered == []
+    np.testing.assert_allclose(value, _chain_outer(lambda a, b, z: _edge(a, b, z, other)), rtol=1e-12)

@@ -21,13 +21,14 @@ from jaxtyping import Array, ArrayLike, DTypeLike, Float, PyTree
 
 from ..adjoint import AbstractAdjointProblem
 from ..manifolds import ProductSpace
-from ._graph import GraphStructure, gather_variables, information_axis, term_residual
+from ._graph import GraphStructure, gather_variables, information_axis, term_residual, with_arrays
 from ._linear import AbstractGraphLinearSolver, NormalOperator
 
 
 class GraphProblem(AbstractAdjointProblem):
     """``args = (anchor, cost_args)``: the flat ambient values of the variables and, per cost group,
-    ``(data, sqrt_information, loss)``."""
+    ``(data, sqrt_information, loss, arrays)``, ``arrays`` the arrays taken out of its residual function
+    (:func:`~jaxnls.graph._graph.split_residual_arrays`; None for an ordinary function)."""
 
     structure: GraphStructure = eqx.field(static=True)
     space: ProductSpace = eqx.field(static=True)
@@ -43,10 +44,10 @@ class GraphProblem(AbstractAdjointProblem):
         anchor, cost_args = args
         values = self.space.unravel(anchor)
         out = []
-        for residual_fn, group, (data, sqrt_information, loss) in zip(
+        for residual_fn, group, (data, sqrt_information, loss, arrays) in zip(
             self.residual_fns, self.structure.groups, cost_args
         ):
-            residual = term_residual(residual_fn, group, self.dtype)
+            residual = term_residual(with_arrays(residual_fn, arrays), group, self.dtype)
             local = delta[group["columns"]]
             mask = jnp.ones_like(local) if group["mask"] is None else jnp.asarray(group["mask"], self.dtype)
 

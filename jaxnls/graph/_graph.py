@@ -18,6 +18,7 @@ indices: it is never assembled densely.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
+from .._driver import closes_over_tracers
 from .._jacobian import residual_and_jacobian
 from .._numerics import split_by_sizes
 from ..losses import linearize_block
@@ -68,7 +70,10 @@ class CostGroup(eqx.Module):
     Args:
         residual_fn: ``residual_fn(x_1, ..., x_a, data) -> r`` of ONE term, ``r`` of shape ``(k,)``;
             ``x_j`` is one variable of kind ``kinds[j]`` (a jaxlie group or a ``(d,)`` array) and
-            ``data`` one row of ``data`` (None when no data is given).
+            ``data`` one row of ``data`` (None when no data is given). An Equinox module, or a closure or
+            ``functools.partial`` over arrays, works too: :func:`~jaxnls.graph.solve` differentiates the arrays it
+            holds or closes over (shared by every term and every problem of a batch). (For a module holding
+            arrays Equinox warns that a JAX array is being set as static: harmless here, the solve takes them out.)
         kinds: the variable kind of each of the ``a`` arguments (keys of ``FactorGraph.variables``).
         indices: ``(E, a)`` integers: term ``e`` connects variable ``indices[e, j]`` of kind ``kinds[j]``.
         data: a pytree whose leaves lead with ``E`` (e.g. the measured relative poses, a stacked group).
@@ -503,14 +508,16 @@ def information_axis(sqrt_information):
 
 
 def term_evaluator(cost: CostGroup, group: dict, dtype, k: int):
-    r"""``(variables of E terms, data, L, loss) -> (r (E, k), J (E, k, D), cost)`` with one vmap over the
-    terms; ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss), and
-    with a loss ``r``, ``J`` are Triggs-corrected. ``k`` is the group's residual size (:func:`residual_size`)."""
-    residual = term_residual(cost.residual_fn, group, dtype)
+    r"""``(variables of E terms, data, L, loss, arrays=None) -> (r (E, k), J (E, k, D), cost)`` with one vmap
+    over the terms; ``cost`` is the group's :math:`\tfrac12\sum_e ρ(\|L_e r_e\|^2)` (ρ(s) = s without a loss),
+    and with a loss ``r``, ``J`` are Triggs-corrected. ``k`` is the group's residual size (:func:`residual_size`).
+    ``arrays``: the residual function's own arrays where :func:`split_residual_arrays` took them out of
+    ``cost.residual_fn`` (combined back here, so that they are differentiated as arguments)."""
     zero = jnp.zeros((sum(group["dims"]),), dtype)
     closed_form = closed_form_linearization(cost.residual_fn)
 
-    def one_term(variables, data, sqrt_information, loss):
+    def one_term(variables, data, sqrt_information, loss, arrays):
+        residual = term_residual(with_arrays(cost.residual_fn, arrays), group, dtype)
         if closed_form is not None and all(is_group(v) for v in (*variables, data)):
             r, jac = (jnp.asarray(part, dtype) for part in closed_form(*variables, data))
             if sqrt_information is not None:
@@ -523,15 +530,90 @@ def term_evaluator(cost: CostGroup, group: dict, dtype, k: int):
         r, jac = residual_and_jacobian(fn, zero, None, k)
         return linearize_block(loss, r, jac)
 
-    def evaluate(variables, data, sqrt_information, loss):
-        r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, information_axis(sqrt_information), None))(
-            variables, data, sqrt_information, loss
+    def evaluate(variables, data, sqrt_information, loss, arrays=None):
+        r, jac, cost_terms = jax.vmap(one_term, in_axes=(0, 0, information_axis(sqrt_information), None, None))(
+            variables, data, sqrt_information, loss, arrays
         )
         if group["mask"] is not None:
             jac = jac * jnp.asarray(group["mask"], dtype)[:, None, :]
         return r, jac, jnp.sum(cost_terms)
 
     return evaluate
+
+
+def split_residual_arrays(graph: FactorGraph, batched: bool, convert: bool) -> tuple[FactorGraph, tuple | None]:
+    """The arrays the cost groups' residual functions hold (an Equinox module's fields, a closure's values once
+    converted), taken out: ``(graph, arrays)``, ``graph`` with each residual function's remaining static part and
+    ``arrays`` one pytree (or None) per cost group, for :func:`with_arrays` to put back; ``(graph, None)`` where
+    they hold none (ordinary functions: the graph as it is).
+
+    A residual function is a static field of its :class:`CostGroup`: what it holds would otherwise be a constant
+    of the compiled solve, never differentiated (an implicit derivative of 0), or a tracer of the caller's that
+    the compiled solve cannot take (a failure). With ``convert`` (the solve runs inside a caller's
+    transformation), a function that closes over tracers (a closure, a ``functools.partial``:
+    :func:`~jaxnls._driver.closes_over_tracers`) is first converted by ``eqx.filter_closure_convert`` at one
+    term's arguments, so that they become arrays it holds; only then, as a converted function is a new
+    compilation key at every call."""
+    functions, converted = [], []
+    for cost in graph.costs:
+        fn = cost.residual_fn
+        converted.append(convert and closes_over_tracers(fn))
+        if converted[-1]:
+            fn = eqx.filter_closure_convert(fn, *one_term_arguments(graph, cost, batched))
+        functions.append(fn)
+    arrays, static = eqx.partition(tuple(functions), eqx.is_array)
+    if not jax.tree_util.tree_leaves(arrays):
+        return graph, None
+    return with_residual_fns(graph, [_ByIdentity(s) if c else s for s, c in zip(static, converted)]), arrays
+
+
+class _ByIdentity:
+    """The static part of a closure-converted residual function, compared and hashed by identity: equinox's holds
+    its example arguments' flattened structure in lists, which no hash of a module holding it (the adjoints'
+    :class:`~jaxnls.graph._adjoint.GraphProblem`) could take; it is a new compilation key at every call anyway."""
+
+    def __init__(self, static):
+        self.static = static
+
+    def __call__(self, *args):
+        return self.static(*args)
+
+
+def with_arrays(residual_fn: Callable, arrays) -> Callable:
+    """``residual_fn`` with the arrays :func:`split_residual_arrays` took out of it put back (None: as it is)."""
+    if isinstance(residual_fn, _ByIdentity):
+        residual_fn = residual_fn.static
+    return residual_fn if arrays is None else eqx.combine(arrays, residual_fn)
+
+
+def with_residual_fns(graph: FactorGraph, residual_fns: Sequence[Callable]) -> FactorGraph:
+    """``graph`` with its cost groups' residual functions replaced (nothing else checked or rebuilt)."""
+    costs = tuple(_replaced(cost, residual_fn=fn) for cost, fn in zip(graph.costs, residual_fns))
+    return _replaced(graph, costs=costs)
+
+
+def _replaced(module, **fields):
+    # (as equinox rebuilds a module from its fields: a static field takes any value without __init__'s checks and
+    # without equinox's warning for arrays in a static field, which a residual function put back may hold)
+    new = object.__new__(type(module))
+    for field in dataclasses.fields(module):
+        object.__setattr__(new, field.name, fields.get(field.name, getattr(module, field.name)))
+    return new
+
+
+def one_term_arguments(graph: FactorGraph, cost: CostGroup, batched: bool) -> list:
+    """The arguments of ``cost.residual_fn`` for its first term (of the first problem of a batch), as shapes."""
+    lead = 2 if batched else 1
+
+    def first(tree):
+        return jax.tree_util.tree_map(lambda leaf: leaf[(0,) * lead], tree)
+
+    variables, data = jax.eval_shape(
+        lambda variables, data: ([first(v) for v in variables], first(data)),
+        [graph.variables[kind] for kind in cost.kinds],
+        cost.data,
+    )
+    return [*variables, data]
 
 
 def residual_size(graph: FactorGraph, batched: bool) -> list[int]:

@@ -98,7 +98,7 @@ def _term_products_compiled(graph: FactorGraph) -> list[jax.Array]:
         linear_solver=SparseDirect(),
         dtype=anchor.dtype,
     )
-    cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
+    cost_args = tuple((cost.data, cost.sqrt_information, cost.loss, None) for cost in graph.costs)
     _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
     return [block_products(jac, jac) for jac in jacobians]
 

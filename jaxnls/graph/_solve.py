@@ -34,7 +34,16 @@ from ..adjoint import AbstractAdjoint, Implicit
 from ..manifolds import ProductSpace, is_group, parameter_array
 from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
-from ._graph import FactorGraph, gather_variables, residual_size, term_evaluator, validate
+from ._graph import (
+    FactorGraph,
+    gather_variables,
+    residual_size,
+    split_residual_arrays,
+    term_evaluator,
+    validate,
+    with_arrays,
+    with_residual_fns,
+)
 from ._linear import (
     CHOLMOD_CUSTOM_CALLS,
     CHOLMOD_NOT_POSITIVE_DEFINITE,
@@ -104,8 +113,9 @@ def solve(
         history: as in :func:`jaxnls.solve`.
         adjoint: how ``Solution.params`` and ``Solution.cost`` are differentiated with respect to the
             graph's floating arrays — the cost groups' ``data`` (measurements, stacked groups too),
-            ``sqrt_information``, the losses' ``scale`` and the values of ``fixed`` variables — as in
-            :func:`jaxnls.solve` (``jax.grad``, ``jax.jvp``, ``jax.jacfwd`` all work):
+            ``sqrt_information``, the losses' ``scale``, the values of ``fixed`` variables and the arrays a
+            residual function holds (an Equinox module) or closes over (a closure, a ``functools.partial``;
+            shared by a batch) — as in :func:`jaxnls.solve` (``jax.grad``, ``jax.jvp``, ``jax.jacfwd`` all work):
             :class:`~jaxnls.Implicit` (default; the starting values of the free variables get no
             gradient), :class:`~jaxnls.Unroll`, :class:`~jaxnls.Truncated`,
             :class:`~jaxnls.DirectLossMinimization`. The implicit rule works in the chart
@@ -158,7 +168,11 @@ def solve(
         for c, k, g in zip(graph.costs, residual_size(graph, batched), structure.groups)
     )
     batch = _batch(graph) if batched else 1
-    nested = inside_a_transformation((graph, solver))
+    # (a residual function is a static field: its tracers, held or closed over, are not among the graph's leaves)
+    nested = inside_a_transformation((graph, tuple(c.residual_fn for c in graph.costs), solver))
+    # the arrays the residual functions hold or close over travel beside the cost groups' data, differentiated
+    # like it (ordinary functions: None, the graph as it is)
+    graph, residual_arrays = split_residual_arrays(graph, batched, convert=nested)
 
     def run(solver):
         args = (
@@ -172,6 +186,8 @@ def solve(
             callback,
             int(history),
             None if nested else structure.index_arrays(),
+            # (only where there are some: an ordinary graph's call, and stored program key, as they were)
+            *(() if residual_arrays is None else (residual_arrays,)),
         )
 
         def plain():
@@ -271,8 +287,25 @@ def _check_finite(graph: FactorGraph):
 
 
 def _solve_jit(
-    graph: FactorGraph, solver, max_steps, batched, verbose, throw, adjoint, callback, history, index_arrays
+    graph: FactorGraph,
+    solver,
+    max_steps,
+    batched,
+    verbose,
+    throw,
+    adjoint,
+    callback,
+    history,
+    index_arrays,
+    residual_arrays=None,
 ):
+    # the residual functions' own arrays (split_residual_arrays) enter the evaluation through cost_args below, so
+    # that the adjoints differentiate them; the graph with them put back is for reading shapes
+    evaluated = graph
+    if residual_arrays is None:
+        residual_arrays = (None,) * len(graph.costs)
+    else:
+        graph = with_residual_fns(graph, [with_arrays(c.residual_fn, a) for c, a in zip(graph.costs, residual_arrays)])
     structure = validate(graph, batched)
     if index_arrays is not None:  # the index arrays as arguments of the program, not its constants
         structure = structure.bind(index_arrays)
@@ -289,15 +322,18 @@ def _solve_jit(
     linear_solver = _bind(solver.linear_solver, structure)
     solver = eqx.tree_at(lambda s: s.linear_solver, solver, linear_solver)
     sizes = residual_size(graph, batched)
-    evaluators = [term_evaluator(c, group, dtype, k) for c, group, k in zip(graph.costs, structure.groups, sizes)]
-    # what the derivatives are taken with respect to: per cost group (data, sqrt_information, loss)
-    cost_args = tuple((cost.data, cost.sqrt_information, cost.loss) for cost in graph.costs)
+    evaluators = [term_evaluator(c, group, dtype, k) for c, group, k in zip(evaluated.costs, structure.groups, sizes)]
+    # what the derivatives are taken with respect to: per cost group (data, sqrt_information, loss, the arrays of
+    # its residual function)
+    cost_args = tuple(
+        (cost.data, cost.sqrt_information, cost.loss, arrays) for cost, arrays in zip(graph.costs, residual_arrays)
+    )
     # vmap axes leaf by leaf (the adjoints read them per leaf): data and sqrt_information carry the batch
-    # axis when batched, the losses' scales are shared
+    # axis when batched, the losses' scales and the residual functions' arrays are shared
     axes = tuple(
         jax.tree_util.tree_map(lambda _: 0 if batched else None, (data, sqrt_information))
-        + (jax.tree_util.tree_map(lambda _: None, loss),)
-        for data, sqrt_information, loss in cost_args
+        + jax.tree_util.tree_map(lambda _: None, (loss, arrays))
+        for data, sqrt_information, loss, arrays in cost_args
     )
     differentiable = (x0, cost_args)
     if not adjoint.differentiates_iterations:  # derivatives come from the adjoint's rule at the solution
@@ -306,8 +342,8 @@ def _solve_jit(
     def evaluate_one(x, args):
         values = space.unravel(x)
         residuals, blocks, total = [], [], 0.0
-        for group, evaluator, (data, sqrt_information, loss) in zip(structure.groups, evaluators, args):
-            r, jac, group_cost = evaluator(gather_variables(values, group), data, sqrt_information, loss)
+        for group, evaluator, (data, sqrt_information, loss, arrays) in zip(structure.groups, evaluators, args):
+            r, jac, group_cost = evaluator(gather_variables(values, group), data, sqrt_information, loss, arrays)
             residuals.append(jnp.ravel(r))
             blocks.append(jac)
             total = total + group_cost
@@ -351,7 +387,7 @@ def _solve_jit(
     adjoint_problem = GraphProblem(
         structure=structure,
         space=space,
-        residual_fns=tuple(c.residual_fn for c in graph.costs),
+        residual_fns=tuple(c.residual_fn for c in evaluated.costs),
         # (the adjoint's systems come from the solution, not the loop: without the loop's plan, which is an
         # argument of this program and cannot sit in the problem's static fields)
         linear_solver=_without_plan_arrays(linear_solver),
