@@ -541,6 +541,44 @@ def test_a_cholmod_failure_is_retried_with_qdldl_and_said(monkeypatch):
     assert int(sol.num_steps) == int(expected.num_steps)
 
 
+@pytest.mark.skipif(not HAS_SPARSAX, reason="needs sparsax (CHOLMOD)")
+def test_a_callers_vmap_around_the_solve_takes_qdldl_and_a_graph_rebuilds_with_its_own_fixed():
+    """Scaling every square-root information by s scales the cost by s² at the same minimiser: a caller's
+    ``jax.vmap`` over s gives that (it failed inside CHOLMOD's FFI call, which the solve's own batch has already
+    vmapped; "auto" takes QDLDL there, an explicit "cholmod" is refused naming the way out). The graph is rebuilt
+    with the original's ``fixed`` (which the constructor refused as it was)."""
+    graph = _tiny_graph()
+    odometry, sightings = graph.costs[:2]
+    noisy = sightings.data + 0.05 * jnp.asarray(np.random.default_rng(3).normal(size=sightings.data.shape))
+    sightings = jg.CostGroup(sightings.residual_fn, sightings.kinds, sightings.indices.array, noisy)
+    graph = jg.FactorGraph(graph.variables, [odometry, sightings], fixed={"pose": [0]})
+    solver = jaxnls.LevenbergMarquardt(rtol=1e-12, atol=1e-12)
+
+    def cost(s, factorization="auto"):
+        costs = [
+            jg.CostGroup(
+                c.residual_fn,
+                c.kinds,
+                c.indices.array,
+                c.data,
+                s * (jnp.eye(2) if c.sqrt_information is None else c.sqrt_information),  # (observe: k = 2)
+            )
+            for c in graph.costs
+        ]
+        scaled = jg.FactorGraph(graph.variables, costs, fixed=graph.fixed)
+        with_solver = eqx.tree_at(
+            lambda t: t.linear_solver, solver, jg.SparseDirect(factorization=factorization), is_leaf=lambda x: x is None
+        )
+        return jg.solve(scaled, solver=with_solver).cost
+
+    alone = float(cost(1.0))
+    assert alone > 1e-3  # (noisy measurements: a minimum above zero)
+    scales = jnp.array([0.5, 1.0, 3.0])
+    np.testing.assert_allclose(jax.vmap(cost)(scales), alone * scales**2, rtol=1e-9)
+    with pytest.raises(NotImplementedError, match=r"cannot run under a caller's jax\.vmap.*batched=True"):
+        jax.vmap(lambda s: cost(s, "cholmod"))(scales)
+
+
 # -- batches -------------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,10 @@ class _Static:
     def __repr__(self):
         return f"_Static(shape={self.array.shape})"
 
+    def __array__(self, dtype=None, copy=None):
+        # (so that a graph's own ``fixed`` pairs, given back to FactorGraph, read as the indices they hold)
+        return self.array if dtype is None else self.array.astype(dtype)
+
 
 class CostGroup(eqx.Module):
     r"""``E`` cost terms sharing one residual function.
@@ -142,7 +146,8 @@ class FactorGraph(eqx.Module):
             are the starting values. With ``solve(..., batched=True)`` every leaf leads with the batch axis.
         costs: the :class:`CostGroup` s (groups without terms are skipped).
         fixed: optional mapping kind → indices of variables held at their starting values (their
-            Jacobian columns are zeroed; an alternative to a strong prior for removing the gauge freedom).
+            Jacobian columns are zeroed; an alternative to a strong prior for removing the gauge freedom),
+            or another graph's ``fixed`` (``FactorGraph(g.variables, new_costs, fixed=g.fixed)``).
 
     The tangent vector of the whole problem lists the kinds in sorted order (``jax.tree`` order of a
     dict), each kind's variables one after another, each with its ``d`` tangent coordinates.

@@ -365,7 +365,8 @@ class SparseDirect(AbstractGraphLinearSolver):
       adjoint's exact Hessian) uses under either setting.
 
     ``"auto"`` (default) takes CHOLMOD where it applies (float64, ``sparsax`` importable, the CPU as JAX's
-    default backend) and QDLDL elsewhere. Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
+    default backend) and QDLDL elsewhere, and under a caller's ``jax.vmap`` around :func:`jaxnls.graph.solve`
+    (CHOLMOD's call is batched once, by the solve's own batch; ``"cholmod"`` is refused there). Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
     step is the scaled gradient direction :math:`\mathrm{diag}(A)^{-1} b`, which the outer loop judges like
     any other; a problem's failure never reaches its neighbours in a batch. CHOLMOD stops the whole
     computation with an error if the floored, scaled matrix is numerically indefinite, which rounding can

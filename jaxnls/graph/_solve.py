@@ -221,8 +221,25 @@ def solve(
         # caller's jit, the plan the structure gives, as constants)
         plan = None if nested else reduction_plan_arrays(structure, linear_solver)
         return run(eqx.tree_at(lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, plan=plan)))
-    if nested or not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
+    if not isinstance(linear_solver, SparseDirect) or not linear_solver.uses_cholmod(_dtype(graph)):
         return run(solver)
+    if nested:
+        try:
+            return run(solver)
+        except NotImplementedError as err:
+            # CHOLMOD's FFI call is vmapped once, by the loop's own vmap over the batch; a caller's jax.vmap
+            # around the solve would vmap it again, which the call does not support. QDLDL (a host callback that
+            # factors the problems one after another) does; "auto" takes it there
+            if "ffi_call" not in str(err):
+                raise
+            if linear_solver.factorization == "cholmod":
+                raise NotImplementedError(
+                    "jaxnls.graph.solve: SparseDirect(factorization='cholmod') cannot run under a caller's "
+                    "jax.vmap (CHOLMOD's FFI call is batched once, by the solve itself): stack the graphs along a "
+                    "leading axis and pass batched=True, or use SparseDirect() (it takes QDLDL under a vmap)"
+                ) from err
+            qdldl = dataclasses.replace(linear_solver, factorization="qdldl")
+            return run(eqx.tree_at(lambda s: s.linear_solver, solver, qdldl))
     # the plan as arguments of the compiled solve, not its constants (bound here like the structure)
     solver = eqx.tree_at(
         lambda s: s.linear_solver, solver, dataclasses.replace(linear_solver, assembly=assembly_for(structure))
