@@ -47,6 +47,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.core import ShapedArray
 from jax.extend.core import Primitive
@@ -394,13 +395,21 @@ def powm_spd(a: Float[Array, "... n n"], power: float) -> Float[Array, "... n n"
     r"""``A^p`` for symmetric positive-definite A, real p, with the Daleckii–Krein derivative
     (divided difference :math:`λ_j^{p-1}\,\mathrm{expm1}(p\,\mathrm{log1p}(δ/λ_j))/(δ/λ_j)`).
 
+    A traced ``power`` (a learnable exponent, or one inside the caller's ``jit``) is computed as
+    :math:`\exp(p \log A)` (:data:`expm_sym` of :data:`logm_spd`, the same eigenvectors): derivatives with
+    respect to p, :math:`\partial A^p/\partial p = A^p \log A`, and to A then come from those two functions'
+    rules (two eigendecompositions instead of one).
+
     Args:
         a: ``(..., n, n)`` symmetric positive-definite floating matrices.
-        power: the real exponent p.
+        power: the real exponent p (a number, or a scalar array).
 
     Returns:
         ``(..., n, n)``, :math:`U\,\mathrm{diag}(λ^p)\,U^\top`.
     """
+    if isinstance(power, jax.core.Tracer):
+        # (the rule below closes over p, and a custom derivative rule cannot close over a traced value)
+        return expm_sym(power * logm_spd(a))
 
     def divided_difference(li, lj):
         ratio = (li - lj) / lj
