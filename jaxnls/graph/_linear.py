@@ -366,11 +366,12 @@ class SparseDirect(AbstractGraphLinearSolver):
 
     ``"auto"`` (default) takes CHOLMOD where it applies (float64, ``sparsax`` importable, the CPU as JAX's
     default backend) and QDLDL elsewhere, and under a caller's ``jax.vmap`` around :func:`jaxnls.graph.solve`
-    (CHOLMOD's call is batched once, by the solve's own batch; ``"cholmod"`` is refused there). Where a system cannot be factored (a non-finite entry, a zero pivot beyond the floor) the
-    step is the scaled gradient direction :math:`\mathrm{diag}(A)^{-1} b`, which the outer loop judges like
-    any other; a problem's failure never reaches its neighbours in a batch. CHOLMOD stops the whole
-    computation with an error if the floored, scaled matrix is numerically indefinite, which rounding can
-    only cause for a positive semi-definite :math:`J^\top J + \mathrm{diag}(d)` near the floor;
+    (CHOLMOD's call is batched once, by the solve's own batch; ``"cholmod"`` is refused there). Where a system
+    cannot be factored (a non-finite entry, a zero pivot beyond the floor) the step is the scaled gradient
+    direction :math:`\mathrm{diag}(A)^{-1} b`, which the outer loop judges like any other; a problem's failure
+    never reaches its neighbours in a batch. CHOLMOD stops the whole computation with an error if the floored,
+    scaled matrix is numerically indefinite, which rounding can only cause for a positive semi-definite
+    :math:`J^\top J + \mathrm{diag}(d)` near the floor;
     :func:`jaxnls.graph.solve` then repeats the solve with QDLDL and warns (inside a caller's ``jit`` the
     error propagates: pass ``factorization="qdldl"`` there if it happens).
 
