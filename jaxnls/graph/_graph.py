@@ -625,16 +625,7 @@ def residual_size(graph: FactorGraph, batched: bool) -> list[int]:
     """k of every cost group (from shapes)."""
     sizes = []
     for cost in graph.costs:
-
-        def first(tree, lead):
-            return jax.tree_util.tree_map(lambda leaf: leaf[(0,) * lead], tree)
-
-        lead = 2 if batched else 1
-
-        def first_residual(variables, data, lead=lead, cost=cost):
-            return cost.residual_fn(*(first(v, lead) for v in variables), first(data, lead))
-
         # (the first term only traced, never run: indexing outside would compile a program per array)
-        out = jax.eval_shape(first_residual, [graph.variables[kind] for kind in cost.kinds], cost.data)
+        out = jax.eval_shape(lambda *args, fn=cost.residual_fn: fn(*args), *one_term_arguments(graph, cost, batched))
         sizes.append(int(math.prod(out.shape)))
     return sizes
