@@ -302,12 +302,7 @@ def _minpack_polish(residual, index, x) -> float:
 
 def _cosine(case: Case, x: np.ndarray) -> float:
     """max_j |J_jᵀ r| / (‖J_j‖ ‖r‖) at x: MINPACK's gtol measure (zero columns count as orthogonal)."""
-    r = np.asarray(case.residual(jnp.asarray(x)))
-    jac = np.asarray(jax.jacfwd(case.residual)(jnp.asarray(x)))
-    column_norms = np.linalg.norm(jac, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cosines = np.where(column_norms > 0, np.abs(jac.T @ r) / (column_norms * np.linalg.norm(r)), 0.0)
-    return float(np.max(cosines))
+    return float(np.max(gradient_cosines(case.residual, x)))
 
 
 def _claim_violation(case: Case, x: np.ndarray, status: jaxnls.Status, solver) -> str | None:
