@@ -253,12 +253,12 @@ def test_default_linear_solver_eliminates_points_in_bundle_adjustment_and_not_in
 
     data = Path(__file__).parent / "data" / "graphs"
     assert jg.default_linear_solver(_problem()) == jg.SchurDirect(eliminate="point")
-    # the kind with the most unknowns among those no term connects twice: points (27) over lenses (6)
+    # the kind with the most variables among those no term connects twice: points (9) over lenses (2)
     assert jg.default_linear_solver(_mixed_graph()) == jg.SchurDirect(eliminate="point")
     poses = jg.pose_graph_problem(read_pose_graph(data / "w100.graph"))
     assert jg.default_linear_solver(poses) == jg.SparseDirect()
 
-    # whichever kind has more unknowns is eliminated (cameras too are never connected to each other) ...
+    # whichever kind has more variables is eliminated (cameras too are never connected to each other) ...
     def shape_only(cameras, points):
         pairs = [(c, (3 * c + k) % points) for c in range(cameras) for k in range(3)]
         variables = {"camera": jnp.zeros((cameras, 9)), "point": jnp.ones((points, 3))}
@@ -267,6 +267,12 @@ def test_default_linear_solver_eliminates_points_in_bundle_adjustment_and_not_in
         )
 
     assert jg.default_linear_solver(shape_only(300, 20)) == jg.SchurDirect(eliminate="camera")
+    # counted in variables, not unknowns (Ceres' rule): dubrovnik-3-7's 7 points of 3 unknowns are eliminated, not its
+    # 3 cameras of 9, whose blocks are far worse conditioned
+    from jaxnls.io import read_bal
+
+    dubrovnik = jg.bal_graph_problem(read_bal(data / "dubrovnik-3-7-pre.txt"))
+    assert jg.default_linear_solver(dubrovnik) == jg.SchurDirect(eliminate="point")
     # ... unless the rest keeps more than SCHUR_KEPT_MAX unknowns: the dense reduced system would be too large
     assert jg.default_linear_solver(shape_only(300, 1000)) == jg.SparseDirect()  # 2,700 camera unknowns kept
     # a solve without a solver uses it

@@ -420,9 +420,14 @@ def _pairs_sharing_a_point(slot_points: np.ndarray, num_points: int) -> tuple[np
 
 
 def largest_eliminable_kind(structure) -> str | None:
-    """The variable kind with the most tangent unknowns that a Schur solver can eliminate: one of at least two
-    kinds, seen by some cost term, and never connected to another variable of its kind by one; None if no
-    kind qualifies (a pose graph)."""
+    """The variable kind with the most variables that a Schur solver can eliminate (Ceres' choice of the largest
+    independent set; ties go to the most tangent unknowns): one of at least two kinds, seen by some cost term, and
+    never connected to another variable of its kind by one; None if no kind qualifies (a pose graph).
+
+    Counting variables, not unknowns, eliminates bundle adjustment's points even where its cameras hold more
+    unknowns (gtsam's dubrovnik-3-7: 3 cameras of 9, 7 points of 3): the points' 3×3 blocks are inverted with
+    condition numbers in the hundreds, the cameras' 9×9 ones up to 4e6, whose rounding the reduced system then
+    carries (benchmarks/README.md (ap))."""
     if len(structure.kinds) < 2:
         return None
     candidates = [
@@ -433,7 +438,7 @@ def largest_eliminable_kind(structure) -> str | None:
     ]
     if not candidates:
         return None
-    return max(candidates, key=lambda kind: structure.count[kind] * structure.dim[kind])
+    return max(candidates, key=lambda kind: (structure.count[kind], structure.count[kind] * structure.dim[kind]))
 
 
 def _check_eliminable(structure, eliminated: str, owner: str):

@@ -261,7 +261,7 @@ def solve(
 def default_linear_solver(graph: FactorGraph, batched: bool = False) -> AbstractGraphLinearSolver:
     """The graph linear solver :func:`solve` uses when it is given no ``solver``, chosen from the graph's shape.
 
-    :class:`SchurDirect` eliminating the kind with the most unknowns that no cost term connects twice (bundle
+    :class:`SchurDirect` eliminating the kind with the most variables that no cost term connects twice (bundle
     adjustment's points, a SLAM problem's landmarks), when the other kinds keep at most 2,500 tangent unknowns
     (the dense reduced system stays small; measured against :class:`SparseDirect` in the module's
     ``SCHUR_KEPT_MAX``); otherwise :class:`SparseDirect` (pose graphs, and problems with many kept unknowns).
