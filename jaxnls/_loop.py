@@ -53,6 +53,9 @@ class LoopProblem(eqx.Module):
         sparse_steps: a step costs a sparse factorisation (a factor graph). The first iteration, which only
             evaluates the starts, then skips the step proposal it would throw away (a whole factorisation of
             the placeholder system; a dense problem's costs less than the branch that would skip it).
+        movable: False where no coordinate may move (a factor graph whose variables are all held): the start
+            is then the solution of the restricted problem, as for a bounded one whose bounds all coincide,
+            and its zero Jacobian is no plateau.
     """
 
     evaluate: Callable = eqx.field(static=True)
@@ -62,6 +65,7 @@ class LoopProblem(eqx.Module):
     jacobian: PyTree = eqx.field(static=True)
     box: Callable | None = eqx.field(static=True, default=None)
     sparse_steps: bool = eqx.field(static=True, default=False)
+    movable: bool = eqx.field(static=True, default=True)
 
 
 def free_coordinates(x, gradient, lower, upper) -> Bool[Array, " n"]:
@@ -276,8 +280,9 @@ def step(
     )
     # where the whole Jacobian is zero (every exp() underflowed: a plateau far from any minimum) every test
     # above holds trivially, yet nothing is known: no claim of convergence there
-    # (with bounds: unless every coordinate is at a bound, where a zero restricted model is a KKT corner)
-    flat = (cost > 0) & jnp.all(diagonal == 0)
+    # (with bounds: unless every coordinate is at a bound, where a zero restricted model is a KKT corner; nor where
+    # no coordinate may move at all, a graph with every variable held)
+    flat = (cost > 0) & jnp.all(diagonal == 0) if problem.movable else jnp.asarray(False)
     if box is not None:
         flat = flat & ~jnp.all((x <= box[0]) | (x >= box[1]))
     gradient_converged, function_converged, parameter_converged = (

@@ -171,6 +171,38 @@ def test_fixed_pose_instead_of_a_prior():
     np.testing.assert_allclose(float(sol.cost), _gtsam_lm(gtsam, factors, initial), rtol=1e-6)
 
 
+@pytest.mark.parametrize("strategy", [jaxnls.LevenbergMarquardt, jaxnls.Dogleg, jaxnls.GaussNewton])
+def test_a_graph_with_every_variable_held_returns_its_start_converged_as_the_dense_solve_does(strategy):
+    """With no variable free, the start is the minimiser of the restricted problem (it was reported STALLED,
+    its all-zero Jacobian taken for a plateau): converged at once, as ``jaxnls.solve`` says of the same
+    residuals with every parameter fixed; the cost is ½Σr² at the start, computed here."""
+    start = np.arange(8.0).reshape(4, 2)
+    edges = np.array([[0, 1], [1, 2], [2, 3]])
+
+    def difference(a, b, d):
+        return a - b - d
+
+    held = jg.FactorGraph(
+        {"x": jnp.asarray(start)},
+        [jg.CostGroup(difference, ("x", "x"), edges, jnp.ones((3, 2)))],
+        fixed={"x": [0, 1, 2, 3]},
+    )
+    sol = jg.solve(held, solver=strategy())
+    dense = jaxnls.solve(
+        lambda x, _: jnp.ravel(x[edges[:, 0]] - x[edges[:, 1]] - 1.0),
+        jnp.asarray(start),
+        None,
+        solver=strategy(),
+        fixed=jnp.ones(start.shape, bool),
+    )
+    cost = 0.5 * np.sum((start[edges[:, 0]] - start[edges[:, 1]] - 1.0) ** 2)
+    for solution in (sol, dense):
+        assert jaxnls.Status(int(solution.status)) == jaxnls.Status.CONVERGED_GRADIENT
+        assert int(solution.num_steps) == 0
+        np.testing.assert_allclose(float(solution.cost), cost, rtol=1e-15)
+    np.testing.assert_array_equal(np.asarray(sol.params["x"]), start)
+
+
 # -- the block-sparse structure against the dense Jacobian ------------------------------------------
 
 

@@ -378,6 +378,7 @@ def _solve_jit(
         tangent_size=structure.n,
         jacobian=jacobian,
         sparse_steps=True,
+        movable=not np.all(structure.fixed_diagonal),
     )
     state = run_loop(
         solver,
