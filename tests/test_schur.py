@@ -267,14 +267,14 @@ def test_default_linear_solver_eliminates_points_in_bundle_adjustment_and_not_in
         )
 
     assert jg.default_linear_solver(shape_only(300, 20)) == jg.SchurDirect(eliminate="camera")
+    # ... unless the rest keeps more than SCHUR_KEPT_MAX unknowns: the dense reduced system would be too large
+    assert jg.default_linear_solver(shape_only(300, 1000)) == jg.SparseDirect()  # 2,700 camera unknowns kept
     # counted in variables, not unknowns (Ceres' rule): dubrovnik-3-7's 7 points of 3 unknowns are eliminated, not its
     # 3 cameras of 9, whose blocks are far worse conditioned
     from jaxnls.io import read_bal
 
     dubrovnik = jg.bal_graph_problem(read_bal(data / "dubrovnik-3-7-pre.txt"))
     assert jg.default_linear_solver(dubrovnik) == jg.SchurDirect(eliminate="point")
-    # ... unless the rest keeps more than SCHUR_KEPT_MAX unknowns: the dense reduced system would be too large
-    assert jg.default_linear_solver(shape_only(300, 1000)) == jg.SparseDirect()  # 2,700 camera unknowns kept
     # a solve without a solver uses it
     solved = jg.solve(_problem(), max_steps=50)
     assert solved.method == "Dogleg, SchurDirect"
