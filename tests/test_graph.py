@@ -765,6 +765,47 @@ def test_marginal_covariance_of_a_fixed_variable_is_zero_and_errors_are_named():
         jg.marginal_covariance(free_gauge, [("pose", 1)])
 
 
+class _Weighted(eqx.Module):
+    """A residual module holding an array: the difference of two points, weighted."""
+
+    weight: jax.Array
+
+    def __call__(self, a, b, measured):
+        return self.weight * (a - b - measured)
+
+
+def test_the_marginals_of_a_residual_module_holding_arrays_compile_once_and_warn_nothing():
+    """A module holding arrays is a documented residual function: the marginal covariances of another weight reuse
+    the compiled program (its array was a constant of it: one program per value, and Equinox's warning that a JAX
+    array is being set as static, from the program's own problem). Closed form: weighting every residual by w
+    scales JᵀJ by w², the covariance by 1/w²."""
+    import warnings
+
+    import jax.monitoring
+
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
+    start = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2)))
+
+    def graph(weight):
+        with warnings.catch_warnings():  # (the group itself: Equinox warns of the module's array, see CostGroup)
+            warnings.simplefilter("ignore")
+            group = jg.CostGroup(_Weighted(jnp.asarray(weight)), ("x", "x"), edges, jnp.ones((5, 2)))
+        return jg.FactorGraph({"x": start}, [group], fixed={"x": [0]})
+
+    unit_graph, weighted_graph = graph(1.0), graph(2.0)
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, seconds, **_: compiles.append(name) if name.endswith("backend_compile_duration") else None
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit = jg.marginal_covariance(unit_graph, [("x", 1), ("x", 3)])
+        compiles.clear()
+        weighted = jg.marginal_covariance(weighted_graph, [("x", 1), ("x", 3)])
+    assert not compiles, f"{len(compiles)} programs compiled for a new weight"
+    np.testing.assert_allclose(weighted, unit / 4.0, rtol=1e-12)
+
+
 # -- Levenberg-Marquardt on pose graphs: within 2x GTSAM's iterations ----------------------------------
 
 

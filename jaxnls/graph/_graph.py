@@ -591,6 +591,14 @@ def with_arrays(residual_fn: Callable, arrays) -> Callable:
     return residual_fn if arrays is None else eqx.combine(arrays, residual_fn)
 
 
+def with_residual_arrays(graph: FactorGraph, residual_arrays: tuple | None) -> FactorGraph:
+    """``graph`` with the arrays :func:`split_residual_arrays` took out of its residual functions put back, for
+    reading shapes and validating (None: the graph as it is)."""
+    if residual_arrays is None:
+        return graph
+    return with_residual_fns(graph, [with_arrays(c.residual_fn, a) for c, a in zip(graph.costs, residual_arrays)])
+
+
 def with_residual_fns(graph: FactorGraph, residual_fns: Sequence[Callable]) -> FactorGraph:
     """``graph`` with its cost groups' residual functions replaced (nothing else checked or rebuilt)."""
     costs = tuple(_replaced(cost, residual_fn=fn) for cost, fn in zip(graph.costs, residual_fns))

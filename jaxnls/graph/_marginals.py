@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..manifolds import ProductSpace
 from ._adjoint import GraphProblem
-from ._graph import FactorGraph, validate
+from ._graph import FactorGraph, split_residual_arrays, validate, with_residual_arrays
 from ._linear import SparseDirect, block_products, jacobi_scaled_upper, sparse_modules
 
 
@@ -82,13 +82,15 @@ def marginal_covariance(
 def _term_products(graph: FactorGraph) -> list[np.ndarray]:
     """JₑᵀJₑ per term, ``(E, D, D)`` per cost group, of the whitened residuals at the graph's values (the
     coordinates of fixed variables masked to zero)."""
-    return [np.asarray(p, np.float64) for p in _term_products_compiled(graph)]
+    # a residual module's arrays as arguments, as in graph.solve: not constants of a program compiled per value
+    graph, residual_arrays = split_residual_arrays(graph, batched=False, convert=False)
+    return [np.asarray(p, np.float64) for p in _term_products_compiled(graph, residual_arrays)]
 
 
 @eqx.filter_jit
-def _term_products_compiled(graph: FactorGraph) -> list[jax.Array]:
+def _term_products_compiled(graph: FactorGraph, residual_arrays: tuple | None) -> list[jax.Array]:
     # module level, the graph an argument: one compilation per graph structure, not one per call
-    structure = validate(graph, False)
+    structure = validate(with_residual_arrays(graph, residual_arrays), False)
     values = graph.variables
     anchor = ravel_pytree(values)[0]
     problem = GraphProblem(
@@ -98,7 +100,11 @@ def _term_products_compiled(graph: FactorGraph) -> list[jax.Array]:
         linear_solver=SparseDirect(),
         dtype=anchor.dtype,
     )
-    cost_args = tuple((cost.data, cost.sqrt_information, cost.loss, None) for cost in graph.costs)
+    if residual_arrays is None:
+        residual_arrays = (None,) * len(graph.costs)
+    cost_args = tuple(
+        (cost.data, cost.sqrt_information, cost.loss, arrays) for cost, arrays in zip(graph.costs, residual_arrays)
+    )
     _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
     return [block_products(jac, jac) for jac in jacobians]
 

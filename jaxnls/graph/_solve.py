@@ -41,8 +41,7 @@ from ._graph import (
     split_residual_arrays,
     term_evaluator,
     validate,
-    with_arrays,
-    with_residual_fns,
+    with_residual_arrays,
 )
 from ._linear import (
     CHOLMOD_CUSTOM_CALLS,
@@ -318,11 +317,9 @@ def _solve_jit(
 ):
     # the residual functions' own arrays (split_residual_arrays) enter the evaluation through cost_args below, so
     # that the adjoints differentiate them; the graph with them put back is for reading shapes
-    evaluated = graph
+    evaluated, graph = graph, with_residual_arrays(graph, residual_arrays)
     if residual_arrays is None:
         residual_arrays = (None,) * len(graph.costs)
-    else:
-        graph = with_residual_fns(graph, [with_arrays(c.residual_fn, a) for c, a in zip(graph.costs, residual_arrays)])
     structure = validate(graph, batched)
     if index_arrays is not None:  # the index arrays as arguments of the program, not its constants
         structure = structure.bind(index_arrays)
