@@ -599,6 +599,16 @@ def with_residual_arrays(graph: FactorGraph, residual_arrays: tuple | None) -> F
     return with_residual_fns(graph, [with_arrays(c.residual_fn, a) for c, a in zip(graph.costs, residual_arrays)])
 
 
+def cost_arguments(graph: FactorGraph, residual_arrays: tuple | None) -> tuple:
+    """Per cost group ``(data, sqrt_information, loss, arrays)``: what a solve's derivatives are taken with respect
+    to, ``arrays`` those :func:`split_residual_arrays` took out of its residual function (None where it holds none)."""
+    if residual_arrays is None:
+        residual_arrays = (None,) * len(graph.costs)
+    return tuple(
+        (cost.data, cost.sqrt_information, cost.loss, arrays) for cost, arrays in zip(graph.costs, residual_arrays)
+    )
+
+
 def with_residual_fns(graph: FactorGraph, residual_fns: Sequence[Callable]) -> FactorGraph:
     """``graph`` with its cost groups' residual functions replaced (nothing else checked or rebuilt)."""
     costs = tuple(_replaced(cost, residual_fn=fn) for cost, fn in zip(graph.costs, residual_fns))

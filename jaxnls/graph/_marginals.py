@@ -20,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..manifolds import ProductSpace
 from ._adjoint import GraphProblem
-from ._graph import FactorGraph, split_residual_arrays, validate, with_residual_arrays
+from ._graph import FactorGraph, cost_arguments, split_residual_arrays, validate, with_residual_arrays
 from ._linear import SparseDirect, block_products, jacobi_scaled_upper, sparse_modules
 
 
@@ -100,11 +100,7 @@ def _term_products_compiled(graph: FactorGraph, residual_arrays: tuple | None) -
         linear_solver=SparseDirect(),
         dtype=anchor.dtype,
     )
-    if residual_arrays is None:
-        residual_arrays = (None,) * len(graph.costs)
-    cost_args = tuple(
-        (cost.data, cost.sqrt_information, cost.loss, arrays) for cost, arrays in zip(graph.costs, residual_arrays)
-    )
+    cost_args = cost_arguments(graph, residual_arrays)
     _, jacobians = problem.whitened_jacobians(jnp.zeros((structure.n,), anchor.dtype), (anchor, cost_args))
     return [block_products(jac, jac) for jac in jacobians]
 

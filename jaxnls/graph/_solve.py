@@ -36,6 +36,7 @@ from ..solvers import AbstractLeastSquaresSolver, Dogleg
 from ._adjoint import GraphProblem
 from ._graph import (
     FactorGraph,
+    cost_arguments,
     gather_variables,
     residual_size,
     split_residual_arrays,
@@ -318,8 +319,6 @@ def _solve_jit(
     # the residual functions' own arrays (split_residual_arrays) enter the evaluation through cost_args below, so
     # that the adjoints differentiate them; the graph with them put back is for reading shapes
     evaluated, graph = graph, with_residual_arrays(graph, residual_arrays)
-    if residual_arrays is None:
-        residual_arrays = (None,) * len(graph.costs)
     structure = validate(graph, batched)
     if index_arrays is not None:  # the index arrays as arguments of the program, not its constants
         structure = structure.bind(index_arrays)
@@ -337,11 +336,7 @@ def _solve_jit(
     solver = eqx.tree_at(lambda s: s.linear_solver, solver, linear_solver)
     sizes = residual_size(graph, batched)
     evaluators = [term_evaluator(c, group, dtype, k) for c, group, k in zip(evaluated.costs, structure.groups, sizes)]
-    # what the derivatives are taken with respect to: per cost group (data, sqrt_information, loss, the arrays of
-    # its residual function)
-    cost_args = tuple(
-        (cost.data, cost.sqrt_information, cost.loss, arrays) for cost, arrays in zip(graph.costs, residual_arrays)
-    )
+    cost_args = cost_arguments(graph, residual_arrays)
     # vmap axes leaf by leaf (the adjoints read them per leaf): data and sqrt_information carry the batch
     # axis when batched, the losses' scales and the residual functions' arrays are shared
     axes = tuple(
