@@ -340,6 +340,30 @@ or an output that cannot be written (checked before solving)."""
 #: iteration limit of graph solves from the command line
 GRAPH_MAX_STEPS = 100
 
+#: The pose-graph format an ``--output`` name asks for by its extension; any other name keeps the input's format.
+OUTPUT_EXTENSIONS = {".g2o": "g2o", ".graph": "toro", ".toro": "toro"}
+
+
+def _output_format(output_path: str, kind: str) -> str:
+    """The format ``--output`` is written in: the pose-graph format its extension names, else the input's."""
+    return OUTPUT_EXTENSIONS.get(os.path.splitext(output_path)[1].lower(), kind)
+
+
+def _why_not_toro(problem) -> str | None:
+    """Why the pose graph ``problem`` (read from a g2o file) cannot be written as TORO without losing part of
+    it, or None. TORO has no landmark and no ``FIX`` records; a graph without ``FIX`` holds its first pose, so
+    a file whose only ``FIX`` is its first pose loses nothing."""
+    landmarks = len(getattr(problem, "landmark_ids", ()))
+    if landmarks:
+        return f"it has {landmarks} landmark(s), and TORO has no records for landmarks"
+    held = [int(i) for i in problem.fixed_ids]
+    if held and held != [int(problem.pose_ids[0])]:
+        return (
+            f"its FIX records hold {', '.join(map(str, held))}, and TORO has no FIX record (a TORO file's first "
+            "pose is the one held)"
+        )
+    return None
+
 
 def _progress_line(args):
     """A live progress line on stderr for solves that take more than a moment, when stderr is a terminal
@@ -352,7 +376,10 @@ def _progress_line(args):
 
 
 def _solve_graph(args, kind: str) -> int:
+    import dataclasses
+
     import jax
+    import numpy as np
 
     import jaxnls
     from jaxnls import graph
@@ -375,6 +402,14 @@ def _solve_graph(args, kind: str) -> int:
     if kind == "bal" and args.repair_information:
         print(
             "jaxnls: --repair-information applies to pose-graph files (BAL has no information matrices)",
+            file=sys.stderr,
+        )
+        return 2
+    output_format = _output_format(args.output, kind) if args.output else kind
+    if kind == "bal" and output_format != "bal":
+        print(
+            f"jaxnls: cannot write {args.output}: its extension names a pose-graph format, and a BAL problem is "
+            "written in BAL's (name it, e.g., with .txt)",
             file=sys.stderr,
         )
         return 2
@@ -418,10 +453,21 @@ def _solve_graph(args, kind: str) -> int:
         if vertex_ids <= set(problem.fixed_ids.tolist()):
             print(f"jaxnls: {args.file}: nothing to optimise: every vertex is fixed (FIX)", file=sys.stderr)
             return 2
-        if len(problem.equivalences):
+        if output_format == "toro" and kind != "toro" and (why := _why_not_toro(problem)):
             print(
-                f"jaxnls: {args.file}: {len(problem.equivalences)} EQUIV record(s) are kept in the output but not "
-                "used in the solve (as in GTSAM): the poses they name stay separate unknowns",
+                f"jaxnls: cannot write {args.output} in TORO's format (its extension): {why}; name it .g2o",
+                file=sys.stderr,
+            )
+            return 2
+        if len(problem.equivalences):
+            kept = (
+                f"g2o has no record for them, so {args.output} will not have them"
+                if output_format == "g2o"
+                else "they are kept in the output"
+            )
+            print(
+                f"jaxnls: {args.file}: {len(problem.equivalences)} EQUIV record(s) are not used in the solve (as in "
+                f"GTSAM): the poses they name stay separate unknowns; {kept}",
                 file=sys.stderr,
             )
         if problem.initialized_from_odometry:
@@ -501,8 +547,11 @@ def _solve_graph(args, kind: str) -> int:
             if isinstance(problem, BALProblem):  # kind == "bal"
                 write_bal(args.output, updated_bal(problem, sol.params))
             else:
-                write = write_toro if kind == "toro" else write_g2o
-                write(args.output, updated_pose_graph(problem, sol.params))
+                solved = updated_pose_graph(problem, sol.params)
+                if output_format == "g2o":  # (TORO's EQUIV records: said above)
+                    write_g2o(args.output, dataclasses.replace(solved, equivalences=np.zeros((0, 2), np.int64)))
+                else:  # (a FIX of anything but the first pose was refused above)
+                    write_toro(args.output, dataclasses.replace(solved, fixed_ids=np.zeros(0, np.int64)))
         except OSError as err:
             print(f"jaxnls: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
             return 2
@@ -709,9 +758,11 @@ def main(argv=None) -> int:
     solve.add_argument(
         "--output",
         metavar="FILE",
-        help="graphs: write the optimised problem, in the input's format, atomically (a temporary "
-        "file renamed over FILE when complete); never the input file itself; only when the "
-        "solve converged unless --write-unconverged",
+        help="graphs: write the optimised problem atomically (a temporary file renamed over FILE when "
+        "complete); never the input file itself; only when the solve converged unless --write-unconverged. "
+        "Pose graphs are written in the format FILE's extension names (.g2o: g2o; .graph or .toro: TORO, "
+        "refused where TORO cannot hold the graph: landmarks, FIX records other than the first pose; TORO's "
+        "EQUIV records have no g2o form and are dropped, said on stderr), otherwise in the input's format",
     )
     solve.add_argument(
         "--write-unconverged",

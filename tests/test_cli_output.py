@@ -188,3 +188,68 @@ def test_the_command_line_refuses_an_indefinite_information_matrix_unless_asked_
     assert repaired.returncode == 0, repaired.stderr
     assert "1 information matrices were not positive definite" in repaired.stderr
     assert json.loads(repaired.stdout)["repaired_information"] == 1
+
+
+def _records(path: Path) -> set[str]:
+    return {line.split()[0] for line in path.read_text().splitlines() if line.strip()}
+
+
+def test_an_output_named_for_the_other_pose_graph_format_is_written_in_it(graph_copy, tmp_path):
+    """``--output`` takes the format its extension names: TORO's w100 (with 40 EQUIV records, which g2o cannot
+    hold: dropped, said on stderr) as ``.g2o``, a 2-D and a 3-D g2o file as TORO. GTSAM reads each output (its
+    g2o reader; its TORO reader for the 2-D TORO file, whose information matrices TORO orders differently) and
+    its graph's error at the written poses is the final cost the command line reported."""
+    import json
+
+    gtsam = pytest.importorskip("gtsam")
+    data = Path(__file__).parent / "data" / "graphs"
+    cases = [
+        (graph_copy, "out.g2o", {"VERTEX_SE2", "EDGE_SE2"}, lambda f: gtsam.readG2o(f, False)),
+        (
+            data / "pose2example.txt",
+            "out.graph",
+            {"VERTEX2", "EDGE2"},
+            lambda f: gtsam.load2D(f, None, 0, False, True, gtsam.NoiseFormat.NoiseFormatTORO),
+        ),
+        (data / "pose3example.txt", "out.toro", {"VERTEX3", "EDGE3"}, lambda f: gtsam.readG2o(f, True)),
+    ]
+    for source, name, records, read in cases:
+        output = tmp_path / name
+        result = _cli(source, "--output", output, "--json")
+        assert result.returncode == 0, result.stderr
+        assert _records(output) == records, (name, _records(output))
+        factors, values = read(str(output))
+        assert factors.size() > 0
+        assert factors.error(values) == pytest.approx(json.loads(result.stdout)["final_cost"], rel=1e-9), name
+        if source == graph_copy:
+            assert "40 EQUIV record(s) are not used in the solve" in result.stderr
+            assert f"g2o has no record for them, so {output} will not have them" in result.stderr
+
+
+def test_an_output_format_that_cannot_hold_the_problem_is_refused_before_solving(tmp_path):
+    """TORO has no landmark and no FIX records (a graph without FIX holds its first pose, so FIX of the first
+    pose alone converts), and a BAL problem has no pose-graph form: each is refused with exit status 2 before
+    anything is solved, naming why, and no output file appears."""
+    data = Path(__file__).parent / "data" / "graphs"
+    pose2 = (data / "pose2example.txt").read_text().rstrip("\n") + "\n"  # (the file has no final newline)
+    first, second = (line.split()[1] for line in pose2.splitlines()[:2])
+    held_second = tmp_path / "held.g2o"
+    held_second.write_text(pose2 + f"FIX {second}\n")
+    landmark = tmp_path / "landmark.g2o"
+    landmark.write_text(pose2 + "VERTEX_XY 900 1 2\n" + f"EDGE_SE2_XY {first} 900 1 2 1 0 1\n")
+    cases = [
+        (held_second, "out.graph", f"its FIX records hold {second}, and TORO has no FIX record"),
+        (landmark, "out.toro", "it has 1 landmark(s), and TORO has no records for landmarks"),
+        (data / "dubrovnik-1-1-pre.txt", "out.g2o", "a BAL problem is written in BAL's"),
+    ]
+    for source, name, why in cases:
+        output = tmp_path / name
+        result = _cli(source, "--output", output)
+        assert result.returncode == 2, result.stderr
+        assert why in result.stderr and "Termination" not in result.stdout, result.stderr
+        assert not output.exists()
+    held_first = tmp_path / "held_first.g2o"
+    held_first.write_text(pose2 + f"FIX {first}\n")
+    converted = _cli(held_first, "--output", tmp_path / "first.graph")
+    assert converted.returncode == 0, converted.stderr
+    assert _records(tmp_path / "first.graph") == {"VERTEX2", "EDGE2"}
