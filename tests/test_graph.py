@@ -777,8 +777,9 @@ class _Weighted(eqx.Module):
 def test_the_marginals_of_a_residual_module_holding_arrays_compile_once_and_warn_nothing():
     """A module holding arrays is a documented residual function: the marginal covariances of another weight reuse
     the compiled program (its array was a constant of it: one program per value, and Equinox's warning that a JAX
-    array is being set as static, from the program's own problem). Closed form: weighting every residual by w
-    scales JᵀJ by w², the covariance by 1/w²."""
+    array is being set as static, from the program's own problem; building the group itself warns of nothing
+    either: see ``CostGroup``). Closed form: weighting every residual by w scales JᵀJ by w², the covariance by
+    1/w²."""
     import warnings
 
     import jax.monitoring
@@ -787,8 +788,8 @@ def test_the_marginals_of_a_residual_module_holding_arrays_compile_once_and_warn
     start = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2)))
 
     def graph(weight):
-        with warnings.catch_warnings():  # (the group itself: Equinox warns of the module's array, see CostGroup)
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             group = jg.CostGroup(_Weighted(jnp.asarray(weight)), ("x", "x"), edges, jnp.ones((5, 2)))
         return jg.FactorGraph({"x": start}, [group], fixed={"x": [0]})
 
@@ -931,3 +932,20 @@ def test_between_linearization_differentiates_at_an_exact_fit(group):
         central = [(weighted_jacobian(h * e) - weighted_jacobian(-h * e)) / (2 * h) for e in np.eye(d)]
         assert bool(jnp.all(jnp.isfinite(gradient)))
         np.testing.assert_allclose(gradient, np.array(central), rtol=1e-6, atol=1e-7)
+
+
+def test_a_cost_group_of_a_residual_module_holding_arrays_warns_nothing_and_other_static_arrays_still_warn():
+    """Equinox warns of a JAX array in a static field ("usually a mistake"). A cost group's residual function is
+    static by design and may hold arrays, which the solve takes out (``split_residual_arrays``): building such a
+    group warns nothing, and a static array anywhere else still gets Equinox's warning (the filter is the
+    group's alone)."""
+    import warnings
+
+    class StaticArray(eqx.Module):
+        value: jax.Array = eqx.field(static=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jg.CostGroup(_Weighted(jnp.asarray(2.0)), ("x", "x"), np.array([[0, 1]]), jnp.ones((1, 2)))
+    with pytest.warns(UserWarning, match="A JAX array is being set as static"):
+        StaticArray(jnp.asarray(1.0))

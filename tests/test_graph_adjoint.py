@@ -297,7 +297,7 @@ def _chain_outer(residual_fn, adjoint: jaxnls.adjoint.AbstractAdjoint = jaxnls.I
     return jnp.sum(sol.params["x"] * CHAIN_WEIGHTS) + sol.cost
 
 
-@pytest.mark.filterwarnings("ignore:A JAX array is being set as static")
+@pytest.mark.filterwarnings("error:A JAX array is being set as static")
 def test_a_residual_module_or_closure_gets_derivatives_for_its_arrays():
     """The parameters held by a cost group's residual module, or closed over by its function (a closure, a
     ``functools.partial``), are differentiated — reverse and forward, at the top level and inside a caller's jit —
@@ -324,7 +324,7 @@ def test_a_residual_module_or_closure_gets_derivatives_for_its_arrays():
         np.testing.assert_allclose(value, expected, rtol=1e-6, err_msg=name)
 
 
-@pytest.mark.filterwarnings("ignore:A JAX array is being set as static")
+@pytest.mark.filterwarnings("error:A JAX array is being set as static")
 def test_a_residual_modules_arrays_are_arguments_of_the_compiled_solve():
     """Solving again with other values in the residual module compiles nothing (they were constants of the
     program, compared by value: one compilation per value)."""

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,23 @@ class _Static:
         return self.array if dtype is None else self.array.astype(dtype)
 
 
-class CostGroup(eqx.Module):
+#: Equinox's warning when a static field holds arrays (its words, matched as a warnings filter).
+_STATIC_ARRAY_WARNING = "A JAX array is being set as static"
+
+
+class _ResidualArraysTakenOut(type(eqx.Module)):
+    """The metaclass of :class:`CostGroup`: Equinox warns, once a module is built, of any static field holding
+    arrays ("usually a mistake"). A cost group's residual function is static by design (the compiled solve's
+    key) and may be a module or closure holding arrays, which every solve and the marginals take out
+    (:func:`split_residual_arrays`) and pass as arguments, so for this field the warning would only mislead."""
+
+    def __call__(cls, *args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_STATIC_ARRAY_WARNING)
+            return super().__call__(*args, **kwargs)
+
+
+class CostGroup(eqx.Module, metaclass=_ResidualArraysTakenOut):
     r"""``E`` cost terms sharing one residual function.
 
     Args:
@@ -76,8 +93,7 @@ class CostGroup(eqx.Module):
             ``x_j`` is one variable of kind ``kinds[j]`` (a jaxlie group or a ``(d,)`` array) and
             ``data`` one row of ``data`` (None when no data is given). An Equinox module, or a closure or
             ``functools.partial`` over arrays, works too: :func:`~jaxnls.graph.solve` differentiates the arrays it
-            holds or closes over (shared by every term and every problem of a batch). (For a module holding
-            arrays Equinox warns that a JAX array is being set as static: harmless here, the solve takes them out.)
+            holds or closes over (shared by every term and every problem of a batch).
         kinds: the variable kind of each of the ``a`` arguments (keys of ``FactorGraph.variables``).
         indices: ``(E, a)`` integers: term ``e`` connects variable ``indices[e, j]`` of kind ``kinds[j]``.
         data: a pytree whose leaves lead with ``E`` (e.g. the measured relative poses, a stacked group).
