@@ -7,11 +7,16 @@ tolerances) compares with our LM's final costs.
 
     python benchmarks/lm_damping.py --lam0 0.1 1e-12 1e-8
     python benchmarks/lm_damping.py --ceres --lam0 1e-4 0.1 --curvefit
+    python benchmarks/lm_damping.py --levenberg --lam0 1e-6 1e-3 1
 
 Ceres' rule (``trust_region_minimizer.cc`` / ``levenberg_marquardt_strategy.cc`` of Ceres 2.1, Jacobi scaling on):
 the Jacobian's columns are scaled by 1 / (1 + ‖J_j(x₀)‖), fixed at the start, and damped with the current squared
 column norms of the scaled Jacobian clamped to [1e-6, 1e32]; in the original variables the damping matrix is
 clip(diag(JᵀJ), 1e-6·w, 1e32·w) with w_j = (1 + ‖J_j(x₀)‖)². λ follows Nielsen's rule in both.
+
+``--levenberg``: the textbook algorithm of Madsen, Nielsen & Tingleff (2004, Algorithm 3.16), Levenberg's damping
+λ·I instead of a diagonal scaling, from λ0 = τ·max_j (J₀ᵀJ₀)_jj with τ the ``--lam0`` values, Nielsen's rule
+unchanged (issue 14, (aq)).
 """
 
 from __future__ import annotations
@@ -49,6 +54,17 @@ class CeresDampingLM(jaxnls.LevenbergMarquardt):
     def update_control(self, control, accepted, ratio, step, scale):
         damping, growth = super().update_control(control[:2], accepted, ratio, step, scale)
         return damping, growth, control[2]
+
+
+class LevenbergIdentityLM(jaxnls.LevenbergMarquardt):
+    """Nielsen's λ on Levenberg's damping matrix I, λ0 = τ·max diag(J₀ᵀJ₀) with τ = ``initial_damping``."""
+
+    def init_control(self, lin, scale, x):
+        damping, growth = super().init_control(lin, scale, x)
+        return damping * jnp.max(lin.diagonal()), growth
+
+    def propose(self, lin, scale, control):
+        return self.step_solver.solve(lin, control[0] * jnp.ones_like(scale)), control
 
 
 def nist_row(solver_class, lam0: float) -> tuple[int, list[str], int]:
@@ -95,8 +111,13 @@ def main() -> None:
     parser.add_argument("--lam0", type=float, nargs="+", default=[0.1], help="first dampings to measure")
     parser.add_argument("--ceres", action="store_true", help="Ceres' damping matrix instead of the running max")
     parser.add_argument("--curvefit", action="store_true", help="with --ceres: also the curve-fit batch")
+    parser.add_argument("--levenberg", action="store_true", help="Levenberg's damping λ·I, λ0 = τ·max diag(JᵀJ)")
     args = parser.parse_args()
-    solver_class = CeresDampingLM if args.ceres else jaxnls.LevenbergMarquardt
+    if args.ceres and args.levenberg:
+        parser.error("--ceres and --levenberg are two damping matrices: one at a time")
+    solver_class = (
+        CeresDampingLM if args.ceres else LevenbergIdentityLM if args.levenberg else jaxnls.LevenbergMarquardt
+    )
     for lam0 in args.lam0:
         solved, lost, most = nist_row(solver_class, lam0)
         print(
