@@ -88,6 +88,8 @@ class LoopState(eqx.Module):
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
     started: Bool[Array, ""]
+    # the coordinates whose Jacobian column was non-zero at the start or an accepted point since (see step)
+    influential: Bool[Array, " n"]
     index: Int[Array, ""]  # the problem's place in the batch (what a callback reports)
     history: Float[Array, "K 7"]  # the last K iterations' figures (HISTORY_FIELDS), a ring indexed by step % K
 
@@ -135,6 +137,7 @@ def initial_state(solver, problem: LoopProblem, x0: Float[Array, "batch n"], his
         counts,
         counts,
         jnp.zeros(batch, bool),
+        jnp.zeros((batch, n), bool),
         jnp.arange(batch, dtype=jnp.int32),
         rows,
     )
@@ -283,8 +286,18 @@ def step(
     # (with bounds: unless every coordinate is at a bound, where a zero restricted model is a KKT corner; nor where
     # no coordinate may move at all, a graph with every variable held)
     flat = (cost > 0) & jnp.all(diagonal == 0) if problem.movable else jnp.asarray(False)
+    # nor where the column of a coordinate that moved the residual before is now exactly zero: the tests hold
+    # along it only because its influence underflowed (e^{-b·t} past the dtype's range, float32's at b·t ≈ 88: a
+    # decay or peak moved off the data), a plateau whose exact gradient is not zero. (A column zero from the
+    # start, a held or unused coordinate, claims nothing either way.)
+    # (a column whose squares underflow to a zero diagonal may still move the gradient: that is influence too)
+    influence = (diagonal > 0) | (lin.gradient != 0)
+    influential = jnp.where(take, state.influential | influence, state.influential)
+    vanished = influential & ~influence
     if box is not None:
         flat = flat & ~jnp.all((x <= box[0]) | (x >= box[1]))
+        vanished = vanished & ~((x <= box[0]) | (x >= box[1]))  # (held at a bound: restricted out, not lost)
+    flat = flat | ((cost > 0) & jnp.any(vanished))
     gradient_converged, function_converged, parameter_converged = (
         test & ~flat for test in (gradient_converged, function_converged, parameter_converged)
     )
@@ -321,6 +334,7 @@ def step(
         num_steps,
         state.num_accepted + accepted,
         jnp.ones_like(started),
+        influential,
         state.index,
         state.history,
     )

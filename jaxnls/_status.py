@@ -23,7 +23,10 @@ class Status(enum.IntEnum):
             inside a caller's jit, where bounds cannot be refused, the problem's box holds no point).
         NONFINITE_RESIDUAL: 6, every nearby trial point gave a non-finite residual or Jacobian.
         STALLED: 7, no step decreases the cost any more (damping, radius or step length at its limit)
-            before a tolerance was met.
+            before a tolerance was met. A test that holds only because the residual stopped depending on a
+            coordinate it depended on earlier in the solve (its Jacobian column is now exactly zero: e^{-b·t}
+            underflowed, a decay or a peak moved off the data), or on every coordinate, claims nothing: such a
+            plateau ends here.
         STOPPED: 8, the ``callback`` asked to stop before a tolerance was met.
     """
 

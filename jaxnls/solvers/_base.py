@@ -103,8 +103,12 @@ class AbstractLeastSquaresSolver(eqx.Module):
     Here g = Jᵀr at the returned point and (JᵀJ)_jj the squared norm of column j. The second half of the
     function and parameter tests exists because the step they test is shortened by the damping, the trust
     radius or the backtracking: a tiny damped step gains nothing at a point with a large gradient, and
-    without them such a point was reported converged. A solve that cannot make progress before a test
-    holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, and ``rtol``,
+    without them such a point was reported converged. Nor is a plateau convergence: where the whole
+    Jacobian is zero, or the column of a coordinate that moved the residual at the start or an accepted point
+    since is now exactly zero (its influence underflowed: e^{-b·t} past the dtype's range, at b·t ≈ 88 in
+    float32), the tests hold without saying anything about that coordinate and no claim is made. (A column
+    zero from the start, a held or unused coordinate, or one started on such a plateau, is taken as it is.)
+    A solve that cannot make progress before a test holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, and ``rtol``,
     ``ftol`` and ``gtol`` are below 1 (a relative test of 1 or more holds everywhere); tightening
     ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
     NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
