@@ -356,7 +356,7 @@ def _why_not_toro(problem) -> str | None:
     landmarks = len(getattr(problem, "landmark_ids", ()))
     if landmarks:
         return f"it has {landmarks} landmark(s), and TORO has no records for landmarks"
-    held = [int(i) for i in problem.fixed_ids]
+    held = sorted({int(i) for i in problem.fixed_ids})
     if held and held != [int(problem.pose_ids[0])]:
         return (
             f"its FIX records hold {', '.join(map(str, held))}, and TORO has no FIX record (a TORO file's first "

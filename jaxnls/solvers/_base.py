@@ -108,8 +108,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
     since is now exactly zero (its influence underflowed: e^{-b·t} past the dtype's range, at b·t ≈ 88 in
     float32), the tests hold without saying anything about that coordinate and no claim is made. (A column
     zero from the start, a held or unused coordinate, or one started on such a plateau, is taken as it is.)
-    A solve that cannot make progress before a test holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is a non-negative finite number, and ``rtol``,
-    ``ftol`` and ``gtol`` are below 1 (a relative test of 1 or more holds everywhere); tightening
+    A solve that cannot make progress before a test holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is
+    a non-negative finite number, and ``rtol``, ``ftol`` and ``gtol`` are below 1 (a relative test of 1 or more
+    holds everywhere); tightening
     ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
     NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
     MGH10 from start 1 needing 7,656).
