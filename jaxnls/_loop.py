@@ -235,7 +235,7 @@ def step(
     # (both operands guarded: ∂(a/p)/∂p = -a/p² would be 0·∞ = NaN at an inconsistent trial's a = -inf)
     usable = consistent & (predicted > 0)
     ratio = jnp.where(usable, jnp.where(usable, actual, 0.0) / jnp.where(usable, predicted, 1.0), -jnp.inf)
-    accepted = running & consistent & solver.accepts(ratio)
+    accepted = running & consistent & solver.accepts(ratio, actual, proposed_control)
     updated_control = solver.update_control(proposed_control, accepted, ratio, taken, state.scale)
 
     take = accepted | ~started

@@ -112,6 +112,8 @@ def test_a_linear_solver_class_or_name_and_a_batched_flag_that_is_not_a_bool_are
         jaxnls.Dogleg(linear_solver="qr")  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="batched must be True or False"):
         jaxnls.solve(exp_residual, jnp.zeros(1), 2.0, batched="no")  # pyright: ignore[reportArgumentType]
+    with pytest.raises(TypeError, match=r"long_first_trial=\.\.\.\) must be True, False or None"):
+        jaxnls.LevenbergMarquardt(long_first_trial="yes")  # pyright: ignore[reportArgumentType]
 
 
 def test_tolerances_given_as_arrays_are_accepted():

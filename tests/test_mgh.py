@@ -141,11 +141,6 @@ LM_NOT_CONVERGED = {
         "minimum; MINPACK's 'convergence' there is its relative-reduction test). MAX_STEPS is the honest answer.",
         False,
     ),
-    "p10-n3-m16-x10": (
-        "Meyer from 10·x0: MINPACK also stops on its evaluation limit (info 5, ‖r‖ = 799.4); LM is at 730.4 "
-        "after 500 steps, still descending (it reaches 9.3779 in ~1250 steps).",
-        False,
-    ),
 }
 
 #: LM runs that end worse than MINPACK -> why (a solver shortfall: the group test xfails while it persists).

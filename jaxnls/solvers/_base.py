@@ -110,10 +110,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
     zero from the start, a held or unused coordinate, or one started on such a plateau, is taken as it is.)
     A solve that cannot make progress before a test holds ends ``STALLED`` or ``MAX_STEPS``. Every tolerance is
     a non-negative finite number, and ``rtol``, ``ftol`` and ``gtol`` are below 1 (a relative test of 1 or more
-    holds everywhere); tightening
-    ``rtol`` alone tightens all three tests (``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fits all 54
-    NIST StRD runs to their certified digits; ``LevenbergMarquardt`` with the same call 53 within 1,000 steps,
-    MGH10 from start 1 needing 7,656).
+    holds everywhere); tightening ``rtol`` alone tightens all three tests (``LevenbergMarquardt(rtol=1e-15,
+    atol=1e-15)`` and ``IndirectLevenbergMarquardt(rtol=1e-15, atol=1e-15)`` fit all 54 NIST StRD runs to their
+    certified digits within 1,000 steps).
 
     Attributes:
         rtol: relative parameter tolerance (table above), default 1e-8.
@@ -201,8 +200,9 @@ class AbstractLeastSquaresSolver(eqx.Module):
     #: A step is accepted when its gain ratio exceeds this.
     acceptance: ClassVar[float] = 1e-3
 
-    def accepts(self, ratio: Float[Array, ""]) -> Bool[Array, ""]:
-        """Whether a trial with gain ratio ``ratio`` (actual / predicted decrease) is taken."""
+    def accepts(self, ratio: Float[Array, ""], decrease: Float[Array, ""], control: PyTree) -> Bool[Array, ""]:
+        """Whether a trial with gain ratio ``ratio`` (actual / predicted decrease), which decreased the cost by
+        ``decrease``, is taken; ``control`` is the control :meth:`propose` returned with it."""
         return ratio > self.acceptance
 
     def update_scale(

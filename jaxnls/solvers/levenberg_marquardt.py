@@ -3,11 +3,13 @@ r"""Levenberg-Marquardt: damping updated directly (Nielsen) or found from a trus
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from .._numerics import norm
@@ -16,15 +18,33 @@ from ._base import AbstractLeastSquaresSolver, check_option, initial_radius, rad
 
 #: The first damping where ``initial_damping`` is not given, by problem kind (see LevenbergMarquardt).
 _INITIAL_DAMPING = {"dense": 0.1, "graph": 1e-8}
+#: Whether the first trial may be a long one where ``long_first_trial`` is not given, by problem kind.
+_LONG_FIRST_TRIAL = {"dense": True, "graph": False}
 
 #: Moré's λ search stops once the scaled step length is within this fraction of the radius ...
 _RADIUS_FIT = 0.1
 #: ... or after this many Newton iterations on the secular equation (MINPACK's limit).
 _SEARCH_ITERATIONS = 10
 
-# the strategies' controls: LevenbergMarquardt's (damping λ, growth ν), IndirectLevenbergMarquardt's
-# (radius Δ, damping λ, first step?)
-_DampingControl = tuple[Float[Array, ""], Float[Array, ""]]
+# the strategies' controls: LevenbergMarquardt's (damping λ, growth ν[, the long first trial's length ‖D^½x₀‖
+# until the first trial, then 0]; from propose, also the _LongTrial), IndirectLevenbergMarquardt's (radius Δ,
+# damping λ, first step?)
+_DampingControl = (
+    tuple[Float[Array, ""], Float[Array, ""]]
+    | tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""]]
+    | tuple[Float[Array, ""], Float[Array, ""], Float[Array, ""], "_LongTrial"]
+)
+
+
+class _LongTrial(NamedTuple):
+    """What LevenbergMarquardt's long first trial (see ``long_first_trial``) hands from ``propose`` to ``accepts``
+    and ``update_control``: whether this trial is the long one, and the decrease it must reach to be kept (what
+    the λ0-damped step's model promised)."""
+
+    pending: Bool[Array, ""]
+    damped_decrease: Float[Array, ""]
+
+
 _RadiusControl = tuple[Float[Array, ""], Float[Array, ""], Bool[Array, ""]]
 
 
@@ -41,14 +61,34 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     :math:`λ \leftarrow λν`, :math:`ν \leftarrow 2ν`. Steps that beat the model (ρ > 1) are accepted
     and shrink λ. The solve stalls (``Status.STALLED``) when λ exceeds ``max_damping``.
 
-    One linear solve per step: the fastest per iteration, and on the benchmark curve fits (started 10%
-    off) it ends in better minima than MINPACK's trust-region rule. Its weakness is a λ that must travel
-    many decades (see :class:`IndirectLevenbergMarquardt`), and on the hardest single fits the first steps
-    decide the basin: on the NIST runs BoxBOD, MGH09, MGH10 and MGH17 from start 1 (tight tolerances,
-    1,000 steps), first dampings from 1e-16 to 100 lose one to three of them in no order with λ0 (1e-12
-    happens to win all four, 1e-14 and 1e-10 do not), and so does Ceres' damping matrix
-    (benchmarks/README.md (ag)); geodesic acceleration (Transtrum & Sethna), the usual remedy for curved
-    valleys, loses MGH17 from start 1 too ((aj)). For such fits use :class:`IndirectLevenbergMarquardt`.
+    One linear solve per step (with the long first trial below, of two dampings at once): the fastest per
+    iteration, and on the benchmark curve fits (started 10% off) it ends in better minima than MINPACK's
+    trust-region rule. Its weakness is a λ that must travel many decades (see
+    :class:`IndirectLevenbergMarquardt`), and on the hardest single fits the first steps decide the basin: on
+    the NIST runs BoxBOD, MGH09, MGH10 and MGH17 from start 1 (tight tolerances, 1,000 steps, without the long
+    first trial), first dampings from 1e-16 to 100 lose one to three of them in no order with λ0 (1e-12 happens
+    to win all four, 1e-14 and 1e-10 do not), and so does Ceres' damping matrix (benchmarks/README.md (ag));
+    geodesic acceleration (Transtrum & Sethna), the usual remedy for curved valleys, loses MGH17 from start 1
+    too ((aj)).
+
+    **The long first trial** (``long_first_trial``; by default on in :func:`jaxnls.solve`, off in
+    :func:`jaxnls.graph.solve`). λ0 is chosen before anything is known of the problem's scale. So where the
+    Gauss-Newton step from the start is longer than the start itself in the scaled norm,
+    :math:`\|D^{1/2}δ_{GN}\| > \|D^{1/2}x_0\|` (MINPACK's first trust radius: the start is far in the model's
+    own eyes), the first trial is that step cut to :math:`\|D^{1/2}x_0\|`. It is kept only where it decreases
+    the cost by at least what the λ0-damped step's model promises,
+    :math:`\tfrac12(-g^\top δ_{λ_0} + λ_0\,δ_{λ_0}^\top D δ_{λ_0})`; otherwise it counts as a rejected trial and
+    the λ0-damped step follows from the start, as without it. After a kept trial λ goes on from λ0 by Nielsen's
+    rule. On NIST MGH10 from start 1 (the model 500 times the data) the damped first steps fit the data's level
+    by shrinking :math:`b_1` and then follow the valley :math:`b_1 e^{b_2/(x+b_3)} \approx y` for 7,656 steps;
+    the long trial takes the cost from 2.3e15 to 1.9e9, beyond the damped model's 2.3e12, into a valley the
+    solve leaves in 285. Measured (``python benchmarks/lm_first_trial.py``, (as)): with ``rtol = atol = 1e-15``
+    and 1,000 steps 54 of the 54 NIST runs reach NIST's 8 digits (53 without; 16 starts try the trial, MGH10's
+    first keeps it); the benchmark curve fits never try it (their Gauss-Newton steps are at most half the
+    start's length) and take the same path; of 4,096 far starts (e^N(0,1) off), 3 end in a worse and 3 in a
+    better minimum. Kept whenever ρ > 1e-3 instead, it loses Lanczos1-3 from start 1 (a worse local minimum);
+    tried at every start, it costs the curve fits 11% more steps. The trial's step comes from the same solve as
+    the damped one (two dampings at once), so with it every step solves two systems.
 
     The first damping, ``initial_damping``, defaults by problem kind (``None``):
 
@@ -76,11 +116,15 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         min_damping: the floor of λ after accepted steps, >= 0, default 0.
         max_damping: the ceiling of λ, above ``min_damping``, default 1e32: the solve stalls once λ
             exceeds it.
+        long_first_trial: whether the first trial may be the long one described above: None (default) by
+            problem kind (:func:`jaxnls.solve` True, :func:`jaxnls.graph.solve` False), or True / False; True is
+            refused by :func:`jaxnls.graph.solve` (it would factor every step's sparse system twice).
     """
 
     initial_damping: float | None = None
     min_damping: float = 0.0
     max_damping: float = 1e32
+    long_first_trial: bool | None = eqx.field(static=True, default=None)
 
     control_label: ClassVar[str] = "damping"
 
@@ -89,6 +133,10 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
             check_option(self, "initial_damping", self.initial_damping, lower=0.0, strict=True)
         check_option(self, "min_damping", self.min_damping, lower=0.0)
         check_option(self, "max_damping", self.max_damping, lower=0.0, strict=True)
+        if self.long_first_trial is not None and not isinstance(self.long_first_trial, (bool, np.bool_)):
+            raise TypeError(
+                f"LevenbergMarquardt(long_first_trial=...) must be True, False or None, got {self.long_first_trial!r}"
+            )
         if (
             not isinstance(self.min_damping, jax.core.Tracer)
             and not isinstance(self.max_damping, jax.core.Tracer)
@@ -111,22 +159,59 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
 
     def for_problem_kind(self, kind: str, linear_solver: AbstractLinearSolver) -> LevenbergMarquardt:
         solver = super().for_problem_kind(kind, linear_solver)
-        if solver.initial_damping is not None:
-            return solver
-        return dataclasses.replace(solver, initial_damping=_INITIAL_DAMPING[kind])
+        if solver.initial_damping is None:
+            solver = dataclasses.replace(solver, initial_damping=_INITIAL_DAMPING[kind])
+        if solver.long_first_trial is None:
+            solver = dataclasses.replace(solver, long_first_trial=_LONG_FIRST_TRIAL[kind])
+        elif solver.long_first_trial and kind == "graph":
+            raise NotImplementedError(
+                "LevenbergMarquardt(long_first_trial=True) is for jaxnls.solve's dense problems: a factor graph's "
+                "first trial would need a second sparse factorisation of every step's system; leave it None or False"
+            )
+        return solver
 
     def init_control(
         self, lin: AbstractLinearization, scale: Float[Array, " n"], x: Float[Array, " n"]
     ) -> _DampingControl:
         dtype = scale.dtype
-        damping = _INITIAL_DAMPING["dense"] if self.initial_damping is None else self.initial_damping
-        return (jnp.asarray(damping, dtype), jnp.asarray(2.0, dtype))
+        damping = jnp.asarray(
+            _INITIAL_DAMPING["dense"] if self.initial_damping is None else self.initial_damping, dtype
+        )
+        growth = jnp.asarray(2.0, dtype)
+        if not self.long_first_trial:
+            return damping, growth
+        # (the length doubles as the flag: 0 once the first trial is over)
+        return damping, growth, initial_radius(1.0, scale, x)
 
     def propose(
         self, lin: AbstractLinearization, scale: Float[Array, " n"], control: _DampingControl
     ) -> tuple[Float[Array, " n"], _DampingControl]:
-        damping, _ = control
-        return self.step_solver.solve(lin, damping * scale), control
+        if len(control) == 2:
+            return self.step_solver.solve(lin, control[0] * scale), control
+        damping, growth, radius = control[:3]
+        # the damped step and, for the first trial, the Gauss-Newton one: one solve of two dampings, the step
+        # solver's code traced once (on the benchmark curve fit two separate solves added 0.26 s to the loop's
+        # 0.65 s of compiling, this form 0.14 s; the time per step is unchanged within noise at n = 4, +2.5% at
+        # n = 20)
+        step, gauss_newton = jax.vmap(lambda d: self.step_solver.solve(lin, d * scale))(
+            jnp.stack([damping, jnp.zeros_like(damping)])
+        )
+        # ‖D^½δ_GN‖² and the damped model's decrease, ½(-gᵀδ + λ δᵀDδ) where (JᵀJ + λD)δ = -g (MINPACK's
+        # prered)
+        squared_length, damped_decrease = jnp.sum(
+            jnp.stack([scale * gauss_newton**2, 0.5 * (damping * scale * step**2 - lin.gradient * step)]), axis=-1
+        )
+        pending = (radius > 0) & jnp.isfinite(squared_length) & (squared_length > radius**2)
+        cut = radius * jax.lax.rsqrt(jnp.where(pending, squared_length, 1.0))
+        step = jnp.where(pending, gauss_newton * cut, step)
+        return step, (damping, growth, radius, _LongTrial(pending, damped_decrease))
+
+    def accepts(self, ratio: Float[Array, ""], decrease: Float[Array, ""], control: _DampingControl) -> Bool[Array, ""]:
+        accepted = super().accepts(ratio, decrease, control)
+        if len(control) == 4:  # a long first trial is kept only where it beats the damped step's own promise
+            long = control[3]
+            accepted = accepted & ~(long.pending & ~(decrease >= long.damped_decrease))
+        return accepted
 
     def update_control(
         self,
@@ -136,7 +221,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         step: Float[Array, " n"],
         scale: Float[Array, " n"],
     ) -> _DampingControl:
-        damping, growth = control
+        damping, growth = control[:2]
         # ρ outside [0, 1] gives the same factor as its end point; clipping keeps the unused branch
         # finite (ρ = -inf marks an inconsistent trial) so an unrolled backward pass stays NaN-free
         ratio = jnp.clip(ratio, 0.0, 1.0)
@@ -145,7 +230,13 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         # D is a running maximum, so far-out starts can need λ many decades below its start; a
         # rejection restarts a λ that has shrunk towards zero from eps instead of staying stuck there
         bad = (jnp.maximum(damping * growth, jnp.finfo(damping.dtype).eps), growth * 2.0)
-        return jnp.where(accepted, good[0], bad[0]), jnp.where(accepted, good[1], bad[1])
+        if len(control) == 4:  # a long first trial not kept: the damped one follows, from λ0 as it was
+            pending = control[3].pending
+            bad = (jnp.where(pending, damping, bad[0]), jnp.where(pending, growth, bad[1]))
+        updated = jnp.where(accepted, good[0], bad[0]), jnp.where(accepted, good[1], bad[1])
+        if len(control) == 4:  # (the first trial is over: no radius, no long trial)
+            return *updated, jnp.zeros_like(control[2])
+        return updated
 
     def stalled(self, control: _DampingControl, x: Float[Array, " n"], scale: Float[Array, " n"]) -> Bool[Array, ""]:
         return control[0] > self.max_damping
@@ -227,12 +318,13 @@ class IndirectLevenbergMarquardt(AbstractLeastSquaresSolver):
     (``Status.STALLED``) if Δ falls below machine precision relative to ``‖Dx‖`` first.
 
     Controlling the step length rather than λ decides where the first steps land. On NIST MGH10
-    (:math:`b_1 e^{b_2/(x+b_3)}`) from start 1, :class:`LevenbergMarquardt`'s damped first steps fit the
-    level by shrinking :math:`b_1` to ~1e-53 and then follow the valley :math:`b_1 e^{b_2/(x+b_3)} \approx y`
-    back up: along it :math:`b_1` must climb 50 decades, and each (by then nearly undamped, λ ~ 1e-90)
-    Gauss-Newton step, a straight line across a valley that is exponential in :math:`b_1`, gains a factor
-    of ~1.02, so it needs 7,656 steps. Here the first radius admits a Gauss-Newton step into a different
-    valley (:math:`b_2 < 0`), from which the solve takes ~300. The price: an n×n eigendecomposition per step besides the step solve (on the benchmark
+    (:math:`b_1 e^{b_2/(x+b_3)}`) from start 1, damped first steps (:class:`LevenbergMarquardt` without its long
+    first trial) fit the level by shrinking :math:`b_1` to ~1e-53 and then follow the valley
+    :math:`b_1 e^{b_2/(x+b_3)} \approx y` back up: along it :math:`b_1` must climb 50 decades, and each (by then
+    nearly undamped, λ ~ 1e-90) Gauss-Newton step, a straight line across a valley that is exponential in
+    :math:`b_1`, gains a factor of ~1.02, so it needs 7,656 steps. Here the first radius admits a Gauss-Newton
+    step into a different valley (:math:`b_2 < 0`), from which the solve takes ~300 (LevenbergMarquardt's long
+    first trial is that step). The price: an n×n eigendecomposition per step besides the step solve (on the benchmark
     curve fit about 1.8× the time per iteration of :class:`LevenbergMarquardt`), and on well-started
     problems it takes longer Gauss-Newton steps, with MINPACK's outcomes (see benchmarks/README.md).
 
