@@ -96,20 +96,26 @@ def false_claims(model, solver, start, y, dtype, show: int = 0) -> tuple[int, in
     return int(np.sum(claimed & ~holds)), int(np.sum(claimed))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=0, help="print this many false claims of each solve")
-    options = parser.parse_args()
-    seed = options.seed
+def families(seed: int):
+    """(name, model, starts (BATCH, 4), data (BATCH, 40)) of each family, drawn as the module docstring says."""
     rng = np.random.default_rng(seed)
-    print(f"false claims / claims, {BATCH} problems per family, seed {seed} (jaxnls from {jaxnls.__file__})")
     for name, model in MODELS.items():
         truth = rng.uniform(0.2, 3.0, size=(BATCH, 4))
         y = np.asarray(jax.vmap(lambda p: model(p, (T, jnp.zeros_like(T))))(jnp.asarray(truth)))
         y = y + 0.05 * rng.standard_normal(y.shape) * rng.choice([0.0, 1.0, 10.0], size=(BATCH, 1))
         start = truth * np.exp(rng.normal(0, 1.0, size=truth.shape))
         start = start * rng.choice([1, -1], size=truth.shape, p=[0.9, 0.1])
+        yield name, model, start, y
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=0, help="print this many false claims of each solve")
+    options = parser.parse_args()
+    seed = options.seed
+    print(f"false claims / claims, {BATCH} problems per family, seed {seed} (jaxnls from {jaxnls.__file__})")
+    for name, model, start, y in families(seed):
         for dtype in (jnp.float64, jnp.float32):
             cells = []
             for solver_class in SOLVERS:

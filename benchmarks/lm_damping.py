@@ -17,6 +17,9 @@ clip(diag(JᵀJ), 1e-6·w, 1e32·w) with w_j = (1 + ‖J_j(x₀)‖)². λ follo
 ``--levenberg``: the textbook algorithm of Madsen, Nielsen & Tingleff (2004, Algorithm 3.16), Levenberg's damping
 λ·I instead of a diagonal scaling, from λ0 = τ·max_j (J₀ᵀJ₀)_jj with τ the ``--lam0`` values, Nielsen's rule
 unchanged (issue 14, (aq)).
+
+Every rule is measured without the long first trial (``long_first_trial=False``), as it was before that trial was
+added ((as)): these are rules for λ alone.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class LevenbergIdentityLM(jaxnls.LevenbergMarquardt):
 def nist_row(solver_class, lam0: float) -> tuple[int, list[str], int]:
     solved, lost, most = 0, [], 0
     for problem in load_problems():
-        solver = solver_class(rtol=1e-15, atol=1e-15, initial_damping=lam0)
+        solver = solver_class(rtol=1e-15, atol=1e-15, initial_damping=lam0, long_first_trial=False)
         sol = jaxnls.solve(
             problem.residual_fn,
             jnp.asarray(problem.starts),
@@ -95,8 +98,10 @@ def curvefit_row(lam0: float) -> str:
     _, y, p0 = curvefit.make_problems(1024)
     t = jnp.asarray(curvefit.T)
     tolerances = dict(rtol=curvefit.RTOL, atol=curvefit.ATOL)
-    ours = curvefit.make_jaxnls(jaxnls.LevenbergMarquardt(**tolerances))(jnp.asarray(p0), t, jnp.asarray(y))
-    theirs = curvefit.make_jaxnls(CeresDampingLM(**tolerances, initial_damping=lam0))(
+    ours = curvefit.make_jaxnls(jaxnls.LevenbergMarquardt(**tolerances, long_first_trial=False))(
+        jnp.asarray(p0), t, jnp.asarray(y)
+    )
+    theirs = curvefit.make_jaxnls(CeresDampingLM(**tolerances, initial_damping=lam0, long_first_trial=False))(
         jnp.asarray(p0), t, jnp.asarray(y)
     )
     ours_cost = curvefit.np_costs(np.asarray(ours.params), y)
