@@ -237,6 +237,9 @@ def _tiny_graph(key=0, noise=0.1):
     )
 
 
+# (slow: ~16 s of compiling; moved out of the default set when every dense LevenbergMarquardt program began to
+# compile ~20% longer with its long first trial, benchmarks/README.md (as); CI runs the slow set)
+@pytest.mark.slow
 def test_block_sparse_linearization_equals_the_dense_jacobian():
     from jaxnls.graph._graph import residual_size, term_evaluator, validate
     from jaxnls.manifolds import ProductSpace
