@@ -35,9 +35,8 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import curvefit  # noqa: E402
 import false_claims  # noqa: E402
-from nist import load_problems  # noqa: E402
+from lm_damping import nist_runs  # noqa: E402
 
-LRE_TARGET = 8.0
 CURVEFIT_SEEDS = (curvefit.SEED, 1, 2)
 FAR_SEEDS = (0, 1)
 
@@ -70,29 +69,6 @@ VARIANTS = {
     "tried at every start": lambda **kw: TriedAtEveryStart(**kw),
     "without (long_first_trial=False)": lambda **kw: jaxnls.LevenbergMarquardt(**kw, long_first_trial=False),
 }
-
-
-def nist_row(make) -> tuple[int, list[str], int]:
-    solved, lost, steps = 0, [], 0
-    for problem in load_problems():
-        sol = jaxnls.solve(
-            problem.residual_fn,
-            jnp.asarray(problem.starts),
-            problem.args,
-            solver=make(rtol=1e-15, atol=1e-15),
-            max_steps=1000,
-            batched=True,
-            args_axes=None,
-        )
-        steps += int(np.sum(sol.num_steps))
-        for start in range(2):
-            lre = float(np.min(problem.lre(np.asarray(sol.params[start]))))
-            if lre >= LRE_TARGET:
-                solved += 1
-            else:
-                status = jaxnls.Status(int(sol.status[start])).name
-                lost.append(f"{problem.name} {start + 1} ({status}, {int(sol.num_steps[start])} steps, LRE {lre:.1f})")
-    return solved, lost, steps
 
 
 def curvefit_outcomes(make) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -132,7 +108,7 @@ def main() -> None:
     reference_fits = curvefit_outcomes(VARIANTS[reference_name])
     reference_far = far_outcomes(VARIANTS[reference_name])
     for name, make in VARIANTS.items():
-        solved, lost, nist_steps = nist_row(make)
+        solved, lost, nist_steps = nist_runs(lambda: make(rtol=1e-15, atol=1e-15))
         fits = curvefit_outcomes(make)
         worse = better = 0
         for (cost, _), (base, _) in zip(fits, reference_fits):
@@ -149,7 +125,7 @@ def main() -> None:
             far_better += int(np.sum(counted & (cost < base - margin)))
         far_steps = sum(int(np.sum(steps)) for _, _, steps in far)
         print(
-            f"{name}: NIST LRE >= 8 on {solved}/54 ({nist_steps} steps; lost: {', '.join(lost) or 'none'}); "
+            f"{name}: NIST LRE >= 8 on {solved}/54 ({int(nist_steps.sum())} steps; lost: {', '.join(lost) or 'none'}); "
             f"curve fits, 3 × 1,024: {worse} worse / {better} better, {fit_steps} steps; far starts, 4,096: "
             f"{far_worse} worse / {far_better} better, {far_steps} steps",
             flush=True,
