@@ -84,8 +84,8 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
     the long trial takes the cost from 2.3e15 to 1.9e9, beyond the damped model's 2.3e12, into a valley the
     solve leaves in 285. Measured (``python benchmarks/lm_first_trial.py``, (as)): with ``rtol = atol = 1e-15``
     and 1,000 steps 54 of the 54 NIST runs reach NIST's 8 digits (53 without; 16 starts try the trial, MGH10's
-    first keeps it); the benchmark curve fits never try it (their Gauss-Newton steps are at most half the
-    start's length) and take the same path; of 4,096 far starts (e^N(0,1) off), 3 end in a worse and 3 in a
+    first keeps it); the benchmark curve fits never try it (their Gauss-Newton steps are at most 0.54 of
+    the start's length) and take the same path; of 4,096 far starts (e^N(0,1) off), 3 end in a worse and 3 in a
     better minimum. Kept whenever ρ > 1e-3 instead, it loses Lanczos1-3 from start 1 (a worse local minimum);
     tried at every start, it costs the curve fits 11% more steps. The trial's step comes from the same solve as
     the damped one (two dampings at once), so with it every step solves two systems.
