@@ -210,7 +210,7 @@ class LevenbergMarquardt(AbstractLeastSquaresSolver):
         accepted = super().accepts(ratio, decrease, control)
         if len(control) == 4:  # a long first trial is kept only where it beats the damped step's own promise
             long = control[3]
-            accepted = accepted & (~long.pending | (decrease >= long.damped_decrease))
+            accepted = accepted & ~(long.pending & ~(decrease >= long.damped_decrease))
         return accepted
 
     def update_control(
