@@ -149,6 +149,9 @@ def _run_with_cache(cache, *args):
     )
 
 
+# (slow: ~18 s: three command-line processes; moved out of the default set to keep it within 10 minutes on 2 cores,
+# benchmarks/README.md (at); CI runs the slow set)
+@pytest.mark.slow
 def test_the_persistent_compilation_cache_is_filled_reused_and_can_be_turned_off(tmp_path):
     """A NIST solve leaves compiled programs in the cache folder, a second run gives the same answer, and
     --no-cache or an empty JAXNLS_CACHE_DIR writes nothing (an uncreatable folder is no error)."""
@@ -224,6 +227,9 @@ sys.exit(code)
 """
 
 
+# (slow: ~13 s: command-line processes; moved out of the default set to keep it within 10 minutes on 2 cores,
+# benchmarks/README.md (at); CI runs the slow set)
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_otherwise():
     """``jaxnls solve`` asks glibc for one malloc arena (XLA's threads would each keep one of freed memory):

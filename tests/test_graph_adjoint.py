@@ -104,7 +104,8 @@ def _central(fn, theta, direction):
     [
         (jaxnls.Implicit(), jg.SparseDirect(), True),
         pytest.param(jaxnls.Implicit(), jg.PCG(rtol=1e-13), True, marks=pytest.mark.slow),
-        (jaxnls.Unroll(), jg.SparseDirect(), True),
+        pytest.param(jaxnls.Unroll(), jg.SparseDirect(), True, marks=pytest.mark.slow),  # (~18 s; the default set's
+        # unrolled derivatives: tests/test_adjoint.py)
         pytest.param(jaxnls.Truncated(10), jg.PCG(rtol=1e-13), False, marks=pytest.mark.slow),
     ],
     ids=["implicit-direct", "implicit-pcg", "unroll-direct", "truncated-pcg"],

@@ -83,7 +83,12 @@ def _mkl_runtime():
     return os.path.realpath(str(runtime.locate()))
 
 
-@pytest.mark.parametrize("chosen", ["default", "bundled", "copy", "mkl"])
+# (bundled and mkl, ~7 s each: moved out of the default set to keep it within 10 minutes on 2 cores,
+# benchmarks/README.md (at); CI runs the slow set)
+@pytest.mark.parametrize(
+    "chosen",
+    ["default", pytest.param("bundled", marks=pytest.mark.slow), "copy", pytest.param("mkl", marks=pytest.mark.slow)],
+)
 def test_cholmod_calls_the_blas_chosen(tmp_path, chosen):
     """The dynamic linker binds CHOLMOD's BLAS and LAPACK references to the ATLAS in sparsax.libs (its log); by
     default jaxnls then points them at SciPy's ``cython_blas`` / ``cython_lapack`` functions; with

@@ -346,6 +346,9 @@ def test_command_line_refuses_a_chordal_start_it_cannot_make(tmp_path, make, mes
     assert run.stdout == ""
 
 
+# (slow: ~11 s; the command line's chordal start stays in the default set; moved out of the default set to keep it
+# within 10 minutes on 2 cores, benchmarks/README.md (at); CI runs the slow set)
+@pytest.mark.slow
 def test_command_line_suggests_the_chordal_start_when_the_files_start_does_not_converge(tmp_path):
     """A pose-graph solve from the file's poses that ends unconverged says that ``--init chordal`` exists; one
     that converges, or that already started from the chordal estimate, does not."""
