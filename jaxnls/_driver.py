@@ -5,6 +5,7 @@ adjoint's requirements, and the :class:`~jaxnls.Solution` with its messages."""
 from __future__ import annotations
 
 import functools
+import os
 import types
 from typing import Any
 
@@ -25,11 +26,23 @@ from .solvers import AbstractLeastSquaresSolver, IndirectLevenbergMarquardt
 #: The loop counts steps in int32.
 MAX_STEPS_LIMIT = 2**31 - 2
 
+
+def _codegen_parts() -> int:
+    """How many parts XLA:CPU splits a program's machine code into, compiled in parallel: one per core this
+    process may use, at most XLA's default 32."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(32, cores))
+
+
 # XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
 # about half the time its newer MLIR fusion emitters take, and the loop runs as fast (measured in
-# benchmarks/README.md). The options only matter on CPU, and JAX accepts compiler options only on the
-# outermost jit: inside a caller's jax.jit the caller's options apply.
-_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+# benchmarks/README.md). XLA splits the machine code into 32 parts compiled in parallel; with no more parts
+# than cores the compile takes as long, each program keeps ~6x fewer memory mappings, and on 2 cores LLVM
+# optimises the Jacobian kernels of the dense loop better (the batched curve fit's sin and cos are computed
+# once per sample instead of once per Jacobian column: steady calls 2x faster; benchmarks/README.md (au)).
+# The options only matter on CPU, and JAX accepts compiler options only on the outermost jit: inside a
+# caller's jax.jit the caller's options apply.
+_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_cpu_parallel_codegen_split_count": _codegen_parts()}
 #: Graph solves also leave out XLA:CPU's YNNPACK fusions: they run a graph's many small per-term element-wise
 #: kernels slower than XLA's own loops (parking-garage, 5 Dogleg steps: 0.28 s with them, 0.15 s without),
 #: while the batched dense fits run 13-15 % faster with them (benchmarks/README.md (s)).
