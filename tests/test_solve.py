@@ -615,7 +615,11 @@ def test_nested_solve_under_xla_defaults():
     from pathlib import Path
 
     env = dict(os.environ)
-    suite_flags = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")  # (conftest.py's)
+    suite_flags = (  # (conftest.py's)
+        "--xla_cpu_use_fusion_emitters=false",
+        "--xla_backend_optimization_level=0",
+        "--xla_cpu_parallel_codegen_split_count=2",
+    )
     flags = " ".join(flag for flag in env.get("XLA_FLAGS", "").split() if flag not in suite_flags)
     if flags:
         env["XLA_FLAGS"] = flags
