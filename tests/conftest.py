@@ -15,7 +15,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # for everything else the tests compile too: solves nested in jax.grad / jax.jit and eager operations, whose
 # programs JAX compiles with XLA's defaults. The suite is mostly compilation, and these compile in about 60% of
 # the time (tests/test_graph_adjoint.py: 64 -> 42 s). test_solve.py::test_nested_solve_under_xla_defaults (slow) runs
-# one nested solve without either flag below. Before jax loads XLA; notebook kernels and subprocesses inherit them.
+# one nested solve without either flag below. Before jax loads XLA; notebook kernels and subprocesses inherit them
+# (the kernels of tests/test_docs.py's OPTIMISED_NOTEBOOKS all but the next one).
 # And without LLVM's optimisation passes (what small top-level solves already compile with): the suite's programs
 # are compiled once and run for milliseconds; skipping the passes took 15-25% off the in-process tests
 # (tests/test_adjoint.py + test_meta.py 117 -> 92 s, the graph files 194 -> 168 s; benchmarks/README.md (at)).

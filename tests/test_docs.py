@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 1800  # seconds per cell (the longest takes ~20 s on 2 cores)
+#: The suite's flag that compiles without LLVM's optimisation passes (conftest.py) ...
+WITHOUT_LLVM_PASSES = "--xla_backend_optimization_level=0"
+#: ... is left out of the kernels of the notebooks whose solves run long enough for the passes to pay: the pose
+#: graph's w10000 solves took the notebook 50-56 s with it, 34-39 s without; the others run faster with it
+#: (03: 17 vs 34 s, 04: 14 vs 17 s, 05: 24 vs 31 s; benchmarks/README.md (au)).
+OPTIMISED_NOTEBOOKS = {"06_pose_graph.ipynb"}
 
 pytestmark = pytest.mark.xdist_group("docs")
 
@@ -58,8 +64,11 @@ def execute_notebook(notebook: Path) -> None:
         resources={"metadata": {"path": str(notebook.parent)}},
         coalesce_streams=True,  # a progress bar's redraws (carriage returns) kept as its last line
     )
+    env = dict(os.environ)
+    if notebook.name in OPTIMISED_NOTEBOOKS:
+        env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split() if flag != WITHOUT_LLVM_PASSES)
     try:
-        client.execute()
+        client.execute(env=env)
     except CellExecutionError as err:
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # the traceback without its terminal colours
         pytest.fail(f"{notebook.name}: a cell failed\n{message}", pytrace=False)
