@@ -20,8 +20,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # And without LLVM's optimisation passes (what small top-level solves already compile with): the suite's programs
 # are compiled once and run for milliseconds; skipping the passes took 15-25% off the in-process tests
 # (tests/test_adjoint.py + test_meta.py 117 -> 92 s, the graph files 194 -> 168 s; benchmarks/README.md (at)).
-# And in 2 code-generation parts, what top-level solves use on 2 cores (one part per core, jaxnls._driver): ~19
-# memory mappings per program instead of ~110 (see _release_compiled_programs), compiled as fast on 2 cores.
+# (Not XLA's code-generation parts: top-level solves compile in one per core (jaxnls._driver), everything else in
+# XLA's 32 as for a user; in 2 parts the SWAT search of test_swat_search.py (slow) lands on a network 16 times
+# worse than the dense one, benchmarks/README.md (au).)
 os.environ["XLA_FLAGS"] = " ".join(
     filter(
         None,
@@ -29,7 +30,6 @@ os.environ["XLA_FLAGS"] = " ".join(
             os.environ.get("XLA_FLAGS", ""),
             "--xla_cpu_use_fusion_emitters=false",
             "--xla_backend_optimization_level=0",
-            "--xla_cpu_parallel_codegen_split_count=2",
         ],
     )
 )
@@ -57,9 +57,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def _release_compiled_programs():
     """After each test module, JAX's caches let go of the programs it compiled. On XLA:CPU each compiled solve
     keeps ~110 memory mappings of its machine code (XLA's default 32 code-generation parts, several sections each;
-    ~19 with the 2 parts the suite now uses) for as long as a jit cache holds it; a pytest-xdist worker that had compiled ~600 of them reached Linux's default
-    vm.max_map_count (65,530), and the next compile died of a segmentation fault inside XLA (twice, in two full
-    runs: one worker at 43,000 mappings when the other crashed). Programs shared across modules compile again."""
+    ~19 for a top-level solve in 2 parts) for as long as a jit cache holds it; a pytest-xdist worker that had
+    compiled ~600 solves in 32 parts reached Linux's default vm.max_map_count (65,530), and the next compile died of
+    a segmentation fault inside XLA (twice, in two full runs: one worker at 43,000 mappings when the other crashed).
+    Programs shared across modules compile again."""
     yield
     jax.clear_caches()
     gc.collect()

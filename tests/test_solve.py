@@ -615,11 +615,7 @@ def test_nested_solve_under_xla_defaults():
     from pathlib import Path
 
     env = dict(os.environ)
-    suite_flags = (  # (conftest.py's)
-        "--xla_cpu_use_fusion_emitters=false",
-        "--xla_backend_optimization_level=0",
-        "--xla_cpu_parallel_codegen_split_count=2",
-    )
+    suite_flags = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")  # (conftest.py's)
     flags = " ".join(flag for flag in env.get("XLA_FLAGS", "").split() if flag not in suite_flags)
     if flags:
         env["XLA_FLAGS"] = flags
