@@ -665,3 +665,25 @@ def test_a_build_of_xla_that_refuses_the_compiler_options_solves_with_its_defaul
     finally:
         for cache in (_driver._knows_compiler_options, _driver._top_level):
             cache.cache_clear()
+
+
+def test_top_level_solves_compile_in_one_code_generation_part_per_core_at_most_32(monkeypatch):
+    """XLA:CPU splits a program's machine code into parts compiled in parallel (32 by default); a top-level solve asks
+    for one per core the process may use (its CPU affinity, not the machine's count), never more than 32
+    (benchmarks/README.md (au)), and a graph solve the same."""
+    import os
+
+    from jaxnls import _driver
+
+    parts = _driver.top_level_compiler_options(jacobian_entries=None, graph=False)[
+        "xla_cpu_parallel_codegen_split_count"
+    ]
+    assert parts == min(32, len(os.sched_getaffinity(0)))
+    assert (
+        _driver.top_level_compiler_options(jacobian_entries=1, graph=True)["xla_cpu_parallel_codegen_split_count"]
+        == parts
+    )
+    for cores, expected in [({0}, 1), ({0, 1, 2}, 3), (set(range(64)), 32)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: cores)
+        monkeypatch.setattr(os, "cpu_count", lambda: 1000)  # (the machine's count is not the process's)
+        assert _driver._codegen_parts() == expected
