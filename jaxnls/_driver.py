@@ -31,7 +31,7 @@ def _codegen_parts() -> int:
     """How many parts XLA:CPU splits a program's machine code into, compiled in parallel: one per core this
     process may use, at most XLA's default 32."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(32, cores))
+    return min(32, cores)
 
 
 # XLA:CPU's classic elemental kernel emitters compile the solve loop's few dozen small fused kernels in
