@@ -22,14 +22,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import WITHOUT_LLVM_PASSES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT = 1800  # seconds per cell (the longest takes ~20 s on 2 cores)
-#: The suite's flag that compiles without LLVM's optimisation passes (conftest.py) ...
-WITHOUT_LLVM_PASSES = "--xla_backend_optimization_level=0"
-#: ... is left out of the kernels of the notebooks whose solves run long enough for the passes to pay: the pose
+#: The suite's flag that compiles without LLVM's optimisation passes (conftest.WITHOUT_LLVM_PASSES) is left out of
+#: the kernels of the notebooks whose solves run long enough for the passes to pay: the pose
 #: graph's w10000 solves took the notebook 50-56 s with it, 34-39 s without; the others run faster with it
 #: (03: 17 vs 34 s, 04: 14 vs 17 s, 05: 24 vs 31 s; benchmarks/README.md (au)).
 OPTIMISED_NOTEBOOKS = {"06_pose_graph.ipynb"}

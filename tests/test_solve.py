@@ -614,9 +614,11 @@ def test_nested_solve_under_xla_defaults():
     import sys
     from pathlib import Path
 
+    # (imported here: the fresh process imports this module, and importing conftest would set the flags again)
+    from conftest import SUITE_XLA_FLAGS
+
     env = dict(os.environ)
-    suite_flags = ("--xla_cpu_use_fusion_emitters=false", "--xla_backend_optimization_level=0")  # (conftest.py's)
-    flags = " ".join(flag for flag in env.get("XLA_FLAGS", "").split() if flag not in suite_flags)
+    flags = " ".join(flag for flag in env.get("XLA_FLAGS", "").split() if flag not in SUITE_XLA_FLAGS)
     if flags:
         env["XLA_FLAGS"] = flags
     else:
