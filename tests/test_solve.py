@@ -689,3 +689,52 @@ def test_top_level_solves_compile_in_one_code_generation_part_per_core_at_most_3
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: cores)
         monkeypatch.setattr(os, "cpu_count", lambda: 1000)  # (the machine's count is not the process's)
         assert _driver._codegen_parts() == expected
+
+
+def test_large_dense_solves_compile_at_llvm_level_2_unless_the_process_names_a_level(monkeypatch):
+    """A top-level dense solve at or above SMALL_JACOBIAN batch Jacobian entries compiles at LLVM level 2 (XLA's
+    default 3 compiles slower and runs the batched fits slower, benchmarks/README.md (av)); a small one at 0; a
+    graph solve keeps XLA's level; a level the process's XLA_FLAGS names (the suite's) is kept. A batch solved
+    at level 2 reaches what the same batch reaches under the suite's level 0 (the suite's flags otherwise keep
+    every solve at 0)."""
+    from jaxnls import _driver
+
+    large = _driver.SMALL_JACOBIAN
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    assert (
+        _driver.top_level_compiler_options(jacobian_entries=large, graph=False)["xla_backend_optimization_level"] == 2
+    )
+    assert (
+        _driver.top_level_compiler_options(jacobian_entries=large - 1, graph=False)["xla_backend_optimization_level"]
+        == 0
+    )
+    assert "xla_backend_optimization_level" not in _driver.top_level_compiler_options(
+        jacobian_entries=large, graph=True
+    )
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=1")
+    assert "xla_backend_optimization_level" not in _driver.top_level_compiler_options(
+        jacobian_entries=large, graph=False
+    )
+
+    batch = 200  # 200 problems x 100 residuals x 4 parameters = 80,000 entries
+    assert batch * 100 * 4 >= large
+    y = noisy_data(46, batch)
+    p0 = np.tile(P_TRUE * 1.1, (batch, 1))
+    solver = jaxnls.LevenbergMarquardt(**TIGHT)
+
+    def solve_batch():
+        # a fresh residual: a program of its own, compiled with the options in force
+        residual = lambda p, args: curve_residual(p, args)
+        return jaxnls.solve(
+            residual, jnp.asarray(p0), (T, jnp.asarray(y)), solver=solver, batched=True, args_axes=(None, 0)
+        )
+
+    at_level_of_the_process = solve_batch()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    _driver._top_level.cache_clear()
+    try:
+        at_level_2 = solve_batch()
+    finally:
+        _driver._top_level.cache_clear()
+    assert np.all(np.asarray(at_level_2.converged)) and np.all(np.asarray(at_level_of_the_process.converged))
+    np.testing.assert_allclose(at_level_2.params, at_level_of_the_process.params, rtol=1e-9)
