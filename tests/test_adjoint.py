@@ -362,6 +362,7 @@ def test_unrolled_derivative_of_a_few_iterations_matches_central_differences():
     assert np.max(np.abs(ct_start)) > 0  # unlike Implicit, the start gets a gradient
 
 
+@pytest.mark.slow  # (8 s; Truncated stays in the default set beside a NaN neighbour and on an MLP; benchmarks/README.md (av))
 def test_truncated_steps_go_from_the_gauss_newton_to_the_exact_implicit_derivative():
     y, p0, weights = curve_data(16, 1)
 

@@ -255,6 +255,7 @@ def test_the_command_line_keeps_one_malloc_arena_unless_the_environment_says_oth
     assert heaps("main") > 1
 
 
+@pytest.mark.slow  # (10 s: two fresh processes under -X importtime; benchmarks/README.md (av))
 @pytest.mark.skipif(importlib.util.find_spec("flax") is None, reason="Flax is not installed: nothing to keep out")
 def test_the_console_process_keeps_flax_out_and_main_leaves_a_callers_imports_alone():
     """``python -m jaxnls solve`` of a pose graph imports jaxlie (and jax_dataclasses, which imports Flax when it is

@@ -83,11 +83,16 @@ def _mkl_runtime():
     return os.path.realpath(str(runtime.locate()))
 
 
-# (bundled and mkl, ~7 s each: moved out of the default set to keep it within 10 minutes on 2 cores,
-# benchmarks/README.md (at); CI runs the slow set)
+# (bundled and mkl, ~7 s each, then copy (stop 44): moved out of the default set to keep it within 10 minutes on 2
+# cores, benchmarks/README.md (at), (av); CI runs the slow set)
 @pytest.mark.parametrize(
     "chosen",
-    ["default", pytest.param("bundled", marks=pytest.mark.slow), "copy", pytest.param("mkl", marks=pytest.mark.slow)],
+    [
+        "default",
+        pytest.param("bundled", marks=pytest.mark.slow),
+        pytest.param("copy", marks=pytest.mark.slow),
+        pytest.param("mkl", marks=pytest.mark.slow),
+    ],
 )
 def test_cholmod_calls_the_blas_chosen(tmp_path, chosen):
     """The dynamic linker binds CHOLMOD's BLAS and LAPACK references to the ATLAS in sparsax.libs (its log); by

@@ -282,6 +282,7 @@ def test_poses_the_anchor_cannot_reach_are_refused_by_id():
         jaxnls.graph.chordal_initialization(graph.edges)  # pyright: ignore[reportArgumentType]
 
 
+@pytest.mark.slow  # (8 s in a fresh process; the library's chordal start stays in the default set; (av))
 def test_command_line_starts_from_the_chordal_initialisation(tmp_path):
     """``jaxnls solve FILE --init chordal`` says so, reports it in --json and ends at the cost of the library
     call (chordal_initialization, then graph.solve with the command line's dogleg)."""
