@@ -161,11 +161,11 @@ def _closed_over(fn) -> list:
     ]
 
 
-#: LLVM's optimisation level of a dense solve at or above :data:`SMALL_JACOBIAN` entries: XLA:CPU's default is 3,
-#: and at 2 the batched curve fits compile ~10 % faster and run 20-27 % faster (LevenbergMarquardt, Dogleg,
-#: IndirectLevenbergMarquardt; GaussNewton the same), measured in benchmarks/README.md (av). Factor-graph solves
-#: keep XLA's default (no difference measured on w10000). A level named in ``XLA_FLAGS`` is the process's
-#: choice and is kept.
+#: LLVM's optimisation level of a dense solve at or above :data:`SMALL_JACOBIAN` entries. XLA:CPU's default is 3; at
+#: 2 the batched fits compiled no slower and ran no slower in any case measured, float32 curve fits (B = 1,024) 20-27 %
+#: faster under LevenbergMarquardt, Dogleg and IndirectLevenbergMarquardt, float64 ones the same within the noise
+#: (benchmarks/README.md (av)). Factor-graph solves keep XLA's level (w10000: no difference). A level named in
+#: ``XLA_FLAGS`` is the process's choice and is kept.
 LARGE_DENSE_SOLVE_LEVEL = 2
 
 
