@@ -162,10 +162,10 @@ def _closed_over(fn) -> list:
 
 
 #: LLVM's optimisation level of a dense solve at or above :data:`SMALL_JACOBIAN` entries. XLA:CPU's default is 3; at
-#: 2 the batched fits compiled no slower and ran no slower in any case measured, float32 curve fits (B = 1,024) 20-27 %
-#: faster under LevenbergMarquardt, Dogleg and IndirectLevenbergMarquardt, float64 ones the same within the noise
-#: (benchmarks/README.md (av)). Factor-graph solves keep XLA's level (w10000: no difference). A level named in
-#: ``XLA_FLAGS`` is the process's choice and is kept.
+#: 2 the batched curve fits (B = 1,024) compile as fast or faster and run 20-27 % faster in float32 under
+#: LevenbergMarquardt, Dogleg and IndirectLevenbergMarquardt, the same within the noise in float64, and under
+#: GaussNewton 10 % slower in float32 (benchmarks/README.md (av)). Factor-graph solves keep XLA's level (w10000: no
+#: difference). A level named in ``XLA_FLAGS`` is the process's choice and is kept.
 LARGE_DENSE_SOLVE_LEVEL = 2
 
 
