@@ -161,10 +161,10 @@ def _closed_over(fn) -> list:
     ]
 
 
-#: LLVM's optimisation level of a dense solve at or above :data:`SMALL_JACOBIAN` entries. XLA:CPU's default is 3; at
-#: 2 the batched curve fits (B = 1,024) compile as fast or faster and run 20-27 % faster in float32 under
-#: LevenbergMarquardt, Dogleg and IndirectLevenbergMarquardt, the same within the noise in float64, and under
-#: GaussNewton 10 % slower in float32 (benchmarks/README.md (av)). Factor-graph solves keep XLA's level (w10000: no
+#: LLVM's optimisation level of a dense solve at or above :data:`SMALL_JACOBIAN` entries. XLA:CPU's default is 3. At
+#: 2 the float32 batched curve fits (B = 1,024) compile as fast or faster and run 20-27 % faster under
+#: LevenbergMarquardt, Dogleg and IndirectLevenbergMarquardt, 10 % slower under GaussNewton; the float64 ones compile
+#: and run the same within the noise (benchmarks/README.md (av)). Factor-graph solves keep XLA's level (w10000: no
 #: difference). A level named in ``XLA_FLAGS`` is the process's choice and is kept.
 LARGE_DENSE_SOLVE_LEVEL = 2
 
