@@ -11,6 +11,7 @@ Prints, per strategy and level, the medians over the rounds after the first: fir
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -28,6 +29,9 @@ def main() -> None:
     parser.add_argument("--levels", default="3,2")
     parser.add_argument("--x64", action="store_true", help="float64 (the benchmark's precision); float32 otherwise")
     options = parser.parse_args()
+    if "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
+        # jaxnls keeps a level XLA_FLAGS names, so every row would compile at that level
+        parser.error("XLA_FLAGS names an optimisation level: unset it to compare the levels")
     if options.x64:
         jax.config.update("jax_enable_x64", True)
     events: list[tuple[str, float]] = []
