@@ -16,17 +16,19 @@ is solved to working precision.
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, DTypeLike, Float, PyTree
 
 from .._numerics import safe_sqrt
 
-# Above this size the unrolled factorisation is replaced by LAPACK's (compile time grows as n³).
-_UNROLL_MAX = 8
+# Above this size the elimination written in XLA operations gives way to LAPACK's Cholesky (its n steps of
+# O(n²) work each are a kernel or more apiece: the program and the work per problem grow with n).
+_ELIMINATE_MAX = 8
 
 
 class AbstractLinearization(eqx.Module):
@@ -169,27 +171,28 @@ def _column_scale(diagonal: Float[Array, " n"]) -> Float[Array, " n"]:
     return jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0)), 1.0)
 
 
-def _unrolled_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor: float) -> Float[Array, " n"]:
-    """Solve ``a x = b`` for a small symmetric matrix with an unrolled, pivot-floored Cholesky.
+def _eliminated_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor: float) -> Float[Array, " n"]:
+    r"""Solve ``a x = b`` for a small symmetric positive semi-definite matrix by Gauss-Jordan elimination with
+    Cholesky's pivots, each raised to at least ``floor``.
 
-    Written as scalar operations so that, under ``vmap``, a batch of tiny systems becomes a few
-    dozen vectorised elementwise operations instead of a loop of LAPACK calls.
+    Step :math:`k` divides row :math:`k` of :math:`[a\,|\,b]` by its pivot :math:`\max(p_k, \text{floor})` and
+    subtracts it from every other row; :math:`p_k` is the diagonal of the Schur complement the steps before it
+    leave, which is the Cholesky factorisation's pivot :math:`L_{kk}^2`: the answer is that of a Cholesky
+    factorisation whose pivots are floored alike. After :math:`n` steps the left block is the identity and
+    the last column is :math:`x`. Each step is one elementwise operation on the whole :math:`n \times (n+1)`
+    array, so under ``vmap`` a batch of tiny systems compiles to a few fused kernels (the Cholesky unrolled
+    scalar by scalar that this replaced compiled to ~17 for :math:`n = 4`; benchmarks/README.md (aw)).
     """
     n = a.shape[0]
-    lower: list[list[Any]] = [[None] * n for _ in range(n)]
-    for j in range(n):
-        pivot = a[j, j] - sum((lower[j][k] ** 2 for k in range(j)), start=jnp.zeros((), a.dtype))
-        lower[j][j] = jnp.sqrt(jnp.maximum(pivot, floor))
-        for i in range(j + 1, n):
-            off = a[i, j] - sum((lower[i][k] * lower[j][k] for k in range(j)), start=jnp.zeros((), a.dtype))
-            lower[i][j] = off / lower[j][j]
-    y: list[Any] = [None] * n
-    for i in range(n):
-        y[i] = (b[i] - sum((lower[i][k] * y[k] for k in range(i)), start=jnp.zeros((), a.dtype))) / lower[i][i]
-    x: list[Any] = [None] * n
-    for i in reversed(range(n)):
-        x[i] = (y[i] - sum((lower[k][i] * x[k] for k in range(i + 1, n)), start=jnp.zeros((), a.dtype))) / lower[i][i]
-    return jnp.stack(x)
+    augmented = jnp.concatenate([a, b[:, None]], axis=1)
+    # (NumPy masks: constants of the program, where jnp.arange's comparisons would be kernels of their own)
+    column = np.arange(n + 1)[None, :]
+    row = np.arange(n)[:, None]
+    for k in range(n):
+        pivot = jnp.maximum(augmented[k, k], floor)
+        pivot_row = jnp.where(column == k, 1.0, augmented[k : k + 1] / pivot)
+        augmented = jnp.where(row == k, pivot_row, augmented - augmented[:, k : k + 1] * pivot_row)
+    return augmented[:, n]
 
 
 def _lapack_cholesky_solve(a: Float[Array, "n n"], b: Float[Array, " n"], floor: float) -> Float[Array, " n"]:
@@ -237,8 +240,9 @@ def lu_solve(a: Float[Array, "n n"], b: Float[Array, " n"]) -> Float[Array, " n"
 class Cholesky(AbstractLinearSolver[Linearization]):
     r"""Normal equations ``(JᵀJ + diag(d)) δ = -Jᵀr`` by Jacobi-scaled Cholesky.
 
-    Fast and memory-light (O(n²) per problem); squares the condition number of ``J``. For n ≤ 8 the
-    factorisation is unrolled into elementwise operations, which vectorise across a batch.
+    Fast and memory-light (O(n²) per problem); squares the condition number of ``J``. For n ≤ 8 the system
+    is solved by elimination with Cholesky's pivots, written as n elementwise operations on the whole matrix
+    that vectorise across a batch; above, by LAPACK's Cholesky.
     """
 
     def linearize(self, residual: Float[Array, " m"], jacobian: Float[Array, "m n"]) -> Linearization:
@@ -252,7 +256,7 @@ class Cholesky(AbstractLinearSolver[Linearization]):
         scaled = gram * scale[:, None] * scale[None, :] + jnp.diag(damping * scale**2)
         rhs = -lin.gradient * scale
         floor = pivot_floor(n, gram.dtype)
-        solve = _unrolled_cholesky_solve if n <= _UNROLL_MAX else _lapack_cholesky_solve
+        solve = _eliminated_solve if n <= _ELIMINATE_MAX else _lapack_cholesky_solve
         return solve(scaled, rhs, floor) * scale
 
 
