@@ -417,14 +417,23 @@ class _Packing:
         ints = [row.astype(jnp.int32) for row, (_, _, is_float) in zip(rows, self.layout) if not is_float]
         return jnp.concatenate(floats, axis=1), jnp.concatenate(ints, axis=1)
 
-    def unpack(self, packed) -> LoopState:
+    def unpack(self, packed, only: Callable[[LoopState], tuple] | None = None) -> LoopState:
+        """The state; with ``only`` (a function picking leaves of a state) those leaves alone, the others None
+        (what a loop's condition reads: a handful of columns instead of a program's worth of slices to trace)."""
         floats, ints = packed
+        wanted = None
+        if only is not None:
+            numbered = jax.tree_util.tree_unflatten(self.treedef, list(range(len(self.layout))))
+            wanted = set(only(numbered))
         offsets = {True: 0, False: 0}
         leaves = []
-        for shape, dtype, is_float in self.layout:
+        for index, (shape, dtype, is_float) in enumerate(self.layout):
             width = int(np.prod(shape))
             start = offsets[is_float]
             offsets[is_float] += width
+            if wanted is not None and index not in wanted:
+                leaves.append(None)
+                continue
             piece = (floats if is_float else ints)[:, start : start + width]
             leaves.append(jnp.reshape(piece, (piece.shape[0],) + shape).astype(dtype))
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
@@ -508,7 +517,7 @@ def run(
         return report(*advance(packed, a))
 
     def is_active(packed):
-        return active(packing.unpack(packed))
+        return active(packing.unpack(packed, only=lambda state: (state.started, state.status)))
 
     if verbose:
         jax.debug.callback(_print_header, type(solver).control_label, state.x.shape[0], working_set, ordered=True)
