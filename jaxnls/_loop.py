@@ -384,7 +384,7 @@ def active(state: LoopState) -> Bool[Array, " batch"]:
 
 def count(mask: Bool[Array, " batch"]) -> Int[Array, ""]:
     # an integer sum: XLA:CPU compiles a boolean reduction over the batch ~3x slower
-    return jnp.sum(mask.astype(jnp.int32))
+    return jnp.sum(mask, dtype=jnp.int32)
 
 
 def take(args, axes, index):
@@ -439,24 +439,40 @@ class _Packing:
         return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
 
-def _working_set_loop(iterate, is_active, packed, args, axes, slots: int):
+def _working_set_loop(iterate, is_active, problem_of, packed, args, axes, slots: int):
     """Advance at most ``slots`` unfinished problems at a time and refill finished slots.
 
-    A batched loop costs the whole batch's work every iteration until its slowest problem stops. Here
-    each round gathers the first ``slots`` unfinished problems (and their batched args), iterates them
-    until enough slots are free to be worth a refill (half of them, or as many as are waiting), and
-    writes them back; the problems' own iterations are exactly those of the plain loop.
+    A batched loop costs the whole batch's work every iteration until its slowest problem stops. Here the
+    slots take the problems in order, as from a queue: each round iterates the slots until enough of them are
+    free to be worth a refill (half of them, or as many as are waiting), writes every slot's problem back,
+    and the free slots take the next problems of the queue (with their batched args); a slot the queue does
+    not reach keeps its finished problem, which never changes. So the slots hold the first ``slots``
+    unfinished problems, and the problems' own iterations are exactly those of the plain loop. (A queue
+    rather than a search of the batch every round: no sort of the batch and no count over it, each a program
+    XLA compiles apart, and none of their work per round.)
     """
+    batch = jax.tree_util.tree_leaves(packed)[0].shape[0]
+    # row s < slots: the slots before slot s; the last row: every slot. (Summed as floats over the rows: a row
+    # reduction stays in the round's kernels, where XLA:CPU compiles an integer one, or a sum to a scalar, as
+    # programs of their own.)
+    tally = np.concatenate([np.tril(np.ones((slots, slots), bool), k=-1), np.ones((1, slots), bool)])
 
-    def one_round(packed):
-        unfinished = is_active(packed)
-        # the first `slots` unfinished problems, padded with finished ones (which never change)
-        order = jnp.argsort(jnp.where(unfinished, 0, 1), stable=True)
-        index = order[:slots]
-        waiting = jnp.maximum(count(unfinished) - slots, 0)
-        part = jax.tree_util.tree_map(lambda buffer: buffer[index], packed)
-        part_args = take(args, axes, index)
+    def one_round(carry):
+        packed, part, queued = carry
+        free = ~is_active(part)
+        problem = problem_of(part)
+        tallied = jnp.sum(jnp.where(tally & free[None, :], np.float32(1), np.float32(0)), axis=1).astype(jnp.int32)
+        # the free slots, in order, take the next problems of the queue while it lasts
+        place = queued + tallied[:slots]
+        load = free & (place < batch)
+        problem = jnp.where(load, place, problem)
+        queued = jnp.minimum(queued + tallied[slots], batch)
+        part = jax.tree_util.tree_map(
+            lambda buffer, kept: jnp.where(load[:, None], buffer[problem], kept), packed, part
+        )
+        part_args = take(args, axes, problem)
 
+        waiting = batch - queued
         refill_at = jnp.minimum(waiting, max(slots // 2, 1))  # free slots worth a refill
 
         def keep_going(part):
@@ -464,9 +480,14 @@ def _working_set_loop(iterate, is_active, packed, args, axes, slots: int):
             return (running > 0) & ((waiting == 0) | (slots - running < refill_at))
 
         part = jax.lax.while_loop(keep_going, lambda p: iterate(p, part_args), part)
-        return jax.tree_util.tree_map(lambda buffer, new: buffer.at[index].set(new, unique_indices=True), packed, part)
+        packed = jax.tree_util.tree_map(
+            lambda buffer, new: buffer.at[problem].set(new, unique_indices=True), packed, part
+        )
+        return packed, part, queued
 
-    return jax.lax.while_loop(lambda p: count(is_active(p)) > 0, one_round, packed)
+    first = jax.tree_util.tree_map(lambda buffer: buffer[:slots], packed)
+    # (the round that empties the queue iterates its slots until every one has stopped: the loop ends with it)
+    return jax.lax.while_loop(lambda carry: carry[2] < batch, one_round, (packed, first, np.int32(slots)))[0]
 
 
 def run(
@@ -528,7 +549,11 @@ def run(
     elif working_set is None:
         packed = jax.lax.while_loop(lambda p: count(is_active(p)) > 0, lambda p: iterate(p, args), packing.pack(state))
     else:
-        packed = _working_set_loop(iterate, is_active, packing.pack(state), args, axes, working_set)
+
+        def problem_of(packed):  # (a state's index is its problem's place in the batch)
+            return packing.unpack(packed, only=lambda state: (state.index,)).index
+
+        packed = _working_set_loop(iterate, is_active, problem_of, packing.pack(state), args, axes, working_set)
     return packing.unpack(packed)
 
 
