@@ -282,6 +282,31 @@ def test_rank_deficient_problem_gives_finite_least_squares_answer(solver):
     np.testing.assert_allclose(float(sol.cost), 0.5 * np.sum((slope * t - y) ** 2), rtol=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 9, 12])
+def test_cholesky_steps_solve_the_damped_normal_equations(n):
+    """Cholesky's step (elimination with Cholesky's pivots up to n = 8, LAPACK above) against NumPy's solve of
+    (JᵀJ + diag(d)) δ = -Jᵀr, for a batch of random full-rank Jacobians with and without damping; and a
+    rank-deficient J (two equal columns) gives a finite step that solves the equations in the least-squares sense
+    (JᵀJ δ = -Jᵀr holds: -Jᵀr lies in the range of JᵀJ)."""
+    rng = np.random.default_rng(n)
+    solver = jaxnls.Cholesky()
+    step = jax.jit(jax.vmap(lambda r, j, d: solver.solve(solver.linearize(r, j), d)))
+    jac = rng.standard_normal((6, 3 * n, n)) * np.exp(rng.uniform(-2, 2, (6, 1, n)))
+    res = rng.standard_normal((6, 3 * n))
+    damping = np.where(np.arange(6)[:, None] < 3, 0.0, rng.uniform(0.01, 1, (6, n)))
+    got = np.asarray(step(res, jac, damping))
+    for k in range(6):
+        gram = jac[k].T @ jac[k] + np.diag(damping[k])
+        np.testing.assert_allclose(got[k], np.linalg.solve(gram, -jac[k].T @ res[k]), rtol=1e-9, atol=1e-12)
+    if n > 1:
+        jac[:, :, 1] = jac[:, :, 0]
+        got = np.asarray(step(res, jac, np.zeros((6, n))))
+        assert np.all(np.isfinite(got))
+        for k in range(6):
+            gram, rhs = jac[k].T @ jac[k], -jac[k].T @ res[k]
+            np.testing.assert_allclose(gram @ got[k], rhs, rtol=1e-6, atol=1e-6 * np.abs(rhs).max())
+
+
 def test_float32_path_keeps_dtype_and_converges():
     y = noisy_data(5).astype(np.float32)
     p0 = jnp.asarray([1.5, 0.4, 0.4, 1.4], dtype=jnp.float32)
