@@ -86,7 +86,10 @@ class Linearization(AbstractLinearization):
 
     def diagonal(self) -> Float[Array, " n"]:
         """Squared column norms of J, i.e. diag(JᵀJ)."""
-        return diagonal_of(self.gram)
+        # (a strided slice of the entries: jnp.diagonal is a gather under vmap, whose indices XLA computes in a
+        # kernel of its own)
+        n = self.gram.shape[0]
+        return jnp.reshape(self.gram, (n * n,))[:: n + 1]
 
     def normal_matrix(self) -> Float[Array, "n n"]:
         """JᵀJ."""
@@ -165,13 +168,6 @@ def pivot_floor(n: int, dtype: DTypeLike) -> float:
         ``10·n·ε`` as a Python float.
     """
     return 10.0 * n * float(jnp.finfo(dtype).eps)
-
-
-def diagonal_of(matrix: Float[Array, "n n"]) -> Float[Array, " n"]:
-    """The diagonal of a square matrix as a strided slice of its entries: ``jnp.diagonal`` is a gather under
-    ``vmap``, whose indices XLA computes in a kernel of its own."""
-    n = matrix.shape[0]
-    return jnp.reshape(matrix, (n * n,))[:: n + 1]
 
 
 def _column_scale(diagonal: Float[Array, " n"]) -> Float[Array, " n"]:
@@ -259,8 +255,10 @@ class Cholesky(AbstractLinearSolver[Linearization]):
     def solve(self, lin: Linearization, damping: Float[Array, " n"]) -> Float[Array, " n"]:
         gram = lin.gram
         n = gram.shape[0]
-        scale = _column_scale(diagonal_of(gram) + damping)
-        scaled = gram * scale[:, None] * scale[None, :] + jnp.where(np.eye(n, dtype=bool), damping * scale**2, 0.0)
+        scale = _column_scale(lin.diagonal() + damping)
+        scaled = gram * scale[:, None] * scale[None, :] + jnp.where(
+            np.eye(n, dtype=bool), (damping * scale**2)[None, :], 0.0
+        )
         rhs = -lin.gradient * scale
         floor = pivot_floor(n, gram.dtype)
         solve = _eliminated_solve if n <= _ELIMINATE_MAX else _lapack_cholesky_solve
