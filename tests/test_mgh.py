@@ -64,7 +64,8 @@ REFERENCE = {run.id: run for run in RUNS}
 TOLERANCES = dict(rtol=1e-12, atol=1e-12, ftol=1e-12, gtol=1e-12)
 MAX_STEPS = 500
 #: LM with its defaults (Cholesky step solver); Gauss-Newton and Dogleg on Householder QR, so that both
-#: step solvers meet the MGH set (QR also compiles faster than the unrolled Cholesky for n >= 8).
+#: step solvers meet the MGH set (QR was also the faster compile for n >= 8 against the scalar-by-scalar Cholesky
+#: that preceded the elimination).
 SOLVERS = {
     "LevenbergMarquardt": jaxnls.LevenbergMarquardt(**TOLERANCES),
     "IndirectLevenbergMarquardt": jaxnls.IndirectLevenbergMarquardt(**TOLERANCES),
