@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._batching import vmap_traced_once
+
 
 def flat_residual_fn(residual_fn: Callable, unravel: Callable, dtype) -> Callable:
     """``x_flat, args -> r_flat`` in the working dtype, for a residual returning any pytree."""
@@ -41,7 +43,7 @@ def residual_and_jacobian(
     if 2 * num_residuals < x.shape[0]:
         r, pullback = jax.vjp(residual, x)
         basis = np.eye(r.shape[0], dtype=x.dtype)
-        return r, jax.vmap(pullback)(basis)[0]
+        return r, vmap_traced_once(pullback, in_axes=(0,))(basis)[0]
     basis = np.eye(x.shape[0], dtype=x.dtype)
-    r, jacobian = jax.vmap(lambda t: jax.jvp(residual, (x,), (t,)), out_axes=(None, 1))(basis)
+    r, jacobian = vmap_traced_once(lambda t: jax.jvp(residual, (x,), (t,)), in_axes=(0,), out_axes=(None, 1))(basis)
     return r, jacobian

@@ -24,6 +24,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from . import _callback
+from ._batching import vmap_traced_once
 from ._bounds import pin_to_box
 from ._numerics import finite_derivatives
 from ._status import Status
@@ -513,7 +514,7 @@ def run(
     asks to stop end ``Status.STOPPED``.
     """
     packing = _Packing(state)
-    one_step = jax.vmap(
+    one_step = vmap_traced_once(
         lambda s, a, any_started: step(solver, problem, max_steps, s, a, unroll, any_started), in_axes=(0, axes, None)
     )
 
