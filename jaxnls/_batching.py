@@ -49,6 +49,8 @@ def vmap_traced_once(fn: Callable, in_axes: tuple, out_axes: Any = 0) -> Callabl
 
         def one_problem(leaf, axis):
             aval: Any = jax.api_util.shaped_abstractify(leaf)  # (a ShapedArray)
+            if axis is not None:
+                axis %= len(aval.shape)  # (as vmap reads a negative axis)
             shape = aval.shape if axis is None else aval.shape[:axis] + aval.shape[axis + 1 :]
             return jax.ShapeDtypeStruct(shape, aval.dtype, weak_type=aval.weak_type)
 

@@ -38,6 +38,18 @@ def test_values_and_dtypes_are_those_of_jax_vmap(batch, flag):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("axis", [1, -1])
+def test_other_batch_axes_read_as_jax_vmap_reads_them(axis):
+    fn = lambda a, b: (jnp.sum(a * b), a * b)
+    a = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4)))
+    b = jnp.arange(3.0)
+    expected = jax.vmap(fn, in_axes=(axis, None), out_axes=(0, 1))(a, b)
+    got = vmap_traced_once(fn, in_axes=(axis, None), out_axes=(0, 1))(a, b)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        np.testing.assert_array_equal(g, e)
+
+
 def test_a_python_scalar_stays_weakly_typed():
     # a weakly typed (Python) scalar must not promote a float32 batch to float64 under x64
     fn = lambda v, s: v * s
