@@ -1,6 +1,7 @@
 """``vmap_traced_once`` against ``jax.vmap`` itself: the same values, dtypes, derivatives and program."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
